@@ -1,0 +1,68 @@
+//! One policy decision as the gateway makes it: a fresh instance from the
+//! pooled, pre-linked template, then `select` over 8 candidates.
+//!
+//! Run: `cargo bench -p switchyard --bench policy_decision`
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use switchyard::clock::SystemClock;
+use switchyard::config::PolicyRuntimeConfig;
+use switchyard::policy::{
+    builtin, CallOptions, Candidate, Circuit, KvStore, PolicyKind, PolicyRuntime, RequestInfo,
+};
+
+fn candidates(n: usize) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| Candidate {
+            deployment: format!("deployment-{i}"),
+            model_id: "anthropic.claude-3-5-sonnet-20240620-v1:0".into(),
+            region: "us-east-1".into(),
+            priority: (i % 3) as u32 + 1,
+            weight: 1,
+            in_flight: i as u32,
+            cooldown_remaining_ms: if i == 2 { 5_000 } else { 0 },
+            recent_throttles: 0,
+            last_used_ms: Some(1_700_000_000_000),
+            last_throttle_ms: None,
+            quota_used_permille: 100,
+            success_permille: 1000,
+            latency_ewma_ms: 800,
+            circuit: Circuit::Closed,
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let clock = SystemClock::shared();
+    let runtime = PolicyRuntime::new(&PolicyRuntimeConfig::default(), clock.clone()).unwrap();
+    let req = RequestInfo {
+        request_id: "bench".into(),
+        user: Some("user-1".into()),
+        model_group: "claude".into(),
+        attempt: 0,
+        sequence: 42,
+        estimated_tokens: 1_000,
+        previous_deployment: None,
+    };
+    let candidates = candidates(8);
+    let options = CallOptions::default();
+    for name in ["priority"] {
+        let b = builtin::find(PolicyKind::Selection, name).unwrap();
+        let policy = runtime
+            .load(
+                PolicyKind::Selection,
+                name,
+                b.component,
+                &serde_json::json!({}),
+                Arc::new(KvStore::new(clock.clone())),
+            )
+            .unwrap();
+        c.bench_function(&format!("select/{name}/8 candidates"), |bench| {
+            bench.iter(|| policy.select(&req, &candidates, &options).unwrap())
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

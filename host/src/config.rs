@@ -1,0 +1,458 @@
+//! The gateway's one TOML file: where it listens, which deployments exist,
+//! how they are grouped, which policies route each group, and the limits.
+//!
+//! Parsing is strict (unknown keys are errors) and validation names the key
+//! at fault, so a typo fails at start instead of silently routing wrong.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::sim::SimConfig;
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has a key of the wrong type or name.
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    /// A key has a value that cannot work.
+    #[error("invalid config: `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the gateway listens on (`--listen` overrides it).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Request and attempt limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Limits every policy call runs under.
+    #[serde(default)]
+    pub policy_runtime: PolicyRuntimeConfig,
+    /// The upstream targets.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentConfig>,
+    /// The names clients ask for, each mapping to deployments.
+    #[serde(default)]
+    pub model_groups: Vec<ModelGroupConfig>,
+    /// The built-in Bedrock simulator, used by `switchyard sim` and `serve --simulate`.
+    #[serde(default)]
+    pub simulator: Option<SimConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4000))
+}
+
+/// Request-level limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most attempts one request may make (0 = one per deployment in its group).
+    pub max_attempts: u32,
+    /// Time to connect to Bedrock.
+    pub connect_timeout_ms: u64,
+    /// Time for one attempt to produce its response headers (Converse: the
+    /// whole answer; ConverseStream: the first byte).
+    pub attempt_timeout_ms: u64,
+    /// Longest silence allowed between two events of a stream.
+    pub stream_idle_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_attempts: 0,
+            connect_timeout_ms: 3_000,
+            attempt_timeout_ms: 300_000,
+            stream_idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Limits on each policy call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyRuntimeConfig {
+    /// Wall-time budget of one policy call, in microseconds.
+    pub call_deadline_us: u64,
+    /// Linear memory a policy instance may grow to, in MiB.
+    pub memory_limit_mib: u32,
+    /// How many policy instances may exist at once (the pool's size).
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for PolicyRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            call_deadline_us: 1_000,
+            memory_limit_mib: 16,
+            max_concurrent_calls: 256,
+        }
+    }
+}
+
+/// One upstream target: a Bedrock model id in one region under one set of credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// Unique name, used in stats, headers and policies.
+    pub id: String,
+    /// Bedrock model id or inference profile.
+    pub model_id: String,
+    /// AWS region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Lower is preferred; 1 is the primary.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Weight for weighted strategies.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Where Bedrock is; unset means AWS's own endpoint for the region (or
+    /// the in-process simulator under `serve --simulate`).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Where the credentials come from.
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    /// Requests per minute this deployment is allowed (informational until
+    /// admission control enforces it).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute this deployment is allowed.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+fn default_priority() -> u32 {
+    1
+}
+fn default_weight() -> u32 {
+    1
+}
+
+/// Where a deployment's AWS credentials come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialsConfig {
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally
+    /// `AWS_SESSION_TOKEN`, read once at start.
+    #[default]
+    Env,
+    /// Keys written in the config (fine for the simulator, not for production).
+    Static {
+        access_key_id: String,
+        secret_access_key: String,
+        #[serde(default)]
+        session_token: Option<String>,
+    },
+    /// A named profile from `~/.aws/credentials` (static keys only).
+    Profile {
+        #[serde(default = "default_profile")]
+        name: String,
+    },
+}
+
+fn default_profile() -> String {
+    "default".to_owned()
+}
+
+/// A name clients ask for, and the deployments behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelGroupConfig {
+    /// What clients put in the model id.
+    pub name: String,
+    /// Deployment ids, in any order (priority decides the safe order).
+    pub deployments: Vec<String>,
+    /// The group's policies; each defaults to the built-in one.
+    #[serde(default)]
+    pub policies: GroupPolicies,
+}
+
+/// The three policy slots of a model group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupPolicies {
+    /// Orders the deployments for a new request.
+    pub selection: PolicyRef,
+    /// Decides how long a deployment cools down after an attempt.
+    pub cooldown: PolicyRef,
+    /// Orders what is left after a failed attempt.
+    pub fallback: PolicyRef,
+}
+
+impl Default for GroupPolicies {
+    fn default() -> Self {
+        Self {
+            selection: PolicyRef::builtin("priority"),
+            cooldown: PolicyRef::builtin("adaptive"),
+            fallback: PolicyRef::builtin("cascade"),
+        }
+    }
+}
+
+/// A built-in policy by name, or a component file by path, with its params.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRef {
+    /// Name of a built-in policy.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path of a `.wasm` component (relative to the config file).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Params handed to the policy as JSON.
+    #[serde(default = "empty_params")]
+    pub params: serde_json::Value,
+}
+
+fn empty_params() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl PolicyRef {
+    /// The built-in policy `name` with no params.
+    pub fn builtin(name: &str) -> Self {
+        Self {
+            name: Some(name.to_owned()),
+            path: None,
+            params: empty_params(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative policy paths are
+    /// resolved against the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for group in &mut config.model_groups {
+            for slot in [
+                &mut group.policies.selection,
+                &mut group.policies.cooldown,
+                &mut group.policies.fallback,
+            ] {
+                if let Some(p) = &slot.path {
+                    if p.is_relative() {
+                        slot.path = Some(base.join(p));
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        for (i, d) in self.deployments.iter().enumerate() {
+            let key = format!("deployments[{i}]");
+            if d.id.trim().is_empty() {
+                return Err(invalid(format!("{key}.id"), "must not be empty"));
+            }
+            if !ids.insert(d.id.as_str()) {
+                return Err(invalid(
+                    format!("{key}.id"),
+                    format!("deployment id `{}` is used twice", d.id),
+                ));
+            }
+            if d.model_id.trim().is_empty() {
+                return Err(invalid(format!("{key}.model_id"), "must not be empty"));
+            }
+            if let Some(url) = &d.endpoint_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        format!("{key}.endpoint_url"),
+                        format!("`{url}` must start with http:// or https://"),
+                    ));
+                }
+            }
+        }
+        if self.model_groups.is_empty() {
+            return Err(invalid(
+                "model_groups",
+                "at least one model group is needed",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, g) in self.model_groups.iter().enumerate() {
+            let key = format!("model_groups[{i}]");
+            if !names.insert(g.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("model group `{}` is defined twice", g.name),
+                ));
+            }
+            if g.deployments.is_empty() {
+                return Err(invalid(
+                    format!("{key}.deployments"),
+                    "must list at least one deployment",
+                ));
+            }
+            let mut seen = HashSet::new();
+            for d in &g.deployments {
+                if !ids.contains(d.as_str()) {
+                    return Err(invalid(
+                        format!("{key}.deployments"),
+                        format!("unknown deployment `{d}`"),
+                    ));
+                }
+                if !seen.insert(d.as_str()) {
+                    return Err(invalid(
+                        format!("{key}.deployments"),
+                        format!("deployment `{d}` is listed twice"),
+                    ));
+                }
+            }
+            for (kind, slot) in [
+                ("selection", &g.policies.selection),
+                ("cooldown", &g.policies.cooldown),
+                ("fallback", &g.policies.fallback),
+            ] {
+                let key = format!("{key}.policies.{kind}");
+                match (&slot.name, &slot.path) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(key, "set either `name` or `path`, not both"))
+                    }
+                    (None, None) => return Err(invalid(key, "set `name` or `path`")),
+                    _ => {}
+                }
+                if !slot.params.is_object() {
+                    return Err(invalid(format!("{key}.params"), "must be a table"));
+                }
+            }
+        }
+        let rt = &self.policy_runtime;
+        if rt.call_deadline_us == 0 {
+            return Err(invalid(
+                "policy_runtime.call_deadline_us",
+                "must be greater than 0",
+            ));
+        }
+        if rt.memory_limit_mib == 0 || rt.memory_limit_mib > 4096 {
+            return Err(invalid(
+                "policy_runtime.memory_limit_mib",
+                "must be between 1 and 4096",
+            ));
+        }
+        if rt.max_concurrent_calls == 0 {
+            return Err(invalid(
+                "policy_runtime.max_concurrent_calls",
+                "must be greater than 0",
+            ));
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// Deployments by id.
+    pub fn deployments_by_id(&self) -> BTreeMap<&str, &DeploymentConfig> {
+        self.deployments.iter().map(|d| (d.id.as_str(), d)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[deployments]]
+        id = "a"
+        model_id = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+
+        [[model_groups]]
+        name = "claude"
+        deployments = ["a"]
+    "#;
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_builtin_policies() {
+        let config = Config::parse(MINIMAL, "test.toml").unwrap();
+        let policies = &config.model_groups[0].policies;
+        assert_eq!(policies.selection.name.as_deref(), Some("priority"));
+        assert_eq!(policies.cooldown.name.as_deref(), Some("adaptive"));
+        assert_eq!(policies.fallback.name.as_deref(), Some("cascade"));
+        assert_eq!(config.policy_runtime.call_deadline_us, 1_000);
+        assert_eq!(config.policy_runtime.memory_limit_mib, 16);
+    }
+
+    #[test]
+    fn unknown_deployment_in_group_names_the_key() {
+        let text = MINIMAL.replace(r#"deployments = ["a"]"#, r#"deployments = ["a", "b"]"#);
+        let err = error_of(&text);
+        assert!(err.contains("model_groups[0].deployments"), "{err}");
+        assert!(err.contains("unknown deployment `b`"), "{err}");
+    }
+
+    #[test]
+    fn typo_in_key_is_rejected() {
+        let text = MINIMAL.replace("model_id", "modelid");
+        let err = error_of(&text);
+        assert!(err.contains("modelid"), "{err}");
+    }
+
+    #[test]
+    fn policy_with_name_and_path_is_rejected() {
+        let text = format!(
+            "{MINIMAL}\n[model_groups.policies.selection]\nname = \"priority\"\npath = \"x.wasm\"\n"
+        );
+        let err = error_of(&text);
+        assert!(err.contains("model_groups[0].policies.selection"), "{err}");
+    }
+
+    #[test]
+    fn zero_deadline_is_rejected() {
+        let text = format!("[policy_runtime]\ncall_deadline_us = 0\n{MINIMAL}");
+        let err = error_of(&text);
+        assert!(err.contains("policy_runtime.call_deadline_us"), "{err}");
+    }
+}

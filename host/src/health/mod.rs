@@ -1,0 +1,212 @@
+//! Per-deployment health: counters, latency, recent throttles, and the
+//! cooldown clock. The router records outcomes here; policies see snapshots.
+//!
+//! A cooldown is a hint, not a block: the selection policy decides whether a
+//! deployment that is cooling down is still worth trying.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::outcome::{Outcome, OutcomeKind};
+
+/// The window `recent-throttles` counts over.
+pub const THROTTLE_WINDOW_MS: u64 = 60_000;
+/// How many recent outcomes the success rate is computed over.
+const OUTCOME_WINDOW: usize = 100;
+/// Weight of a new latency sample in the moving average.
+const LATENCY_EWMA_ALPHA: f64 = 0.2;
+
+/// What the health board knows of one deployment at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthSnapshot {
+    pub in_flight: u32,
+    pub cooldown_remaining_ms: u64,
+    pub cooldown_reason: Option<OutcomeKind>,
+    pub recent_throttles: u32,
+    pub last_used_ms: Option<u64>,
+    pub last_throttle_ms: Option<u64>,
+    pub success_permille: u32,
+    pub latency_ewma_ms: u32,
+    pub total_attempts: u64,
+    pub successful_attempts: u64,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    cooldown_until_ms: u64,
+    cooldown_reason: Option<OutcomeKind>,
+    throttles: VecDeque<u64>,
+    last_used_ms: Option<u64>,
+    last_throttle_ms: Option<u64>,
+    recent_outcomes: VecDeque<bool>,
+    latency_ewma_ms: Option<f64>,
+    total_attempts: u64,
+    successful_attempts: u64,
+}
+
+impl HealthState {
+    fn prune(&mut self, now_ms: u64) {
+        while self
+            .throttles
+            .front()
+            .is_some_and(|&t| t + THROTTLE_WINDOW_MS <= now_ms)
+        {
+            self.throttles.pop_front();
+        }
+    }
+}
+
+/// The health of one deployment.
+#[derive(Debug, Default)]
+pub struct DeploymentHealth {
+    in_flight: AtomicU32,
+    state: Mutex<HealthState>,
+}
+
+impl DeploymentHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().expect("health state poisoned")
+    }
+
+    /// Its state now.
+    pub fn snapshot(&self, now_ms: u64) -> HealthSnapshot {
+        let mut s = self.lock();
+        s.prune(now_ms);
+        let successes = s.recent_outcomes.iter().filter(|&&ok| ok).count();
+        let success_permille = if s.recent_outcomes.is_empty() {
+            1000
+        } else {
+            (successes * 1000 / s.recent_outcomes.len()) as u32
+        };
+        let cooldown_remaining_ms = s.cooldown_until_ms.saturating_sub(now_ms);
+        HealthSnapshot {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            cooldown_remaining_ms,
+            cooldown_reason: if cooldown_remaining_ms > 0 {
+                s.cooldown_reason
+            } else {
+                None
+            },
+            recent_throttles: s.throttles.len() as u32,
+            last_used_ms: s.last_used_ms,
+            last_throttle_ms: s.last_throttle_ms,
+            success_permille,
+            latency_ewma_ms: s.latency_ewma_ms.map(|l| l.round() as u32).unwrap_or(0),
+            total_attempts: s.total_attempts,
+            successful_attempts: s.successful_attempts,
+        }
+    }
+
+    /// An attempt starts.
+    pub fn begin_attempt(&self, now_ms: u64) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.lock().last_used_ms = Some(now_ms);
+    }
+
+    /// An attempt ended with `outcome`.
+    pub fn end_attempt(&self, outcome: &Outcome) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut s = self.lock();
+        s.total_attempts += 1;
+        let ok = outcome.kind == OutcomeKind::Success;
+        if ok {
+            s.successful_attempts += 1;
+        }
+        // A client error says nothing about the deployment's health.
+        if outcome.kind != OutcomeKind::ClientError {
+            if s.recent_outcomes.len() == OUTCOME_WINDOW {
+                s.recent_outcomes.pop_front();
+            }
+            s.recent_outcomes.push_back(ok);
+        }
+        if outcome.kind == OutcomeKind::Throttled {
+            s.throttles.push_back(outcome.at_ms);
+            s.last_throttle_ms = Some(outcome.at_ms);
+            s.prune(outcome.at_ms);
+        }
+        let sample = f64::from(outcome.latency_ms);
+        s.latency_ewma_ms = Some(match s.latency_ewma_ms {
+            None => sample,
+            Some(avg) => avg + LATENCY_EWMA_ALPHA * (sample - avg),
+        });
+    }
+
+    /// Applies a cooldown policy's decision made at `now_ms` after `cause`.
+    pub fn apply_cooldown(&self, now_ms: u64, cooldown_ms: u64, clear_history: bool, cause: OutcomeKind) {
+        let mut s = self.lock();
+        if cooldown_ms == 0 {
+            s.cooldown_until_ms = 0;
+            s.cooldown_reason = None;
+        } else {
+            s.cooldown_until_ms = now_ms.saturating_add(cooldown_ms);
+            s.cooldown_reason = Some(cause);
+        }
+        if clear_history {
+            s.throttles.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(kind: OutcomeKind, at_ms: u64, latency_ms: u32) -> Outcome {
+        Outcome {
+            deployment: "a".into(),
+            kind,
+            latency_ms,
+            retry_after_ms: None,
+            at_ms,
+            detail: None,
+            upstream_status: None,
+        }
+    }
+
+    #[test]
+    fn cooldown_counts_down_on_the_clock() {
+        let h = DeploymentHealth::default();
+        h.apply_cooldown(1_000, 10_000, false, OutcomeKind::Throttled);
+        let s = h.snapshot(6_000);
+        assert_eq!(s.cooldown_remaining_ms, 5_000);
+        assert_eq!(s.cooldown_reason, Some(OutcomeKind::Throttled));
+        let s = h.snapshot(11_000);
+        assert_eq!(s.cooldown_remaining_ms, 0);
+        assert_eq!(s.cooldown_reason, None);
+    }
+
+    #[test]
+    fn throttles_are_counted_over_a_minute_and_cleared_on_request() {
+        let h = DeploymentHealth::default();
+        for at in [0, 10_000, 20_000] {
+            h.begin_attempt(at);
+            h.end_attempt(&outcome(OutcomeKind::Throttled, at, 5));
+        }
+        assert_eq!(h.snapshot(20_000).recent_throttles, 3);
+        assert_eq!(h.snapshot(60_000).recent_throttles, 2);
+        h.apply_cooldown(60_000, 0, true, OutcomeKind::Success);
+        assert_eq!(h.snapshot(60_000).recent_throttles, 0);
+    }
+
+    #[test]
+    fn success_rate_and_latency_follow_outcomes() {
+        let h = DeploymentHealth::default();
+        assert_eq!(h.snapshot(0).success_permille, 1000);
+        h.begin_attempt(0);
+        h.end_attempt(&outcome(OutcomeKind::Success, 0, 100));
+        h.begin_attempt(0);
+        h.end_attempt(&outcome(OutcomeKind::Unavailable, 0, 200));
+        h.begin_attempt(0);
+        h.end_attempt(&outcome(OutcomeKind::ClientError, 0, 100));
+        let s = h.snapshot(0);
+        assert_eq!(s.success_permille, 500);
+        assert_eq!(s.total_attempts, 3);
+        assert_eq!(s.successful_attempts, 1);
+        assert_eq!(s.in_flight, 0);
+        // 100, then 100 + 0.2 × (200 − 100) = 120, then 120 + 0.2 × (100 − 120) = 116.
+        assert_eq!(s.latency_ewma_ms, 116);
+    }
+}

@@ -1,0 +1,18 @@
+//! Switchyard: a gateway in front of AWS Bedrock whose routing decisions are
+//! sandboxed, hot-swappable WebAssembly policies.
+//!
+//! The request path: [`api`] parses and checks a request, [`router`] runs the
+//! attempt loop, [`policy`] answers selection / cooldown / fallback questions,
+//! [`upstream`] calls Bedrock through the AWS SDK, and [`health`] keeps what
+//! happened. [`sim`] is a Bedrock simulator speaking the real wire protocol.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod gateway;
+pub mod health;
+pub mod outcome;
+pub mod policy;
+pub mod router;
+pub mod sim;
+pub mod upstream;

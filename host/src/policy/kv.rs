@@ -1,0 +1,117 @@
+//! Policy-private key-value state, kept by the host so that a policy can
+//! remember across calls although each call runs in a fresh instance.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::clock::SharedClock;
+
+/// Most entries one policy slot may hold; a runaway policy must not eat the gateway's memory.
+pub const MAX_ENTRIES: usize = 100_000;
+/// Largest key plus value, in bytes.
+pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    expires_at_ms: Option<u64>,
+}
+
+/// The entries of one policy slot (a model group's selection, cooldown or fallback).
+#[derive(Debug)]
+pub struct KvStore {
+    clock: SharedClock,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl KvStore {
+    /// An empty store whose TTLs run on `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The live value under `key`.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let now = self.clock.now_ms();
+        let mut entries = self.entries.lock().expect("kv store poisoned");
+        match entries.get(key) {
+            Some(e) if e.expires_at_ms.is_some_and(|t| t <= now) => {
+                entries.remove(key);
+                None
+            }
+            Some(e) => Some(e.value.clone()),
+            None => None,
+        }
+    }
+
+    /// Stores `value` under `key`, for `ttl_ms` if given. Returns false when
+    /// the entry is too large or the store is full.
+    pub fn set(&self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> bool {
+        if key.len() + value.len() > MAX_ENTRY_BYTES {
+            return false;
+        }
+        let now = self.clock.now_ms();
+        let mut entries = self.entries.lock().expect("kv store poisoned");
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
+            entries.retain(|_, e| e.expires_at_ms.is_none_or(|t| t > now));
+            if entries.len() >= MAX_ENTRIES {
+                return false;
+            }
+        }
+        let expires_at_ms = ttl_ms.map(|ttl| now.saturating_add(ttl));
+        entries.insert(
+            key,
+            Entry {
+                value,
+                expires_at_ms,
+            },
+        );
+        true
+    }
+
+    /// Removes `key`.
+    pub fn delete(&self, key: &str) {
+        self.entries.lock().expect("kv store poisoned").remove(key);
+    }
+
+    /// Number of entries, live or expired-but-not-yet-collected.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("kv store poisoned").len()
+    }
+
+    /// Whether it holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn entries_expire_on_the_clock() {
+        let clock = ManualClock::new(0);
+        let kv = KvStore::new(clock.clone());
+        assert!(kv.set("a".into(), vec![1], Some(100)));
+        assert!(kv.set("b".into(), vec![2], None));
+        clock.advance(99);
+        assert_eq!(kv.get("a"), Some(vec![1]));
+        clock.advance(1);
+        assert_eq!(kv.get("a"), None);
+        assert_eq!(kv.get("b"), Some(vec![2]));
+        kv.delete("b");
+        assert_eq!(kv.get("b"), None);
+    }
+
+    #[test]
+    fn oversized_entries_are_refused() {
+        let kv = KvStore::new(ManualClock::new(0));
+        assert!(!kv.set("k".into(), vec![0; MAX_ENTRY_BYTES], None));
+        assert!(kv.is_empty());
+    }
+}

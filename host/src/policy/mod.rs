@@ -1,0 +1,473 @@
+//! The policy runtime: one wasmtime engine with the pooling allocator, a
+//! pre-linked template (`InstancePre`) per loaded policy, and a fresh instance
+//! for every call, so calls run in parallel without a lock and nothing leaks
+//! between requests.
+//!
+//! A call that traps, overruns its deadline, runs out of memory or returns
+//! invalid indices never fails a request: the caller gets a [`PolicyFault`],
+//! counts it, and uses the safe order instead.
+
+mod bindings;
+pub mod builtin;
+mod call_state;
+mod kv;
+mod limits;
+mod world;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+pub use bindings::types::{Candidate, Circuit, CooldownDecision, Outcome, OutcomeKind, RequestInfo};
+pub use kv::KvStore;
+pub use world::{WorldMismatch, PACKAGE, VERSION};
+
+use bindings::cooldown::CooldownPre;
+use bindings::fallback::FallbackPre;
+use bindings::selection::SelectionPre;
+use call_state::CallState;
+use limits::{EpochTicker, MemoryCap};
+
+use crate::clock::SharedClock;
+use crate::config::PolicyRuntimeConfig;
+
+/// The three questions a policy can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// In which order should a new request try the deployments?
+    Selection,
+    /// How long should a deployment cool down after an attempt?
+    Cooldown,
+    /// In which order should a failed request try what is left?
+    Fallback,
+}
+
+impl PolicyKind {
+    /// Every kind.
+    pub const ALL: [PolicyKind; 3] = [Self::Selection, Self::Cooldown, Self::Fallback];
+
+    /// The WIT world a policy of this kind implements.
+    pub fn world(self) -> &'static str {
+        match self {
+            Self::Selection => "selection",
+            Self::Cooldown => "cooldown",
+            Self::Fallback => "fallback",
+        }
+    }
+
+    /// The function the world exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            Self::Selection => "select",
+            Self::Cooldown => "on-outcome",
+            Self::Fallback => "next",
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.world())
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// The component implements another world or version.
+    #[error(transparent)]
+    World(#[from] WorldMismatch),
+    /// Linking failed although the names matched (types differ).
+    #[error("component does not match world `{world}` of {PACKAGE}@{VERSION}: {message}")]
+    Link { world: &'static str, message: String },
+    /// The engine could not be set up.
+    #[error("policy engine: {0}")]
+    Engine(String),
+}
+
+/// How a policy call went wrong. None of these fail the client's request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyFault {
+    /// The policy trapped (panic, unreachable, bad memory access...).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The call ran past its deadline.
+    #[error("deadline exceeded")]
+    Timeout,
+    /// The policy tried to grow its memory past the cap.
+    #[error("out of memory")]
+    OutOfMemory,
+    /// The policy returned indices that are out of range or repeated.
+    #[error("invalid result: {0}")]
+    BadResult(String),
+    /// No instance could be made (for example, the pool is exhausted).
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+}
+
+impl PolicyFault {
+    /// A short stable name, for metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Trap(_) => "trap",
+            Self::Timeout => "timeout",
+            Self::OutOfMemory => "out_of_memory",
+            Self::BadResult(_) => "bad_result",
+            Self::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// What the engine is shared between: every loaded policy keeps it alive.
+struct EngineShared {
+    engine: Engine,
+    linker: Linker<CallState>,
+    deadline_ticks: u64,
+    memory_limit_bytes: usize,
+    _ticker: EpochTicker,
+}
+
+/// Loads policies and owns the engine they run on.
+#[derive(Clone)]
+pub struct PolicyRuntime {
+    shared: Arc<EngineShared>,
+    clock: SharedClock,
+}
+
+impl PolicyRuntime {
+    /// An engine with the pooling allocator sized for `config`, whose policies
+    /// read time from `clock`.
+    pub fn new(config: &PolicyRuntimeConfig, clock: SharedClock) -> Result<Self, LoadError> {
+        let memory_limit_bytes = config.memory_limit_mib as usize * 1024 * 1024;
+        let instances = config.max_concurrent_calls;
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(instances)
+            // wit-component adds small shim modules next to the policy's own.
+            .max_core_instances_per_component(8)
+            .total_core_instances(instances * 8)
+            .max_memories_per_component(1)
+            .total_memories(instances)
+            .max_tables_per_component(4)
+            .total_tables(instances * 4)
+            .max_memory_size(memory_limit_bytes);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&wasm).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        bindings::host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let deadline = Duration::from_micros(config.call_deadline_us);
+        let tick = limits::tick_for(deadline);
+        let ticker = EpochTicker::start(engine.clone(), tick);
+        Ok(Self {
+            shared: Arc::new(EngineShared {
+                engine,
+                linker,
+                deadline_ticks: limits::ticks_for(deadline, tick),
+                memory_limit_bytes,
+                _ticker: ticker,
+            }),
+            clock,
+        })
+    }
+
+    /// The clock policies see.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Compiles `bytes`, checks it implements `kind`'s world, and links it.
+    /// `name` labels it in logs and stats; `params` is handed to it as JSON;
+    /// `kv` is the slot's private state.
+    pub fn load(
+        &self,
+        kind: PolicyKind,
+        name: &str,
+        bytes: &[u8],
+        params: &serde_json::Value,
+        kv: Arc<KvStore>,
+    ) -> Result<Policy, LoadError> {
+        let engine = &self.shared.engine;
+        let component =
+            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        world::check(engine, &component, kind)?;
+        let link_error = |e: wasmtime::Error| LoadError::Link {
+            world: kind.world(),
+            message: format!("{e:#}"),
+        };
+        let pre = self
+            .shared
+            .linker
+            .instantiate_pre(&component)
+            .map_err(link_error)?;
+        let pre = match kind {
+            PolicyKind::Selection => KindPre::Selection(SelectionPre::new(pre).map_err(link_error)?),
+            PolicyKind::Cooldown => KindPre::Cooldown(CooldownPre::new(pre).map_err(link_error)?),
+            PolicyKind::Fallback => KindPre::Fallback(FallbackPre::new(pre).map_err(link_error)?),
+        };
+        Ok(Policy {
+            kind,
+            name: name.into(),
+            params: params.to_string().into(),
+            kv,
+            pre,
+            shared: self.shared.clone(),
+            clock: self.clock.clone(),
+            stats: PolicyStats::default(),
+        })
+    }
+}
+
+enum KindPre {
+    Selection(SelectionPre<CallState>),
+    Cooldown(CooldownPre<CallState>),
+    Fallback(FallbackPre<CallState>),
+}
+
+/// Call and fault counts of one loaded policy.
+#[derive(Debug, Default)]
+pub struct PolicyStats {
+    calls: AtomicU64,
+    faults: AtomicU64,
+}
+
+impl PolicyStats {
+    /// Calls made.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+    /// Calls that faulted.
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-call settings that are not the policy's own.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// The request the call is for, tagged on the policy's log lines.
+    pub request_id: Option<String>,
+    /// Seed for `random-u64`; `None` draws a fresh seed.
+    pub seed: Option<u64>,
+}
+
+/// What a call cost, for `switchyard policy test` and the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallReport {
+    /// The largest linear memory the instance had, in bytes.
+    pub peak_memory_bytes: usize,
+}
+
+/// A loaded, linked policy. Cheap to call from many threads at once.
+pub struct Policy {
+    kind: PolicyKind,
+    name: Arc<str>,
+    params: Arc<str>,
+    kv: Arc<KvStore>,
+    pre: KindPre,
+    shared: Arc<EngineShared>,
+    clock: SharedClock,
+    stats: PolicyStats,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Which world it implements.
+    pub fn kind(&self) -> PolicyKind {
+        self.kind
+    }
+
+    /// Its label.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its call and fault counts.
+    pub fn stats(&self) -> &PolicyStats {
+        &self.stats
+    }
+
+    fn store(&self, options: &CallOptions) -> Store<CallState> {
+        let rng = match options.seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
+        let state = CallState {
+            clock: self.clock.clone(),
+            rng,
+            params: self.params.clone(),
+            kv: self.kv.clone(),
+            memory: MemoryCap::new(self.shared.memory_limit_bytes),
+            policy_name: self.name.clone(),
+            request_id: options.request_id.clone(),
+            log_budget: 16,
+        };
+        let mut store = Store::new(&self.shared.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.set_epoch_deadline(self.shared.deadline_ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn classify(&self, store: &Store<CallState>, error: wasmtime::Error) -> PolicyFault {
+        if store.data().memory.refused {
+            return PolicyFault::OutOfMemory;
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => PolicyFault::Timeout,
+            Some(trap) => PolicyFault::Trap(trap.to_string()),
+            None => PolicyFault::Trap(format!("{error:#}")),
+        }
+    }
+
+    fn finish<T>(&self, result: Result<T, PolicyFault>) -> Result<T, PolicyFault> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Runs `select`. The indices are checked: each must be in range and appear once.
+    pub fn select(
+        &self,
+        req: &RequestInfo,
+        candidates: &[Candidate],
+        options: &CallOptions,
+    ) -> Result<(Vec<usize>, CallReport), PolicyFault> {
+        let KindPre::Selection(pre) = &self.pre else {
+            return Err(self.wrong_kind(PolicyKind::Selection));
+        };
+        let mut store = self.store(options);
+        let result = pre
+            .instantiate(&mut store)
+            .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
+            .and_then(|instance| {
+                instance
+                    .call_select(&mut store, req, candidates)
+                    .map_err(|e| self.classify(&store, e))
+            })
+            .and_then(|indices| checked_order(&indices, candidates.len()));
+        let report = report(&store);
+        self.finish(result.map(|order| (order, report)))
+    }
+
+    /// Runs `on-outcome`.
+    pub fn on_outcome(
+        &self,
+        outcome: &Outcome,
+        candidate: &Candidate,
+        options: &CallOptions,
+    ) -> Result<(CooldownDecision, CallReport), PolicyFault> {
+        let KindPre::Cooldown(pre) = &self.pre else {
+            return Err(self.wrong_kind(PolicyKind::Cooldown));
+        };
+        let mut store = self.store(options);
+        let result = pre
+            .instantiate(&mut store)
+            .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
+            .and_then(|instance| {
+                instance
+                    .call_on_outcome(&mut store, outcome, candidate)
+                    .map_err(|e| self.classify(&store, e))
+            });
+        let report = report(&store);
+        self.finish(result.map(|d| (d, report)))
+    }
+
+    /// Runs `next`. The indices are checked like `select`'s.
+    pub fn next(
+        &self,
+        req: &RequestInfo,
+        failed: &Outcome,
+        remaining: &[Candidate],
+        options: &CallOptions,
+    ) -> Result<(Vec<usize>, CallReport), PolicyFault> {
+        let KindPre::Fallback(pre) = &self.pre else {
+            return Err(self.wrong_kind(PolicyKind::Fallback));
+        };
+        let mut store = self.store(options);
+        let result = pre
+            .instantiate(&mut store)
+            .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
+            .and_then(|instance| {
+                instance
+                    .call_next(&mut store, req, failed, remaining)
+                    .map_err(|e| self.classify(&store, e))
+            })
+            .and_then(|indices| checked_order(&indices, remaining.len()));
+        let report = report(&store);
+        self.finish(result.map(|order| (order, report)))
+    }
+
+    fn wrong_kind(&self, called: PolicyKind) -> PolicyFault {
+        PolicyFault::Instantiate(format!(
+            "{} policy `{}` was called as a {called} policy",
+            self.kind, self.name
+        ))
+    }
+}
+
+fn report(store: &Store<CallState>) -> CallReport {
+    CallReport {
+        peak_memory_bytes: store.data().memory.peak_bytes,
+    }
+}
+
+/// Turns a policy's indices into an order, refusing any out-of-range or repeated index.
+fn checked_order(indices: &[u32], len: usize) -> Result<Vec<usize>, PolicyFault> {
+    let mut seen = vec![false; len];
+    let mut order = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let i = i as usize;
+        match seen.get_mut(i) {
+            None => {
+                return Err(PolicyFault::BadResult(format!(
+                    "index {i} is out of range for {len} candidates"
+                )))
+            }
+            Some(true) => {
+                return Err(PolicyFault::BadResult(format!("index {i} is repeated")))
+            }
+            Some(slot) => *slot = true,
+        }
+        order.push(i);
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_order_refuses_bad_indices() {
+        assert_eq!(checked_order(&[2, 0], 3).unwrap(), vec![2, 0]);
+        assert!(checked_order(&[], 3).unwrap().is_empty());
+        assert!(matches!(
+            checked_order(&[3], 3),
+            Err(PolicyFault::BadResult(_))
+        ));
+        assert!(matches!(
+            checked_order(&[1, 1], 3),
+            Err(PolicyFault::BadResult(_))
+        ));
+    }
+}

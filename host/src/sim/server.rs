@@ -1,0 +1,491 @@
+//! The simulator's HTTP server: Bedrock's Converse and ConverseStream routes,
+//! plus `/sim/*` routes for tests and demos to inject faults and read counts.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::SinkExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::config::{SimConfig, SimModelConfig};
+use super::converse::{parse_prompt, reply_to, Prompt, Reply};
+use super::eventstream;
+use super::faults::Fault;
+use super::quota::RollingQuota;
+use super::wire::BedrockError;
+use crate::clock::SharedClock;
+
+/// Counts of what one simulated model saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ModelCounts {
+    /// Calls received, whatever their ending.
+    pub calls: u64,
+    /// Calls answered successfully.
+    pub successes: u64,
+    /// Calls refused with a 429 (quota or injected).
+    pub throttles: u64,
+    /// Calls that ended in another injected fault.
+    pub faults: u64,
+}
+
+struct ModelState {
+    config: SimModelConfig,
+    quota: RollingQuota,
+    injected: VecDeque<Fault>,
+    counts: ModelCounts,
+    rng: fastrand::Rng,
+}
+
+impl ModelState {
+    fn new(config: SimModelConfig) -> Self {
+        let seed = config.model_id.bytes().fold(0u64, |h, b| {
+            h.wrapping_mul(31).wrapping_add(u64::from(b))
+        });
+        Self {
+            quota: RollingQuota::new(config.rpm, config.tpm),
+            config,
+            injected: VecDeque::new(),
+            counts: ModelCounts::default(),
+            rng: fastrand::Rng::with_seed(seed),
+        }
+    }
+
+    fn next_fault(&mut self) -> Option<Fault> {
+        if let Some(f) = self.injected.pop_front() {
+            return Some(f);
+        }
+        let roll = self.rng.f64();
+        let mut acc = 0.0;
+        for f in &self.config.faults {
+            acc += f.probability;
+            if roll < acc {
+                return Some(f.kind);
+            }
+        }
+        None
+    }
+}
+
+struct SimState {
+    clock: SharedClock,
+    stall: Duration,
+    accept_any_model: bool,
+    models: Mutex<HashMap<String, ModelState>>,
+    request_ids: AtomicU64,
+}
+
+/// What the simulator decided for one call, before any waiting.
+enum Plan {
+    Answer {
+        prompt: Prompt,
+        reply: Reply,
+        ttft: Duration,
+        per_token: Duration,
+        fault: Option<Fault>,
+    },
+    Refuse(BedrockError),
+    Stall,
+    Reset,
+}
+
+impl SimState {
+    fn plan(&self, model_id: &str, body: &[u8], streaming: bool) -> Plan {
+        let mut models = self.models.lock().expect("simulator state poisoned");
+        if !models.contains_key(model_id) {
+            if !self.accept_any_model {
+                return Plan::Refuse(BedrockError::validation(
+                    "The provided model identifier is invalid.",
+                ));
+            }
+            models.insert(
+                model_id.to_owned(),
+                ModelState::new(SimModelConfig::unlimited(model_id)),
+            );
+        }
+        let model = models.get_mut(model_id).expect("inserted above");
+        model.counts.calls += 1;
+        let prompt = match parse_prompt(body) {
+            Ok(p) => p,
+            Err(message) => return Plan::Refuse(BedrockError::validation(message)),
+        };
+        let fault = model.next_fault();
+        match fault {
+            Some(Fault::Throttle) | Some(Fault::StreamThrottle) if !streaming => {
+                model.counts.throttles += 1;
+                return Plan::Refuse(BedrockError::throttling(
+                    "Too many requests, please wait before trying again.",
+                    1_000,
+                ));
+            }
+            Some(Fault::Throttle) => {
+                model.counts.throttles += 1;
+                return Plan::Refuse(BedrockError::throttling(
+                    "Too many requests, please wait before trying again.",
+                    1_000,
+                ));
+            }
+            Some(Fault::Unavailable) => {
+                model.counts.faults += 1;
+                return Plan::Refuse(BedrockError::unavailable());
+            }
+            Some(Fault::Internal) => {
+                model.counts.faults += 1;
+                return Plan::Refuse(BedrockError::internal());
+            }
+            Some(Fault::Timeout) => {
+                model.counts.faults += 1;
+                return Plan::Stall;
+            }
+            Some(Fault::Reset) if !streaming => {
+                model.counts.faults += 1;
+                return Plan::Reset;
+            }
+            _ => {}
+        }
+        let reply = reply_to(model_id, &prompt);
+        let now = self.clock.now_ms();
+        let tokens = prompt.input_tokens + reply.output_tokens();
+        if let Err(refusal) = model.quota.try_admit(now, tokens) {
+            model.counts.throttles += 1;
+            return Plan::Refuse(BedrockError::throttling(
+                refusal.message(),
+                model.quota.retry_after_ms(now),
+            ));
+        }
+        match fault {
+            Some(Fault::StreamThrottle) => model.counts.throttles += 1,
+            Some(Fault::Reset) => model.counts.faults += 1,
+            _ => model.counts.successes += 1,
+        }
+        let per_token = match model.config.tokens_per_s {
+            0 => Duration::ZERO,
+            tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
+        };
+        Plan::Answer {
+            prompt,
+            reply,
+            ttft: Duration::from_millis(model.config.ttft_ms),
+            per_token,
+            fault,
+        }
+    }
+
+    fn request_id(&self) -> String {
+        format!("sim-{:016x}", self.request_ids.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn with_request_id(mut response: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-amzn-requestid", v);
+    }
+    response
+}
+
+async fn converse(
+    State(state): State<Arc<SimState>>,
+    Path(model_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request_id = state.request_id();
+    let started = Instant::now();
+    let response = match state.plan(&model_id, &body, false) {
+        Plan::Refuse(err) => err.into_response(),
+        Plan::Stall => {
+            tokio::time::sleep(state.stall).await;
+            BedrockError::unavailable().into_response()
+        }
+        Plan::Reset => reset_response(),
+        Plan::Answer {
+            prompt,
+            reply,
+            ttft,
+            per_token,
+            ..
+        } => {
+            tokio::time::sleep(ttft + per_token * reply.pieces.len() as u32).await;
+            let body = json!({
+                "output": {"message": {"role": "assistant", "content": [{"text": reply.text()}]}},
+                "stopReason": reply.stop_reason,
+                "usage": usage(&prompt, &reply),
+                "metrics": {"latencyMs": started.elapsed().as_millis() as u64},
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+    };
+    with_request_id(response, &request_id)
+}
+
+fn usage(prompt: &Prompt, reply: &Reply) -> serde_json::Value {
+    json!({
+        "inputTokens": prompt.input_tokens,
+        "outputTokens": reply.output_tokens(),
+        "totalTokens": prompt.input_tokens + reply.output_tokens(),
+    })
+}
+
+/// A 200 whose body fails at once: the client sees the connection drop.
+fn reset_response() -> Response {
+    let failing = futures::stream::once(async {
+        Err::<Bytes, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated connection reset",
+        ))
+    });
+    let mut response = Response::new(Body::from_stream(failing));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn converse_stream(
+    State(state): State<Arc<SimState>>,
+    Path(model_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request_id = state.request_id();
+    let response = match state.plan(&model_id, &body, true) {
+        Plan::Refuse(err) => err.into_response(),
+        Plan::Stall => {
+            tokio::time::sleep(state.stall).await;
+            BedrockError::unavailable().into_response()
+        }
+        Plan::Reset => reset_response(),
+        Plan::Answer {
+            prompt,
+            reply,
+            ttft,
+            per_token,
+            fault,
+        } => {
+            let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                tokio::time::sleep(ttft).await;
+                let mut frames = vec![eventstream::event(
+                    "messageStart",
+                    json!({"role": "assistant"}),
+                )];
+                for (i, piece) in reply.pieces.iter().enumerate() {
+                    frames.push(eventstream::event(
+                        "contentBlockDelta",
+                        json!({"contentBlockIndex": 0, "delta": {"text": piece}}),
+                    ));
+                    if i == 0 {
+                        // Send what we have, then break the stream if asked to.
+                        for f in frames.drain(..) {
+                            if tx.send(Ok(f)).await.is_err() {
+                                return;
+                            }
+                        }
+                        match fault {
+                            Some(Fault::StreamThrottle) => {
+                                let _ = tx
+                                    .send(Ok(eventstream::exception(
+                                        "throttlingException",
+                                        "Too many requests, please wait before trying again.",
+                                    )))
+                                    .await;
+                                return;
+                            }
+                            Some(Fault::Reset) => {
+                                let _ = tx
+                                    .send(Err(std::io::Error::new(
+                                        std::io::ErrorKind::ConnectionReset,
+                                        "simulated connection reset",
+                                    )))
+                                    .await;
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if !per_token.is_zero() {
+                        tokio::time::sleep(per_token).await;
+                    }
+                }
+                frames.push(eventstream::event(
+                    "contentBlockStop",
+                    json!({"contentBlockIndex": 0}),
+                ));
+                frames.push(eventstream::event(
+                    "messageStop",
+                    json!({"stopReason": reply.stop_reason}),
+                ));
+                frames.push(eventstream::event(
+                    "metadata",
+                    json!({
+                        "usage": usage(&prompt, &reply),
+                        "metrics": {"latencyMs": started.elapsed().as_millis() as u64},
+                    }),
+                ));
+                for f in frames {
+                    if tx.send(Ok(f)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut response = Response::new(Body::from_stream(rx));
+            response.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/vnd.amazon.eventstream"),
+            );
+            response
+        }
+    };
+    with_request_id(response, &request_id)
+}
+
+/// Body of `POST /sim/faults`.
+#[derive(Debug, Deserialize)]
+struct InjectFaults {
+    model_id: String,
+    fault: Fault,
+    #[serde(default = "one")]
+    count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn inject_faults(
+    State(state): State<Arc<SimState>>,
+    Json(req): Json<InjectFaults>,
+) -> Response {
+    state.inject(&req.model_id, req.fault, req.count);
+    (StatusCode::OK, Json(json!({"injected": req.count}))).into_response()
+}
+
+async fn stats(State(state): State<Arc<SimState>>) -> Response {
+    let models = state.models.lock().expect("simulator state poisoned");
+    let counts: HashMap<&str, ModelCounts> = models
+        .iter()
+        .map(|(id, m)| (id.as_str(), m.counts))
+        .collect();
+    Json(json!({ "models": counts })).into_response()
+}
+
+impl SimState {
+    fn inject(&self, model_id: &str, fault: Fault, count: u32) {
+        let mut models = self.models.lock().expect("simulator state poisoned");
+        let model = models
+            .entry(model_id.to_owned())
+            .or_insert_with(|| ModelState::new(SimModelConfig::unlimited(model_id)));
+        model
+            .injected
+            .extend(std::iter::repeat_n(fault, count as usize));
+    }
+}
+
+/// A configured simulator, ready to start.
+pub struct Simulator {
+    state: Arc<SimState>,
+}
+
+impl Simulator {
+    /// A simulator for `config` whose quotas run on `clock`.
+    pub fn new(config: &SimConfig, clock: SharedClock) -> Self {
+        let models = config
+            .models
+            .iter()
+            .map(|m| (m.model_id.clone(), ModelState::new(m.clone())))
+            .collect();
+        Self {
+            state: Arc::new(SimState {
+                clock,
+                stall: Duration::from_millis(config.stall_ms),
+                accept_any_model: config.accept_any_model,
+                models: Mutex::new(models),
+                request_ids: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The simulator's routes, for embedding or serving.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/model/{model_id}/converse", post(converse))
+            .route("/model/{model_id}/converse-stream", post(converse_stream))
+            .route("/sim/faults", post(inject_faults))
+            .route("/sim/stats", get(stats))
+            .with_state(self.state.clone())
+    }
+
+    /// Serves on `listener` in a background task.
+    pub fn start(self, listener: TcpListener) -> std::io::Result<SimHandle> {
+        let addr = listener.local_addr()?;
+        let app = self.router();
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "simulator stopped");
+            }
+        });
+        Ok(SimHandle {
+            addr,
+            state: self.state,
+            task,
+        })
+    }
+
+    /// Binds `addr` and serves in a background task.
+    pub async fn bind(self, addr: SocketAddr) -> std::io::Result<SimHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        self.start(listener)
+    }
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct SimHandle {
+    addr: SocketAddr,
+    state: Arc<SimState>,
+    task: JoinHandle<()>,
+}
+
+impl SimHandle {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, for a deployment's `endpoint_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Makes the next `count` calls to `model_id` end in `fault`.
+    pub fn inject(&self, model_id: &str, fault: Fault, count: u32) {
+        self.state.inject(model_id, fault, count);
+    }
+
+    /// What `model_id` has seen so far.
+    pub fn counts(&self, model_id: &str) -> ModelCounts {
+        let models = self.state.models.lock().expect("simulator state poisoned");
+        models.get(model_id).map(|m| m.counts).unwrap_or_default()
+    }
+
+    /// Waits until the server task ends (it runs until dropped).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

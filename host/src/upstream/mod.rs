@@ -1,0 +1,175 @@
+//! The Bedrock client pool: one `aws-sdk-bedrockruntime` client per
+//! deployment, built once with the SDK's retries off (the router decides what
+//! to retry, and where) and explicit timeouts.
+//!
+//! Requests and responses pass through as raw bytes: the client's Converse
+//! JSON becomes the upstream body and Bedrock's bytes come back unchanged,
+//! so nothing a client sends (tools, images, guardrails) is lost in
+//! translation. The SDK still signs, resolves endpoints, enforces timeouts and
+//! reports errors, which `classify` turns into outcomes.
+
+mod classify;
+mod credentials;
+mod passthrough;
+
+use std::time::Duration;
+
+use aws_sdk_bedrockruntime::config::retry::RetryConfig;
+use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
+use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region};
+use aws_sdk_bedrockruntime::Client;
+use bytes::Bytes;
+use futures::channel::mpsc;
+
+pub use classify::AttemptFailure;
+pub use credentials::CredentialsError;
+
+use crate::config::{DeploymentConfig, Limits};
+use crate::outcome::OutcomeKind;
+use passthrough::{CapturedBody, RawRequestBody, StreamTee};
+
+/// The pooled client of one deployment.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client,
+    model_id: String,
+    attempt_timeout: Duration,
+    stream_idle_timeout: Duration,
+}
+
+/// A finished Converse answer, as Bedrock's bytes.
+#[derive(Debug)]
+pub struct ConverseReply {
+    /// The JSON body, unchanged.
+    pub body: Bytes,
+}
+
+/// A ConverseStream that has produced its first event.
+pub struct OpenStream {
+    /// The raw event-stream frames, starting with the first one.
+    pub frames: mpsc::UnboundedReceiver<Bytes>,
+    /// Resolves when the stream ends, with how it ended.
+    pub finished: tokio::task::JoinHandle<StreamEnd>,
+}
+
+/// How a stream that had started ended.
+#[derive(Debug, Clone)]
+pub struct StreamEnd {
+    /// Success, or the failure in mid-stream.
+    pub kind: OutcomeKind,
+    /// Bedrock's words for a failure.
+    pub detail: Option<String>,
+}
+
+impl Upstream {
+    /// Builds the client for `deployment`. `endpoint_override` replaces its
+    /// `endpoint_url` (the in-process simulator uses it).
+    pub fn new(
+        deployment: &DeploymentConfig,
+        limits: &Limits,
+        endpoint_override: Option<&str>,
+    ) -> Result<Self, CredentialsError> {
+        let credentials = credentials::resolve(&deployment.credentials, &deployment.id)?;
+        let mut builder = aws_sdk_bedrockruntime::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(deployment.region.clone()))
+            .credentials_provider(credentials)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_millis(limits.connect_timeout_ms))
+                    .read_timeout(Duration::from_millis(limits.attempt_timeout_ms))
+                    .build(),
+            );
+        if let Some(url) = endpoint_override.or(deployment.endpoint_url.as_deref()) {
+            builder = builder.endpoint_url(url);
+        }
+        Ok(Self {
+            client: Client::from_conf(builder.build()),
+            model_id: deployment.model_id.clone(),
+            attempt_timeout: Duration::from_millis(limits.attempt_timeout_ms),
+            stream_idle_timeout: Duration::from_millis(limits.stream_idle_timeout_ms),
+        })
+    }
+
+    /// One Converse attempt with the client's raw JSON `body`.
+    pub async fn converse(&self, body: Bytes) -> Result<ConverseReply, AttemptFailure> {
+        let captured = CapturedBody::default();
+        let call = self
+            .client
+            .converse()
+            .model_id(&self.model_id)
+            .customize()
+            .interceptor(RawRequestBody::new(body))
+            .interceptor(captured.clone())
+            .send();
+        match tokio::time::timeout(self.attempt_timeout, call).await {
+            Err(_) => Err(AttemptFailure::timeout("no answer within the attempt timeout")),
+            Ok(Err(e)) => Err(classify::sdk_error(&e)),
+            Ok(Ok(_parsed)) => match captured.take() {
+                Some(body) => Ok(ConverseReply { body }),
+                None => Err(AttemptFailure::server_error(
+                    "the answer's body could not be captured",
+                )),
+            },
+        }
+    }
+
+    /// One ConverseStream attempt. Returns once the first event has arrived,
+    /// so a stream that fails before it can still fall back.
+    pub async fn converse_stream(&self, body: Bytes) -> Result<OpenStream, AttemptFailure> {
+        let (tx, frames) = mpsc::unbounded();
+        let call = self
+            .client
+            .converse_stream()
+            .model_id(&self.model_id)
+            .customize()
+            .interceptor(RawRequestBody::new(body))
+            .interceptor(StreamTee::new(tx))
+            .send();
+        let output = match tokio::time::timeout(self.attempt_timeout, call).await {
+            Err(_) => return Err(AttemptFailure::timeout("no answer within the attempt timeout")),
+            Ok(Err(e)) => return Err(classify::sdk_error(&e)),
+            Ok(Ok(output)) => output,
+        };
+        let mut events = output.stream;
+        // The SDK pulls bytes through the tee as it decodes; the first event
+        // proves the stream is good before anything reaches the client.
+        match tokio::time::timeout(self.attempt_timeout, events.recv()).await {
+            Err(_) => return Err(AttemptFailure::timeout("no first event within the attempt timeout")),
+            Ok(Err(e)) => return Err(classify::stream_error(&e)),
+            Ok(Ok(None)) => {
+                return Err(AttemptFailure::server_error("the stream ended before its first event"))
+            }
+            Ok(Ok(Some(_first))) => {}
+        }
+        let idle = self.stream_idle_timeout;
+        let finished = tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(idle, events.recv()).await {
+                    Err(_) => {
+                        return StreamEnd {
+                            kind: OutcomeKind::Timeout,
+                            detail: Some("the stream went silent".into()),
+                        }
+                    }
+                    Ok(Ok(Some(_))) => continue,
+                    Ok(Ok(None)) => {
+                        return StreamEnd {
+                            kind: OutcomeKind::Success,
+                            detail: None,
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        let failure = classify::stream_error(&e);
+                        return StreamEnd {
+                            kind: failure.kind,
+                            detail: Some(failure.detail),
+                        };
+                    }
+                }
+            }
+        });
+        Ok(OpenStream { frames, finished })
+    }
+}

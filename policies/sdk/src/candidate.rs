@@ -1,0 +1,29 @@
+//! Conveniences on the contract's [`Candidate`].
+
+use alloc::string::String;
+
+use crate::{Candidate, Circuit};
+
+impl Candidate {
+    /// A healthy, idle candidate: closed circuit, no cooldown, no history,
+    /// weight 1. Meant for unit tests of a policy's logic, which then change
+    /// the fields they care about (`Candidate { in_flight: 3, ..Candidate::new("a", 1) }`).
+    pub fn new(deployment: impl Into<String>, priority: u32) -> Self {
+        Self {
+            deployment: deployment.into(),
+            model_id: String::new(),
+            region: String::new(),
+            priority,
+            weight: 1,
+            in_flight: 0,
+            cooldown_remaining_ms: 0,
+            recent_throttles: 0,
+            last_used_ms: None,
+            last_throttle_ms: None,
+            quota_used_permille: 0,
+            success_permille: 1000,
+            latency_ewma_ms: 0,
+            circuit: Circuit::Closed,
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The adaptive cooldown as operators see it through the gateway: 10 s, then
+//! 30 s, then 60 s for consecutive throttles within 60 s, reset by a success.
+
+use switchyard::clock::ManualClock;
+use switchyard::sim::Fault;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn consecutive_throttles_cool_down_10_30_then_60_seconds_and_a_success_resets() {
+    let t0 = 5_000_000;
+    let clock = ManualClock::new(t0);
+    let sim = start_sim(vec![sim_model("model-a", None), sim_model("model-b", None)], clock.clone()).await;
+    let config = format!(
+        "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-b", 2, &sim)
+    );
+    let gw = start_gateway(&config, clock.clone()).await;
+
+    // Each step: at `at` seconds, a request tries A (its cooldown is over),
+    // gets `fault` (or an answer), and leaves A cooling down for `expect` seconds.
+    let steps: [(u64, Option<Fault>, u64); 6] = [
+        (0, Some(Fault::Throttle), 10),
+        (11, Some(Fault::Throttle), 30),
+        (42, None, 0),                   // a success clears the history...
+        (43, Some(Fault::Throttle), 10), // ...so this is a first throttle again
+        (54, Some(Fault::Throttle), 30),
+        (85, Some(Fault::Throttle), 60), // third within 60 s (43, 54, 85)
+    ];
+    for (at, fault, expect) in steps {
+        clock.set(t0 + at * 1_000);
+        let calls_before = sim.counts("model-a").calls;
+        if let Some(f) = fault {
+            sim.inject("model-a", f, 1);
+        }
+        let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+        assert_eq!(raw.status, 200, "the request succeeds at t={at}s");
+        assert_eq!(
+            sim.counts("model-a").calls,
+            calls_before + 1,
+            "A was tried first at t={at}s"
+        );
+        assert_eq!(
+            gw.cooldown_ms("g", "a"),
+            expect * 1_000,
+            "cooldown after the step at t={at}s"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Switchyard's integration tests: one binary, one module per thing a user
+//! does. Every test drives the real gateway over loopback with the real AWS
+//! SDK as client and the real simulator as Bedrock.
+
+mod api_errors;
+mod cooldown;
+mod policy_faults;
+mod routing;
+mod streaming;
+mod support;

@@ -1,0 +1,198 @@
+//! A broken policy never fails a request: traps, endless loops, memory hogs
+//! and garbage answers all fall back to the safe order and are counted. A
+//! component for the wrong world is refused at load.
+
+use std::sync::Arc;
+
+use switchyard::clock::ManualClock;
+use switchyard::config::PolicyRuntimeConfig;
+use switchyard::policy::{
+    CallOptions, Candidate, Circuit, KvStore, PolicyFault, PolicyKind, PolicyRuntime, RequestInfo,
+};
+
+use crate::support::*;
+
+fn candidates(n: usize) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| Candidate {
+            deployment: format!("d{i}"),
+            model_id: "m".into(),
+            region: "us-east-1".into(),
+            priority: i as u32 + 1,
+            weight: 1,
+            in_flight: 0,
+            cooldown_remaining_ms: 0,
+            recent_throttles: 0,
+            last_used_ms: None,
+            last_throttle_ms: None,
+            quota_used_permille: 0,
+            success_permille: 1000,
+            latency_ewma_ms: 0,
+            circuit: Circuit::Closed,
+        })
+        .collect()
+}
+
+fn request() -> RequestInfo {
+    RequestInfo {
+        request_id: "r".into(),
+        user: None,
+        model_group: "g".into(),
+        attempt: 0,
+        sequence: 0,
+        estimated_tokens: 10,
+        previous_deployment: None,
+    }
+}
+
+fn runtime() -> PolicyRuntime {
+    PolicyRuntime::new(&PolicyRuntimeConfig::default(), ManualClock::new(0)).unwrap()
+}
+
+fn load(runtime: &PolicyRuntime, kind: PolicyKind, fixture: &str) -> Result<switchyard::policy::Policy, switchyard::policy::LoadError> {
+    runtime.load(
+        kind,
+        fixture,
+        &policy_bytes(fixture),
+        &serde_json::json!({}),
+        Arc::new(KvStore::new(ManualClock::new(0))),
+    )
+}
+
+#[test]
+fn each_faulty_policy_fault_is_classified() {
+    let runtime = runtime();
+    let expected: [(&str, fn(&PolicyFault) -> bool); 4] = [
+        ("trap", |f| matches!(f, PolicyFault::Trap(_))),
+        ("spin", |f| matches!(f, PolicyFault::Timeout)),
+        ("hog", |f| matches!(f, PolicyFault::OutOfMemory)),
+        ("garbage", |f| matches!(f, PolicyFault::BadResult(_))),
+    ];
+    for (fixture, is_expected) in expected {
+        let policy = load(&runtime, PolicyKind::Selection, fixture).expect("fixture loads");
+        let fault = policy
+            .select(&request(), &candidates(8), &CallOptions::default())
+            .expect_err("the fixture faults");
+        assert!(is_expected(&fault), "{fixture}: unexpected fault {fault:?}");
+        assert_eq!(policy.stats().calls(), 1);
+        assert_eq!(policy.stats().faults(), 1);
+    }
+}
+
+#[test]
+fn the_builtin_priority_policy_orders_by_priority_and_skips_hot_deployments() {
+    let runtime = runtime();
+    let bytes = switchyard::policy::builtin::find(PolicyKind::Selection, "priority")
+        .unwrap()
+        .component;
+    let policy = runtime
+        .load(
+            PolicyKind::Selection,
+            "priority",
+            bytes,
+            &serde_json::json!({}),
+            Arc::new(KvStore::new(ManualClock::new(0))),
+        )
+        .unwrap();
+    let mut c = candidates(4);
+    c[0].priority = 3;
+    c[1].priority = 1;
+    c[2].priority = 2;
+    c[3].priority = 1;
+    c[2].cooldown_remaining_ms = 2_001;
+    c[3].cooldown_remaining_ms = 2_000;
+    let (order, report) = policy.select(&request(), &c, &CallOptions::default()).unwrap();
+    assert_eq!(order, vec![1, 3, 0], "by priority; only a cooldown above 2000 ms skips");
+    assert!(report.peak_memory_bytes > 0);
+}
+
+#[tokio::test]
+async fn a_faulty_selection_policy_never_fails_a_request() {
+    for fixture in ["trap", "spin", "hog", "garbage"] {
+        let clock = ManualClock::new(1_000_000);
+        let sim = start_sim(vec![sim_model("model-a", None), sim_model("model-b", None)], clock.clone()).await;
+        // b comes first in the config, but a has the better priority: the
+        // safe order is by priority.
+        let config = format!(
+            "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"b\", \"a\"]\n[model_groups.policies.selection]\npath = \"{}\"\n",
+            deployment("b", "model-b", 2, &sim),
+            deployment("a", "model-a", 1, &sim),
+            policy_path(fixture)
+        );
+        let gw = start_gateway(&config, clock).await;
+        for _ in 0..3 {
+            let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+            assert_eq!(raw.status, 200, "{fixture}: {}", String::from_utf8_lossy(&raw.body));
+            assert_eq!(raw.headers["x-switchyard-deployment"], "a", "{fixture}: safe order");
+        }
+        let policies = &gw.gateway.router().group("g").unwrap().policies;
+        assert_eq!(policies.selection.stats().faults(), 3, "{fixture}: faults counted");
+        assert_eq!(policies.selection.stats().calls(), 3);
+    }
+}
+
+#[tokio::test]
+async fn after_a_failure_the_fallback_policy_orders_what_is_left() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(vec![sim_model("model-a", None), sim_model("model-b", None)], clock.clone()).await;
+    let config = format!(
+        "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-b", 2, &sim),
+    );
+    let gw = start_gateway(&config, clock).await;
+    sim.inject("model-a", switchyard::sim::Fault::Internal, 1);
+    let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.headers["x-switchyard-deployment"], "b");
+    let policies = &gw.gateway.router().group("g").unwrap().policies;
+    assert_eq!(policies.fallback.stats().calls(), 1);
+    assert_eq!(policies.fallback.stats().faults(), 0);
+}
+
+#[test]
+fn a_component_for_another_world_is_refused_with_a_clear_message() {
+    let runtime = runtime();
+    let error = load(&runtime, PolicyKind::Selection, "adaptive").unwrap_err().to_string();
+    assert!(
+        error.contains("does not implement world `switchyard:policy/selection@0.1.0`"),
+        "{error}"
+    );
+    assert!(error.contains("cooldown policy"), "{error}");
+
+    let error = load(&runtime, PolicyKind::Selection, "future-version")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("switchyard:policy@0.2.0"), "{error}");
+    assert!(error.contains("switchyard:policy@0.1.0"), "{error}");
+
+    let error = runtime
+        .load(
+            PolicyKind::Selection,
+            "junk",
+            b"not wasm at all",
+            &serde_json::json!({}),
+            Arc::new(KvStore::new(ManualClock::new(0))),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not a valid WebAssembly component"), "{error}");
+}
+
+#[tokio::test]
+async fn a_gateway_config_naming_a_wrong_world_component_fails_at_start() {
+    let clock = ManualClock::new(0);
+    let sim = start_sim(vec![sim_model("model-a", None)], clock.clone()).await;
+    let config = format!(
+        "{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n[model_groups.policies.selection]\npath = \"{}\"\n",
+        deployment("a", "model-a", 1, &sim),
+        policy_path("cascade")
+    );
+    let config = switchyard::config::Config::parse(&config, "test").unwrap();
+    let error = switchyard::gateway::Gateway::build(&config, clock, &switchyard::gateway::Upstreams::Aws)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("model group `g`, selection policy"), "{error}");
+    assert!(error.contains("it looks like a fallback policy"), "{error}");
+}

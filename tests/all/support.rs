@@ -1,0 +1,232 @@
+//! Starting a simulator and a gateway on loopback, and talking to them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_bedrockruntime::config::retry::RetryConfig;
+use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, Message};
+use aws_sdk_bedrockruntime::Client;
+use switchyard::clock::SharedClock;
+use switchyard::config::Config;
+use switchyard::gateway::{Gateway, Upstreams};
+use switchyard::sim::{SimConfig, SimHandle, SimModelConfig, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Where the build script put the compiled policy components.
+pub fn policy_path(name: &str) -> String {
+    format!("{}/{name}.wasm", env!("SWITCHYARD_POLICY_DIR"))
+}
+
+pub fn policy_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(policy_path(name)).expect("policy component built by build.rs")
+}
+
+/// A simulator on a free loopback port.
+pub async fn start_sim(models: Vec<SimModelConfig>, clock: SharedClock) -> SimHandle {
+    let config = SimConfig {
+        models,
+        accept_any_model: false,
+        stall_ms: 5_000,
+        ..SimConfig::default()
+    };
+    Simulator::new(&config, clock)
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("simulator binds")
+}
+
+pub fn sim_model(model_id: &str, rpm: Option<u32>) -> SimModelConfig {
+    SimModelConfig {
+        rpm,
+        ..SimModelConfig::unlimited(model_id)
+    }
+}
+
+/// A gateway serving on a free loopback port. Dropping it stops the server.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestGateway {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cooldown left on `deployment` of `group`, in ms.
+    pub fn cooldown_ms(&self, group: &str, deployment: &str) -> u64 {
+        let router = self.gateway.router();
+        let g = router.group(group).expect("group exists");
+        let d = g
+            .members
+            .iter()
+            .find(|d| d.config.id == deployment)
+            .expect("deployment exists");
+        d.health
+            .snapshot(router.clock().now_ms())
+            .cooldown_remaining_ms
+    }
+}
+
+pub async fn start_gateway(config_toml: &str, clock: SharedClock) -> TestGateway {
+    let config = Config::parse(config_toml, "test config").expect("valid test config");
+    let gateway = Arc::new(Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = gateway.app();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    TestGateway {
+        addr,
+        gateway,
+        task,
+    }
+}
+
+/// A `[[deployments]]` entry pointing at the simulator.
+pub fn deployment(id: &str, model_id: &str, priority: u32, sim: &SimHandle) -> String {
+    format!(
+        r#"
+[[deployments]]
+id = "{id}"
+model_id = "{model_id}"
+priority = {priority}
+endpoint_url = "{url}"
+credentials = {{ source = "static", access_key_id = "test", secret_access_key = "test" }}
+"#,
+        url = sim.url()
+    )
+}
+
+/// The unmodified AWS SDK client, pointed at `url`, with its retries off
+/// so the test sees exactly what the gateway answered.
+pub fn sdk_client(url: &str) -> Client {
+    let config = aws_sdk_bedrockruntime::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(url)
+        .retry_config(RetryConfig::disabled())
+        .build();
+    Client::from_conf(config)
+}
+
+pub fn user_message(text: &str) -> Message {
+    Message::builder()
+        .role(ConversationRole::User)
+        .content(ContentBlock::Text(text.to_owned()))
+        .build()
+        .unwrap()
+}
+
+/// The text of a Converse answer.
+pub fn answer_text(output: &aws_sdk_bedrockruntime::operation::converse::ConverseOutput) -> String {
+    let message = output.output().unwrap().as_message().unwrap();
+    message
+        .content()
+        .iter()
+        .filter_map(|c| c.as_text().ok().cloned())
+        .collect()
+}
+
+/// A raw HTTP answer.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// A plain HTTP/1.1 POST, for what the SDK would refuse to send or hide.
+pub async fn raw_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
+    let io = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The server may answer (413) before reading the whole body.
+        let _ = stream.write_all(body).await;
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(20), io)
+        .await
+        .expect("raw request finished in time");
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> RawResponse {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response has a head");
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.get("transfer-encoding").is_some_and(|v| v == "chunked") {
+        body = dechunk(&body);
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+}
+
+/// A Converse body with one user message.
+pub fn converse_body(text: &str) -> Vec<u8> {
+    serde_json::json!({"messages": [{"role": "user", "content": [{"text": text}]}]})
+        .to_string()
+        .into_bytes()
+}
