@@ -392,7 +392,10 @@ impl Config {
 
     /// Deployments by id.
     pub fn deployments_by_id(&self) -> BTreeMap<&str, &DeploymentConfig> {
-        self.deployments.iter().map(|d| (d.id.as_str(), d)).collect()
+        self.deployments
+            .iter()
+            .map(|d| (d.id.as_str(), d))
+            .collect()
     }
 }
 

@@ -67,9 +67,13 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads everything `config` names. Time for routing state comes from `clock`.
-    pub fn build(config: &Config, clock: SharedClock, upstreams: &Upstreams) -> Result<Self, GatewayError> {
-        let runtime =
-            PolicyRuntime::new(&config.policy_runtime, clock.clone()).map_err(GatewayError::Engine)?;
+    pub fn build(
+        config: &Config,
+        clock: SharedClock,
+        upstreams: &Upstreams,
+    ) -> Result<Self, GatewayError> {
+        let runtime = PolicyRuntime::new(&config.policy_runtime, clock.clone())
+            .map_err(GatewayError::Engine)?;
         let mut deployments = std::collections::HashMap::new();
         for d in &config.deployments {
             let mut d = d.clone();
@@ -104,7 +108,11 @@ impl Gateway {
                 cooldown: load(PolicyKind::Cooldown, &g.policies.cooldown)?,
                 fallback: load(PolicyKind::Fallback, &g.policies.fallback)?,
             };
-            let members = g.deployments.iter().map(|id| deployments[id].clone()).collect();
+            let members = g
+                .deployments
+                .iter()
+                .map(|id| deployments[id].clone())
+                .collect();
             groups.push(ModelGroup::new(g.name.clone(), members, policies));
         }
         let router = Router::new(groups, clock, config.limits.max_attempts);

@@ -76,8 +76,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn read_sim_config(path: &Path) -> anyhow::Result<SimConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("invalid TOML in {}", path.display()))?;
     match table.remove("simulator") {
@@ -88,7 +88,11 @@ fn read_sim_config(path: &Path) -> anyhow::Result<SimConfig> {
     }
 }
 
-async fn serve(config_path: &Path, listen: Option<SocketAddr>, simulate: bool) -> anyhow::Result<()> {
+async fn serve(
+    config_path: &Path,
+    listen: Option<SocketAddr>,
+    simulate: bool,
+) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let clock = SystemClock::shared();
     let mut _simulator = None;

@@ -179,7 +179,10 @@ impl Recorder {
             seed: None,
         };
         let (cooldown_ms, clear_history) =
-            match self.cooldown.on_outcome(&wit_outcome(&outcome), &before, &options) {
+            match self
+                .cooldown
+                .on_outcome(&wit_outcome(&outcome), &before, &options)
+            {
                 Ok((d, _)) => (d.cooldown_ms, d.clear_history),
                 Err(fault) => {
                     log_fault(&self.cooldown, &fault, &self.request_id);
@@ -427,7 +430,8 @@ impl Router {
             info.attempt = attempts.len() as u32;
             info.previous_deployment = Some(deployment.config.id.clone());
             let now = self.clock.now_ms();
-            let remaining_candidates: Vec<_> = remaining.iter().map(|d| candidate(d, now)).collect();
+            let remaining_candidates: Vec<_> =
+                remaining.iter().map(|d| candidate(d, now)).collect();
             queue = match policies.fallback.next(
                 &info,
                 &wit_outcome(&outcome),

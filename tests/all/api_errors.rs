@@ -47,7 +47,13 @@ async fn an_unknown_model_group_is_a_404_naming_the_known_ones() {
         .as_str()
         .unwrap()
         .contains("model groups: g"));
-    let raw = raw_post(gw.addr, "/model/nope/converse-stream", &[], &converse_body("x")).await;
+    let raw = raw_post(
+        gw.addr,
+        "/model/nope/converse-stream",
+        &[],
+        &converse_body("x"),
+    )
+    .await;
     assert_json_error(&raw, 404, "unknown_model");
 }
 
@@ -69,5 +75,9 @@ async fn a_validation_error_from_bedrock_is_passed_on_without_falling_back() {
     assert_json_error(&raw, 400, "rejected_by_bedrock");
     assert_eq!(raw.json()["attempts"][0]["outcome"], "client_error");
     assert_eq!(sim.counts("m").calls, 1);
-    assert_eq!(gw.cooldown_ms("g", "a"), 0, "a bad request does not bench a deployment");
+    assert_eq!(
+        gw.cooldown_ms("g", "a"),
+        0,
+        "a bad request does not bench a deployment"
+    );
 }

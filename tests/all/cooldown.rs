@@ -10,7 +10,11 @@ use crate::support::*;
 async fn consecutive_throttles_cool_down_10_30_then_60_seconds_and_a_success_resets() {
     let t0 = 5_000_000;
     let clock = ManualClock::new(t0);
-    let sim = start_sim(vec![sim_model("model-a", None), sim_model("model-b", None)], clock.clone()).await;
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        clock.clone(),
+    )
+    .await;
     let config = format!(
         "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
         deployment("a", "model-a", 1, &sim),

@@ -49,7 +49,11 @@ fn runtime() -> PolicyRuntime {
     PolicyRuntime::new(&PolicyRuntimeConfig::default(), ManualClock::new(0)).unwrap()
 }
 
-fn load(runtime: &PolicyRuntime, kind: PolicyKind, fixture: &str) -> Result<switchyard::policy::Policy, switchyard::policy::LoadError> {
+fn load(
+    runtime: &PolicyRuntime,
+    kind: PolicyKind,
+    fixture: &str,
+) -> Result<switchyard::policy::Policy, switchyard::policy::LoadError> {
     runtime.load(
         kind,
         fixture,
@@ -101,8 +105,14 @@ fn the_builtin_priority_policy_orders_by_priority_and_skips_hot_deployments() {
     c[3].priority = 1;
     c[2].cooldown_remaining_ms = 2_001;
     c[3].cooldown_remaining_ms = 2_000;
-    let (order, report) = policy.select(&request(), &c, &CallOptions::default()).unwrap();
-    assert_eq!(order, vec![1, 3, 0], "by priority; only a cooldown above 2000 ms skips");
+    let (order, report) = policy
+        .select(&request(), &c, &CallOptions::default())
+        .unwrap();
+    assert_eq!(
+        order,
+        vec![1, 3, 0],
+        "by priority; only a cooldown above 2000 ms skips"
+    );
     assert!(report.peak_memory_bytes > 0);
 }
 
@@ -110,7 +120,11 @@ fn the_builtin_priority_policy_orders_by_priority_and_skips_hot_deployments() {
 async fn a_faulty_selection_policy_never_fails_a_request() {
     for fixture in ["trap", "spin", "hog", "garbage"] {
         let clock = ManualClock::new(1_000_000);
-        let sim = start_sim(vec![sim_model("model-a", None), sim_model("model-b", None)], clock.clone()).await;
+        let sim = start_sim(
+            vec![sim_model("model-a", None), sim_model("model-b", None)],
+            clock.clone(),
+        )
+        .await;
         // b comes first in the config, but a has the better priority: the
         // safe order is by priority.
         let config = format!(
@@ -122,11 +136,23 @@ async fn a_faulty_selection_policy_never_fails_a_request() {
         let gw = start_gateway(&config, clock).await;
         for _ in 0..3 {
             let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
-            assert_eq!(raw.status, 200, "{fixture}: {}", String::from_utf8_lossy(&raw.body));
-            assert_eq!(raw.headers["x-switchyard-deployment"], "a", "{fixture}: safe order");
+            assert_eq!(
+                raw.status,
+                200,
+                "{fixture}: {}",
+                String::from_utf8_lossy(&raw.body)
+            );
+            assert_eq!(
+                raw.headers["x-switchyard-deployment"], "a",
+                "{fixture}: safe order"
+            );
         }
         let policies = &gw.gateway.router().group("g").unwrap().policies;
-        assert_eq!(policies.selection.stats().faults(), 3, "{fixture}: faults counted");
+        assert_eq!(
+            policies.selection.stats().faults(),
+            3,
+            "{fixture}: faults counted"
+        );
         assert_eq!(policies.selection.stats().calls(), 3);
     }
 }
@@ -134,7 +160,11 @@ async fn a_faulty_selection_policy_never_fails_a_request() {
 #[tokio::test]
 async fn after_a_failure_the_fallback_policy_orders_what_is_left() {
     let clock = ManualClock::new(1_000_000);
-    let sim = start_sim(vec![sim_model("model-a", None), sim_model("model-b", None)], clock.clone()).await;
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        clock.clone(),
+    )
+    .await;
     let config = format!(
         "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
         deployment("a", "model-a", 1, &sim),
@@ -153,7 +183,9 @@ async fn after_a_failure_the_fallback_policy_orders_what_is_left() {
 #[test]
 fn a_component_for_another_world_is_refused_with_a_clear_message() {
     let runtime = runtime();
-    let error = load(&runtime, PolicyKind::Selection, "adaptive").unwrap_err().to_string();
+    let error = load(&runtime, PolicyKind::Selection, "adaptive")
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("does not implement world `switchyard:policy/selection@0.1.0`"),
         "{error}"
@@ -176,7 +208,10 @@ fn a_component_for_another_world_is_refused_with_a_clear_message() {
         )
         .unwrap_err()
         .to_string();
-    assert!(error.contains("not a valid WebAssembly component"), "{error}");
+    assert!(
+        error.contains("not a valid WebAssembly component"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -189,10 +224,14 @@ async fn a_gateway_config_naming_a_wrong_world_component_fails_at_start() {
         policy_path("cascade")
     );
     let config = switchyard::config::Config::parse(&config, "test").unwrap();
-    let error = switchyard::gateway::Gateway::build(&config, clock, &switchyard::gateway::Upstreams::Aws)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(error.contains("model group `g`, selection policy"), "{error}");
+    let error =
+        switchyard::gateway::Gateway::build(&config, clock, &switchyard::gateway::Upstreams::Aws)
+            .err()
+            .expect("refused")
+            .to_string();
+    assert!(
+        error.contains("model group `g`, selection policy"),
+        "{error}"
+    );
     assert!(error.contains("it looks like a fallback policy"), "{error}");
 }

@@ -22,7 +22,11 @@ fn two_deployments(sim: &switchyard::sim::SimHandle) -> String {
 #[tokio::test]
 async fn converse_returns_the_simulators_answer_with_usage_and_headers() {
     let clock = ManualClock::new(1_000_000);
-    let sim = start_sim(vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)], clock.clone()).await;
+    let sim = start_sim(
+        vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)],
+        clock.clone(),
+    )
+    .await;
     let gw = start_gateway(&two_deployments(&sim), clock.clone()).await;
     let client = sdk_client(&gw.url());
 
@@ -61,7 +65,11 @@ async fn converse_returns_the_simulators_answer_with_usage_and_headers() {
 #[tokio::test]
 async fn a_group_named_after_a_model_id_is_reached_through_percent_encoding() {
     let clock = ManualClock::new(1_000_000);
-    let sim = start_sim(vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)], clock.clone()).await;
+    let sim = start_sim(
+        vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)],
+        clock.clone(),
+    )
+    .await;
     // Naming a group after the model id clients already use keeps them unchanged.
     let config = format!(
         "{}{}\n[[model_groups]]\nname = \"{MODEL_A}\"\ndeployments = [\"a\", \"b\"]\n",
@@ -86,7 +94,11 @@ async fn a_group_named_after_a_model_id_is_reached_through_percent_encoding() {
 #[tokio::test]
 async fn a_throttled_attempt_falls_back_and_the_error_lists_every_attempt() {
     let clock = ManualClock::new(1_000_000);
-    let sim = start_sim(vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)], clock.clone()).await;
+    let sim = start_sim(
+        vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)],
+        clock.clone(),
+    )
+    .await;
     let gw = start_gateway(&two_deployments(&sim), clock.clone()).await;
 
     sim.inject(MODEL_A, Fault::Unavailable, 1);
@@ -125,7 +137,11 @@ async fn a_throttled_attempt_falls_back_and_the_error_lists_every_attempt() {
 #[tokio::test]
 async fn a_connection_reset_and_a_timeout_are_unavailable_and_timeout() {
     let clock = ManualClock::new(1_000_000);
-    let sim = start_sim(vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)], clock.clone()).await;
+    let sim = start_sim(
+        vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)],
+        clock.clone(),
+    )
+    .await;
     let config = format!(
         "[limits]\nattempt_timeout_ms = 300\n{}",
         two_deployments(&sim)
@@ -178,7 +194,11 @@ async fn a_burst_from_one_user_does_not_bench_the_primary_for_everyone() {
     clock.set(t0 + 55_000);
     assert!(ask("user4").await.starts_with(&served_by_b));
     assert_eq!(sim.counts(MODEL_A).throttles, 1);
-    assert_eq!(gw.cooldown_ms("claude", "a"), 10_000, "adaptive: 10 s for the first throttle");
+    assert_eq!(
+        gw.cooldown_ms("claude", "a"),
+        10_000,
+        "adaptive: 10 s for the first throttle"
+    );
 
     // 5 s later A has 5 s of cooldown left, more than the 2 s threshold: a
     // new request skips it without calling it (the cooldown is a hint that
@@ -194,7 +214,10 @@ async fn a_burst_from_one_user_does_not_bench_the_primary_for_everyone() {
     clock.set(t0 + 63_000);
     assert_eq!(gw.cooldown_ms("claude", "a"), 2_000);
     for user in ["user1", "user2", "user3"] {
-        assert!(ask(user).await.starts_with(&served_by_a), "{user} served by A");
+        assert!(
+            ask(user).await.starts_with(&served_by_a),
+            "{user} served by A"
+        );
     }
     // A success clears A's cooldown and history.
     assert_eq!(gw.cooldown_ms("claude", "a"), 0);

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ConverseStreamOutput, StopReason, TokenUsage};
+use aws_sdk_bedrockruntime::types::{
+    ContentBlockDelta, ConverseStreamOutput, StopReason, TokenUsage,
+};
 use switchyard::clock::ManualClock;
 use switchyard::sim::Fault;
 
@@ -13,9 +15,17 @@ use crate::support::*;
 const MODEL_A: &str = "model-a";
 const MODEL_B: &str = "model-b";
 
-async fn setup() -> (std::sync::Arc<ManualClock>, switchyard::sim::SimHandle, TestGateway) {
+async fn setup() -> (
+    std::sync::Arc<ManualClock>,
+    switchyard::sim::SimHandle,
+    TestGateway,
+) {
     let clock = ManualClock::new(1_000_000);
-    let sim = start_sim(vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)], clock.clone()).await;
+    let sim = start_sim(
+        vec![sim_model(MODEL_A, None), sim_model(MODEL_B, None)],
+        clock.clone(),
+    )
+    .await;
     let config = format!(
         "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
         deployment("a", MODEL_A, 1, &sim),
@@ -72,7 +82,10 @@ async fn collect(client: &aws_sdk_bedrockruntime::Client, prompt: &str) -> Colle
 async fn a_stream_returns_text_stop_reason_and_usage() {
     let (_clock, _sim, gw) = setup().await;
     let got = collect(&sdk_client(&gw.url()), "stream this please").await;
-    assert_eq!(got.text, format!("Simulated reply from {MODEL_A}: stream this please"));
+    assert_eq!(
+        got.text,
+        format!("Simulated reply from {MODEL_A}: stream this please")
+    );
     assert_eq!(got.stop, Some(StopReason::EndTurn));
     let usage = got.usage.expect("metadata event with usage");
     assert_eq!(usage.input_tokens(), 3);
@@ -87,14 +100,18 @@ async fn a_stream_returns_text_stop_reason_and_usage() {
     )
     .await;
     assert_eq!(raw.status, 200);
-    assert_eq!(raw.headers["content-type"], "application/vnd.amazon.eventstream");
+    assert_eq!(
+        raw.headers["content-type"],
+        "application/vnd.amazon.eventstream"
+    );
     assert_eq!(raw.headers["x-request-id"], "stream-1");
     assert_eq!(raw.headers["x-switchyard-deployment"], "a");
     // The frames decode with the SDK's own decoder: CRCs intact.
     let mut buf = bytes::Bytes::from(raw.body);
     let mut types = Vec::new();
     while !buf.is_empty() {
-        let message = aws_smithy_eventstream::frame::read_message_from(&mut buf).expect("valid frame");
+        let message =
+            aws_smithy_eventstream::frame::read_message_from(&mut buf).expect("valid frame");
         let header = message
             .headers()
             .iter()
@@ -111,7 +128,10 @@ async fn a_stream_falls_back_when_the_first_deployment_fails_before_its_first_by
     let (_clock, sim, gw) = setup().await;
     sim.inject(MODEL_A, Fault::Throttle, 1);
     let got = collect(&sdk_client(&gw.url()), "fall back").await;
-    assert_eq!(got.text, format!("Simulated reply from {MODEL_B}: fall back"));
+    assert_eq!(
+        got.text,
+        format!("Simulated reply from {MODEL_B}: fall back")
+    );
     assert_eq!(gw.cooldown_ms("g", "a"), 10_000);
 }
 
@@ -127,7 +147,10 @@ async fn a_throttle_in_mid_stream_reaches_the_client_and_cools_the_deployment_do
     // The outcome is recorded when the stream ends, just after the client saw it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while gw.cooldown_ms("g", "a") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "cooldown applied in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cooldown applied in time"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(gw.cooldown_ms("g", "a"), 10_000);

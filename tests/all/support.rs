@@ -82,7 +82,8 @@ impl TestGateway {
 
 pub async fn start_gateway(config_toml: &str, clock: SharedClock) -> TestGateway {
     let config = Config::parse(config_toml, "test config").expect("valid test config");
-    let gateway = Arc::new(Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds"));
+    let gateway =
+        Arc::new(Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = gateway.app();
@@ -152,13 +153,22 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 
 /// A plain HTTP/1.1 POST, for what the SDK would refuse to send or hide.
-pub async fn raw_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
+pub async fn raw_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     let io = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut head = format!(
@@ -199,7 +209,10 @@ fn parse_response(raw: &[u8]) -> RawResponse {
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.get("transfer-encoding").is_some_and(|v| v == "chunked") {
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
         body = dechunk(&body);
     }
     RawResponse {
@@ -215,7 +228,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }

@@ -71,7 +71,11 @@ impl IntoResponse for ApiError {
         if let Some(ms) = self.retry_after_ms {
             headers.insert("retry-after", HeaderValue::from(ms.div_ceil(1000).max(1)));
         }
-        if let Some(id) = self.request_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+        if let Some(id) = self
+            .request_id
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
             headers.insert("x-request-id", id.clone());
             headers.insert("x-amzn-requestid", id);
         }

@@ -22,7 +22,10 @@ pub struct AppState {
 pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
     HttpRouter::new()
         .route("/model/{model_id}/converse", post(bedrock::converse))
-        .route("/model/{model_id}/converse-stream", post(bedrock::converse_stream))
+        .route(
+            "/model/{model_id}/converse-stream",
+            post(bedrock::converse_stream),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(max_body_bytes))

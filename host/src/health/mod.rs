@@ -135,7 +135,13 @@ impl DeploymentHealth {
     }
 
     /// Applies a cooldown policy's decision made at `now_ms` after `cause`.
-    pub fn apply_cooldown(&self, now_ms: u64, cooldown_ms: u64, clear_history: bool, cause: OutcomeKind) {
+    pub fn apply_cooldown(
+        &self,
+        now_ms: u64,
+        cooldown_ms: u64,
+        clear_history: bool,
+        cause: OutcomeKind,
+    ) {
         let mut s = self.lock();
         if cooldown_ms == 0 {
             s.cooldown_until_ms = 0;

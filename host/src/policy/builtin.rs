@@ -51,5 +51,8 @@ pub fn find(kind: PolicyKind, name: &str) -> Option<&'static Builtin> {
 
 /// Names of the built-in policies of `kind`, for error messages.
 pub fn names(kind: PolicyKind) -> Vec<&'static str> {
-    ALL.iter().filter(|b| b.kind == kind).map(|b| b.name).collect()
+    ALL.iter()
+        .filter(|b| b.kind == kind)
+        .map(|b| b.name)
+        .collect()
 }

@@ -56,7 +56,10 @@ impl host::Host for CallState {
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) {
         if !self.kv.set(key, value, ttl_ms) {
-            tracing::warn!(policy = &*self.policy_name, "kv-set refused: entry too large or store full");
+            tracing::warn!(
+                policy = &*self.policy_name,
+                "kv-set refused: entry too large or store full"
+            );
         }
     }
 

@@ -121,7 +121,10 @@ mod tests {
 
     #[test]
     fn tiny_and_huge_deadlines_are_clamped() {
-        assert_eq!(tick_for(Duration::from_micros(10)), Duration::from_micros(50));
+        assert_eq!(
+            tick_for(Duration::from_micros(10)),
+            Duration::from_micros(50)
+        );
         assert_eq!(tick_for(Duration::from_secs(10)), Duration::from_millis(50));
         assert_eq!(
             ticks_for(Duration::from_micros(10), Duration::from_micros(50)),

@@ -21,7 +21,9 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-pub use bindings::types::{Candidate, Circuit, CooldownDecision, Outcome, OutcomeKind, RequestInfo};
+pub use bindings::types::{
+    Candidate, Circuit, CooldownDecision, Outcome, OutcomeKind, RequestInfo,
+};
 pub use kv::KvStore;
 pub use world::{WorldMismatch, PACKAGE, VERSION};
 
@@ -86,7 +88,10 @@ pub enum LoadError {
     World(#[from] WorldMismatch),
     /// Linking failed although the names matched (types differ).
     #[error("component does not match world `{world}` of {PACKAGE}@{VERSION}: {message}")]
-    Link { world: &'static str, message: String },
+    Link {
+        world: &'static str,
+        message: String,
+    },
     /// The engine could not be set up.
     #[error("policy engine: {0}")]
     Engine(String),
@@ -210,7 +215,9 @@ impl PolicyRuntime {
             .instantiate_pre(&component)
             .map_err(link_error)?;
         let pre = match kind {
-            PolicyKind::Selection => KindPre::Selection(SelectionPre::new(pre).map_err(link_error)?),
+            PolicyKind::Selection => {
+                KindPre::Selection(SelectionPre::new(pre).map_err(link_error)?)
+            }
             PolicyKind::Cooldown => KindPre::Cooldown(CooldownPre::new(pre).map_err(link_error)?),
             PolicyKind::Fallback => KindPre::Fallback(FallbackPre::new(pre).map_err(link_error)?),
         };
@@ -443,9 +450,7 @@ fn checked_order(indices: &[u32], len: usize) -> Result<Vec<usize>, PolicyFault>
                     "index {i} is out of range for {len} candidates"
                 )))
             }
-            Some(true) => {
-                return Err(PolicyFault::BadResult(format!("index {i} is repeated")))
-            }
+            Some(true) => return Err(PolicyFault::BadResult(format!("index {i} is repeated"))),
             Some(slot) => *slot = true,
         }
         order.push(i);

@@ -31,7 +31,11 @@ pub enum WorldMismatch {
 }
 
 /// Checks the component's imports and exports against `kind`'s world.
-pub fn check(engine: &Engine, component: &Component, kind: PolicyKind) -> Result<(), WorldMismatch> {
+pub fn check(
+    engine: &Engine,
+    component: &Component,
+    kind: PolicyKind,
+) -> Result<(), WorldMismatch> {
     let expected = format!("{PACKAGE}/{}@{VERSION}", kind.world());
     let ty = component.component_type();
     for (name, _) in ty.imports(engine) {

@@ -95,7 +95,13 @@ pub fn reply_to(model_id: &str, prompt: &Prompt) -> Reply {
     let pieces = kept
         .iter()
         .enumerate()
-        .map(|(i, w)| if i == 0 { (*w).to_owned() } else { format!(" {w}") })
+        .map(|(i, w)| {
+            if i == 0 {
+                (*w).to_owned()
+            } else {
+                format!(" {w}")
+            }
+        })
         .collect();
     Reply {
         pieces,

@@ -50,9 +50,10 @@ struct ModelState {
 
 impl ModelState {
     fn new(config: SimModelConfig) -> Self {
-        let seed = config.model_id.bytes().fold(0u64, |h, b| {
-            h.wrapping_mul(31).wrapping_add(u64::from(b))
-        });
+        let seed = config
+            .model_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         Self {
             quota: RollingQuota::new(config.rpm, config.tpm),
             config,
@@ -183,7 +184,10 @@ impl SimState {
     }
 
     fn request_id(&self) -> String {
-        format!("sim-{:016x}", self.request_ids.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "sim-{:016x}",
+            self.request_ids.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -245,10 +249,9 @@ fn reset_response() -> Response {
         ))
     });
     let mut response = Response::new(Body::from_stream(failing));
-    response.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     response
 }
 

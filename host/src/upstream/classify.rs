@@ -200,14 +200,26 @@ mod tests {
 
     #[test]
     fn exception_names_map_to_outcomes() {
-        assert_eq!(kind_of_code("ThrottlingException"), Some(OutcomeKind::Throttled));
-        assert_eq!(kind_of_code("ModelNotReadyException"), Some(OutcomeKind::Throttled));
+        assert_eq!(
+            kind_of_code("ThrottlingException"),
+            Some(OutcomeKind::Throttled)
+        );
+        assert_eq!(
+            kind_of_code("ModelNotReadyException"),
+            Some(OutcomeKind::Throttled)
+        );
         assert_eq!(
             kind_of_code("ServiceUnavailableException"),
             Some(OutcomeKind::Unavailable)
         );
-        assert_eq!(kind_of_code("ValidationException"), Some(OutcomeKind::ClientError));
-        assert_eq!(kind_of_code("ModelTimeoutException"), Some(OutcomeKind::Timeout));
+        assert_eq!(
+            kind_of_code("ValidationException"),
+            Some(OutcomeKind::ClientError)
+        );
+        assert_eq!(
+            kind_of_code("ModelTimeoutException"),
+            Some(OutcomeKind::Timeout)
+        );
         assert_eq!(kind_of_code("SomethingNew"), None);
     }
 

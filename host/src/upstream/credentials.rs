@@ -27,7 +27,10 @@ pub enum CredentialsError {
 }
 
 /// Reads the credentials `source` names, once, at start.
-pub fn resolve(source: &CredentialsConfig, deployment: &str) -> Result<Credentials, CredentialsError> {
+pub fn resolve(
+    source: &CredentialsConfig,
+    deployment: &str,
+) -> Result<Credentials, CredentialsError> {
     match source {
         CredentialsConfig::Static {
             access_key_id,
@@ -77,10 +80,15 @@ fn from_profile(profile: &str, deployment: &str) -> Result<Credentials, Credenti
     };
     let text = std::fs::read_to_string(&file).map_err(|e| error(e.to_string()))?;
     let keys = parse_profile(&text, profile).ok_or_else(|| error("no such profile".into()))?;
-    let get = |k: &str| keys.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    let id = get("aws_access_key_id").ok_or_else(|| error("aws_access_key_id is missing".into()))?;
-    let secret =
-        get("aws_secret_access_key").ok_or_else(|| error("aws_secret_access_key is missing".into()))?;
+    let get = |k: &str| {
+        keys.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let id =
+        get("aws_access_key_id").ok_or_else(|| error("aws_access_key_id is missing".into()))?;
+    let secret = get("aws_secret_access_key")
+        .ok_or_else(|| error("aws_secret_access_key is missing".into()))?;
     Ok(Credentials::new(
         id,
         secret,

@@ -104,7 +104,9 @@ impl Upstream {
             .interceptor(captured.clone())
             .send();
         match tokio::time::timeout(self.attempt_timeout, call).await {
-            Err(_) => Err(AttemptFailure::timeout("no answer within the attempt timeout")),
+            Err(_) => Err(AttemptFailure::timeout(
+                "no answer within the attempt timeout",
+            )),
             Ok(Err(e)) => Err(classify::sdk_error(&e)),
             Ok(Ok(_parsed)) => match captured.take() {
                 Some(body) => Ok(ConverseReply { body }),
@@ -128,7 +130,11 @@ impl Upstream {
             .interceptor(StreamTee::new(tx))
             .send();
         let output = match tokio::time::timeout(self.attempt_timeout, call).await {
-            Err(_) => return Err(AttemptFailure::timeout("no answer within the attempt timeout")),
+            Err(_) => {
+                return Err(AttemptFailure::timeout(
+                    "no answer within the attempt timeout",
+                ))
+            }
             Ok(Err(e)) => return Err(classify::sdk_error(&e)),
             Ok(Ok(output)) => output,
         };
@@ -136,10 +142,16 @@ impl Upstream {
         // The SDK pulls bytes through the tee as it decodes; the first event
         // proves the stream is good before anything reaches the client.
         match tokio::time::timeout(self.attempt_timeout, events.recv()).await {
-            Err(_) => return Err(AttemptFailure::timeout("no first event within the attempt timeout")),
+            Err(_) => {
+                return Err(AttemptFailure::timeout(
+                    "no first event within the attempt timeout",
+                ))
+            }
             Ok(Err(e)) => return Err(classify::stream_error(&e)),
             Ok(Ok(None)) => {
-                return Err(AttemptFailure::server_error("the stream ended before its first event"))
+                return Err(AttemptFailure::server_error(
+                    "the stream ended before its first event",
+                ))
             }
             Ok(Ok(Some(_first))) => {}
         }
