@@ -18,6 +18,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
             deployment: format!("deployment-{i}"),
             model_id: "anthropic.claude-3-5-sonnet-20240620-v1:0".into(),
             region: "us-east-1".into(),
+            account: "default".into(),
             priority: (i % 3) as u32 + 1,
             weight: 1,
             in_flight: i as u32,
@@ -44,6 +45,7 @@ fn bench(c: &mut Criterion) {
         sequence: 42,
         estimated_tokens: 1_000,
         previous_deployment: None,
+        user_last_success: None,
     };
     let candidates = candidates(8);
     let options = CallOptions::default();

@@ -55,6 +55,9 @@ pub struct Config {
     /// The names clients ask for, each mapping to deployments.
     #[serde(default)]
     pub model_groups: Vec<ModelGroupConfig>,
+    /// The admin API (`/admin`).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The built-in Bedrock simulator, used by `switchyard sim` and `serve --simulate`.
     #[serde(default)]
     pub simulator: Option<SimConfig>,
@@ -62,6 +65,23 @@ pub struct Config {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 4000))
+}
+
+/// The admin API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The bearer token `/admin` requires. Without one, `/admin` is off.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Check the policy files named in the config every this many
+    /// milliseconds, and reload one when it changes (0 = never).
+    #[serde(default = "default_watch_ms")]
+    pub watch_interval_ms: u64,
+}
+
+fn default_watch_ms() -> u64 {
+    1_000
 }
 
 /// Request-level limits.
@@ -103,6 +123,16 @@ pub struct PolicyRuntimeConfig {
     pub memory_limit_mib: u32,
     /// How many policy instances may exist at once (the pool's size).
     pub max_concurrent_calls: u32,
+    /// Keep compiled policies on disk, so a restart skips compilation.
+    pub compile_cache: bool,
+    /// Where; by default `$XDG_CACHE_HOME/switchyard/policies` or
+    /// `~/.cache/switchyard/policies`.
+    pub cache_dir: Option<PathBuf>,
+    /// A version activated at run time is rolled back when more than this
+    /// share of its last `rollback_window_calls` calls faulted.
+    pub rollback_fault_ratio: f64,
+    /// The calls the fault share is measured over.
+    pub rollback_window_calls: u32,
 }
 
 impl Default for PolicyRuntimeConfig {
@@ -111,6 +141,10 @@ impl Default for PolicyRuntimeConfig {
             call_deadline_us: 1_000,
             memory_limit_mib: 16,
             max_concurrent_calls: 256,
+            compile_cache: true,
+            cache_dir: None,
+            rollback_fault_ratio: 0.5,
+            rollback_window_calls: 20,
         }
     }
 }
@@ -126,6 +160,10 @@ pub struct DeploymentConfig {
     /// AWS region.
     #[serde(default = "default_region")]
     pub region: String,
+    /// The AWS account (or other quota owner) it runs under; spreading
+    /// strategies use it. Free text.
+    #[serde(default = "default_account")]
+    pub account: String,
     /// Lower is preferred; 1 is the primary.
     #[serde(default = "default_priority")]
     pub priority: u32,
@@ -150,6 +188,9 @@ pub struct DeploymentConfig {
 
 fn default_region() -> String {
     "us-east-1".to_owned()
+}
+fn default_account() -> String {
+    "default".to_owned()
 }
 fn default_priority() -> u32 {
     1
@@ -195,6 +236,18 @@ pub struct ModelGroupConfig {
     /// The group's policies; each defaults to the built-in one.
     #[serde(default)]
     pub policies: GroupPolicies,
+}
+
+impl ModelGroupConfig {
+    /// The policy configured for `kind`.
+    pub fn policies_of(&self, kind: crate::policy::PolicyKind) -> &PolicyRef {
+        use crate::policy::PolicyKind;
+        match kind {
+            PolicyKind::Selection => &self.policies.selection,
+            PolicyKind::Cooldown => &self.policies.cooldown,
+            PolicyKind::Fallback => &self.policies.fallback,
+        }
+    }
 }
 
 /// The three policy slots of a model group.
@@ -365,6 +418,9 @@ impl Config {
                 }
             }
         }
+        if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("admin.token", "must be at least 16 characters"));
+        }
         let rt = &self.policy_runtime;
         if rt.call_deadline_us == 0 {
             return Err(invalid(
@@ -381,6 +437,18 @@ impl Config {
         if rt.max_concurrent_calls == 0 {
             return Err(invalid(
                 "policy_runtime.max_concurrent_calls",
+                "must be greater than 0",
+            ));
+        }
+        if !(0.0..=1.0).contains(&rt.rollback_fault_ratio) {
+            return Err(invalid(
+                "policy_runtime.rollback_fault_ratio",
+                "must be between 0 and 1",
+            ));
+        }
+        if rt.rollback_window_calls == 0 {
+            return Err(invalid(
+                "policy_runtime.rollback_window_calls",
                 "must be greater than 0",
             ));
         }

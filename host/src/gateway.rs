@@ -1,45 +1,34 @@
 //! Assembles a running gateway from a config: loads the policies, builds the
-//! client pool, and serves the API.
+//! client pool, serves the API, and watches policy files.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
-use crate::config::{Config, CredentialsConfig, PolicyRef};
+use crate::config::{Config, ConfigError, CredentialsConfig};
 use crate::health::DeploymentHealth;
-use crate::policy::{builtin, KvStore, LoadError, Policy, PolicyKind, PolicyRuntime};
-use crate::router::{Deployment, GroupPolicies, ModelGroup, Router};
+use crate::metrics::Metrics;
+use crate::policy::{
+    KvStore, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicyVersion, RollbackRule,
+};
+use crate::router::{Deployment, GroupSlots, ModelGroup, Router};
+use crate::swap::{self, ReloadReport, SwapError, Swapper};
 use crate::upstream::{CredentialsError, Upstream};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// A policy named in the config could not be loaded.
-    #[error("model group `{group}`, {kind} policy `{policy}`: {source}")]
+    #[error("model group `{group}`, {kind} policy: {source}")]
     Policy {
         group: String,
         kind: PolicyKind,
-        policy: String,
-        source: LoadError,
-    },
-    /// A built-in name that does not exist.
-    #[error("model group `{group}`: no built-in {kind} policy `{name}` (built-in {kind} policies: {known})")]
-    UnknownBuiltin {
-        group: String,
-        kind: PolicyKind,
-        name: String,
-        known: String,
-    },
-    /// A policy file could not be read.
-    #[error("model group `{group}`, {kind} policy: cannot read {path}: {source}")]
-    PolicyFile {
-        group: String,
-        kind: PolicyKind,
-        path: PathBuf,
-        source: std::io::Error,
+        source: SwapError,
     },
     /// Credentials are missing.
     #[error(transparent)]
@@ -62,7 +51,6 @@ pub enum Upstreams {
 pub struct Gateway {
     state: Arc<AppState>,
     max_body_bytes: usize,
-    runtime: PolicyRuntime,
 }
 
 impl Gateway {
@@ -74,7 +62,7 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let runtime = PolicyRuntime::new(&config.policy_runtime, clock.clone())
             .map_err(GatewayError::Engine)?;
-        let mut deployments = std::collections::HashMap::new();
+        let mut deployments = HashMap::new();
         for d in &config.deployments {
             let mut d = d.clone();
             let endpoint = match (upstreams, &d.endpoint_url) {
@@ -98,29 +86,64 @@ impl Gateway {
                 }),
             );
         }
+        let rule = RollbackRule {
+            window_calls: config.policy_runtime.rollback_window_calls as usize,
+            max_fault_ratio: config.policy_runtime.rollback_fault_ratio,
+        };
         let mut groups = Vec::new();
         for g in &config.model_groups {
-            let load = |kind: PolicyKind, slot: &PolicyRef| -> Result<Arc<Policy>, GatewayError> {
-                load_policy(&runtime, &g.name, kind, slot)
+            let slot = |kind: PolicyKind| -> Result<Arc<PolicySlot>, GatewayError> {
+                let policy = g.policies_of(kind);
+                let error = |source: SwapError| GatewayError::Policy {
+                    group: g.name.clone(),
+                    kind,
+                    source,
+                };
+                let (source, component) = swap::resolve(kind, policy).map_err(error)?;
+                let kv = Arc::new(KvStore::new(clock.clone()));
+                let label = source
+                    .strip_prefix("builtin:")
+                    .unwrap_or(&source)
+                    .to_owned();
+                let policy_loaded = runtime
+                    .load(kind, &label, &component, &policy.params, kv.clone())
+                    .map_err(|e| error(SwapError::Invalid(e)))?;
+                let version =
+                    PolicyVersion::new(policy_loaded, source, component, policy.params.clone());
+                Ok(Arc::new(PolicySlot::new(kind, version, kv, rule)))
             };
-            let policies = GroupPolicies {
-                selection: load(PolicyKind::Selection, &g.policies.selection)?,
-                cooldown: load(PolicyKind::Cooldown, &g.policies.cooldown)?,
-                fallback: load(PolicyKind::Fallback, &g.policies.fallback)?,
+            let slots = GroupSlots {
+                selection: slot(PolicyKind::Selection)?,
+                cooldown: slot(PolicyKind::Cooldown)?,
+                fallback: slot(PolicyKind::Fallback)?,
             };
             let members = g
                 .deployments
                 .iter()
                 .map(|id| deployments[id].clone())
                 .collect();
-            groups.push(ModelGroup::new(g.name.clone(), members, policies));
+            groups.push(ModelGroup::new(g.name.clone(), members, slots));
         }
-        let router = Router::new(groups, clock, config.limits.max_attempts);
+        let metrics = Arc::new(Metrics::default());
+        let router = Router::new(groups, clock, config.limits.max_attempts, metrics);
         Ok(Self {
-            state: Arc::new(AppState { router }),
+            state: Arc::new(AppState {
+                router,
+                runtime,
+                admin_token: config.admin.token.clone(),
+                running_config: std::sync::Mutex::new(config.clone()),
+                config_path: std::sync::Mutex::new(None),
+                reloading: tokio::sync::Mutex::new(()),
+            }),
             max_body_bytes: config.limits.max_body_bytes,
-            runtime,
         })
+    }
+
+    /// Remembers the file the config came from, so `/admin/reload` and
+    /// SIGHUP can read it again.
+    pub fn with_config_path(self, path: PathBuf) -> Self {
+        *self.state.config_path.lock().expect("config path poisoned") = Some(path);
+        self
     }
 
     /// The router, for inspection.
@@ -130,7 +153,15 @@ impl Gateway {
 
     /// The policy runtime the gateway's policies run on.
     pub fn runtime(&self) -> &PolicyRuntime {
-        &self.runtime
+        &self.state.runtime
+    }
+
+    /// Changes policies at run time.
+    pub fn swapper(&self) -> Swapper<'_> {
+        Swapper {
+            router: &self.state.router,
+            runtime: &self.state.runtime,
+        }
     }
 
     /// The HTTP routes.
@@ -138,47 +169,99 @@ impl Gateway {
         api::routes(self.state.clone(), self.max_body_bytes)
     }
 
-    /// Serves on `listener` until the process is stopped.
+    /// Re-reads the config file and applies its policy changes.
+    pub async fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        reload(&self.state).await
+    }
+
+    /// Watches the config's policy files and reloads a slot whose file
+    /// changed, every `interval`. Runs until the returned task is dropped
+    /// or aborted.
+    pub fn watch_policy_files(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut stamps = HashMap::new();
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                let config = state
+                    .running_config
+                    .lock()
+                    .expect("config poisoned")
+                    .clone();
+                for (group, kind, path) in swap::policy_files(&config) {
+                    let stamp = swap::file_stamp(&path);
+                    let key = (group.clone(), kind);
+                    let before = stamps.insert(key, stamp);
+                    if before.is_none() || before == Some(stamp) {
+                        continue;
+                    }
+                    let _guard = state.reloading.lock().await;
+                    let Some(g) = config.model_groups.iter().find(|g| g.name == group) else {
+                        continue;
+                    };
+                    let swapper = Swapper {
+                        router: &state.router,
+                        runtime: &state.runtime,
+                    };
+                    match swapper.reload_slot(&group, kind, g.policies_of(kind)) {
+                        Ok(true) => {
+                            tracing::info!(%group, %kind, path = %path.display(), "policy file changed; reloaded")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(%group, %kind, path = %path.display(), error = %e, "policy file changed but was refused; the active policy stays")
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Serves on `listener` until the process is stopped, reloading the
+    /// config on SIGHUP.
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            let state = self.state.clone();
+            let mut hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    match reload(&state).await {
+                        Ok(report) => tracing::info!(?report, "config reloaded on SIGHUP"),
+                        Err(e) => tracing::error!(error = %e, "config reload on SIGHUP failed"),
+                    }
+                }
+            });
+        }
         axum::serve(listener, self.app()).await
     }
 }
 
-fn load_policy(
-    runtime: &PolicyRuntime,
-    group: &str,
-    kind: PolicyKind,
-    slot: &PolicyRef,
-) -> Result<Arc<Policy>, GatewayError> {
-    let (label, bytes): (String, std::borrow::Cow<'static, [u8]>) = match (&slot.name, &slot.path) {
-        (Some(name), _) => {
-            let b = builtin::find(kind, name).ok_or_else(|| GatewayError::UnknownBuiltin {
-                group: group.to_owned(),
-                kind,
-                name: name.clone(),
-                known: builtin::names(kind).join(", "),
-            })?;
-            (b.name.to_owned(), b.component.into())
-        }
-        (None, Some(path)) => {
-            let bytes = std::fs::read(path).map_err(|source| GatewayError::PolicyFile {
-                group: group.to_owned(),
-                kind,
-                path: path.clone(),
-                source,
-            })?;
-            (path.display().to_string(), bytes.into())
-        }
-        (None, None) => unreachable!("config validation requires a name or a path"),
+/// Re-reads the config file and applies its policy changes.
+pub(crate) async fn reload(state: &AppState) -> Result<ReloadReport, ConfigError> {
+    let _guard = state.reloading.lock().await;
+    let path = state
+        .config_path
+        .lock()
+        .expect("config path poisoned")
+        .clone()
+        .ok_or_else(|| ConfigError::Invalid {
+            key: "(config file)".into(),
+            problem: "this gateway was not started from a config file".into(),
+        })?;
+    let config = Config::load(&path)?;
+    let running = state
+        .running_config
+        .lock()
+        .expect("config poisoned")
+        .clone();
+    let swapper = Swapper {
+        router: &state.router,
+        runtime: &state.runtime,
     };
-    let kv = Arc::new(KvStore::new(runtime.clock().clone()));
-    runtime
-        .load(kind, &label, &bytes, &slot.params, kv)
-        .map(Arc::new)
-        .map_err(|source| GatewayError::Policy {
-            group: group.to_owned(),
-            kind,
-            policy: label,
-            source,
-        })
+    let report = swapper.reload(&config, &running);
+    *state.running_config.lock().expect("config poisoned") = config;
+    Ok(report)
 }

@@ -116,7 +116,16 @@ async fn serve(
             ""
         };
         anyhow::anyhow!("{e}{hint}")
-    })?;
+    })?
+    .with_config_path(config_path.to_owned());
+    let _watcher = (config.admin.watch_interval_ms > 0).then(|| {
+        gateway.watch_policy_files(std::time::Duration::from_millis(
+            config.admin.watch_interval_ms,
+        ))
+    });
+    if config.admin.token.is_none() {
+        tracing::info!("admin API off (no [admin] token in the config)");
+    }
     let addr = listen.unwrap_or(config.listen);
     let listener = TcpListener::bind(addr)
         .await

@@ -24,8 +24,9 @@ use serde::Serialize;
 use crate::clock::SharedClock;
 use crate::config::DeploymentConfig;
 use crate::health::{DeploymentHealth, HealthSnapshot};
+use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::policy::{self, CallOptions, Policy, PolicyFault};
+use crate::policy::{self, CallOptions, PolicyFault, PolicyKind, PolicySlot, PolicyVersion};
 use crate::upstream::{AttemptFailure, Upstream};
 
 /// One upstream target and everything the gateway knows of it.
@@ -39,12 +40,67 @@ pub struct Deployment {
     pub health: DeploymentHealth,
 }
 
-/// The policies that route one model group.
+/// The policy slots of one model group.
 #[derive(Debug, Clone)]
-pub struct GroupPolicies {
-    pub selection: Arc<Policy>,
-    pub cooldown: Arc<Policy>,
-    pub fallback: Arc<Policy>,
+pub struct GroupSlots {
+    pub selection: Arc<PolicySlot>,
+    pub cooldown: Arc<PolicySlot>,
+    pub fallback: Arc<PolicySlot>,
+}
+
+impl GroupSlots {
+    /// The slot of `kind`.
+    pub fn get(&self, kind: PolicyKind) -> &Arc<PolicySlot> {
+        match kind {
+            PolicyKind::Selection => &self.selection,
+            PolicyKind::Cooldown => &self.cooldown,
+            PolicyKind::Fallback => &self.fallback,
+        }
+    }
+}
+
+/// Counts a policy call, logs a fault, and rolls a faulty new version back.
+#[derive(Clone)]
+struct PolicyObserver {
+    group: String,
+    request_id: String,
+    metrics: Arc<Metrics>,
+}
+
+impl PolicyObserver {
+    fn observe<T>(
+        &self,
+        slot: &PolicySlot,
+        version: &PolicyVersion,
+        result: &Result<T, PolicyFault>,
+    ) {
+        let fault = result.as_ref().err();
+        self.metrics
+            .policy_call(&self.group, slot.kind(), fault.map(PolicyFault::code));
+        if let Some(fault) = fault {
+            tracing::warn!(
+                request_id = %self.request_id,
+                group = %self.group,
+                kind = %slot.kind(),
+                policy = version.policy.name(),
+                version = version.number,
+                fault = fault.code(),
+                error = %fault,
+                "policy call faulted; using the safe order"
+            );
+        }
+        if let Some(rollback) = slot.observe(version, fault.is_some()) {
+            self.metrics
+                .policy_swap(&self.group, slot.kind(), "auto_rollback");
+            tracing::error!(
+                group = %self.group,
+                kind = %slot.kind(),
+                from = rollback.from,
+                to = rollback.to,
+                "policy version faulted too often; rolled back"
+            );
+        }
+    }
 }
 
 /// A name clients ask for, and the deployments behind it.
@@ -54,21 +110,62 @@ pub struct ModelGroup {
     pub name: String,
     /// Its deployments, in the safe order (configured priority, then config order).
     pub members: Vec<Arc<Deployment>>,
-    /// Its policies.
-    pub policies: GroupPolicies,
+    /// Its policy slots.
+    pub slots: GroupSlots,
     sequence: AtomicU64,
+    affinity: Arc<UserAffinity>,
 }
 
 impl ModelGroup {
     /// A group over `members`, which are put into the safe order here.
-    pub fn new(name: String, mut members: Vec<Arc<Deployment>>, policies: GroupPolicies) -> Self {
+    pub fn new(name: String, mut members: Vec<Arc<Deployment>>, slots: GroupSlots) -> Self {
         members.sort_by_key(|d| d.config.priority);
         Self {
             name,
             members,
-            policies,
+            slots,
             sequence: AtomicU64::new(0),
+            affinity: Arc::new(UserAffinity::default()),
         }
+    }
+}
+
+/// Where each user's requests last succeeded, for sticky strategies. Bounded:
+/// past [`UserAffinity::MAX_USERS`] users the oldest entries are forgotten.
+#[derive(Debug, Default)]
+pub struct UserAffinity {
+    users: std::sync::Mutex<HashMap<String, policy::LastSuccess>>,
+}
+
+impl UserAffinity {
+    /// Most users remembered per model group.
+    pub const MAX_USERS: usize = 100_000;
+
+    /// Where `user` last succeeded.
+    pub fn last_success(&self, user: &str) -> Option<policy::LastSuccess> {
+        self.users
+            .lock()
+            .expect("affinity poisoned")
+            .get(user)
+            .cloned()
+    }
+
+    fn record(&self, user: &str, deployment: &str, at_ms: u64) {
+        let mut users = self.users.lock().expect("affinity poisoned");
+        if users.len() >= Self::MAX_USERS && !users.contains_key(user) {
+            // Forget the older half: cheap, rare, and keeps memory bounded.
+            let mut times: Vec<u64> = users.values().map(|s| s.at_ms).collect();
+            times.sort_unstable();
+            let cutoff = times[times.len() / 2];
+            users.retain(|_, s| s.at_ms > cutoff);
+        }
+        users.insert(
+            user.to_owned(),
+            policy::LastSuccess {
+                deployment: deployment.to_owned(),
+                at_ms,
+            },
+        );
     }
 }
 
@@ -148,10 +245,14 @@ impl Drop for AttemptCompletion {
 /// Everything needed to record one attempt's outcome.
 struct Recorder {
     deployment: Arc<Deployment>,
-    cooldown: Arc<Policy>,
+    cooldown_slot: Arc<PolicySlot>,
+    cooldown: Arc<PolicyVersion>,
+    observer: PolicyObserver,
     clock: SharedClock,
     started: Instant,
     request_id: String,
+    /// The group's affinity and the request's user, to remember a success.
+    affinity: Option<(Arc<UserAffinity>, String)>,
 }
 
 impl Recorder {
@@ -174,21 +275,31 @@ impl Recorder {
         };
         let before = candidate(&self.deployment, now);
         self.deployment.health.end_attempt(&outcome);
+        if kind == OutcomeKind::Success {
+            if let Some((affinity, user)) = &self.affinity {
+                affinity.record(user, &outcome.deployment, now);
+            }
+        }
         let options = CallOptions {
             request_id: Some(self.request_id.clone()),
             seed: None,
         };
-        let (cooldown_ms, clear_history) =
-            match self
-                .cooldown
-                .on_outcome(&wit_outcome(&outcome), &before, &options)
-            {
-                Ok((d, _)) => (d.cooldown_ms, d.clear_history),
-                Err(fault) => {
-                    log_fault(&self.cooldown, &fault, &self.request_id);
-                    safe_cooldown(&outcome)
-                }
-            };
+        self.observer.metrics.attempt(
+            &self.observer.group,
+            &outcome.deployment,
+            kind,
+            self.started.elapsed().as_secs_f64(),
+        );
+        let decision = self
+            .cooldown
+            .policy
+            .on_outcome(&wit_outcome(&outcome), &before, &options);
+        self.observer
+            .observe(&self.cooldown_slot, &self.cooldown, &decision);
+        let (cooldown_ms, clear_history) = match decision {
+            Ok((d, _)) => (d.cooldown_ms, d.clear_history),
+            Err(_) => safe_cooldown(&outcome),
+        };
         self.deployment
             .health
             .apply_cooldown(now, cooldown_ms, clear_history, kind);
@@ -215,17 +326,6 @@ fn safe_cooldown(outcome: &Outcome) -> (u64, bool) {
             (5_000, false)
         }
     }
-}
-
-fn log_fault(policy: &Policy, fault: &PolicyFault, request_id: &str) {
-    tracing::warn!(
-        request_id,
-        policy = policy.name(),
-        kind = %policy.kind(),
-        fault = fault.code(),
-        error = %fault,
-        "policy call faulted; using the safe order"
-    );
 }
 
 fn wit_outcome(o: &Outcome) -> policy::Outcome {
@@ -255,6 +355,7 @@ fn wit_candidate(config: &DeploymentConfig, h: &HealthSnapshot) -> policy::Candi
         deployment: config.id.clone(),
         model_id: config.model_id.clone(),
         region: config.region.clone(),
+        account: config.account.clone(),
         priority: config.priority,
         weight: config.weight,
         in_flight: h.in_flight,
@@ -274,16 +375,28 @@ pub struct Router {
     groups: HashMap<String, ModelGroup>,
     clock: SharedClock,
     max_attempts: u32,
+    metrics: Arc<Metrics>,
 }
 
 impl Router {
     /// A router over `groups`; `max_attempts` of 0 means one per deployment.
-    pub fn new(groups: Vec<ModelGroup>, clock: SharedClock, max_attempts: u32) -> Self {
+    pub fn new(
+        groups: Vec<ModelGroup>,
+        clock: SharedClock,
+        max_attempts: u32,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
             clock,
             max_attempts,
+            metrics,
         }
+    }
+
+    /// The metrics routing reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The model group `name`.
@@ -319,7 +432,15 @@ impl Router {
             .ok_or_else(|| RouteError::UnknownGroup(group_name.to_owned()))?;
         // One snapshot of the policies for the whole request: a swap in the
         // middle must not mix two versions inside one request.
-        let policies = group.policies.clone();
+        let slots = &group.slots;
+        let selection = slots.selection.current();
+        let cooldown = slots.cooldown.current();
+        let fallback = slots.fallback.current();
+        let observer = PolicyObserver {
+            group: group.name.clone(),
+            request_id: request.request_id.clone(),
+            metrics: self.metrics.clone(),
+        };
         let now = self.clock.now_ms();
         let mut info = policy::RequestInfo {
             request_id: request.request_id.clone(),
@@ -329,18 +450,21 @@ impl Router {
             sequence: group.sequence.fetch_add(1, Ordering::Relaxed),
             estimated_tokens: request.estimated_tokens,
             previous_deployment: None,
+            user_last_success: request
+                .user
+                .as_deref()
+                .and_then(|u| group.affinity.last_success(u)),
         };
         let options = CallOptions {
             request_id: Some(request.request_id.clone()),
             seed: None,
         };
         let candidates: Vec<_> = group.members.iter().map(|d| candidate(d, now)).collect();
-        let order = match policies.selection.select(&info, &candidates, &options) {
+        let selected = selection.policy.select(&info, &candidates, &options);
+        observer.observe(&slots.selection, &selection, &selected);
+        let order = match selected {
             Ok((order, _)) => order,
-            Err(fault) => {
-                log_fault(&policies.selection, &fault, &request.request_id);
-                (0..group.members.len()).collect()
-            }
+            Err(_) => (0..group.members.len()).collect(),
         };
         if order.is_empty() {
             let retry_after_ms = candidates
@@ -374,10 +498,13 @@ impl Router {
             deployment.health.begin_attempt(self.clock.now_ms());
             let recorder = Recorder {
                 deployment: deployment.clone(),
-                cooldown: policies.cooldown.clone(),
+                cooldown_slot: slots.cooldown.clone(),
+                cooldown: cooldown.clone(),
+                observer: observer.clone(),
                 clock: self.clock.clone(),
                 started: Instant::now(),
                 request_id: request.request_id.clone(),
+                affinity: request.user.clone().map(|u| (group.affinity.clone(), u)),
             };
             let result = attempt(deployment.upstream.clone(), request.body.clone()).await;
             let failure = match result {
@@ -432,15 +559,16 @@ impl Router {
             let now = self.clock.now_ms();
             let remaining_candidates: Vec<_> =
                 remaining.iter().map(|d| candidate(d, now)).collect();
-            queue = match policies.fallback.next(
+            let next = fallback.policy.next(
                 &info,
                 &wit_outcome(&outcome),
                 &remaining_candidates,
                 &options,
-            ) {
+            );
+            observer.observe(&slots.fallback, &fallback, &next);
+            queue = match next {
                 Ok((order, _)) => order.iter().map(|&i| remaining[i].clone()).collect(),
-                Err(fault) => {
-                    log_fault(&policies.fallback, &fault, &request.request_id);
+                Err(_) => {
                     let mut safe = remaining;
                     safe.sort_by_key(|d| d.config.priority);
                     safe

@@ -4,7 +4,9 @@
 
 mod api_errors;
 mod cooldown;
+mod hot_reload;
 mod policy_faults;
+mod policy_library;
 mod routing;
 mod streaming;
 mod support;

@@ -18,6 +18,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
             deployment: format!("d{i}"),
             model_id: "m".into(),
             region: "us-east-1".into(),
+            account: "default".into(),
             priority: i as u32 + 1,
             weight: 1,
             in_flight: 0,
@@ -42,11 +43,16 @@ fn request() -> RequestInfo {
         sequence: 0,
         estimated_tokens: 10,
         previous_deployment: None,
+        user_last_success: None,
     }
 }
 
 fn runtime() -> PolicyRuntime {
-    PolicyRuntime::new(&PolicyRuntimeConfig::default(), ManualClock::new(0)).unwrap()
+    let config = PolicyRuntimeConfig {
+        call_deadline_us: TEST_CALL_DEADLINE_US,
+        ..PolicyRuntimeConfig::default()
+    };
+    PolicyRuntime::new(&config, ManualClock::new(0)).unwrap()
 }
 
 fn load(
@@ -116,6 +122,15 @@ fn the_builtin_priority_policy_orders_by_priority_and_skips_hot_deployments() {
     assert!(report.peak_memory_bytes > 0);
 }
 
+fn fault_code(fixture: &str) -> &'static str {
+    match fixture {
+        "trap" => "trap",
+        "spin" => "timeout",
+        "hog" => "out_of_memory",
+        _ => "bad_result",
+    }
+}
+
 #[tokio::test]
 async fn a_faulty_selection_policy_never_fails_a_request() {
     for fixture in ["trap", "spin", "hog", "garbage"] {
@@ -147,13 +162,29 @@ async fn a_faulty_selection_policy_never_fails_a_request() {
                 "{fixture}: safe order"
             );
         }
-        let policies = &gw.gateway.router().group("g").unwrap().policies;
+        let selection = gw
+            .gateway
+            .router()
+            .group("g")
+            .unwrap()
+            .slots
+            .selection
+            .current();
         assert_eq!(
-            policies.selection.stats().faults(),
+            selection.policy.stats().faults(),
             3,
             "{fixture}: faults counted"
         );
-        assert_eq!(policies.selection.stats().calls(), 3);
+        assert_eq!(selection.policy.stats().calls(), 3);
+        let metrics = raw_get(gw.addr, "/metrics").await;
+        let line = format!(
+            "switchyard_policy_faults_total{{group=\"g\",kind=\"selection\",fault=\"{}\"}} 3",
+            fault_code(fixture)
+        );
+        assert!(
+            String::from_utf8_lossy(&metrics.body).contains(&line),
+            "{fixture}: metrics have `{line}`"
+        );
     }
 }
 
@@ -175,9 +206,16 @@ async fn after_a_failure_the_fallback_policy_orders_what_is_left() {
     let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
     assert_eq!(raw.status, 200);
     assert_eq!(raw.headers["x-switchyard-deployment"], "b");
-    let policies = &gw.gateway.router().group("g").unwrap().policies;
-    assert_eq!(policies.fallback.stats().calls(), 1);
-    assert_eq!(policies.fallback.stats().faults(), 0);
+    let fallback = gw
+        .gateway
+        .router()
+        .group("g")
+        .unwrap()
+        .slots
+        .fallback
+        .current();
+    assert_eq!(fallback.policy.stats().calls(), 1);
+    assert_eq!(fallback.policy.stats().faults(), 0);
 }
 
 #[test]
@@ -210,6 +248,22 @@ fn a_component_for_another_world_is_refused_with_a_clear_message() {
         .to_string();
     assert!(
         error.contains("not a valid WebAssembly component"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_policy_that_faults_on_the_load_check_is_refused_with_what_it_logged() {
+    let runtime = runtime();
+    let error = load(&runtime, PolicyKind::Selection, "trap-on-load")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("the load check call failed: trap"),
+        "{error}"
+    );
+    assert!(
+        error.contains("the policy logged: error: trap-on-load: refusing to run"),
         "{error}"
     );
 }

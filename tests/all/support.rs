@@ -80,8 +80,16 @@ impl TestGateway {
     }
 }
 
+/// Tests run many gateways at once on two cores: a thread can be preempted
+/// for longer than the 1 ms default deadline of a policy call, which would
+/// make faults appear at random. Unless a test sets its own, calls get this.
+pub const TEST_CALL_DEADLINE_US: u64 = 50_000;
+
 pub async fn start_gateway(config_toml: &str, clock: SharedClock) -> TestGateway {
-    let config = Config::parse(config_toml, "test config").expect("valid test config");
+    let mut config = Config::parse(config_toml, "test config").expect("valid test config");
+    if !config_toml.contains("call_deadline_us") {
+        config.policy_runtime.call_deadline_us = TEST_CALL_DEADLINE_US;
+    }
     let gateway =
         Arc::new(Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -169,10 +177,26 @@ pub async fn raw_post(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> RawResponse {
+    raw_request(addr, "POST", path, headers, body).await
+}
+
+/// A plain HTTP/1.1 GET.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> RawResponse {
+    raw_request(addr, "GET", path, &[], b"").await
+}
+
+/// A plain HTTP/1.1 request with any method.
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
     let io = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
             body.len()
         );
         for (k, v) in headers {

@@ -196,8 +196,13 @@ pub async fn converse(
         })
         .await;
     match routed {
-        Err(e) => with_id(route_error(e), &request_id),
+        Err(e) => {
+            let e = route_error(e);
+            state.router.metrics().request(&group, e.code);
+            with_id(e, &request_id)
+        }
         Ok(routed) => {
+            state.router.metrics().request(&group, "success");
             let mut response = (
                 StatusCode::OK,
                 [("content-type", "application/json")],
@@ -238,13 +243,18 @@ pub async fn converse_stream(
         })
         .await;
     match routed {
-        Err(e) => with_id(route_error(e), &request_id),
+        Err(e) => {
+            let e = route_error(e);
+            state.router.metrics().request(&group, e.code);
+            with_id(e, &request_id)
+        }
         Ok(Routed {
             value: stream,
             deployment,
             attempts,
             completion,
         }) => {
+            state.router.metrics().request(&group, "success");
             let finished = stream.finished;
             let frames = stream.frames;
             let mut response = Response::new(Body::from_stream(futures::StreamExt::map(

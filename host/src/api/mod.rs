@@ -1,33 +1,79 @@
-//! The HTTP API: Bedrock-compatible routes, health, and their errors.
+//! The HTTP API: Bedrock-compatible routes, the admin API, health and
+//! metrics, and their errors.
 
+mod admin;
 mod bedrock;
 mod error;
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
 use axum::Router as HttpRouter;
 
 pub use error::ApiError;
 
+use crate::config::Config;
+use crate::policy::PolicyRuntime;
 use crate::router::Router;
 
 /// What every handler can reach.
 pub struct AppState {
     pub router: Router,
+    pub runtime: PolicyRuntime,
+    /// The bearer token `/admin` requires; `None` turns `/admin` off.
+    pub admin_token: Option<String>,
+    /// The config the gateway runs, as last loaded.
+    pub running_config: Mutex<Config>,
+    /// Where the config came from, for reloads.
+    pub config_path: Mutex<Option<PathBuf>>,
+    /// One reload or file-triggered swap at a time.
+    pub reloading: tokio::sync::Mutex<()>,
+}
+
+/// Largest component `/admin` accepts.
+pub const MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = state.router.metrics().render().into_response();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 /// The gateway's routes.
 pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
-    HttpRouter::new()
+    let admin = HttpRouter::new()
+        .route("/admin/policies", get(admin::list))
+        .route("/admin/policies/{group}/{kind}", post(admin::upload))
+        .route(
+            "/admin/policies/{group}/{kind}/activate",
+            post(admin::activate),
+        )
+        .route(
+            "/admin/policies/{group}/{kind}/rollback",
+            post(admin::rollback),
+        )
+        .route("/admin/policies/{group}/{kind}/params", put(admin::params))
+        .route("/admin/reload", post(admin::reload))
+        .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES));
+    let api = HttpRouter::new()
         .route("/model/{model_id}/converse", post(bedrock::converse))
         .route(
             "/model/{model_id}/converse-stream",
             post(bedrock::converse_stream),
         )
+        .layer(DefaultBodyLimit::max(max_body_bytes));
+    HttpRouter::new()
+        .merge(api)
+        .merge(admin)
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found() })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -9,6 +9,7 @@ pub mod selection {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "selection",
+        additional_derives: [PartialEq],
     });
 }
 

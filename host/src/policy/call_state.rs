@@ -19,6 +19,17 @@ pub struct CallState {
     pub(crate) request_id: Option<String>,
     /// Log lines a policy may write per call before the rest are dropped.
     pub(crate) log_budget: u32,
+    /// The lines it wrote, kept for the load check and `policy test`.
+    pub(crate) logs: Vec<PolicyLog>,
+}
+
+/// A line a policy logged during one call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyLog {
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: &'static str,
+    /// What it said.
+    pub message: String,
 }
 
 impl host::Host for CallState {
@@ -35,6 +46,16 @@ impl host::Host for CallState {
             return;
         }
         self.log_budget -= 1;
+        self.logs.push(PolicyLog {
+            level: match level {
+                LogLevel::Trace => "trace",
+                LogLevel::Debug => "debug",
+                LogLevel::Info => "info",
+                LogLevel::Warn => "warn",
+                LogLevel::Error => "error",
+            },
+            message: message.clone(),
+        });
         let policy = &*self.policy_name;
         let request_id = self.request_id.as_deref().unwrap_or("-");
         match level {

@@ -9,9 +9,12 @@
 
 mod bindings;
 pub mod builtin;
+mod cache;
 mod call_state;
 mod kv;
 mod limits;
+mod load_check;
+mod slot;
 mod world;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +25,12 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use bindings::types::{
-    Candidate, Circuit, CooldownDecision, Outcome, OutcomeKind, RequestInfo,
+    Candidate, Circuit, CooldownDecision, LastSuccess, Outcome, OutcomeKind, RequestInfo,
 };
+pub use cache::sha256_hex;
+pub use call_state::PolicyLog;
 pub use kv::KvStore;
+pub use slot::{PolicySlot, PolicyVersion, Rollback, RollbackRule, SlotError, VersionInfo};
 pub use world::{WorldMismatch, PACKAGE, VERSION};
 
 use bindings::cooldown::CooldownPre;
@@ -92,10 +98,36 @@ pub enum LoadError {
         world: &'static str,
         message: String,
     },
+    /// The load check (one call on synthetic input) faulted.
+    #[error("the load check call failed: {fault}{}", logged(.logs))]
+    LoadCheck {
+        fault: PolicyFault,
+        logs: Vec<PolicyLog>,
+    },
     /// The engine could not be set up.
     #[error("policy engine: {0}")]
     Engine(String),
 }
+
+fn logged(logs: &[PolicyLog]) -> String {
+    let lines: Vec<String> = logs
+        .iter()
+        .filter(|l| l.level == "error" || l.level == "warn")
+        .map(|l| format!("{}: {}", l.level, l.message))
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; the policy logged: {}", lines.join(" | "))
+    }
+}
+
+/// The request id of the load check, the one call every policy gets when it
+/// is loaded, on synthetic candidates. Documented in the WIT.
+pub const LOAD_CHECK_REQUEST_ID: &str = "load-check";
+
+/// The least time the load check call is given.
+const LOAD_CHECK_DEADLINE: Duration = Duration::from_secs(1);
 
 /// How a policy call went wrong. None of these fail the client's request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,7 +167,11 @@ struct EngineShared {
     engine: Engine,
     linker: Linker<CallState>,
     deadline_ticks: u64,
+    /// The load check's deadline: generous, since it judges what a policy
+    /// does, not how fast a cold instance runs it on a busy machine.
+    load_check_ticks: u64,
     memory_limit_bytes: usize,
+    cache: Option<cache::CompileCache>,
     _ticker: EpochTicker,
 }
 
@@ -173,12 +209,19 @@ impl PolicyRuntime {
         let deadline = Duration::from_micros(config.call_deadline_us);
         let tick = limits::tick_for(deadline);
         let ticker = EpochTicker::start(engine.clone(), tick);
+        let cache = config
+            .compile_cache
+            .then(|| config.cache_dir.clone().or_else(cache::default_dir))
+            .flatten()
+            .map(|dir| cache::CompileCache::new(&dir, &engine));
         Ok(Self {
             shared: Arc::new(EngineShared {
                 engine,
                 linker,
                 deadline_ticks: limits::ticks_for(deadline, tick),
+                load_check_ticks: limits::ticks_for(deadline.max(LOAD_CHECK_DEADLINE), tick),
                 memory_limit_bytes,
+                cache,
                 _ticker: ticker,
             }),
             clock,
@@ -202,8 +245,11 @@ impl PolicyRuntime {
         kv: Arc<KvStore>,
     ) -> Result<Policy, LoadError> {
         let engine = &self.shared.engine;
-        let component =
-            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = match &self.shared.cache {
+            Some(cache) => cache.compile(engine, bytes),
+            None => Component::new(engine, bytes),
+        }
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         world::check(engine, &component, kind)?;
         let link_error = |e: wasmtime::Error| LoadError::Link {
             world: kind.world(),
@@ -221,7 +267,7 @@ impl PolicyRuntime {
             PolicyKind::Cooldown => KindPre::Cooldown(CooldownPre::new(pre).map_err(link_error)?),
             PolicyKind::Fallback => KindPre::Fallback(FallbackPre::new(pre).map_err(link_error)?),
         };
-        Ok(Policy {
+        let policy = Policy {
             kind,
             name: name.into(),
             params: params.to_string().into(),
@@ -230,7 +276,9 @@ impl PolicyRuntime {
             shared: self.shared.clone(),
             clock: self.clock.clone(),
             stats: PolicyStats::default(),
-        })
+        };
+        policy.load_check()?;
+        Ok(policy)
     }
 }
 
@@ -267,11 +315,13 @@ pub struct CallOptions {
     pub seed: Option<u64>,
 }
 
-/// What a call cost, for `switchyard policy test` and the benchmarks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a call cost and said, for `switchyard policy test` and the benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallReport {
     /// The largest linear memory the instance had, in bytes.
     pub peak_memory_bytes: usize,
+    /// The lines the policy logged.
+    pub logs: Vec<PolicyLog>,
 }
 
 /// A loaded, linked policy. Cheap to call from many threads at once.
@@ -311,7 +361,7 @@ impl Policy {
         &self.stats
     }
 
-    fn store(&self, options: &CallOptions) -> Store<CallState> {
+    fn store(&self, options: &CallOptions, kv: &Arc<KvStore>, ticks: u64) -> Store<CallState> {
         let rng = match options.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
@@ -320,15 +370,16 @@ impl Policy {
             clock: self.clock.clone(),
             rng,
             params: self.params.clone(),
-            kv: self.kv.clone(),
+            kv: kv.clone(),
             memory: MemoryCap::new(self.shared.memory_limit_bytes),
             policy_name: self.name.clone(),
             request_id: options.request_id.clone(),
             log_budget: 16,
+            logs: Vec::new(),
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.memory);
-        store.set_epoch_deadline(self.shared.deadline_ticks);
+        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         store
     }
@@ -344,12 +395,12 @@ impl Policy {
         }
     }
 
-    fn finish<T>(&self, result: Result<T, PolicyFault>) -> Result<T, PolicyFault> {
+    fn count<T>(&self, (result, report): Called<T>) -> Result<(T, CallReport), PolicyFault> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
             self.stats.faults.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        result.map(|value| (value, report))
     }
 
     /// Runs `select`. The indices are checked: each must be in range and appear once.
@@ -359,21 +410,13 @@ impl Policy {
         candidates: &[Candidate],
         options: &CallOptions,
     ) -> Result<(Vec<usize>, CallReport), PolicyFault> {
-        let KindPre::Selection(pre) = &self.pre else {
-            return Err(self.wrong_kind(PolicyKind::Selection));
-        };
-        let mut store = self.store(options);
-        let result = pre
-            .instantiate(&mut store)
-            .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
-            .and_then(|instance| {
-                instance
-                    .call_select(&mut store, req, candidates)
-                    .map_err(|e| self.classify(&store, e))
-            })
-            .and_then(|indices| checked_order(&indices, candidates.len()));
-        let report = report(&store);
-        self.finish(result.map(|order| (order, report)))
+        self.count(self.run_select(
+            req,
+            candidates,
+            options,
+            &self.kv,
+            self.shared.deadline_ticks,
+        ))
     }
 
     /// Runs `on-outcome`.
@@ -383,20 +426,13 @@ impl Policy {
         candidate: &Candidate,
         options: &CallOptions,
     ) -> Result<(CooldownDecision, CallReport), PolicyFault> {
-        let KindPre::Cooldown(pre) = &self.pre else {
-            return Err(self.wrong_kind(PolicyKind::Cooldown));
-        };
-        let mut store = self.store(options);
-        let result = pre
-            .instantiate(&mut store)
-            .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
-            .and_then(|instance| {
-                instance
-                    .call_on_outcome(&mut store, outcome, candidate)
-                    .map_err(|e| self.classify(&store, e))
-            });
-        let report = report(&store);
-        self.finish(result.map(|d| (d, report)))
+        self.count(self.run_on_outcome(
+            outcome,
+            candidate,
+            options,
+            &self.kv,
+            self.shared.deadline_ticks,
+        ))
     }
 
     /// Runs `next`. The indices are checked like `select`'s.
@@ -407,10 +443,85 @@ impl Policy {
         remaining: &[Candidate],
         options: &CallOptions,
     ) -> Result<(Vec<usize>, CallReport), PolicyFault> {
-        let KindPre::Fallback(pre) = &self.pre else {
-            return Err(self.wrong_kind(PolicyKind::Fallback));
+        self.count(self.run_next(
+            req,
+            failed,
+            remaining,
+            options,
+            &self.kv,
+            self.shared.deadline_ticks,
+        ))
+    }
+
+    fn run_select(
+        &self,
+        req: &RequestInfo,
+        candidates: &[Candidate],
+        options: &CallOptions,
+        kv: &Arc<KvStore>,
+        ticks: u64,
+    ) -> Called<Vec<usize>> {
+        let KindPre::Selection(pre) = &self.pre else {
+            return (
+                Err(self.wrong_kind(PolicyKind::Selection)),
+                CallReport::default(),
+            );
         };
-        let mut store = self.store(options);
+        let mut store = self.store(options, kv, ticks);
+        let result = pre
+            .instantiate(&mut store)
+            .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
+            .and_then(|instance| {
+                instance
+                    .call_select(&mut store, req, candidates)
+                    .map_err(|e| self.classify(&store, e))
+            })
+            .and_then(|indices| checked_order(&indices, candidates.len()));
+        (result, report(&mut store))
+    }
+
+    fn run_on_outcome(
+        &self,
+        outcome: &Outcome,
+        candidate: &Candidate,
+        options: &CallOptions,
+        kv: &Arc<KvStore>,
+        ticks: u64,
+    ) -> Called<CooldownDecision> {
+        let KindPre::Cooldown(pre) = &self.pre else {
+            return (
+                Err(self.wrong_kind(PolicyKind::Cooldown)),
+                CallReport::default(),
+            );
+        };
+        let mut store = self.store(options, kv, ticks);
+        let result = pre
+            .instantiate(&mut store)
+            .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
+            .and_then(|instance| {
+                instance
+                    .call_on_outcome(&mut store, outcome, candidate)
+                    .map_err(|e| self.classify(&store, e))
+            });
+        (result, report(&mut store))
+    }
+
+    fn run_next(
+        &self,
+        req: &RequestInfo,
+        failed: &Outcome,
+        remaining: &[Candidate],
+        options: &CallOptions,
+        kv: &Arc<KvStore>,
+        ticks: u64,
+    ) -> Called<Vec<usize>> {
+        let KindPre::Fallback(pre) = &self.pre else {
+            return (
+                Err(self.wrong_kind(PolicyKind::Fallback)),
+                CallReport::default(),
+            );
+        };
+        let mut store = self.store(options, kv, ticks);
         let result = pre
             .instantiate(&mut store)
             .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
@@ -420,8 +531,42 @@ impl Policy {
                     .map_err(|e| self.classify(&store, e))
             })
             .and_then(|indices| checked_order(&indices, remaining.len()));
-        let report = report(&store);
-        self.finish(result.map(|order| (order, report)))
+        (result, report(&mut store))
+    }
+
+    /// One call on synthetic input, with private throwaway state, so a policy
+    /// that cannot run (bad params, a trap on any input) is refused at load
+    /// instead of faulting on every request.
+    fn load_check(&self) -> Result<(), LoadError> {
+        let kv = Arc::new(KvStore::new(self.clock.clone()));
+        let options = CallOptions {
+            request_id: Some(LOAD_CHECK_REQUEST_ID.to_owned()),
+            seed: Some(0),
+        };
+        let candidates = load_check::candidates(self.clock.now_ms());
+        let req = load_check::request();
+        let outcome = load_check::outcome(self.clock.now_ms());
+        let ticks = self.shared.load_check_ticks;
+        let (result, report) = match self.kind {
+            PolicyKind::Selection => {
+                let (r, report) = self.run_select(&req, &candidates, &options, &kv, ticks);
+                (r.map(drop), report)
+            }
+            PolicyKind::Cooldown => {
+                let (r, report) =
+                    self.run_on_outcome(&outcome, &candidates[0], &options, &kv, ticks);
+                (r.map(drop), report)
+            }
+            PolicyKind::Fallback => {
+                let (r, report) =
+                    self.run_next(&req, &outcome, &candidates[1..], &options, &kv, ticks);
+                (r.map(drop), report)
+            }
+        };
+        result.map_err(|fault| LoadError::LoadCheck {
+            fault,
+            logs: report.logs,
+        })
     }
 
     fn wrong_kind(&self, called: PolicyKind) -> PolicyFault {
@@ -432,9 +577,13 @@ impl Policy {
     }
 }
 
-fn report(store: &Store<CallState>) -> CallReport {
+/// A call's result with what it cost, before it is counted.
+type Called<T> = (Result<T, PolicyFault>, CallReport);
+
+fn report(store: &mut Store<CallState>) -> CallReport {
     CallReport {
         peak_memory_bytes: store.data().memory.peak_bytes,
+        logs: std::mem::take(&mut store.data_mut().logs),
     }
 }
 

@@ -13,6 +13,7 @@ impl Candidate {
             deployment: deployment.into(),
             model_id: String::new(),
             region: String::new(),
+            account: String::new(),
             priority,
             weight: 1,
             in_flight: 0,
@@ -25,5 +26,15 @@ impl Candidate {
             latency_ewma_ms: 0,
             circuit: Circuit::Closed,
         }
+    }
+}
+
+impl Candidate {
+    /// Whether it is fit to call now, by the rule the built-in selection
+    /// policies share: its circuit is not open, and its cooldown has at most
+    /// `skip_threshold_ms` left (a short cooldown is a hint, not a block).
+    /// With a threshold of 0, any cooldown at all makes it unfit.
+    pub fn is_fit(&self, skip_threshold_ms: u64) -> bool {
+        self.circuit != Circuit::Open && self.cooldown_remaining_ms <= skip_threshold_ms
     }
 }

@@ -30,28 +30,43 @@
 //! #![no_std]
 //! use switchyard_policy::prelude::*;
 //! use switchyard_policy::serde::Deserialize;
+//! use switchyard_policy::{pick, ParamsError, PolicyParams};
 //!
-//! #[derive(Deserialize, Default)]
-//! #[serde(crate = "switchyard_policy::serde", default)]
+//! #[derive(Deserialize)]
+//! #[serde(crate = "switchyard_policy::serde", default, deny_unknown_fields)]
 //! struct Params {
 //!     max_in_flight: u32,
 //! }
 //!
-//! struct LeastBusy;
+//! impl Default for Params {
+//!     fn default() -> Self {
+//!         Self { max_in_flight: 8 }
+//!     }
+//! }
 //!
-//! impl Selection for LeastBusy {
+//! impl PolicyParams for Params {
+//!     fn validate(&self) -> Result<(), ParamsError> {
+//!         match self.max_in_flight {
+//!             0 => Err(ParamsError::invalid("max_in_flight", "must be at least 1")),
+//!             _ => Ok(()),
+//!         }
+//!     }
+//! }
+//!
+//! struct Capped;
+//!
+//! impl Selection for Capped {
 //!     fn select(_req: RequestInfo, candidates: Vec<Candidate>) -> Vec<u32> {
-//!         let params: Params = switchyard_policy::params_or_default();
-//!         let mut order: Vec<u32> = (0..candidates.len() as u32).collect();
-//!         order.retain(|&i| {
-//!             params.max_in_flight == 0 || candidates[i as usize].in_flight < params.max_in_flight
-//!         });
+//!         // On every call: a bad config is refused at the load check.
+//!         let params: Params = switchyard_policy::params_or_reject();
+//!         let mut order = pick::fit(&candidates, 2_000);
+//!         order.retain(|&i| candidates[i as usize].in_flight < params.max_in_flight);
 //!         order.sort_by_key(|&i| candidates[i as usize].in_flight);
 //!         order
 //!     }
 //! }
 //!
-//! switchyard_policy::export_selection!(LeastBusy);
+//! switchyard_policy::export_selection!(Capped);
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-unknown-unknown`, one
@@ -60,9 +75,17 @@
 //! `wit-component`; `host/build.rs` does both for the built-in policies.
 //!
 //! Each call runs in a fresh instance: keep state that must outlive a call in
-//! [`kv`], read configuration with [`params`], and take time and randomness
-//! from [`host`] only, so that tests can fix them. A panic traps; the gateway
-//! then uses its safe order for that call and counts a fault.
+//! [`kv`], and take time and randomness from [`host`] only, so that tests can
+//! fix them ([`pick`] has the common random choices and fitness filters). A
+//! panic traps; the gateway then uses its safe order for that call and counts
+//! a fault.
+//!
+//! Read the params from the config with [`params_or_reject`], into a type
+//! implementing [`PolicyParams`], at the start of every call. The gateway
+//! calls each policy once when it loads it (the load check); a policy whose
+//! params are wrong then logs an error naming the param and traps, and the
+//! gateway refuses to load it with that message, so an operator's typo never
+//! silently runs on defaults.
 //!
 //! Off wasm32 the crate links `std` instead of its own runtime, so a policy's
 //! logic can be unit-tested natively (see [`Candidate::new`] and
@@ -99,10 +122,13 @@ pub mod host;
 pub mod kv;
 pub mod log;
 mod params;
+pub mod pick;
 pub mod prelude;
 mod rt;
 
-pub use params::{params, params_or_default, parse_params, ParamsError};
+pub use params::{
+    params, params_or_default, params_or_reject, parse_params, ParamsError, PolicyParams,
+};
 
 /// Re-exported so that policies derive `Deserialize` for their params without
 /// a `serde` dependency of their own (which must not enable `std`): write
@@ -111,7 +137,7 @@ pub use serde;
 
 // The contract's types. Their documentation comes from the WIT.
 pub use bindings::switchyard::policy::types::{
-    Candidate, Circuit, CooldownDecision, Outcome, OutcomeKind, RequestInfo,
+    Candidate, Circuit, CooldownDecision, LastSuccess, Outcome, OutcomeKind, RequestInfo,
 };
 
 /// A selection policy: orders the deployments a new request should try.

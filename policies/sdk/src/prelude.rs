@@ -16,4 +16,6 @@ pub use crate::Cooldown;
 pub use crate::Fallback;
 #[cfg(feature = "selection")]
 pub use crate::Selection;
-pub use crate::{Candidate, Circuit, CooldownDecision, Outcome, OutcomeKind, RequestInfo};
+pub use crate::{
+    Candidate, Circuit, CooldownDecision, LastSuccess, Outcome, OutcomeKind, RequestInfo,
+};

@@ -10,6 +10,8 @@
 //!
 //! Params (all optional):
 //! `{"window_ms": 60000, "steps_ms": [10000, 30000, 60000], "failure_cooldown_ms": 5000}`.
+//! `steps_ms` must not be empty and `window_ms` must be above 0; a bad or
+//! unknown param is refused when the policy loads.
 //!
 //! The throttle timestamps live in the host's key-value state, one entry per
 //! deployment, because the instance itself does not outlive the call.
@@ -17,7 +19,7 @@
 
 use switchyard_policy::prelude::*;
 use switchyard_policy::serde::Deserialize;
-use switchyard_policy::{kv, log};
+use switchyard_policy::{kv, ParamsError, PolicyParams};
 
 /// The policy's params.
 #[derive(Debug, Deserialize)]
@@ -41,15 +43,23 @@ impl Default for Params {
     }
 }
 
+impl PolicyParams for Params {
+    fn validate(&self) -> Result<(), ParamsError> {
+        if self.steps_ms.is_empty() {
+            return Err(ParamsError::invalid("steps_ms", "must not be empty"));
+        }
+        if self.window_ms == 0 {
+            return Err(ParamsError::invalid("window_ms", "must be above 0"));
+        }
+        Ok(())
+    }
+}
+
 struct Adaptive;
 
 impl Cooldown for Adaptive {
     fn on_outcome(o: Outcome, _c: Candidate) -> CooldownDecision {
-        let mut params: Params = switchyard_policy::params_or_default();
-        if params.steps_ms.is_empty() {
-            log::warn("adaptive: `steps_ms` is empty; using the default steps");
-            params.steps_ms = Params::default().steps_ms;
-        }
+        let params: Params = switchyard_policy::params_or_reject();
         let key = history_key(&o.deployment);
         let cooldown_ms = match o.kind {
             OutcomeKind::Success => {
@@ -155,6 +165,11 @@ mod tests {
         assert_eq!(
             (p.window_ms, p.steps_ms, p.failure_cooldown_ms),
             (60_000, vec![1, 2], 5_000)
+        );
+        let err = switchyard_policy::parse_params::<Params>(r#"{"steps_ms": []}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid params: `steps_ms`: must not be empty"
         );
     }
 }

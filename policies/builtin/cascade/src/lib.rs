@@ -8,11 +8,13 @@
 //! cooldown first (then by priority), because a request that already failed
 //! once is better served by a long shot than by an error.
 //!
-//! Params (all optional): `{"skip_threshold_ms": 2000}`.
+//! Params (all optional): `{"skip_threshold_ms": 2000}`; a bad or unknown
+//! one is refused when the policy loads.
 #![cfg_attr(not(test), no_std)]
 
 use switchyard_policy::prelude::*;
 use switchyard_policy::serde::Deserialize;
+use switchyard_policy::{pick, PolicyParams};
 
 /// The policy's params.
 #[derive(Debug, Deserialize)]
@@ -31,11 +33,13 @@ impl Default for Params {
     }
 }
 
+impl PolicyParams for Params {}
+
 struct Cascade;
 
 impl Fallback for Cascade {
     fn next(_req: RequestInfo, _failed: Outcome, remaining: Vec<Candidate>) -> Vec<u32> {
-        order(&remaining, &switchyard_policy::params_or_default())
+        order(&remaining, &switchyard_policy::params_or_reject())
     }
 }
 
@@ -44,14 +48,7 @@ switchyard_policy::export_fallback!(Cascade);
 /// The fit deployments by priority or, when none is fit, all of them by
 /// (cooldown left, priority). Both sorts are stable: ties keep their order.
 fn order(remaining: &[Candidate], params: &Params) -> Vec<u32> {
-    let fit = |c: &Candidate| {
-        c.circuit != Circuit::Open && c.cooldown_remaining_ms <= params.skip_threshold_ms
-    };
-    let mut picked: Vec<u32> = (0u32..)
-        .zip(remaining)
-        .filter(|(_, c)| fit(c))
-        .map(|(i, _)| i)
-        .collect();
+    let mut picked = pick::fit(remaining, params.skip_threshold_ms);
     if picked.is_empty() {
         picked = (0u32..).take(remaining.len()).collect();
         picked.sort_by_key(|&i| {

@@ -6,7 +6,8 @@
 //! cooldown is only a hint, and a deployment about to come back is worth
 //! trying after the healthy ones rather than failing the request.
 //!
-//! Params (all optional): `{"skip_threshold_ms": 2000}`.
+//! Params (all optional): `{"skip_threshold_ms": 2000}`; a bad or unknown
+//! one is refused when the policy loads.
 //!
 //! May return an empty list when every deployment is left out; the gateway
 //! then answers 429 with `retry-after`.
@@ -14,6 +15,7 @@
 
 use switchyard_policy::prelude::*;
 use switchyard_policy::serde::Deserialize;
+use switchyard_policy::{pick, PolicyParams};
 
 /// The policy's params.
 #[derive(Debug, Deserialize)]
@@ -31,11 +33,13 @@ impl Default for Params {
     }
 }
 
+impl PolicyParams for Params {}
+
 struct Priority;
 
 impl Selection for Priority {
     fn select(_req: RequestInfo, candidates: Vec<Candidate>) -> Vec<u32> {
-        order(&candidates, &switchyard_policy::params_or_default())
+        order(&candidates, &switchyard_policy::params_or_reject())
     }
 }
 
@@ -44,13 +48,7 @@ switchyard_policy::export_selection!(Priority);
 /// Indices of the fit candidates, by ascending priority; the sort is stable,
 /// so equal priorities keep their configured order.
 fn order(candidates: &[Candidate], params: &Params) -> Vec<u32> {
-    let mut fit: Vec<u32> = (0u32..)
-        .zip(candidates)
-        .filter(|(_, c)| {
-            c.circuit != Circuit::Open && c.cooldown_remaining_ms <= params.skip_threshold_ms
-        })
-        .map(|(i, _)| i)
-        .collect();
+    let mut fit = pick::fit(candidates, params.skip_threshold_ms);
     fit.sort_by_key(|&i| candidates[i as usize].priority);
     fit
 }
@@ -98,5 +96,8 @@ mod tests {
         assert_eq!(p.skip_threshold_ms, 2000);
         let p: Params = switchyard_policy::parse_params(r#"{"skip_threshold_ms": 5}"#).unwrap();
         assert_eq!(p.skip_threshold_ms, 5);
+        let err = switchyard_policy::parse_params::<Params>(r#"{"skip_threshold_ms": "soon"}"#)
+            .unwrap_err();
+        assert_eq!(err.param(), Some("skip_threshold_ms"));
     }
 }

@@ -1,0 +1,429 @@
+//! Changing policies while the gateway serves: uploads through `/admin`,
+//! atomic swaps under load, refusals that leave the old version active,
+//! automatic rollback, params updates, and file-triggered reloads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard::clock::ManualClock;
+
+use crate::support::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+async fn gateway_with_admin(extra: &str) -> (switchyard::sim::SimHandle, TestGateway) {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(
+        vec![
+            sim_model("model-a", None),
+            sim_model("model-b", None),
+            sim_model("model-c", None),
+        ],
+        clock.clone(),
+    )
+    .await;
+    let cache = tempdir();
+    let config = format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n[policy_runtime]\ncache_dir = \"{}\"\nrollback_window_calls = 10\n{extra}\n{}{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\", \"c\"]\n",
+        cache.display(),
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-b", 2, &sim),
+        deployment("c", "model-c", 3, &sim),
+    );
+    let gw = start_gateway(&config, clock).await;
+    (sim, gw)
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+async fn upload(gw: &TestGateway, kind: &str, bytes: &[u8]) -> RawResponse {
+    let auth = bearer();
+    raw_request(
+        gw.addr,
+        "POST",
+        &format!("/admin/policies/g/{kind}"),
+        &[("authorization", auth.as_str())],
+        bytes,
+    )
+    .await
+}
+
+async fn admin_json(gw: &TestGateway, method: &str, path: &str, body: &str) -> RawResponse {
+    let auth = bearer();
+    raw_request(
+        gw.addr,
+        method,
+        path,
+        &[("authorization", auth.as_str())],
+        body.as_bytes(),
+    )
+    .await
+}
+
+async fn active_selection(gw: &TestGateway) -> (u64, serde_json::Value) {
+    let list = admin_json(gw, "GET", "/admin/policies", "").await;
+    assert_eq!(list.status, 200);
+    let slot = list.json()["groups"][0]["policies"]["selection"].clone();
+    (slot["active"].as_u64().unwrap(), slot)
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token() {
+    let (_sim, gw) = gateway_with_admin("").await;
+    let raw = raw_get(gw.addr, "/admin/policies").await;
+    assert_eq!(raw.status, 401);
+    assert_eq!(raw.json()["code"], "unauthorized");
+    let raw = raw_request(
+        gw.addr,
+        "GET",
+        "/admin/policies",
+        &[("authorization", "Bearer wrong-token-wrong-token!!")],
+        b"",
+    )
+    .await;
+    assert_eq!(raw.status, 401);
+    let raw = upload(&gw, "selection", &policy_bytes("priority")).await;
+    assert_eq!(raw.status, 201, "{}", String::from_utf8_lossy(&raw.body));
+}
+
+#[tokio::test]
+async fn a_broken_upload_is_refused_and_the_old_version_keeps_serving() {
+    let (_sim, gw) = gateway_with_admin("").await;
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "not wasm",
+            b"definitely not a component".to_vec(),
+            "not a valid WebAssembly component",
+        ),
+        (
+            "wrong world",
+            policy_bytes("cascade"),
+            "does not implement world `switchyard:policy/selection@0.1.0`",
+        ),
+        (
+            "wrong version",
+            policy_bytes("future-version"),
+            "switchyard:policy@0.2.0",
+        ),
+        (
+            "trap on the load check",
+            policy_bytes("trap-on-load"),
+            "the load check call failed",
+        ),
+    ];
+    for (what, bytes, message) in cases {
+        let raw = upload(&gw, "selection", &bytes).await;
+        assert_eq!(
+            raw.status,
+            422,
+            "{what}: {}",
+            String::from_utf8_lossy(&raw.body)
+        );
+        let body = raw.json();
+        assert_eq!(body["code"], "invalid_policy", "{what}");
+        assert!(
+            body["message"].as_str().unwrap().contains(message),
+            "{what}: {body}"
+        );
+        let served = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+        assert_eq!(served.status, 200, "{what}: traffic keeps flowing");
+        assert_eq!(served.headers["x-switchyard-deployment"], "a");
+    }
+    let (active, slot) = active_selection(&gw).await;
+    assert_eq!(active, 1, "the first version is still active");
+    assert_eq!(
+        slot["versions"].as_array().unwrap().len(),
+        1,
+        "nothing was added"
+    );
+}
+
+#[tokio::test]
+async fn a_version_that_faults_on_real_traffic_is_rolled_back() {
+    let (_sim, gw) = gateway_with_admin("").await;
+    // The trap fixture passes the load check, then traps on every real request.
+    let raw = upload(&gw, "selection", &policy_bytes("trap")).await;
+    assert_eq!(raw.status, 201, "{}", String::from_utf8_lossy(&raw.body));
+    assert_eq!(raw.json()["version"], 2);
+    assert_eq!(active_selection(&gw).await.0, 2);
+
+    for _ in 0..10 {
+        let served = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+        assert_eq!(served.status, 200, "faults never fail a request");
+        assert_eq!(served.headers["x-switchyard-deployment"], "a", "safe order");
+    }
+    // 10 of its last 10 calls faulted (over the 50% rule): back to version 1.
+    let (active, slot) = active_selection(&gw).await;
+    assert_eq!(active, 1, "rolled back: {slot}");
+    let v2 = slot["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == 2)
+        .unwrap()
+        .clone();
+    assert_eq!(v2["faults"], 10);
+    let metrics = String::from_utf8_lossy(&raw_get(gw.addr, "/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains(
+            r#"switchyard_policy_swaps_total{group="g",kind="selection",reason="auto_rollback"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn activate_rollback_and_params_switch_versions() {
+    let (_sim, gw) = gateway_with_admin("").await;
+    // Stage a version without activating it.
+    let auth = bearer();
+    let raw = raw_request(
+        gw.addr,
+        "POST",
+        "/admin/policies/g/selection?activate=false",
+        &[("authorization", auth.as_str())],
+        &policy_bytes("priority"),
+    )
+    .await;
+    assert_eq!(raw.status, 201);
+    assert_eq!(raw.json()["active"], false);
+    assert_eq!(active_selection(&gw).await.0, 1);
+
+    let raw = admin_json(
+        &gw,
+        "POST",
+        "/admin/policies/g/selection/activate",
+        r#"{"version": 2}"#,
+    )
+    .await;
+    assert_eq!(raw.status, 200, "{}", String::from_utf8_lossy(&raw.body));
+    assert_eq!(active_selection(&gw).await.0, 2);
+
+    let raw = admin_json(&gw, "POST", "/admin/policies/g/selection/rollback", "").await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.json()["active"], 1);
+    let raw = admin_json(&gw, "POST", "/admin/policies/g/selection/rollback", "").await;
+    assert_eq!(raw.status, 409);
+    assert_eq!(raw.json()["code"], "nothing_to_roll_back_to");
+    let raw = admin_json(
+        &gw,
+        "POST",
+        "/admin/policies/g/selection/activate",
+        r#"{"version": 9}"#,
+    )
+    .await;
+    assert_eq!(raw.status, 404);
+
+    // New params go through the gate too: a threshold so low that A, cooling
+    // down, is skipped.
+    let raw = admin_json(
+        &gw,
+        "PUT",
+        "/admin/policies/g/selection/params",
+        r#"{"skip_threshold_ms": 0}"#,
+    )
+    .await;
+    assert_eq!(raw.status, 200, "{}", String::from_utf8_lossy(&raw.body));
+    let (active, slot) = active_selection(&gw).await;
+    let current = slot["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == active)
+        .unwrap()
+        .clone();
+    assert_eq!(current["params"]["skip_threshold_ms"], 0);
+    let raw = admin_json(
+        &gw,
+        "PUT",
+        "/admin/policies/g/selection/params",
+        r#"{"skip_threshold_ms": "soon"}"#,
+    )
+    .await;
+    assert_eq!(
+        raw.status,
+        422,
+        "bad params are refused: {}",
+        String::from_utf8_lossy(&raw.body)
+    );
+    assert!(
+        raw.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("skip_threshold_ms"),
+        "{}",
+        raw.json()
+    );
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-test-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_changed_policy_file_is_reloaded_and_a_broken_one_is_refused() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        clock.clone(),
+    )
+    .await;
+    let dir = tempdir();
+    let policy_file = dir.join("selection.wasm");
+    std::fs::write(&policy_file, policy_bytes("priority")).unwrap();
+    let config = format!(
+        "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n[model_groups.policies.selection]\npath = \"{}\"\n",
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-b", 2, &sim),
+        policy_file.display()
+    );
+    let gw = start_gateway(&config, clock).await;
+    let watcher = gw.gateway.watch_policy_files(Duration::from_millis(20));
+    let slot = gw
+        .gateway
+        .router()
+        .group("g")
+        .unwrap()
+        .slots
+        .selection
+        .clone();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A broken file is refused; version 1 stays.
+    std::fs::write(&policy_file, b"garbage bytes").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(slot.current().number, 1);
+
+    // A good one is swapped in.
+    std::fs::write(&policy_file, policy_bytes("garbage")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slot.current().number == 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the changed file was reloaded in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slot.current().source, policy_file.display().to_string());
+    watcher.abort();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The acceptance test of hot swapping: steady load while the selection
+/// policy is swapped back and forth, with no failed request and every answer
+/// consistent with the version that was active while it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_fails_no_request() {
+    let (_sim, gw) = gateway_with_admin("").await;
+    let gw = Arc::new(gw);
+    // Version 2: round-robin spreads over a, b, c; version 1: priority sends all to a.
+    let raw = upload(&gw, "selection", &policy_bytes("round-robin")).await;
+    assert_eq!(raw.status, 201, "{}", String::from_utf8_lossy(&raw.body));
+    let raw = admin_json(&gw, "POST", "/admin/policies/g/selection/rollback", "").await;
+    assert_eq!(raw.status, 200);
+
+    let started = Instant::now();
+    let rate_per_s = 200u64;
+    let duration = Duration::from_secs(10);
+    let total = rate_per_s * duration.as_secs();
+    // (start, end, deployment) of every request, in µs since `started`.
+    let mut tasks = Vec::new();
+    let load = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate_per_s));
+            for _ in 0..total {
+                ticker.tick().await;
+                let gw = gw.clone();
+                tasks.push(tokio::spawn(async move {
+                    let t0 = started.elapsed().as_micros();
+                    let raw =
+                        raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+                    let t1 = started.elapsed().as_micros();
+                    (
+                        t0,
+                        t1,
+                        raw.status,
+                        raw.headers.get("x-switchyard-deployment").cloned(),
+                    )
+                }));
+            }
+            tasks
+        })
+    };
+    // 20 swaps, evenly spread: priority (v1) ↔ round-robin (v2). Record when
+    // each version became active.
+    // (asked at, answered at, version) of each swap, in µs since `started`.
+    let mut swaps = vec![(0u128, 0u128, 1u64)];
+    for i in 0..20 {
+        tokio::time::sleep(duration / 21).await;
+        let (path, body) = if i % 2 == 0 {
+            ("/admin/policies/g/selection/activate", r#"{"version": 2}"#)
+        } else {
+            ("/admin/policies/g/selection/rollback", "")
+        };
+        let asked = started.elapsed().as_micros();
+        let raw = admin_json(&gw, "POST", path, body).await;
+        let answered = started.elapsed().as_micros();
+        assert_eq!(raw.status, 200, "{}", String::from_utf8_lossy(&raw.body));
+        swaps.push((asked, answered, if i % 2 == 0 { 2 } else { 1 }));
+    }
+    let tasks = load.await.unwrap();
+    let mut failed = 0;
+    let mut spread = std::collections::HashMap::new();
+    let mut checked_priority = 0;
+    for task in tasks {
+        let (t0, t1, status, deployment) = task.await.unwrap();
+        if status != 200 {
+            failed += 1;
+            continue;
+        }
+        let deployment = deployment.expect("deployment header");
+        *spread.entry(deployment.clone()).or_insert(0) += 1;
+        // The version surely active over the whole request: the last swap
+        // answered before it started, and none was under way while it ran.
+        let active = swaps
+            .iter()
+            .rev()
+            .find(|(_, answered, _)| *answered <= t0)
+            .map(|(_, _, v)| *v);
+        let overlapping = swaps
+            .iter()
+            .any(|(asked, answered, _)| *asked <= t1 && *answered >= t0);
+        if !overlapping && active == Some(1) {
+            assert_eq!(deployment, "a", "priority sends everything to a");
+            checked_priority += 1;
+        }
+    }
+    assert_eq!(failed, 0, "no failed requests");
+    assert!(
+        checked_priority > 100,
+        "many requests ran under priority alone: {checked_priority}"
+    );
+    for d in ["a", "b", "c"] {
+        assert!(
+            spread.get(d).copied().unwrap_or(0) > 0,
+            "round-robin reached {d}: {spread:?}"
+        );
+    }
+    let faults: u64 = gw
+        .gateway
+        .router()
+        .group("g")
+        .unwrap()
+        .slots
+        .selection
+        .versions()
+        .iter()
+        .map(|v| v.faults)
+        .sum();
+    assert_eq!(faults, 0);
+}
