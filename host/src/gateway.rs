@@ -24,10 +24,11 @@ use crate::upstream::{CredentialsError, Upstream};
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// A policy named in the config could not be loaded.
-    #[error("model group `{group}`, {kind} policy: {source}")]
+    #[error("model group `{group}`, {kind} policy `{policy}`: {source}")]
     Policy {
         group: String,
         kind: PolicyKind,
+        policy: String,
         source: SwapError,
     },
     /// Credentials are missing.
@@ -97,6 +98,11 @@ impl Gateway {
                 let error = |source: SwapError| GatewayError::Policy {
                     group: g.name.clone(),
                     kind,
+                    policy: policy
+                        .name
+                        .clone()
+                        .or_else(|| policy.path.as_ref().map(|p| p.display().to_string()))
+                        .unwrap_or_default(),
                     source,
                 };
                 let (source, component) = swap::resolve(kind, policy).map_err(error)?;

@@ -559,9 +559,11 @@ impl Router {
             let now = self.clock.now_ms();
             let remaining_candidates: Vec<_> =
                 remaining.iter().map(|d| candidate(d, now)).collect();
+            let tried_candidates: Vec<_> = tried.iter().map(|d| candidate(d, now)).collect();
             let next = fallback.policy.next(
                 &info,
                 &wit_outcome(&outcome),
+                &tried_candidates,
                 &remaining_candidates,
                 &options,
             );

@@ -154,9 +154,14 @@ fn decide(policy: &Policy, o: &Outcome, c: &Candidate, seed: u64) -> CooldownDec
 }
 
 fn next(policy: &Policy, remaining: &[Candidate]) -> Vec<String> {
+    next_after(policy, &[], remaining)
+}
+
+/// `next` after the deployments in `tried` were tried, the last one failing.
+fn next_after(policy: &Policy, tried: &[Candidate], remaining: &[Candidate]) -> Vec<String> {
     let failed = outcome(OutcomeKind::Throttled, NOW, None);
     let (order, _) = policy
-        .next(&request(0), &failed, remaining, &seeded(0))
+        .next(&request(0), &failed, tried, remaining, &seeded(0))
         .expect("next runs");
     order
         .iter()
@@ -615,6 +620,12 @@ fn spread_takes_one_deployment_per_region_and_account_in_turn() {
         next(&spread, &cs),
         ["east-a-2", "west-a", "east-b", "east-a-3", "east-a-6"]
     );
+    // After a failure in (us-east-1, a), other regions and accounts come first.
+    let failed = at("east-a-1", 1, "us-east-1", "a");
+    assert_eq!(
+        next_after(&spread, &[failed], &cs),
+        ["west-a", "east-b", "east-a-2", "east-a-3", "east-a-6"]
+    );
 }
 
 #[test]
@@ -646,6 +657,19 @@ fn same_model_first_keeps_a_models_regions_before_the_next_model() {
             "sonnet-eu",
             "haiku-east",
             "haiku-west"
+        ]
+    );
+    // After haiku failed in us-east-1: haiku's other regions first, then the
+    // same region again, and only then another model.
+    let failed = at("haiku-east-1", 1, "haiku", "us-east-1");
+    assert_eq!(
+        next_after(&smf, &[failed], &cs),
+        [
+            "haiku-west",
+            "haiku-east",
+            "sonnet-east",
+            "sonnet-west",
+            "sonnet-eu"
         ]
     );
 }

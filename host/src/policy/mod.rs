@@ -440,12 +440,14 @@ impl Policy {
         &self,
         req: &RequestInfo,
         failed: &Outcome,
+        tried: &[Candidate],
         remaining: &[Candidate],
         options: &CallOptions,
     ) -> Result<(Vec<usize>, CallReport), PolicyFault> {
         self.count(self.run_next(
             req,
             failed,
+            tried,
             remaining,
             options,
             &self.kv,
@@ -510,6 +512,7 @@ impl Policy {
         &self,
         req: &RequestInfo,
         failed: &Outcome,
+        tried: &[Candidate],
         remaining: &[Candidate],
         options: &CallOptions,
         kv: &Arc<KvStore>,
@@ -527,7 +530,7 @@ impl Policy {
             .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
             .and_then(|instance| {
                 instance
-                    .call_next(&mut store, req, failed, remaining)
+                    .call_next(&mut store, req, failed, tried, remaining)
                     .map_err(|e| self.classify(&store, e))
             })
             .and_then(|indices| checked_order(&indices, remaining.len()));
@@ -558,8 +561,15 @@ impl Policy {
                 (r.map(drop), report)
             }
             PolicyKind::Fallback => {
-                let (r, report) =
-                    self.run_next(&req, &outcome, &candidates[1..], &options, &kv, ticks);
+                let (r, report) = self.run_next(
+                    &req,
+                    &outcome,
+                    &candidates[..1],
+                    &candidates[1..],
+                    &options,
+                    &kv,
+                    ticks,
+                );
                 (r.map(drop), report)
             }
         };

@@ -243,7 +243,7 @@ macro_rules! export_cooldown {
 /// struct MostHeadroom;
 ///
 /// impl Fallback for MostHeadroom {
-///     fn next(_req: RequestInfo, _failed: Outcome, remaining: Vec<Candidate>) -> Vec<u32> {
+///     fn next(_req: RequestInfo, _failed: Outcome, _tried: Vec<Candidate>, remaining: Vec<Candidate>) -> Vec<u32> {
 ///         let mut order: Vec<u32> = (0..remaining.len() as u32).collect();
 ///         order.sort_by_key(|&i| remaining[i as usize].quota_used_permille);
 ///         order

@@ -38,7 +38,12 @@ impl PolicyParams for Params {}
 struct Cascade;
 
 impl Fallback for Cascade {
-    fn next(_req: RequestInfo, _failed: Outcome, remaining: Vec<Candidate>) -> Vec<u32> {
+    fn next(
+        _req: RequestInfo,
+        _failed: Outcome,
+        _tried: Vec<Candidate>,
+        remaining: Vec<Candidate>,
+    ) -> Vec<u32> {
         order(&remaining, &switchyard_policy::params_or_reject())
     }
 }

@@ -54,10 +54,18 @@ impl PolicyParams for Params {}
 struct SameModelFirst;
 
 impl Fallback for SameModelFirst {
-    fn next(_req: RequestInfo, _failed: Outcome, remaining: Vec<Candidate>) -> Vec<u32> {
+    fn next(
+        _req: RequestInfo,
+        _failed: Outcome,
+        tried: Vec<Candidate>,
+        remaining: Vec<Candidate>,
+    ) -> Vec<u32> {
         let params: Params = switchyard_policy::params_or_reject();
-        // The failed deployment's (model, region) is not in the contract yet.
-        order(&remaining, None, &params)
+        // The last deployment tried is the one that just failed.
+        let failed_at = tried
+            .last()
+            .map(|c| (c.model_id.as_str(), c.region.as_str()));
+        order(&remaining, failed_at, &params)
     }
 }
 

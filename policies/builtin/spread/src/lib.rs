@@ -49,10 +49,18 @@ impl PolicyParams for Params {}
 struct Spread;
 
 impl Fallback for Spread {
-    fn next(_req: RequestInfo, _failed: Outcome, remaining: Vec<Candidate>) -> Vec<u32> {
+    fn next(
+        _req: RequestInfo,
+        _failed: Outcome,
+        tried: Vec<Candidate>,
+        remaining: Vec<Candidate>,
+    ) -> Vec<u32> {
         let params: Params = switchyard_policy::params_or_reject();
-        // The failed deployment's (region, account) is not in the contract yet.
-        order(&remaining, None, &params)
+        // The last deployment tried is the one that just failed.
+        let failed_at = tried
+            .last()
+            .map(|c| (c.region.as_str(), c.account.as_str()));
+        order(&remaining, failed_at, &params)
     }
 }
 
