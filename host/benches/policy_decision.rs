@@ -49,7 +49,8 @@ fn bench(c: &mut Criterion) {
     };
     let candidates = candidates(8);
     let options = CallOptions::default();
-    for name in ["priority"] {
+    // The default, and the policies that do the most work per call.
+    for name in ["priority", "round-robin", "sticky", "hybrid"] {
         let b = builtin::find(PolicyKind::Selection, name).unwrap();
         let policy = runtime
             .load(

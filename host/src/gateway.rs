@@ -29,7 +29,7 @@ pub enum GatewayError {
         group: String,
         kind: PolicyKind,
         policy: String,
-        source: SwapError,
+        source: Box<SwapError>,
     },
     /// Credentials are missing.
     #[error(transparent)]
@@ -103,7 +103,7 @@ impl Gateway {
                         .clone()
                         .or_else(|| policy.path.as_ref().map(|p| p.display().to_string()))
                         .unwrap_or_default(),
-                    source,
+                    source: Box::new(source),
                 };
                 let (source, component) = swap::resolve(kind, policy).map_err(error)?;
                 let kv = Arc::new(KvStore::new(clock.clone()));

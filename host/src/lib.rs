@@ -6,6 +6,7 @@
 //! [`upstream`] calls Bedrock through the AWS SDK, and [`health`] keeps what
 //! happened. [`sim`] is a Bedrock simulator speaking the real wire protocol.
 
+pub mod admin_client;
 pub mod api;
 pub mod clock;
 pub mod config;

@@ -63,6 +63,56 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Work with policy components.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Upload a component to a running gateway and activate it.
+    ///
+    /// The gateway runs it through the same validation gate as at start
+    /// (compile, world and version, load-check call with the slot's params)
+    /// and refuses it with the reason if it fails; the active policy stays.
+    Push {
+        /// The gateway's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:4000")]
+        gateway: String,
+        /// The admin token (`[admin] token` in the gateway's config).
+        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The model group whose slot receives it.
+        #[arg(long)]
+        group: String,
+        /// Which slot.
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// Validate and add it, but leave the active version in place.
+        #[arg(long)]
+        stage: bool,
+        /// The component (`.wasm`).
+        file: PathBuf,
+    },
+    /// List the built-in policies.
+    Builtins,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KindArg {
+    Selection,
+    Cooldown,
+    Fallback,
+}
+
+impl From<KindArg> for switchyard::policy::PolicyKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Selection => Self::Selection,
+            KindArg::Cooldown => Self::Cooldown,
+            KindArg::Fallback => Self::Fallback,
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -150,6 +200,33 @@ async fn sim(config_path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::
     Ok(())
 }
 
+async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Push {
+            gateway,
+            token,
+            group,
+            kind,
+            stage,
+            file,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let answer =
+                switchyard::admin_client::push(&gateway, &token, &group, kind.into(), bytes, stage)
+                    .await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
+        PolicyCommand::Builtins => {
+            for b in switchyard::policy::builtin::ALL {
+                println!("{:<10} {:<17} {}", b.kind.world(), b.name, b.summary);
+            }
+            Ok(())
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -161,6 +238,7 @@ async fn main() -> ExitCode {
             simulate,
         } => serve(&config, listen, simulate).await,
         Command::Sim { config, listen } => sim(config.as_deref(), listen).await,
+        Command::Policy(command) => policy(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -427,3 +427,49 @@ async fn swapping_under_load_fails_no_request() {
         .sum();
     assert_eq!(faults, 0);
 }
+
+async fn push_cli(gw: &TestGateway, file: &str) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "policy",
+            "push",
+            "--gateway",
+            &gw.url(),
+            "--group",
+            "g",
+            "--kind",
+            "selection",
+            file,
+        ])
+        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("push finished in time")
+        .expect("push ran")
+}
+
+#[tokio::test]
+async fn the_push_command_uploads_and_activates_or_says_why_not() {
+    let (_sim, gw) = gateway_with_admin("").await;
+    let out = push_cli(&gw, &policy_path("round-robin")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["version"], 2);
+    assert_eq!(answer["active"], true);
+    assert_eq!(active_selection(&gw).await.0, 2);
+
+    let out = push_cli(&gw, &policy_path("cascade")).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("422") && stderr.contains("does not implement world"),
+        "{stderr}"
+    );
+    assert_eq!(active_selection(&gw).await.0, 2, "the active version stays");
+}

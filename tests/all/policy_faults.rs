@@ -72,7 +72,8 @@ fn load(
 #[test]
 fn each_faulty_policy_fault_is_classified() {
     let runtime = runtime();
-    let expected: [(&str, fn(&PolicyFault) -> bool); 4] = [
+    type IsExpected = fn(&PolicyFault) -> bool;
+    let expected: [(&str, IsExpected); 4] = [
         ("trap", |f| matches!(f, PolicyFault::Trap(_))),
         ("spin", |f| matches!(f, PolicyFault::Timeout)),
         ("hog", |f| matches!(f, PolicyFault::OutOfMemory)),

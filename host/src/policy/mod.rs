@@ -395,6 +395,14 @@ impl Policy {
         }
     }
 
+    fn env<'a>(&'a self, options: &'a CallOptions) -> CallEnv<'a> {
+        CallEnv {
+            options,
+            kv: &self.kv,
+            ticks: self.shared.deadline_ticks,
+        }
+    }
+
     fn count<T>(&self, (result, report): Called<T>) -> Result<(T, CallReport), PolicyFault> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         if result.is_err() {
@@ -410,13 +418,7 @@ impl Policy {
         candidates: &[Candidate],
         options: &CallOptions,
     ) -> Result<(Vec<usize>, CallReport), PolicyFault> {
-        self.count(self.run_select(
-            req,
-            candidates,
-            options,
-            &self.kv,
-            self.shared.deadline_ticks,
-        ))
+        self.count(self.run_select(req, candidates, self.env(options)))
     }
 
     /// Runs `on-outcome`.
@@ -426,13 +428,7 @@ impl Policy {
         candidate: &Candidate,
         options: &CallOptions,
     ) -> Result<(CooldownDecision, CallReport), PolicyFault> {
-        self.count(self.run_on_outcome(
-            outcome,
-            candidate,
-            options,
-            &self.kv,
-            self.shared.deadline_ticks,
-        ))
+        self.count(self.run_on_outcome(outcome, candidate, self.env(options)))
     }
 
     /// Runs `next`. The indices are checked like `select`'s.
@@ -444,24 +440,14 @@ impl Policy {
         remaining: &[Candidate],
         options: &CallOptions,
     ) -> Result<(Vec<usize>, CallReport), PolicyFault> {
-        self.count(self.run_next(
-            req,
-            failed,
-            tried,
-            remaining,
-            options,
-            &self.kv,
-            self.shared.deadline_ticks,
-        ))
+        self.count(self.run_next(req, failed, tried, remaining, self.env(options)))
     }
 
     fn run_select(
         &self,
         req: &RequestInfo,
         candidates: &[Candidate],
-        options: &CallOptions,
-        kv: &Arc<KvStore>,
-        ticks: u64,
+        env: CallEnv<'_>,
     ) -> Called<Vec<usize>> {
         let KindPre::Selection(pre) = &self.pre else {
             return (
@@ -469,7 +455,7 @@ impl Policy {
                 CallReport::default(),
             );
         };
-        let mut store = self.store(options, kv, ticks);
+        let mut store = self.store(env.options, env.kv, env.ticks);
         let result = pre
             .instantiate(&mut store)
             .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
@@ -486,9 +472,7 @@ impl Policy {
         &self,
         outcome: &Outcome,
         candidate: &Candidate,
-        options: &CallOptions,
-        kv: &Arc<KvStore>,
-        ticks: u64,
+        env: CallEnv<'_>,
     ) -> Called<CooldownDecision> {
         let KindPre::Cooldown(pre) = &self.pre else {
             return (
@@ -496,7 +480,7 @@ impl Policy {
                 CallReport::default(),
             );
         };
-        let mut store = self.store(options, kv, ticks);
+        let mut store = self.store(env.options, env.kv, env.ticks);
         let result = pre
             .instantiate(&mut store)
             .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
@@ -514,9 +498,7 @@ impl Policy {
         failed: &Outcome,
         tried: &[Candidate],
         remaining: &[Candidate],
-        options: &CallOptions,
-        kv: &Arc<KvStore>,
-        ticks: u64,
+        env: CallEnv<'_>,
     ) -> Called<Vec<usize>> {
         let KindPre::Fallback(pre) = &self.pre else {
             return (
@@ -524,7 +506,7 @@ impl Policy {
                 CallReport::default(),
             );
         };
-        let mut store = self.store(options, kv, ticks);
+        let mut store = self.store(env.options, env.kv, env.ticks);
         let result = pre
             .instantiate(&mut store)
             .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
@@ -549,27 +531,23 @@ impl Policy {
         let candidates = load_check::candidates(self.clock.now_ms());
         let req = load_check::request();
         let outcome = load_check::outcome(self.clock.now_ms());
-        let ticks = self.shared.load_check_ticks;
+        let env = CallEnv {
+            options: &options,
+            kv: &kv,
+            ticks: self.shared.load_check_ticks,
+        };
         let (result, report) = match self.kind {
             PolicyKind::Selection => {
-                let (r, report) = self.run_select(&req, &candidates, &options, &kv, ticks);
+                let (r, report) = self.run_select(&req, &candidates, env);
                 (r.map(drop), report)
             }
             PolicyKind::Cooldown => {
-                let (r, report) =
-                    self.run_on_outcome(&outcome, &candidates[0], &options, &kv, ticks);
+                let (r, report) = self.run_on_outcome(&outcome, &candidates[0], env);
                 (r.map(drop), report)
             }
             PolicyKind::Fallback => {
-                let (r, report) = self.run_next(
-                    &req,
-                    &outcome,
-                    &candidates[..1],
-                    &candidates[1..],
-                    &options,
-                    &kv,
-                    ticks,
-                );
+                let (r, report) =
+                    self.run_next(&req, &outcome, &candidates[..1], &candidates[1..], env);
                 (r.map(drop), report)
             }
         };
@@ -585,6 +563,14 @@ impl Policy {
             self.kind, self.name
         ))
     }
+}
+
+/// What a call runs with besides its arguments.
+#[derive(Clone, Copy)]
+struct CallEnv<'a> {
+    options: &'a CallOptions,
+    kv: &'a Arc<KvStore>,
+    ticks: u64,
 }
 
 /// A call's result with what it cost, before it is counted.

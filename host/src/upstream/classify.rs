@@ -81,7 +81,7 @@ fn caused_by_io(error: &(dyn std::error::Error + 'static)) -> bool {
 fn retry_after_ms(headers: &aws_smithy_runtime_api::http::Headers) -> Option<u64> {
     let value = headers.get("retry-after")?;
     let seconds: f64 = value.trim().parse().ok()?;
-    (seconds >= 0.0).then(|| (seconds * 1000.0) as u64)
+    (seconds >= 0.0).then_some((seconds * 1000.0) as u64)
 }
 
 /// Classifies an error from `send()`.
