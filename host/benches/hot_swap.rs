@@ -48,7 +48,9 @@ fn bench(c: &mut Criterion) {
     Gateway::build(&warm, clock.clone(), &Upstreams::Aws).unwrap();
 
     let mut group = c.benchmark_group("start with 12 policies");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     group.bench_function("compile cache warm", |b| {
         b.iter(|| Gateway::build(&warm, clock.clone(), &Upstreams::Aws).unwrap())
     });
@@ -64,7 +66,10 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("upload to active");
     group.sample_size(30);
     group.bench_function(
-        format!("round-robin ({} KB), compile cache warm", component.len() / 1024),
+        format!(
+            "round-robin ({} KB), compile cache warm",
+            component.len() / 1024
+        ),
         |b| {
             b.iter(|| {
                 gateway

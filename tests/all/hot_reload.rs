@@ -473,3 +473,69 @@ async fn the_push_command_uploads_and_activates_or_says_why_not() {
     );
     assert_eq!(active_selection(&gw).await.0, 2, "the active version stays");
 }
+
+#[tokio::test]
+async fn a_config_reload_swaps_changed_policies_and_reports_the_rest() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        clock.clone(),
+    )
+    .await;
+    let dir = tempdir();
+    let path = dir.join("switchyard.toml");
+    let write = |selection: &str, extra_deployment: bool| {
+        let mut text = format!(
+            "[admin]\ntoken = \"{TOKEN}\"\n{}{}",
+            deployment("a", "model-a", 1, &sim),
+            deployment("b", "model-b", 2, &sim)
+        );
+        if extra_deployment {
+            text.push_str(&deployment("c", "model-b", 3, &sim));
+        }
+        text.push_str(&format!(
+            "\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n[model_groups.policies.selection]\n{selection}\n"
+        ));
+        std::fs::write(&path, text).unwrap();
+    };
+    write("name = \"priority\"", false);
+    let config = switchyard::config::Config::load(&path).unwrap();
+    let gateway =
+        switchyard::gateway::Gateway::build(&config, clock, &switchyard::gateway::Upstreams::Aws)
+            .unwrap()
+            .with_config_path(path.clone());
+    let slot = gateway.router().group("g").unwrap().slots.selection.clone();
+
+    // Unchanged: nothing to do.
+    let report = gateway.reload().await.unwrap();
+    assert!(
+        report.swapped.is_empty() && report.refused.is_empty(),
+        "{report:?}"
+    );
+
+    // A new policy with params, and a new deployment (which needs a restart).
+    write(
+        "name = \"round-robin\"\nparams = { skip_threshold_ms = 500 }",
+        true,
+    );
+    let report = gateway.reload().await.unwrap();
+    assert_eq!(report.swapped, vec!["g/selection".to_owned()]);
+    assert_eq!(report.needs_restart, vec!["deployments".to_owned()]);
+    assert_eq!(slot.current().source, "builtin:round-robin");
+    assert_eq!(slot.current().params["skip_threshold_ms"], 500);
+
+    // A broken one is refused and the active one stays.
+    write(
+        "name = \"round-robin\"\nparams = { skip_threshold_ms = -1 }",
+        false,
+    );
+    let report = gateway.reload().await.unwrap();
+    assert!(report.swapped.is_empty());
+    assert_eq!(report.refused.len(), 1);
+    assert!(
+        report.refused[0].contains("skip_threshold_ms"),
+        "{report:?}"
+    );
+    assert_eq!(slot.current().params["skip_threshold_ms"], 500);
+    let _ = std::fs::remove_dir_all(dir);
+}

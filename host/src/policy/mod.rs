@@ -126,6 +126,9 @@ fn logged(logs: &[PolicyLog]) -> String {
 /// is loaded, on synthetic candidates. Documented in the WIT.
 pub const LOAD_CHECK_REQUEST_ID: &str = "load-check";
 
+/// Linear memory (and table) kept resident per pooled slot between calls.
+const KEEP_RESIDENT_BYTES: usize = 256 * 1024;
+
 /// The least time the load check call is given.
 const LOAD_CHECK_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -198,7 +201,12 @@ impl PolicyRuntime {
             .total_memories(instances)
             .max_tables_per_component(4)
             .total_tables(instances * 4)
-            .max_memory_size(memory_limit_bytes);
+            .max_memory_size(memory_limit_bytes)
+            // Reset a used slot by zeroing its first pages instead of handing
+            // them back to the kernel, so the next call takes no page faults
+            // there (policies are linked with a small stack to fit).
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));

@@ -114,6 +114,8 @@ compile_error!(
 );
 
 // Generated code: its shape follows the WIT, not clippy's taste.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+mod alloc_arena;
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub mod bindings;

@@ -1,12 +1,11 @@
 //! The runtime a `no_std` policy needs on wasm32: an allocator and a panic
 //! handler. Off wasm32 the crate links `std`, which provides both.
 
-/// dlmalloc grows linear memory with `memory.grow`, so the host's memory cap
-/// applies to it directly: an allocation past the cap fails, and the failure
-/// becomes a panic and then a trap.
+/// See [`crate::alloc_arena`]: a bump allocator, since each instance lives
+/// for one call.
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: crate::alloc_arena::BumpAllocator = crate::alloc_arena::BumpAllocator::new();
 
 /// A panic becomes a trap, which the host counts as a fault of the policy and
 /// answers with its built-in safe order. The message goes to the gateway's
