@@ -176,6 +176,36 @@ fn with_id(mut e: ApiError, request_id: &str) -> Response {
     e.into_response()
 }
 
+/// Checks a request, routes it with `attempt` per deployment, and answers
+/// errors; a success is left to the caller to answer.
+async fn route<T, F, Fut>(
+    state: &AppState,
+    model_id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    attempt: F,
+) -> Result<(String, Routed<T>), Response>
+where
+    F: Fn(Upstream, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::upstream::AttemptFailure>>,
+{
+    let request_id = request_id(headers);
+    let (group, mut request) =
+        prepare(state, model_id, headers, body).map_err(|e| with_id(e, &request_id))?;
+    request.request_id = request_id.clone();
+    match state.router.route(&group, &request, attempt).await {
+        Err(e) => {
+            let e = route_error(e);
+            state.router.metrics().request(&group, e.code);
+            Err(with_id(e, &request_id))
+        }
+        Ok(routed) => {
+            state.router.metrics().request(&group, "success");
+            Ok((request_id, routed))
+        }
+    }
+}
+
 /// `POST /model/{modelId}/converse`
 pub async fn converse(
     State(state): State<Arc<AppState>>,
@@ -183,44 +213,34 @@ pub async fn converse(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request_id = request_id(&headers);
-    let (group, mut request) = match prepare(&state, &model_id, &headers, body) {
-        Ok(p) => p,
-        Err(e) => return with_id(e, &request_id),
+    let routed = route(
+        &state,
+        &model_id,
+        &headers,
+        body,
+        |upstream, body| async move { upstream.converse(body).await },
+    )
+    .await;
+    let (request_id, routed) = match routed {
+        Ok(r) => r,
+        Err(response) => return response,
     };
-    request.request_id = request_id.clone();
-    let routed = state
-        .router
-        .route(&group, &request, |upstream: Upstream, body| async move {
-            upstream.converse(body).await
-        })
-        .await;
-    match routed {
-        Err(e) => {
-            let e = route_error(e);
-            state.router.metrics().request(&group, e.code);
-            with_id(e, &request_id)
-        }
-        Ok(routed) => {
-            state.router.metrics().request(&group, "success");
-            let mut response = (
-                StatusCode::OK,
-                [("content-type", "application/json")],
-                routed.value.body.clone(),
-            )
-                .into_response();
-            routed_headers(
-                &mut response,
-                &request_id,
-                &routed.deployment,
-                routed.attempts.len() + 1,
-            );
-            routed
-                .completion
-                .finish(crate::outcome::OutcomeKind::Success, None);
-            response
-        }
-    }
+    let mut response = (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        routed.value.body.clone(),
+    )
+        .into_response();
+    routed_headers(
+        &mut response,
+        &request_id,
+        &routed.deployment,
+        routed.attempts.len() + 1,
+    );
+    routed
+        .completion
+        .finish(crate::outcome::OutcomeKind::Success, None);
+    response
 }
 
 /// `POST /model/{modelId}/converse-stream`
@@ -230,31 +250,25 @@ pub async fn converse_stream(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request_id = request_id(&headers);
-    let (group, mut request) = match prepare(&state, &model_id, &headers, body) {
-        Ok(p) => p,
-        Err(e) => return with_id(e, &request_id),
-    };
-    request.request_id = request_id.clone();
-    let routed = state
-        .router
-        .route(&group, &request, |upstream: Upstream, body| async move {
-            upstream.converse_stream(body).await
-        })
-        .await;
+    let routed = route(
+        &state,
+        &model_id,
+        &headers,
+        body,
+        |upstream, body| async move { upstream.converse_stream(body).await },
+    )
+    .await;
     match routed {
-        Err(e) => {
-            let e = route_error(e);
-            state.router.metrics().request(&group, e.code);
-            with_id(e, &request_id)
-        }
-        Ok(Routed {
-            value: stream,
-            deployment,
-            attempts,
-            completion,
-        }) => {
-            state.router.metrics().request(&group, "success");
+        Err(response) => response,
+        Ok((
+            request_id,
+            Routed {
+                value: stream,
+                deployment,
+                attempts,
+                completion,
+            },
+        )) => {
             let finished = stream.finished;
             let frames = stream.frames;
             let mut response = Response::new(Body::from_stream(futures::StreamExt::map(

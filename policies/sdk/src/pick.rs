@@ -20,6 +20,24 @@ pub fn fit(candidates: &[Candidate], skip_threshold_ms: u64) -> Vec<u32> {
         .collect()
 }
 
+/// The fallback order `cascade` uses, and others build on: the fit
+/// deployments (see [`fit`]) by priority or, when none is fit, all of them by
+/// (cooldown left, priority), so a request never runs out of deployments
+/// while any is left. Both sorts are stable: ties keep their order.
+pub fn fit_by_priority_never_empty(remaining: &[Candidate], skip_threshold_ms: u64) -> Vec<u32> {
+    let mut picked = fit(remaining, skip_threshold_ms);
+    if picked.is_empty() {
+        picked = (0u32..).take(remaining.len()).collect();
+        picked.sort_by_key(|&i| {
+            let c = &remaining[i as usize];
+            (c.cooldown_remaining_ms, c.priority)
+        });
+    } else {
+        picked.sort_by_key(|&i| remaining[i as usize].priority);
+    }
+    picked
+}
+
 /// `r` as a number in `[0, 1)`, with the 53 bits an `f64` holds.
 pub fn unit(r: u64) -> f64 {
     (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64)

@@ -71,20 +71,9 @@ impl Fallback for SameModelFirst {
 
 switchyard_policy::export_fallback!(SameModelFirst);
 
-/// What `cascade` would try: the fit ones by priority or, when none is fit,
-/// all of them by (cooldown left, priority).
+/// What `cascade` would try.
 fn base(remaining: &[Candidate], params: &Params) -> Vec<u32> {
-    let mut picked = pick::fit(remaining, params.skip_threshold_ms);
-    if picked.is_empty() {
-        picked = (0u32..).take(remaining.len()).collect();
-        picked.sort_by_key(|&i| {
-            let c = &remaining[i as usize];
-            (c.cooldown_remaining_ms, c.priority)
-        });
-    } else {
-        picked.sort_by_key(|&i| remaining[i as usize].priority);
-    }
-    picked
+    pick::fit_by_priority_never_empty(remaining, params.skip_threshold_ms)
 }
 
 /// The base order by (model rank, same region as the failure); `failed_at`
