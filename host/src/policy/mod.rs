@@ -127,7 +127,7 @@ fn logged(logs: &[PolicyLog]) -> String {
 pub const LOAD_CHECK_REQUEST_ID: &str = "load-check";
 
 /// Linear memory (and table) kept resident per pooled slot between calls.
-const KEEP_RESIDENT_BYTES: usize = 256 * 1024;
+const KEEP_RESIDENT_BYTES: usize = 128 * 1024;
 
 /// The least time the load check call is given.
 const LOAD_CHECK_DEADLINE: Duration = Duration::from_secs(1);

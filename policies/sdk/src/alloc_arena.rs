@@ -13,7 +13,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
 /// Bytes of the arena.
-const ARENA_BYTES: usize = 64 * 1024;
+const ARENA_BYTES: usize = 32 * 1024;
 const PAGE: usize = 64 * 1024;
 
 #[repr(C, align(16))]
