@@ -8,5 +8,6 @@ mod hot_reload;
 mod policy_faults;
 mod policy_library;
 mod routing;
+mod stats;
 mod streaming;
 mod support;

@@ -4,6 +4,7 @@
 mod admin;
 mod bedrock;
 mod error;
+mod stats;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,8 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .merge(admin)
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/model_stats", get(stats::model_stats))
+        .route("/cooldowns", get(stats::cooldowns))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)
 }

@@ -1,0 +1,141 @@
+//! What operators look at: `GET /model_stats` (every deployment's health, in
+//! the shape operators know from the field) and `GET /cooldowns` (what is
+//! benched now, why, and until when).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::outcome::OutcomeKind;
+use crate::policy::PolicyKind;
+use crate::router::Deployment;
+
+/// One deployment in `/model_stats`.
+#[derive(Debug, Serialize)]
+struct ModelStats {
+    id: String,
+    model_id: String,
+    region: String,
+    account: String,
+    priority: u32,
+    /// `available` or `in_cooldown`.
+    status: &'static str,
+    cooldown_remaining_ms: u64,
+    total_attempts: u64,
+    successful_requests: u64,
+    /// Percent of all attempts that succeeded (100 before the first attempt).
+    success_rate: f64,
+    recent_throttles_60s: u32,
+    in_flight: u32,
+    latency_ewma_ms: u32,
+}
+
+/// Every deployment once, by id (groups may share deployments).
+fn deployments(state: &AppState) -> BTreeMap<String, Arc<Deployment>> {
+    state
+        .router
+        .groups()
+        .flat_map(|g| g.members.iter())
+        .map(|d| (d.config.id.clone(), d.clone()))
+        .collect()
+}
+
+/// `GET /model_stats`
+pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
+    let now = state.router.clock().now_ms();
+    let models: Vec<ModelStats> = deployments(&state)
+        .into_values()
+        .map(|d| {
+            let h = d.health.snapshot(now);
+            ModelStats {
+                id: d.config.id.clone(),
+                model_id: d.config.model_id.clone(),
+                region: d.config.region.clone(),
+                account: d.config.account.clone(),
+                priority: d.config.priority,
+                status: if h.cooldown_remaining_ms > 0 {
+                    "in_cooldown"
+                } else {
+                    "available"
+                },
+                cooldown_remaining_ms: h.cooldown_remaining_ms,
+                total_attempts: h.total_attempts,
+                successful_requests: h.successful_attempts,
+                success_rate: if h.total_attempts == 0 {
+                    100.0
+                } else {
+                    (h.successful_attempts as f64 * 1000.0 / h.total_attempts as f64).round() / 10.0
+                },
+                recent_throttles_60s: h.recent_throttles,
+                in_flight: h.in_flight,
+                latency_ewma_ms: h.latency_ewma_ms,
+            }
+        })
+        .collect();
+    let active_cooldowns = models.iter().filter(|m| m.status == "in_cooldown").count();
+    let policies: BTreeMap<&str, serde_json::Value> = state
+        .router
+        .groups()
+        .map(|g| {
+            let slots: serde_json::Map<String, serde_json::Value> = PolicyKind::ALL
+                .into_iter()
+                .map(|k| {
+                    let v = g.slots.get(k).current();
+                    (
+                        k.world().to_owned(),
+                        json!({ "name": v.policy.name(), "version": v.number }),
+                    )
+                })
+                .collect();
+            (g.name.as_str(), serde_json::Value::Object(slots))
+        })
+        .collect();
+    Json(json!({
+        "success": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "stats": {
+            "total_models": models.len(),
+            "active_cooldowns": active_cooldowns,
+            "models": models,
+            "policies": policies,
+        }
+    }))
+    .into_response()
+}
+
+/// One entry of `/cooldowns`.
+#[derive(Debug, Serialize)]
+struct Cooldown {
+    deployment: String,
+    model_id: String,
+    /// The outcome that started it.
+    reason: Option<OutcomeKind>,
+    remaining_ms: u64,
+    /// When it ends, on the gateway's clock (Unix milliseconds in production).
+    until_ms: u64,
+}
+
+/// `GET /cooldowns`
+pub async fn cooldowns(State(state): State<Arc<AppState>>) -> Response {
+    let now = state.router.clock().now_ms();
+    let cooldowns: Vec<Cooldown> = deployments(&state)
+        .into_values()
+        .filter_map(|d| {
+            let h = d.health.snapshot(now);
+            (h.cooldown_remaining_ms > 0).then(|| Cooldown {
+                deployment: d.config.id.clone(),
+                model_id: d.config.model_id.clone(),
+                reason: h.cooldown_reason,
+                remaining_ms: h.cooldown_remaining_ms,
+                until_ms: now + h.cooldown_remaining_ms,
+            })
+        })
+        .collect();
+    Json(json!({ "cooldowns": cooldowns })).into_response()
+}
