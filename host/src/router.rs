@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::clock::SharedClock;
 use crate::config::DeploymentConfig;
@@ -426,6 +427,27 @@ impl Router {
         F: Fn(Upstream, Bytes) -> Fut,
         Fut: Future<Output = Result<T, AttemptFailure>>,
     {
+        // One span per request: every line it logs carries its id and group.
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request.request_id,
+            group = %group_name
+        );
+        self.route_in_span(group_name, request, attempt)
+            .instrument(span)
+            .await
+    }
+
+    async fn route_in_span<T, F, Fut>(
+        &self,
+        group_name: &str,
+        request: &RouteRequest,
+        attempt: F,
+    ) -> Result<Routed<T>, RouteError>
+    where
+        F: Fn(Upstream, Bytes) -> Fut,
+        Fut: Future<Output = Result<T, AttemptFailure>>,
+    {
         let group = self
             .groups
             .get(group_name)
@@ -473,14 +495,12 @@ impl Router {
                 .filter(|&ms| ms > 0)
                 .min()
                 .unwrap_or(1_000);
-            tracing::info!(request_id = %request.request_id, group = %group.name, retry_after_ms, "no deployment fit to call");
+            tracing::info!(retry_after_ms, "no deployment fit to call");
             return Err(RouteError::NothingAvailable { retry_after_ms });
         }
         let mut queue: Vec<Arc<Deployment>> =
             order.iter().map(|&i| group.members[i].clone()).collect();
         tracing::info!(
-            request_id = %request.request_id,
-            group = %group.name,
             order = ?queue.iter().map(|d| d.config.id.as_str()).collect::<Vec<_>>(),
             "request will try deployments"
         );
@@ -494,7 +514,7 @@ impl Router {
             let deployment = queue.remove(0);
             tried.push(deployment.clone());
             info.attempt = attempts.len() as u32;
-            tracing::info!(request_id = %request.request_id, deployment = %deployment.config.id, attempt = info.attempt, "attempting");
+            tracing::info!(deployment = %deployment.config.id, attempt = info.attempt, "attempting");
             deployment.health.begin_attempt(self.clock.now_ms());
             let recorder = Recorder {
                 deployment: deployment.clone(),
@@ -506,10 +526,17 @@ impl Router {
                 request_id: request.request_id.clone(),
                 affinity: request.user.clone().map(|u| (group.affinity.clone(), u)),
             };
-            let result = attempt(deployment.upstream.clone(), request.body.clone()).await;
+            let attempt_span = tracing::info_span!(
+                "attempt",
+                deployment = %deployment.config.id,
+                attempt = info.attempt
+            );
+            let result = attempt(deployment.upstream.clone(), request.body.clone())
+                .instrument(attempt_span)
+                .await;
             let failure = match result {
                 Ok(value) => {
-                    tracing::info!(request_id = %request.request_id, deployment = %deployment.config.id, "succeeded");
+                    tracing::info!(deployment = %deployment.config.id, "succeeded");
                     return Ok(Routed {
                         value,
                         deployment: deployment.config.id.clone(),
@@ -527,7 +554,7 @@ impl Router {
                 Some(failure.detail.clone()),
                 failure.status,
             );
-            tracing::info!(request_id = %request.request_id, deployment = %deployment.config.id, outcome = ?failure.kind, detail = %failure.detail, "attempt failed");
+            tracing::info!(deployment = %deployment.config.id, outcome = ?failure.kind, detail = %failure.detail, "attempt failed");
             attempts.push(AttemptRecord {
                 deployment: outcome.deployment.clone(),
                 outcome: outcome.kind,
