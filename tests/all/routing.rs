@@ -227,3 +227,28 @@ async fn a_burst_from_one_user_does_not_bench_the_primary_for_everyone() {
     assert!(ask("user4").await.starts_with(&served_by_a));
     assert_eq!(sim.counts(MODEL_A).throttles, 1, "A was never hammered");
 }
+
+#[tokio::test]
+async fn the_same_model_in_another_region_has_a_quota_of_its_own() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(vec![sim_model(MODEL_A, Some(1))], clock.clone()).await;
+    let in_region = |id: &str, priority: u32, region: &str| {
+        deployment(id, MODEL_A, priority, &sim).replace(
+            &format!("priority = {priority}\n"),
+            &format!("priority = {priority}\nregion = \"{region}\"\n"),
+        )
+    };
+    let config = format!(
+        "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"east\", \"west\"]\n",
+        in_region("east", 1, "us-east-1"),
+        in_region("west", 2, "us-west-2"),
+    );
+    let gw = start_gateway(&config, clock).await;
+    let first = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+    assert_eq!(first.headers["x-switchyard-deployment"], "east");
+    // us-east-1's one request per minute is spent; us-west-2's is not.
+    let second = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.headers["x-switchyard-deployment"], "west");
+    assert_eq!(sim.counts(MODEL_A).throttles, 1);
+}

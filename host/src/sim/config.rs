@@ -51,7 +51,9 @@ fn default_stall_ms() -> u64 {
 pub struct SimModelConfig {
     /// The Bedrock model id it answers to.
     pub model_id: String,
-    /// Requests per rolling minute before it answers 429.
+    /// Requests per rolling minute before it answers 429. Like Bedrock's,
+    /// the quotas hold per region: a call signed for another region (the
+    /// deployment's `region`) counts against that region's own.
     #[serde(default)]
     pub rpm: Option<u32>,
     /// Tokens (input + output) per rolling minute before it answers 429.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -42,7 +42,8 @@ pub struct ModelCounts {
 
 struct ModelState {
     config: SimModelConfig,
-    quota: RollingQuota,
+    /// Quotas are per model and region, as Bedrock's are.
+    quotas: HashMap<String, RollingQuota>,
     injected: VecDeque<Fault>,
     counts: ModelCounts,
     rng: fastrand::Rng,
@@ -55,7 +56,7 @@ impl ModelState {
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         Self {
-            quota: RollingQuota::new(config.rpm, config.tpm),
+            quotas: HashMap::new(),
             config,
             injected: VecDeque::new(),
             counts: ModelCounts::default(),
@@ -102,7 +103,7 @@ enum Plan {
 }
 
 impl SimState {
-    fn plan(&self, model_id: &str, body: &[u8], streaming: bool) -> Plan {
+    fn plan(&self, model_id: &str, region: &str, body: &[u8], streaming: bool) -> Plan {
         let mut models = self.models.lock().expect("simulator state poisoned");
         if !models.contains_key(model_id) {
             if !self.accept_any_model {
@@ -158,12 +159,15 @@ impl SimState {
         let reply = reply_to(model_id, &prompt);
         let now = self.clock.now_ms();
         let tokens = prompt.input_tokens + reply.output_tokens();
-        if let Err(refusal) = model.quota.try_admit(now, tokens) {
+        let (rpm, tpm) = (model.config.rpm, model.config.tpm);
+        let quota = model
+            .quotas
+            .entry(region.to_owned())
+            .or_insert_with(|| RollingQuota::new(rpm, tpm));
+        if let Err(refusal) = quota.try_admit(now, tokens) {
+            let retry_after_ms = quota.retry_after_ms(now);
             model.counts.throttles += 1;
-            return Plan::Refuse(BedrockError::throttling(
-                refusal.message(),
-                model.quota.retry_after_ms(now),
-            ));
+            return Plan::Refuse(BedrockError::throttling(refusal.message(), retry_after_ms));
         }
         match fault {
             Some(Fault::StreamThrottle) => model.counts.throttles += 1,
@@ -198,14 +202,28 @@ fn with_request_id(mut response: Response, id: &str) -> Response {
     response
 }
 
+/// The region a call was signed for (SigV4's credential scope), which is
+/// the region of the client's config; `us-east-1` when unsigned.
+fn signed_region(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|auth| auth.split("Credential=").nth(1))
+        .and_then(|scope| scope.split('/').nth(2))
+        .filter(|r| !r.is_empty())
+        .unwrap_or("us-east-1")
+        .to_owned()
+}
+
 async fn converse(
     State(state): State<Arc<SimState>>,
     Path(model_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let request_id = state.request_id();
     let started = Instant::now();
-    let response = match state.plan(&model_id, &body, false) {
+    let response = match state.plan(&model_id, &signed_region(&headers), &body, false) {
         Plan::Refuse(err) => err.into_response(),
         Plan::Stall => {
             tokio::time::sleep(state.stall).await;
@@ -258,10 +276,11 @@ fn reset_response() -> Response {
 async fn converse_stream(
     State(state): State<Arc<SimState>>,
     Path(model_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let request_id = state.request_id();
-    let response = match state.plan(&model_id, &body, true) {
+    let response = match state.plan(&model_id, &signed_region(&headers), &body, true) {
         Plan::Refuse(err) => err.into_response(),
         Plan::Stall => {
             tokio::time::sleep(state.stall).await;
@@ -490,5 +509,23 @@ impl SimHandle {
 impl Drop for SimHandle {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_comes_from_the_signature_scope() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(signed_region(&headers), "us-east-1");
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static(
+                "AWS4-HMAC-SHA256 Credential=AKID/20261123/eu-west-1/bedrock/aws4_request, SignedHeaders=host, Signature=abc",
+            ),
+        );
+        assert_eq!(signed_region(&headers), "eu-west-1");
     }
 }
