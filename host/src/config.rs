@@ -150,7 +150,7 @@ impl Default for PolicyRuntimeConfig {
 }
 
 /// One upstream target: a Bedrock model id in one region under one set of credentials.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
     /// Unique name, used in stats, headers and policies.
@@ -200,7 +200,7 @@ fn default_weight() -> u32 {
 }
 
 /// Where a deployment's AWS credentials come from.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialsConfig {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally

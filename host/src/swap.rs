@@ -189,13 +189,7 @@ impl Swapper<'_> {
     /// changed is reported as needing a restart.
     pub fn reload(&self, config: &Config, running: &Config) -> ReloadReport {
         let mut report = ReloadReport::default();
-        if config.deployments.len() != running.deployments.len()
-            || config
-                .deployments
-                .iter()
-                .zip(&running.deployments)
-                .any(|(a, b)| format!("{a:?}") != format!("{b:?}"))
-        {
+        if config.deployments != running.deployments {
             report.needs_restart.push("deployments".into());
         }
         for group in &config.model_groups {

@@ -61,6 +61,16 @@ fn kind(name: &str) -> Result<PolicyKind, ApiError> {
         })
 }
 
+/// The token check and the slot kind every `/admin/policies/{group}/{kind}` route needs.
+fn authorized_kind(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<PolicyKind, ApiError> {
+    authorize(state, headers)?;
+    kind(name)
+}
+
 fn swap_error(error: SwapError) -> ApiError {
     let message = error.to_string();
     match error {
@@ -134,10 +144,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
-        return e.into_response();
-    }
-    let kind = match kind(&kind_name) {
+    let kind = match authorized_kind(&state, &headers, &kind_name) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
@@ -177,10 +184,7 @@ pub async fn activate(
     headers: HeaderMap,
     body: Result<Json<Activate>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
-        return e.into_response();
-    }
-    let kind = match kind(&kind_name) {
+    let kind = match authorized_kind(&state, &headers, &kind_name) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
@@ -203,10 +207,7 @@ pub async fn rollback(
     Path((group, kind_name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
-        return e.into_response();
-    }
-    let kind = match kind(&kind_name) {
+    let kind = match authorized_kind(&state, &headers, &kind_name) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
@@ -223,10 +224,7 @@ pub async fn params(
     headers: HeaderMap,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
-        return e.into_response();
-    }
-    let kind = match kind(&kind_name) {
+    let kind = match authorized_kind(&state, &headers, &kind_name) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
