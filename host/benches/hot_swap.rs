@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 gateway
                     .swapper()
-                    .upload("g0", PolicyKind::Selection, component.to_vec(), true)
+                    .upload("g0", PolicyKind::Selection, component.to_vec(), None, true)
                     .unwrap()
             })
         },

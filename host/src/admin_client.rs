@@ -30,6 +30,7 @@ pub async fn push(
     group: &str,
     kind: PolicyKind,
     component: Vec<u8>,
+    params: Option<&serde_json::Value>,
     stage_only: bool,
 ) -> Result<serde_json::Value, PushError> {
     let base = gateway.trim_end_matches('/');
@@ -38,11 +39,20 @@ pub async fn push(
     }
     let group_segment: String =
         percent_encoding::utf8_percent_encode(group, percent_encoding::NON_ALPHANUMERIC).collect();
-    let uri = format!(
+    let mut uri = format!(
         "{base}/admin/policies/{group_segment}/{}?activate={}",
         kind.world(),
         !stage_only
     );
+    if let Some(params) = params {
+        let encoded: String = percent_encoding::utf8_percent_encode(
+            &params.to_string(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .collect();
+        uri.push_str("&params=");
+        uri.push_str(&encoded);
+    }
     let request = hyper::Request::post(&uri)
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/wasm")

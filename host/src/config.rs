@@ -133,6 +133,11 @@ pub struct PolicyRuntimeConfig {
     pub rollback_fault_ratio: f64,
     /// The calls the fault share is measured over.
     pub rollback_window_calls: u32,
+    /// Count the WebAssembly instructions (fuel) each call executes, as
+    /// `switchyard policy test` reports them. Not a gateway setting: counting
+    /// costs a little on every call, and the deadline already bounds a call.
+    #[serde(skip)]
+    pub meter_fuel: bool,
 }
 
 impl Default for PolicyRuntimeConfig {
@@ -145,6 +150,7 @@ impl Default for PolicyRuntimeConfig {
             cache_dir: None,
             rollback_fault_ratio: 0.5,
             rollback_window_calls: 20,
+            meter_fuel: false,
         }
     }
 }

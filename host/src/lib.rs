@@ -8,6 +8,7 @@
 
 pub mod admin_client;
 pub mod api;
+pub mod authoring;
 pub mod clock;
 pub mod config;
 pub mod gateway;

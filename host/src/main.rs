@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::authoring;
 use switchyard::clock::SystemClock;
-use switchyard::config::Config;
+use switchyard::config::{Config, PolicyRef};
 use switchyard::gateway::{Gateway, Upstreams};
+use switchyard::policy::PolicyKind;
 use switchyard::sim::{SimConfig, Simulator};
 use tokio::net::TcpListener;
 
@@ -91,11 +93,102 @@ enum PolicyCommand {
         /// Validate and add it, but leave the active version in place.
         #[arg(long)]
         stage: bool,
+        /// The new version's params, as a JSON object (default: the active
+        /// version's params).
+        #[arg(long)]
+        params: Option<String>,
         /// The component (`.wasm`).
         file: PathBuf,
     },
     /// List the built-in policies.
     Builtins,
+    /// Write a new policy crate, ready to build, with a fixture and unit tests.
+    ///
+    /// Then: `switchyard policy build DIR`, `switchyard policy test
+    /// DIR/target/NAME.wasm DIR/fixtures/*.json`, `switchyard policy push`.
+    New {
+        /// The policy's name (lowercase letters, digits, `-`); also the
+        /// crate's and the component's.
+        name: String,
+        /// Which question it answers.
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// Where to write it (default: ./NAME). Must be empty or missing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The `policies/sdk` folder of a Switchyard checkout (default: the
+        /// one this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a policy crate to a component (`target/NAME.wasm`).
+    ///
+    /// Uses rustup's wasm32-unknown-unknown target when installed, or
+    /// Debian's rustc-web route, like the gateway's own build; says how to
+    /// install one when neither is there.
+    Build {
+        /// The policy crate's folder.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Cargo's target folder (default: PATH/target). Share one between
+        /// policies so the wasm32 standard library is built once.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+        /// Where to write the component (default: TARGET_DIR/NAME.wasm).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Run a policy on JSON fixtures, in the gateway's runtime, and judge its
+    /// decisions.
+    ///
+    /// Each fixture fixes the clock, the random seed, the params, the
+    /// key-value state and the call's input, and may say what the decision
+    /// must be (`expect`). Prints each decision, the fuel (WebAssembly
+    /// instructions, the same on every run) and the peak memory, with a diff
+    /// for each mismatch; exits 1 on any failure. Fixture format:
+    /// docs/policy-testing.md.
+    Test {
+        /// The component.
+        component: PathBuf,
+        /// Fixture files (one fixture object, or an array of them, each).
+        #[arg(required = true)]
+        fixtures: Vec<PathBuf>,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a group's policies over a scripted timeline of outcomes on a
+    /// simulated clock, and print every decision.
+    ///
+    /// The timeline (TOML) has the gateway config's [[deployments]] and
+    /// [policies] tables, `duration_s`, `request_every_ms` and [[windows]] of
+    /// outcomes per deployment; see examples/timelines/.
+    Simulate {
+        /// The timeline file.
+        timeline: PathBuf,
+        /// Use this selection policy instead of the timeline's (a built-in
+        /// name or a .wasm path; with no params).
+        #[arg(long)]
+        selection: Option<String>,
+        /// Use this cooldown policy instead of the timeline's.
+        #[arg(long)]
+        cooldown: Option<String>,
+        /// Use this fallback policy instead of the timeline's.
+        #[arg(long)]
+        fallback: Option<String>,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the gateway's load gate on a component: compile, world and
+    /// version, link, and one call on synthetic input with the given params.
+    Check {
+        /// The component.
+        component: PathBuf,
+        /// The params to check it with, as JSON.
+        #[arg(long, default_value = "{}")]
+        params: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -208,13 +301,25 @@ async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             group,
             kind,
             stage,
+            params,
             file,
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let answer =
-                switchyard::admin_client::push(&gateway, &token, &group, kind.into(), bytes, stage)
-                    .await?;
+            let params: Option<serde_json::Value> = params
+                .map(|p| serde_json::from_str(&p))
+                .transpose()
+                .context("--params is not valid JSON")?;
+            let answer = switchyard::admin_client::push(
+                &gateway,
+                &token,
+                &group,
+                kind.into(),
+                bytes,
+                params.as_ref(),
+                stage,
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
@@ -224,8 +329,128 @@ async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        PolicyCommand::New {
+            name,
+            kind,
+            dir,
+            sdk,
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let made = authoring::scaffold::new_policy(&dir, &name, kind.into(), sdk.as_deref())?;
+            println!("wrote {}:", made.dir.display());
+            for file in made.files {
+                println!("  {file}");
+            }
+            let d = made.dir.display();
+            println!(
+                "next:\n  switchyard policy build {d}\n  switchyard policy test {d}/target/{name}.wasm {d}/fixtures/*.json"
+            );
+            Ok(())
+        }
+        PolicyCommand::Build {
+            path,
+            target_dir,
+            out,
+        } => {
+            let built =
+                authoring::wasm_build::build_policy(&path, target_dir.as_deref(), out.as_deref())?;
+            eprintln!("built {} bytes ({:?} toolchain)", built.bytes, built.route);
+            println!("{}", built.component.display());
+            Ok(())
+        }
+        PolicyCommand::Test {
+            component,
+            fixtures,
+            json,
+        } => policy_test(&component, &fixtures, json),
+        PolicyCommand::Simulate {
+            timeline,
+            selection,
+            cooldown,
+            fallback,
+            json,
+        } => {
+            let parsed = authoring::simulate::Timeline::load(&timeline)?;
+            let mut overrides = std::collections::BTreeMap::new();
+            for (kind, spec) in [
+                (PolicyKind::Selection, selection),
+                (PolicyKind::Cooldown, cooldown),
+                (PolicyKind::Fallback, fallback),
+            ] {
+                if let Some(spec) = spec {
+                    overrides.insert(kind, policy_ref(&spec));
+                }
+            }
+            let report = authoring::simulate::run(&parsed, &overrides)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render_text());
+            }
+            Ok(())
+        }
+        PolicyCommand::Check { component, params } => {
+            let params: serde_json::Value =
+                serde_json::from_str(&params).context("--params is not valid JSON")?;
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("cannot read {}", component.display()))?;
+            let label = component.display().to_string();
+            let kind = authoring::check(&label, &bytes, &params)?;
+            println!(
+                "ok: {label} is a {kind} policy of {}@{} and passes the load gate",
+                switchyard::policy::PACKAGE,
+                switchyard::policy::VERSION
+            );
+            Ok(())
+        }
     }
 }
+
+/// A built-in policy name, or a path when it names a `.wasm` file.
+fn policy_ref(spec: &str) -> PolicyRef {
+    if spec.ends_with(".wasm") || spec.contains('/') {
+        PolicyRef {
+            name: None,
+            path: Some(PathBuf::from(spec)),
+            params: serde_json::json!({}),
+        }
+    } else {
+        PolicyRef::builtin(spec)
+    }
+}
+
+fn policy_test(component: &Path, fixture_files: &[PathBuf], json: bool) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(component).with_context(|| format!("cannot read {}", component.display()))?;
+    let label = component.display().to_string();
+    let runner = authoring::runner::FixtureRunner::new(&label, bytes)?;
+    let mut results = Vec::new();
+    for file in fixture_files {
+        for fixture in authoring::fixture::read(file)? {
+            results.push(runner.run(&fixture)?);
+        }
+    }
+    let report = authoring::runner::TestReport {
+        component: label,
+        kind: runner.kind(),
+        results,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(TestsFailed.into())
+    }
+}
+
+/// `policy test` found a mismatch; the report already says which.
+#[derive(Debug, thiserror::Error)]
+#[error("some fixtures failed")]
+struct TestsFailed;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -2,10 +2,10 @@
 //! `upstream::classify`; everything else (health, policies, the router's
 //! error response) reads these types.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The kind of ending of one attempt. Mirrors `outcome-kind` in the WIT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
     /// Bedrock answered.

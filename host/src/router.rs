@@ -318,7 +318,7 @@ impl Recorder {
 }
 
 /// The cooldown used when the cooldown policy faults: conservative and simple.
-fn safe_cooldown(outcome: &Outcome) -> (u64, bool) {
+pub fn safe_cooldown(outcome: &Outcome) -> (u64, bool) {
     match outcome.kind {
         OutcomeKind::Success => (0, true),
         OutcomeKind::ClientError => (0, false),
@@ -329,7 +329,8 @@ fn safe_cooldown(outcome: &Outcome) -> (u64, bool) {
     }
 }
 
-fn wit_outcome(o: &Outcome) -> policy::Outcome {
+/// What a policy sees of an attempt's outcome.
+pub fn wit_outcome(o: &Outcome) -> policy::Outcome {
     policy::Outcome {
         deployment: o.deployment.clone(),
         kind: match o.kind {
@@ -351,7 +352,8 @@ pub fn candidate(deployment: &Deployment, now_ms: u64) -> policy::Candidate {
     wit_candidate(&deployment.config, &deployment.health.snapshot(now_ms))
 }
 
-fn wit_candidate(config: &DeploymentConfig, h: &HealthSnapshot) -> policy::Candidate {
+/// What a policy sees of a deployment with config `config` and health `h`.
+pub fn wit_candidate(config: &DeploymentConfig, h: &HealthSnapshot) -> policy::Candidate {
     policy::Candidate {
         deployment: config.id.clone(),
         model_id: config.model_id.clone(),

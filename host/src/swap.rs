@@ -124,10 +124,12 @@ impl Swapper<'_> {
         group: &str,
         kind: PolicyKind,
         component: Vec<u8>,
+        params: Option<serde_json::Value>,
         activate: bool,
     ) -> Result<Uploaded, SwapError> {
         let slot = self.slot(group, kind)?;
-        let params = slot.current().params.clone();
+        // A new policy often takes params the active one would refuse.
+        let params = params.unwrap_or_else(|| slot.current().params.clone());
         let version = load_version(
             self.runtime,
             slot,

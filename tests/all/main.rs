@@ -3,6 +3,7 @@
 //! SDK as client and the real simulator as Bedrock.
 
 mod api_errors;
+mod authoring;
 mod cooldown;
 mod hot_reload;
 mod policy_faults;

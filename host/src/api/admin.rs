@@ -130,13 +130,18 @@ pub struct UploadQuery {
     /// Activate at once (default) or only validate and add.
     #[serde(default = "yes")]
     activate: bool,
+    /// The new version's params, as a JSON object; without it, the active
+    /// version's params.
+    #[serde(default)]
+    params: Option<String>,
 }
 
 fn yes() -> bool {
     true
 }
 
-/// `POST /admin/policies/{group}/{kind}`: the body is the component.
+/// `POST /admin/policies/{group}/{kind}[?activate=false][&params=JSON]`: the
+/// body is the component.
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     Path((group, kind_name)): Path<(String, String)>,
@@ -154,10 +159,26 @@ pub async fn upload(
             return ApiError::new(r.status(), "unreadable_body", r.body_text()).into_response()
         }
     };
+    let params = match query
+        .params
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        None => None,
+        Some(Ok(params @ serde_json::Value::Object(_))) => Some(params),
+        Some(_) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_params",
+                "the `params` query parameter must be a JSON object",
+            )
+            .into_response()
+        }
+    };
     // Compiling takes milliseconds of CPU: keep it off the async workers.
     let worker_state = state.clone();
     let result = tokio::task::spawn_blocking(move || {
-        swapper(&worker_state).upload(&group, kind, body.to_vec(), query.activate)
+        swapper(&worker_state).upload(&group, kind, body.to_vec(), params, query.activate)
     })
     .await;
     match result {

@@ -43,7 +43,9 @@ use crate::clock::SharedClock;
 use crate::config::PolicyRuntimeConfig;
 
 /// The three questions a policy can answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyKind {
     /// In which order should a new request try the deployments?
@@ -129,6 +131,10 @@ pub const LOAD_CHECK_REQUEST_ID: &str = "load-check";
 /// Linear memory (and table) kept resident per pooled slot between calls.
 const KEEP_RESIDENT_BYTES: usize = 128 * 1024;
 
+/// The fuel a metered call starts with: far more than any policy within its
+/// deadline could burn, so the deadline, not fuel, is what stops a runaway.
+const FUEL_BUDGET: u64 = u64::MAX / 2;
+
 /// The least time the load check call is given.
 const LOAD_CHECK_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -174,6 +180,7 @@ struct EngineShared {
     /// does, not how fast a cold instance runs it on a busy machine.
     load_check_ticks: u64,
     memory_limit_bytes: usize,
+    meter_fuel: bool,
     cache: Option<cache::CompileCache>,
     _ticker: EpochTicker,
 }
@@ -209,6 +216,7 @@ impl PolicyRuntime {
             .table_keep_resident(KEEP_RESIDENT_BYTES);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
+            .consume_fuel(config.meter_fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&wasm).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
@@ -229,6 +237,7 @@ impl PolicyRuntime {
                 deadline_ticks: limits::ticks_for(deadline, tick),
                 load_check_ticks: limits::ticks_for(deadline.max(LOAD_CHECK_DEADLINE), tick),
                 memory_limit_bytes,
+                meter_fuel: config.meter_fuel,
                 cache,
                 _ticker: ticker,
             }),
@@ -239,6 +248,34 @@ impl PolicyRuntime {
     /// The clock policies see.
     pub fn clock(&self) -> &SharedClock {
         &self.clock
+    }
+
+    /// The world the component `bytes` implements, judged by its exports;
+    /// for tools that are handed a component without a slot (`switchyard
+    /// policy test` and `check`). [`load`](Self::load) then checks the rest.
+    pub fn kind_of(&self, bytes: &[u8]) -> Result<PolicyKind, LoadError> {
+        let component = self.compile(bytes)?;
+        match world::detect(&self.shared.engine, &component) {
+            Some(kind) => Ok(kind),
+            // Judged as a selection policy, the check says what it lacks.
+            None => Err(
+                world::check(&self.shared.engine, &component, PolicyKind::Selection)
+                    .err()
+                    .map_or_else(
+                        || LoadError::Invalid("no policy export".into()),
+                        LoadError::World,
+                    ),
+            ),
+        }
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        let engine = &self.shared.engine;
+        match &self.shared.cache {
+            Some(cache) => cache.compile(engine, bytes),
+            None => Component::new(engine, bytes),
+        }
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))
     }
 
     /// Compiles `bytes`, checks it implements `kind`'s world, and links it.
@@ -252,13 +289,8 @@ impl PolicyRuntime {
         params: &serde_json::Value,
         kv: Arc<KvStore>,
     ) -> Result<Policy, LoadError> {
-        let engine = &self.shared.engine;
-        let component = match &self.shared.cache {
-            Some(cache) => cache.compile(engine, bytes),
-            None => Component::new(engine, bytes),
-        }
-        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        world::check(engine, &component, kind)?;
+        let component = self.compile(bytes)?;
+        world::check(&self.shared.engine, &component, kind)?;
         let link_error = |e: wasmtime::Error| LoadError::Link {
             world: kind.world(),
             message: format!("{e:#}"),
@@ -328,6 +360,10 @@ pub struct CallOptions {
 pub struct CallReport {
     /// The largest linear memory the instance had, in bytes.
     pub peak_memory_bytes: usize,
+    /// The WebAssembly instructions the call executed, instantiation
+    /// included, when the runtime meters fuel. The same for the same
+    /// component, input, params, kv state, clock and seed, on every run.
+    pub fuel_used: Option<u64>,
     /// The lines the policy logged.
     pub logs: Vec<PolicyLog>,
 }
@@ -389,6 +425,11 @@ impl Policy {
         store.limiter(|s| &mut s.memory);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
+        if self.shared.meter_fuel {
+            store
+                .set_fuel(FUEL_BUDGET)
+                .expect("fuel is enabled on this engine");
+        }
         store
     }
 
@@ -587,6 +628,8 @@ type Called<T> = (Result<T, PolicyFault>, CallReport);
 fn report(store: &mut Store<CallState>) -> CallReport {
     CallReport {
         peak_memory_bytes: store.data().memory.peak_bytes,
+        // Fails only when the engine does not meter fuel.
+        fuel_used: store.get_fuel().ok().map(|left| FUEL_BUDGET - left),
         logs: std::mem::take(&mut store.data_mut().logs),
     }
 }

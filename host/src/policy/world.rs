@@ -30,6 +30,16 @@ pub enum WorldMismatch {
     },
 }
 
+/// The world a component implements, judged by its exports: the first kind
+/// whose export it has, or `None`. [`check`] then judges the rest.
+pub fn detect(engine: &Engine, component: &Component) -> Option<PolicyKind> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+    PolicyKind::ALL
+        .into_iter()
+        .find(|k| exports.iter().any(|e| e == k.export()))
+}
+
 /// Checks the component's imports and exports against `kind`'s world.
 pub fn check(
     engine: &Engine,

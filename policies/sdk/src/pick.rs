@@ -20,6 +20,38 @@ pub fn fit(candidates: &[Candidate], skip_threshold_ms: u64) -> Vec<u32> {
         .collect()
 }
 
+/// Indices of the [fit](Candidate::is_fit) candidates, sorted by `key`,
+/// smallest first; the sort is stable, so ties keep their given order. The
+/// shape of most selection policies: "the fit ones, best first".
+pub fn fit_sorted_by_key<K: Ord>(
+    candidates: &[Candidate],
+    skip_threshold_ms: u64,
+    mut key: impl FnMut(&Candidate) -> K,
+) -> Vec<u32> {
+    let mut order = fit(candidates, skip_threshold_ms);
+    order.sort_by_key(|&i| key(&candidates[i as usize]));
+    order
+}
+
+/// Every index, sorted by `score`, highest first; ties keep their given
+/// order, and a NaN score sorts last. For policies that weigh several
+/// signals into one number.
+pub fn by_score(candidates: &[Candidate], mut score: impl FnMut(&Candidate) -> f64) -> Vec<u32> {
+    let scores: Vec<f64> = candidates.iter().map(&mut score).collect();
+    let mut order: Vec<u32> = (0u32..).take(candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (scores[a as usize], scores[b as usize]);
+        // Highest first; NaN below everything.
+        match (a.is_nan(), b.is_nan()) {
+            (true, true) => core::cmp::Ordering::Equal,
+            (true, false) => core::cmp::Ordering::Greater,
+            (false, true) => core::cmp::Ordering::Less,
+            (false, false) => b.partial_cmp(&a).expect("not NaN"),
+        }
+    });
+    order
+}
+
 /// The fallback order `cascade` uses, and others build on: the fit
 /// deployments (see [`fit`]) by priority or, when none is fit, all of them by
 /// (cooldown left, priority), so a request never runs out of deployments
@@ -111,6 +143,44 @@ mod tests {
         ];
         assert_eq!(fit(&cs, 2000), [0, 2]);
         assert_eq!(fit(&cs, 0), [0]);
+    }
+
+    #[test]
+    fn fit_sorted_by_key_keeps_ties_in_order() {
+        let cs = [
+            Candidate {
+                in_flight: 2,
+                ..Candidate::new("a", 1)
+            },
+            Candidate {
+                in_flight: 1,
+                ..Candidate::new("b", 1)
+            },
+            Candidate {
+                circuit: Circuit::Open,
+                ..Candidate::new("c", 1)
+            },
+            Candidate {
+                in_flight: 1,
+                ..Candidate::new("d", 1)
+            },
+        ];
+        assert_eq!(fit_sorted_by_key(&cs, 0, |c| c.in_flight), [1, 3, 0]);
+    }
+
+    #[test]
+    fn by_score_puts_the_highest_first_and_nan_last() {
+        let cs = [
+            Candidate::new("a", 1),
+            Candidate::new("b", 2),
+            Candidate::new("c", 3),
+        ];
+        let order = by_score(&cs, |c| match c.priority {
+            1 => f64::NAN,
+            2 => 0.5,
+            _ => 0.9,
+        });
+        assert_eq!(order, [2, 1, 0]);
     }
 
     #[test]
