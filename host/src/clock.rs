@@ -74,6 +74,29 @@ impl Clock for ManualClock {
     }
 }
 
+/// Milliseconds since it was made, on tokio's clock: under
+/// `#[tokio::test(start_paused = true)]` time stands still until the test
+/// advances it, so admission's timers are tested without sleeping.
+#[derive(Debug)]
+pub struct TokioClock {
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock at 0 now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

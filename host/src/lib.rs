@@ -7,6 +7,7 @@
 //! happened. [`sim`] is a Bedrock simulator speaking the real wire protocol.
 
 pub mod admin_client;
+pub mod admission;
 pub mod api;
 pub mod authoring;
 pub mod clock;

@@ -4,6 +4,8 @@
 //! A cooldown is a hint, not a block: the selection policy decides whether a
 //! deployment that is cooling down is still worth trying.
 
+pub mod breaker;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;

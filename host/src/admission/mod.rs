@@ -1,0 +1,334 @@
+//! Admission control: what may start, and when. Fixed host code; policies
+//! see its state (quota used, in flight, circuit) through their candidates
+//! but do not implement it.
+//!
+//! - [`queue`]: the fair queue in front of the router (global and per-user
+//!   caps, priorities, fair share, bounded, deadlines).
+//! - Per deployment, [`DeploymentAdmission`]: RPM and TPM quotas
+//!   ([`quota`]), an adaptive concurrency limit ([`concurrency`]) and the
+//!   circuit breaker (`health::breaker`). An attempt starts only when all
+//!   of them let it; otherwise the deployment is skipped for that attempt
+//!   without calling Bedrock, and the router moves on or waits.
+
+pub mod concurrency;
+pub mod queue;
+pub mod quota;
+pub mod stats;
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::health::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::outcome::OutcomeKind;
+use concurrency::AimdLimit;
+use quota::{Reservation, RollingQuota};
+
+pub use queue::{AdmitError, FairQueue, Permit, QueueConfig, QueueStats};
+
+/// Bedrock's quota window.
+const QUOTA_WINDOW_MS: u64 = 60_000;
+
+/// The `[admission]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// The fair queue's caps.
+    #[serde(flatten)]
+    pub queue: QueueConfig,
+    /// How long a request may wait, in the queue and for capacity, before its
+    /// first attempt starts, in ms. A client may ask for less with the
+    /// `x-switchyard-max-wait-ms` header.
+    pub max_wait_ms: u64,
+    /// Spent quota comes back this long after Bedrock's minute, in ms: the
+    /// gateway's clock and Bedrock's never agree to the millisecond.
+    pub quota_margin_ms: u64,
+    /// Adaptive concurrency per deployment.
+    pub concurrency: ConcurrencyConfig,
+    /// The circuit breaker of each deployment.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            queue: QueueConfig::default(),
+            max_wait_ms: 30_000,
+            quota_margin_ms: 1_000,
+            concurrency: ConcurrencyConfig::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// Bounds of the AIMD concurrency limit of each deployment.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConcurrencyConfig {
+    /// The limit a deployment starts with.
+    pub initial: u32,
+    /// It never halves below this.
+    pub min: u32,
+    /// It never grows above this.
+    pub max: u32,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        Self {
+            initial: 32,
+            min: 1,
+            max: 256,
+        }
+    }
+}
+
+/// Why an attempt may not start on a deployment now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Refusal {
+    /// Its requests-per-minute quota is spent; back in `wait_ms`.
+    RequestQuota { wait_ms: u64 },
+    /// Its tokens-per-minute quota cannot hold this request; back in `wait_ms`.
+    TokenQuota { wait_ms: u64 },
+    /// As many attempts as its concurrency limit are in flight.
+    Concurrency,
+    /// Its circuit is open; a probe goes through in `wait_ms`.
+    CircuitOpen { wait_ms: u64 },
+}
+
+impl Refusal {
+    /// When it may be worth asking again, in ms (concurrency: soon).
+    pub fn wait_ms(self) -> u64 {
+        match self {
+            Self::RequestQuota { wait_ms }
+            | Self::TokenQuota { wait_ms }
+            | Self::CircuitOpen { wait_ms } => wait_ms,
+            Self::Concurrency => 10,
+        }
+    }
+}
+
+/// What an attempt holds while it runs; hand it back with
+/// [`DeploymentAdmission::finish`].
+#[derive(Debug)]
+pub struct Ticket {
+    tpm: Option<Reservation>,
+}
+
+/// What admission knows of one deployment now, for policies and stats.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdmissionSnapshot {
+    /// The fuller of its RPM and TPM quotas, in thousandths.
+    pub quota_used_permille: u32,
+    pub rpm_limit: Option<u64>,
+    pub rpm_available: Option<u64>,
+    pub tpm_limit: Option<u64>,
+    pub tpm_available: Option<u64>,
+    pub concurrency_limit: u32,
+    pub in_flight: u32,
+    pub circuit: BreakerState,
+    /// How long an open circuit stays open, in ms.
+    pub circuit_open_remaining_ms: u64,
+}
+
+struct Limits {
+    rpm: Option<RollingQuota>,
+    tpm: Option<RollingQuota>,
+    concurrency: AimdLimit,
+    breaker: CircuitBreaker,
+}
+
+/// Admission state of one deployment.
+pub struct DeploymentAdmission {
+    limits: Mutex<Limits>,
+}
+
+impl std::fmt::Debug for DeploymentAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentAdmission")
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeploymentAdmission {
+    /// Limits for a deployment with these quotas (none: not limited here).
+    pub fn new(rpm: Option<u32>, tpm: Option<u32>, config: &AdmissionConfig) -> Self {
+        let window = QUOTA_WINDOW_MS + config.quota_margin_ms;
+        let c = &config.concurrency;
+        Self {
+            limits: Mutex::new(Limits {
+                rpm: rpm.map(|n| RollingQuota::new(u64::from(n), window)),
+                tpm: tpm.map(|n| RollingQuota::new(u64::from(n), window)),
+                concurrency: AimdLimit::new(c.initial, c.min, c.max),
+                breaker: CircuitBreaker::new(config.breaker.clone()),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Limits> {
+        self.limits.lock().expect("admission state poisoned")
+    }
+
+    /// Starts an attempt that may use `tokens` (input plus `maxTokens`), if
+    /// every limit lets it; takes nothing when one refuses.
+    pub fn try_start(&self, tokens: u64, now_ms: u64) -> Result<Ticket, Refusal> {
+        let mut l = self.lock();
+        let open_ms = l.breaker.open_remaining_ms(now_ms);
+        if open_ms > 0 {
+            return Err(Refusal::CircuitOpen { wait_ms: open_ms });
+        }
+        if let Some(rpm) = l.rpm.as_mut() {
+            let wait_ms = rpm.wait_for(1, now_ms);
+            if wait_ms > 0 {
+                return Err(Refusal::RequestQuota { wait_ms });
+            }
+        }
+        if let Some(tpm) = l.tpm.as_mut() {
+            let wait_ms = tpm.wait_for(tokens, now_ms);
+            if wait_ms > 0 {
+                return Err(Refusal::TokenQuota { wait_ms });
+            }
+        }
+        if !l.concurrency.try_acquire() {
+            return Err(Refusal::Concurrency);
+        }
+        if !l.breaker.try_pass(now_ms) {
+            l.concurrency.release();
+            // Half-open with its probes out: ask again shortly.
+            return Err(Refusal::Concurrency);
+        }
+        // Both were checked above under the same lock: these succeed.
+        if let Some(rpm) = l.rpm.as_mut() {
+            let _ = rpm.try_reserve(1, now_ms);
+        }
+        let tpm = l
+            .tpm
+            .as_mut()
+            .and_then(|q| q.try_reserve(tokens, now_ms).ok());
+        Ok(Ticket { tpm })
+    }
+
+    /// The attempt holding `ticket` ended as `kind`, having used
+    /// `used_tokens` when known. A refused call used no tokens; a success
+    /// whose usage is unknown keeps its whole reservation.
+    pub fn finish(&self, ticket: Ticket, kind: OutcomeKind, used_tokens: Option<u64>, now_ms: u64) {
+        let mut l = self.lock();
+        if let (Some(reservation), Some(tpm)) = (ticket.tpm, l.tpm.as_mut()) {
+            let actual = match kind {
+                OutcomeKind::Success => used_tokens.unwrap_or(reservation.amount),
+                _ => used_tokens.unwrap_or(0),
+            };
+            tpm.settle(reservation, actual, now_ms);
+        }
+        match kind {
+            OutcomeKind::Success => l.concurrency.on_success(),
+            OutcomeKind::Throttled => l.concurrency.on_throttle(),
+            _ => l.concurrency.release(),
+        }
+        l.breaker.record(kind, now_ms);
+    }
+
+    /// Milliseconds until an attempt of `tokens` could start (0: now).
+    pub fn wait_ms(&self, tokens: u64, now_ms: u64) -> u64 {
+        let mut l = self.lock();
+        let quota = |q: &mut Option<RollingQuota>, amount| {
+            q.as_mut().map_or(0, |q| q.wait_for(amount, now_ms))
+        };
+        let rpm = quota(&mut l.rpm, 1);
+        let tpm = quota(&mut l.tpm, tokens);
+        let open = l.breaker.open_remaining_ms(now_ms);
+        rpm.max(tpm).max(open)
+    }
+
+    /// Its state now.
+    pub fn snapshot(&self, now_ms: u64) -> AdmissionSnapshot {
+        let mut l = self.lock();
+        let rpm_used = l.rpm.as_mut().map_or(0, |q| q.used_permille(now_ms));
+        let tpm_used = l.tpm.as_mut().map_or(0, |q| q.used_permille(now_ms));
+        let circuit = l.breaker.state(now_ms);
+        AdmissionSnapshot {
+            quota_used_permille: rpm_used.max(tpm_used),
+            rpm_limit: l.rpm.as_ref().map(RollingQuota::limit),
+            rpm_available: l.rpm.as_mut().map(|q| q.available(now_ms)),
+            tpm_limit: l.tpm.as_ref().map(RollingQuota::limit),
+            tpm_available: l.tpm.as_mut().map(|q| q.available(now_ms)),
+            concurrency_limit: l.concurrency.limit(),
+            in_flight: l.concurrency.in_flight(),
+            circuit,
+            circuit_open_remaining_ms: l.breaker.open_remaining_ms(now_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AdmissionConfig {
+        AdmissionConfig {
+            quota_margin_ms: 0,
+            concurrency: ConcurrencyConfig {
+                initial: 2,
+                min: 1,
+                max: 8,
+            },
+            ..AdmissionConfig::default()
+        }
+    }
+
+    #[test]
+    fn an_empty_request_quota_refuses_with_the_wait() {
+        let a = DeploymentAdmission::new(Some(2), None, &config());
+        let t1 = a.try_start(10, 0).unwrap();
+        a.finish(t1, OutcomeKind::Success, None, 100);
+        let t2 = a.try_start(10, 1_000).unwrap();
+        a.finish(t2, OutcomeKind::Success, None, 1_100);
+        assert_eq!(
+            a.try_start(10, 2_000).unwrap_err(),
+            Refusal::RequestQuota { wait_ms: 58_000 }
+        );
+        assert_eq!(a.wait_ms(10, 2_000), 58_000);
+        assert_eq!(a.snapshot(2_000).quota_used_permille, 1000);
+        assert!(a.try_start(10, 60_000).is_ok());
+    }
+
+    #[test]
+    fn tokens_are_reserved_then_settled_to_the_usage() {
+        let a = DeploymentAdmission::new(None, Some(10_000), &config());
+        let t = a.try_start(6_000, 0).unwrap();
+        assert!(matches!(
+            a.try_start(6_000, 0),
+            Err(Refusal::TokenQuota { .. })
+        ));
+        a.finish(t, OutcomeKind::Success, Some(1_000), 10);
+        assert_eq!(a.snapshot(10).tpm_available, Some(9_000));
+        // A throttled attempt used nothing.
+        let t = a.try_start(6_000, 20).unwrap();
+        a.finish(t, OutcomeKind::Throttled, None, 30);
+        assert_eq!(a.snapshot(30).tpm_available, Some(9_000));
+    }
+
+    #[test]
+    fn concurrency_and_an_open_circuit_refuse() {
+        let a = DeploymentAdmission::new(None, None, &config());
+        let t1 = a.try_start(1, 0).unwrap();
+        let _t2 = a.try_start(1, 0).unwrap();
+        assert_eq!(a.try_start(1, 0).unwrap_err(), Refusal::Concurrency);
+        a.finish(t1, OutcomeKind::Throttled, None, 0);
+        // Halved to 1, with one still in flight.
+        assert_eq!(a.snapshot(0).concurrency_limit, 1);
+        assert_eq!(a.try_start(1, 0).unwrap_err(), Refusal::Concurrency);
+
+        let b = DeploymentAdmission::new(None, None, &config());
+        for _ in 0..5 {
+            let t = b.try_start(1, 0).unwrap();
+            b.finish(t, OutcomeKind::Unavailable, None, 0);
+        }
+        assert_eq!(
+            b.try_start(1, 0).unwrap_err(),
+            Refusal::CircuitOpen { wait_ms: 30_000 }
+        );
+        assert_eq!(b.snapshot(0).circuit, BreakerState::Open);
+    }
+}

@@ -1,0 +1,431 @@
+//! The fair queue in front of the router: a global concurrency cap, a cap per
+//! user, and an order that shares capacity between users.
+//!
+//! A request waits here until it may start. Among the waiting requests whose
+//! user is under its cap, the scheduler picks the highest priority first,
+//! then the user with the fewest requests running, then by a fair-share tag:
+//! each user's requests are numbered from the point the queue had reached
+//! when the user arrived (start-time fair queuing), so a user with ten queued
+//! and a user with one take turns instead of waiting in arrival order. The
+//! queue is bounded: a request that finds it full is refused at once, with a
+//! `retry-after`. A request whose deadline passes while it waits leaves with
+//! a timeout and never reaches Bedrock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// The queue's limits.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Requests running at once, across all users.
+    pub max_concurrent: u32,
+    /// Requests running at once per user.
+    pub max_per_user: u32,
+    /// Requests waiting at once; beyond, 429 at once.
+    pub max_queued: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 256,
+            max_per_user: 2,
+            max_queued: 1_024,
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    /// The queue is full.
+    #[error("the queue is full ({queued} requests waiting)")]
+    QueueFull {
+        /// Requests waiting.
+        queued: u32,
+    },
+    /// The deadline passed while the request waited.
+    #[error("the request's deadline passed after {waited_ms} ms in the queue")]
+    DeadlineInQueue {
+        /// How long it waited.
+        waited_ms: u64,
+    },
+}
+
+struct Waiter {
+    id: u64,
+    user: String,
+    priority: i32,
+    tag: u64,
+    enqueued: Instant,
+    wake: oneshot::Sender<Permit>,
+}
+
+#[derive(Default)]
+struct UserState {
+    running: u32,
+    /// The fair-share tag of this user's latest request.
+    last_tag: u64,
+}
+
+struct State {
+    running: u32,
+    users: HashMap<String, UserState>,
+    waiting: Vec<Waiter>,
+    /// The tag of the latest request started: the queue's virtual time.
+    virtual_time: u64,
+    next_id: u64,
+    /// Recent waits, for stats.
+    waits: crate::admission::stats::WaitStats,
+}
+
+struct Inner {
+    config: QueueConfig,
+    state: Mutex<State>,
+}
+
+/// The fair queue. Cheap to clone.
+#[derive(Clone)]
+pub struct FairQueue {
+    inner: Arc<Inner>,
+}
+
+/// The right to run, held until the request's answer is delivered.
+pub struct Permit {
+    /// `None` once the slot was given back another way.
+    inner: Option<Arc<Inner>>,
+    user: String,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("user", &self.user).finish()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let mut state = inner.lock();
+        state.running -= 1;
+        if let Some(u) = state.users.get_mut(&self.user) {
+            u.running -= 1;
+        }
+        inner.dispatch(&mut state);
+    }
+}
+
+/// One user's line in the queue stats.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserQueueStats {
+    pub user: String,
+    pub running: u32,
+    pub queued: u32,
+    /// How long its oldest waiting request has waited, in ms.
+    pub oldest_wait_ms: u64,
+}
+
+/// What the queue looks like now.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    pub running: u32,
+    pub queued: u32,
+    pub max_concurrent: u32,
+    pub max_per_user: u32,
+    pub max_queued: u32,
+    pub users: Vec<UserQueueStats>,
+    /// Waits of the requests admitted recently, in ms.
+    pub wait_ms: crate::admission::stats::WaitSummary,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("queue state poisoned")
+    }
+
+    /// Starts as many waiting requests as the caps allow, best first.
+    fn dispatch(self: &Arc<Self>, state: &mut State) {
+        while state.running < self.config.max_concurrent {
+            let best = state
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| {
+                    state.users.get(&w.user).map_or(0, |u| u.running) < self.config.max_per_user
+                })
+                .min_by_key(|(_, w)| {
+                    let running = state.users.get(&w.user).map_or(0, |u| u.running);
+                    (std::cmp::Reverse(w.priority), running, w.tag, w.id)
+                })
+                .map(|(i, _)| i);
+            let Some(i) = best else {
+                return;
+            };
+            let waiter = state.waiting.swap_remove(i);
+            state.running += 1;
+            state.users.entry(waiter.user.clone()).or_default().running += 1;
+            state.virtual_time = state.virtual_time.max(waiter.tag);
+            state
+                .waits
+                .record(waiter.enqueued.elapsed().as_millis() as u64);
+            let permit = Permit {
+                inner: Some(self.clone()),
+                user: waiter.user,
+            };
+            // A waiter that gave up (deadline) has dropped its receiver: the
+            // permit comes back, and its slot is freed here (its drop would
+            // take the lock this function holds).
+            if let Err(mut permit) = waiter.wake.send(permit) {
+                permit.inner = None;
+                state.running -= 1;
+                if let Some(u) = state.users.get_mut(&permit.user) {
+                    u.running -= 1;
+                }
+            }
+        }
+    }
+}
+
+impl FairQueue {
+    /// An empty queue with `config`'s caps.
+    pub fn new(config: QueueConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(State {
+                    running: 0,
+                    users: HashMap::new(),
+                    waiting: Vec::new(),
+                    virtual_time: 0,
+                    next_id: 0,
+                    waits: Default::default(),
+                }),
+            }),
+        }
+    }
+
+    /// Waits for the right to run `user`'s request of `priority` (higher
+    /// first), until `deadline`.
+    pub async fn admit(
+        &self,
+        user: &str,
+        priority: i32,
+        deadline: Instant,
+    ) -> Result<Permit, AdmitError> {
+        let enqueued = Instant::now();
+        let (wake, woken) = oneshot::channel();
+        let id = {
+            let mut state = self.inner.lock();
+            if state.waiting.len() as u32 >= self.inner.config.max_queued {
+                return Err(AdmitError::QueueFull {
+                    queued: state.waiting.len() as u32,
+                });
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            let virtual_time = state.virtual_time;
+            let user_state = state.users.entry(user.to_owned()).or_default();
+            let tag = user_state.last_tag.max(virtual_time) + 1;
+            user_state.last_tag = tag;
+            state.waiting.push(Waiter {
+                id,
+                user: user.to_owned(),
+                priority,
+                tag,
+                enqueued,
+                wake,
+            });
+            self.inner.dispatch(&mut state);
+            id
+        };
+        match tokio::time::timeout_at(deadline, woken).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => unreachable!("the queue drops a waiter's sender only after sending"),
+            Err(_) => {
+                let mut state = self.inner.lock();
+                state.waiting.retain(|w| w.id != id);
+                Err(AdmitError::DeadlineInQueue {
+                    waited_ms: enqueued.elapsed().as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// The queue now.
+    pub fn stats(&self) -> QueueStats {
+        let state = self.inner.lock();
+        let now = Instant::now();
+        let mut users: Vec<UserQueueStats> = state
+            .users
+            .iter()
+            .filter_map(|(user, u)| {
+                let waiting: Vec<&Waiter> =
+                    state.waiting.iter().filter(|w| &w.user == user).collect();
+                (u.running > 0 || !waiting.is_empty()).then(|| UserQueueStats {
+                    user: user.clone(),
+                    running: u.running,
+                    queued: waiting.len() as u32,
+                    oldest_wait_ms: waiting
+                        .iter()
+                        .map(|w| now.duration_since(w.enqueued).as_millis() as u64)
+                        .max()
+                        .unwrap_or(0),
+                })
+            })
+            .collect();
+        users.sort_by(|a, b| a.user.cmp(&b.user));
+        QueueStats {
+            running: state.running,
+            queued: state.waiting.len() as u32,
+            max_concurrent: self.inner.config.max_concurrent,
+            max_per_user: self.inner.config.max_per_user,
+            max_queued: self.inner.config.max_queued,
+            users,
+            wait_ms: state.waits.summary(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn queue(max_concurrent: u32, max_per_user: u32, max_queued: u32) -> FairQueue {
+        FairQueue::new(QueueConfig {
+            max_concurrent,
+            max_per_user,
+            max_queued,
+        })
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// Queues `n` requests of `user` and returns the tasks, each yielding
+    /// its permit; gives them a turn so they are queued in order.
+    async fn enqueue(
+        q: &FairQueue,
+        user: &'static str,
+        priority: i32,
+        n: usize,
+        order: &Arc<Mutex<Vec<&'static str>>>,
+    ) -> Vec<tokio::task::JoinHandle<Permit>> {
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (q, order) = (q.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let permit = q.admit(user, priority, far()).await.unwrap();
+                order.lock().unwrap().push(user);
+                permit
+            }));
+            tokio::task::yield_now().await;
+        }
+        tasks
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_with_one_request_is_not_stuck_behind_one_with_ten() {
+        let q = queue(1, 2, 100);
+        let blocker = q.admit("blocker", 0, far()).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = enqueue(&q, "a", 0, 10, &order).await;
+        tasks.extend(enqueue(&q, "b", 0, 1, &order).await);
+        drop(blocker);
+        // Serve one at a time: each finished request frees the next dispatch.
+        for _ in 0..11 {
+            let mut finished = None;
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+                finished = tasks.iter().position(|t| t.is_finished());
+                if finished.is_some() {
+                    break;
+                }
+            }
+            let served = order.lock().unwrap().len();
+            let idx = finished.expect("one was dispatched");
+            let permit = tasks.remove(idx).await.unwrap();
+            assert_eq!(order.lock().unwrap().len(), served);
+            drop(permit);
+        }
+        let order = order.lock().unwrap().clone();
+        let b_at = order.iter().position(|&u| u == "b").unwrap();
+        assert!(
+            b_at < 2,
+            "b served within the first 2 dispatches: {order:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn higher_priority_goes_first() {
+        let q = queue(1, 4, 100);
+        let blocker = q.admit("x", 0, far()).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let low = enqueue(&q, "low", 0, 1, &order).await;
+        let high = enqueue(&q, "high", 5, 1, &order).await;
+        drop(blocker);
+        let permit = high.into_iter().next().unwrap().await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["high"]);
+        drop(permit);
+        drop(low.into_iter().next().unwrap().await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_user_runs_at_most_its_cap() {
+        let q = queue(10, 2, 100);
+        let p1 = q.admit("a", 0, far()).await.unwrap();
+        let _p2 = q.admit("a", 0, far()).await.unwrap();
+        let third = tokio::spawn({
+            let q = q.clone();
+            async move { q.admit("a", 0, far()).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished(), "a third waits");
+        // Another user is not held back by a's cap.
+        let _other = q.admit("b", 0, far()).await.unwrap();
+        let stats = q.stats();
+        assert_eq!((stats.running, stats.queued), (3, 1));
+        drop(p1);
+        assert!(third.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_at_once() {
+        let q = queue(1, 1, 2);
+        let _running = q.admit("a", 0, far()).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let _waiting = enqueue(&q, "b", 0, 2, &order).await;
+        let started = Instant::now();
+        let refused = q.admit("c", 0, far()).await;
+        assert_eq!(refused.unwrap_err(), AdmitError::QueueFull { queued: 2 });
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_passing_in_the_queue_ends_the_wait_and_frees_its_place() {
+        let q = queue(1, 1, 10);
+        let running = q.admit("a", 0, far()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let waited = q.admit("b", 0, deadline).await;
+        assert_eq!(
+            waited.unwrap_err(),
+            AdmitError::DeadlineInQueue { waited_ms: 5_000 }
+        );
+        assert_eq!(q.stats().queued, 0);
+        drop(running);
+        // The slot is free again for the next one.
+        let next = q
+            .admit("c", 0, Instant::now() + Duration::from_secs(1))
+            .await;
+        assert!(next.is_ok());
+        assert_eq!(q.stats().running, 1);
+    }
+}
