@@ -58,6 +58,10 @@ pub struct Config {
     /// The admin API (`/admin`).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Admission control: the fair queue, waiting for capacity, adaptive
+    /// concurrency and circuit breakers.
+    #[serde(default)]
+    pub admission: crate::admission::AdmissionConfig,
     /// The built-in Bedrock simulator, used by `switchyard sim` and `serve --simulate`.
     #[serde(default)]
     pub simulator: Option<SimConfig>,

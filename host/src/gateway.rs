@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::admission::DeploymentAdmission;
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError, CredentialsConfig};
@@ -81,6 +82,7 @@ impl Gateway {
             deployments.insert(
                 d.id.clone(),
                 Arc::new(Deployment {
+                    admission: DeploymentAdmission::new(d.rpm, d.tpm, &config.admission),
                     config: d,
                     upstream,
                     health: DeploymentHealth::default(),
@@ -135,6 +137,8 @@ impl Gateway {
         Ok(Self {
             state: Arc::new(AppState {
                 router,
+                queue: crate::admission::FairQueue::new(config.admission.queue.clone()),
+                max_wait_ms: config.admission.max_wait_ms,
                 runtime,
                 admin_token: config.admin.token.clone(),
                 running_config: std::sync::Mutex::new(config.clone()),

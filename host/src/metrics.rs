@@ -29,6 +29,13 @@ struct DeploymentLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkipLabels {
+    group: String,
+    deployment: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
     group: String,
     kind: String,
@@ -54,6 +61,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     attempt_seconds: Family<DeploymentLabels, Histogram>,
+    admission_skips: Family<SkipLabels, Counter>,
+    queue_rejections: Family<RequestLabels, Counter>,
     policy_calls: Family<PolicyLabels, Counter>,
     policy_faults: Family<PolicyFaultLabels, Counter>,
     policy_swaps: Family<SwapLabels, Counter>,
@@ -100,6 +109,18 @@ impl Default for Metrics {
             "Latency of upstream attempts",
             attempt_seconds.clone(),
         );
+        let admission_skips = Family::<SkipLabels, Counter>::default();
+        registry.register(
+            "admission_skips",
+            "Deployments skipped for an attempt without calling Bedrock, by reason (request_quota, token_quota, concurrency, circuit_open)",
+            admission_skips.clone(),
+        );
+        let queue_rejections = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "queue_rejections",
+            "Requests the fair queue turned away (queue_full, deadline_in_queue)",
+            queue_rejections.clone(),
+        );
         let policy_calls = Family::<PolicyLabels, Counter>::default();
         registry.register(
             "policy_calls",
@@ -123,6 +144,8 @@ impl Default for Metrics {
             requests,
             attempts,
             attempt_seconds,
+            admission_skips,
+            queue_rejections,
             policy_calls,
             policy_faults,
             policy_swaps,
@@ -137,6 +160,33 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Admission skipped `deployment` for an attempt.
+    pub fn skip(&self, group: &str, deployment: &str, refusal: crate::admission::Refusal) {
+        let reason = match refusal {
+            crate::admission::Refusal::RequestQuota { .. } => "request_quota",
+            crate::admission::Refusal::TokenQuota { .. } => "token_quota",
+            crate::admission::Refusal::Concurrency => "concurrency",
+            crate::admission::Refusal::CircuitOpen { .. } => "circuit_open",
+        };
+        self.admission_skips
+            .get_or_create(&SkipLabels {
+                group: group.to_owned(),
+                deployment: deployment.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The fair queue turned a request for `group` away, for `reason`.
+    pub fn queue_rejection(&self, group: &str, reason: &str) {
+        self.queue_rejections
+            .get_or_create(&RequestLabels {
+                group: group.to_owned(),
+                outcome: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// A request ended; `outcome` is `success` or an error code.

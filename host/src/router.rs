@@ -16,14 +16,16 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::admission::{DeploymentAdmission, Ticket};
 use crate::clock::SharedClock;
 use crate::config::DeploymentConfig;
+use crate::health::breaker::BreakerState;
 use crate::health::{DeploymentHealth, HealthSnapshot};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeKind};
@@ -39,6 +41,8 @@ pub struct Deployment {
     pub upstream: Upstream,
     /// Its health.
     pub health: DeploymentHealth,
+    /// Its quotas, concurrency limit and circuit breaker.
+    pub admission: DeploymentAdmission,
 }
 
 /// The policy slots of one model group.
@@ -177,6 +181,9 @@ pub struct RouteRequest {
     pub user: Option<String>,
     pub estimated_tokens: u32,
     pub body: Bytes,
+    /// Until when the request may wait for capacity before its first
+    /// attempt; past it, it fails with `retry-after` instead.
+    pub deadline: tokio::time::Instant,
 }
 
 /// One attempt, as reported to the client when all fail.
@@ -196,7 +203,9 @@ pub struct AttemptRecord {
 pub enum RouteError {
     /// No such model group.
     UnknownGroup(String),
-    /// The selection policy found nothing fit to call (everything cooling down).
+    /// Nothing could take the request before its deadline: every deployment
+    /// is cooling down, out of quota or open-circuited (or the selection
+    /// policy chose none).
     NothingAvailable { retry_after_ms: u64 },
     /// Every attempt failed.
     AttemptsFailed {
@@ -227,10 +236,11 @@ pub struct AttemptCompletion {
 }
 
 impl AttemptCompletion {
-    /// The attempt ended as `kind` (success, or a failure in mid-stream).
-    pub fn finish(mut self, kind: OutcomeKind, detail: Option<String>) {
+    /// The attempt ended as `kind` (success, or a failure in mid-stream),
+    /// having used `used_tokens` (input plus output) when Bedrock said.
+    pub fn finish(mut self, kind: OutcomeKind, detail: Option<String>, used_tokens: Option<u64>) {
         if let Some(r) = self.recorder.take() {
-            r.record(kind, None, detail, None);
+            r.record(kind, None, detail, None, used_tokens);
         }
     }
 }
@@ -238,7 +248,7 @@ impl AttemptCompletion {
 impl Drop for AttemptCompletion {
     fn drop(&mut self) {
         if let Some(r) = self.recorder.take() {
-            r.record(OutcomeKind::Success, None, None, None);
+            r.record(OutcomeKind::Success, None, None, None, None);
         }
     }
 }
@@ -254,6 +264,8 @@ struct Recorder {
     request_id: String,
     /// The group's affinity and the request's user, to remember a success.
     affinity: Option<(Arc<UserAffinity>, String)>,
+    /// What admission let the attempt take.
+    ticket: Ticket,
 }
 
 impl Recorder {
@@ -263,8 +275,12 @@ impl Recorder {
         retry_after_ms: Option<u64>,
         detail: Option<String>,
         upstream_status: Option<u16>,
+        used_tokens: Option<u64>,
     ) -> Outcome {
         let now = self.clock.now_ms();
+        self.deployment
+            .admission
+            .finish(self.ticket, kind, used_tokens, now);
         let outcome = Outcome {
             deployment: self.deployment.config.id.clone(),
             kind,
@@ -349,10 +365,21 @@ pub fn wit_outcome(o: &Outcome) -> policy::Outcome {
 
 /// What a policy sees of `deployment` at `now_ms`.
 pub fn candidate(deployment: &Deployment, now_ms: u64) -> policy::Candidate {
-    wit_candidate(&deployment.config, &deployment.health.snapshot(now_ms))
+    let admission = deployment.admission.snapshot(now_ms);
+    policy::Candidate {
+        quota_used_permille: admission.quota_used_permille,
+        circuit: match admission.circuit {
+            BreakerState::Closed => policy::Circuit::Closed,
+            BreakerState::Open => policy::Circuit::Open,
+            BreakerState::HalfOpen => policy::Circuit::HalfOpen,
+        },
+        ..wit_candidate(&deployment.config, &deployment.health.snapshot(now_ms))
+    }
 }
 
-/// What a policy sees of a deployment with config `config` and health `h`.
+/// What a policy sees of a deployment with config `config` and health `h`,
+/// with no quota used and a closed circuit (admission's part is added by
+/// [`candidate`]).
 pub fn wit_candidate(config: &DeploymentConfig, h: &HealthSnapshot) -> policy::Candidate {
     policy::Candidate {
         deployment: config.id.clone(),
@@ -457,9 +484,54 @@ impl Router {
         // One snapshot of the policies for the whole request: a swap in the
         // middle must not mix two versions inside one request.
         let slots = &group.slots;
-        let selection = slots.selection.current();
-        let cooldown = slots.cooldown.current();
-        let fallback = slots.fallback.current();
+        let policies = Policies {
+            selection: slots.selection.current(),
+            cooldown: slots.cooldown.current(),
+            fallback: slots.fallback.current(),
+        };
+        // Until a deployment takes the request: when none can (cooling
+        // down, out of quota, circuit open), wait for the earliest recovery
+        // if it comes before the deadline.
+        loop {
+            match self.try_route(group, &policies, request, &attempt).await {
+                Pass::Done(result) => return result,
+                Pass::NoCapacity => {}
+            }
+            let tokens = u64::from(request.estimated_tokens);
+            let wait_ms = capacity_wait_ms(group, tokens, self.clock.now_ms());
+            let wake = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+            if wake > request.deadline {
+                tracing::info!(
+                    retry_after_ms = wait_ms,
+                    "no deployment can take the request before its deadline"
+                );
+                return Err(RouteError::NothingAvailable {
+                    retry_after_ms: wait_ms,
+                });
+            }
+            tracing::debug!(wait_ms, "waiting for capacity");
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    /// One pass of selection and attempts.
+    async fn try_route<T, F, Fut>(
+        &self,
+        group: &ModelGroup,
+        policies: &Policies,
+        request: &RouteRequest,
+        attempt: &F,
+    ) -> Pass<T>
+    where
+        F: Fn(Upstream, Bytes) -> Fut,
+        Fut: Future<Output = Result<T, AttemptFailure>>,
+    {
+        let slots = &group.slots;
+        let Policies {
+            selection,
+            cooldown,
+            fallback,
+        } = policies;
         let observer = PolicyObserver {
             group: group.name.clone(),
             request_id: request.request_id.clone(),
@@ -485,20 +557,14 @@ impl Router {
         };
         let candidates: Vec<_> = group.members.iter().map(|d| candidate(d, now)).collect();
         let selected = selection.policy.select(&info, &candidates, &options);
-        observer.observe(&slots.selection, &selection, &selected);
+        observer.observe(&slots.selection, selection, &selected);
         let order = match selected {
             Ok((order, _)) => order,
             Err(_) => (0..group.members.len()).collect(),
         };
         if order.is_empty() {
-            let retry_after_ms = candidates
-                .iter()
-                .map(|c| c.cooldown_remaining_ms)
-                .filter(|&ms| ms > 0)
-                .min()
-                .unwrap_or(1_000);
-            tracing::info!(retry_after_ms, "no deployment fit to call");
-            return Err(RouteError::NothingAvailable { retry_after_ms });
+            tracing::info!("no deployment fit to call");
+            return Pass::NoCapacity;
         }
         let mut queue: Vec<Arc<Deployment>> =
             order.iter().map(|&i| group.members[i].clone()).collect();
@@ -506,7 +572,11 @@ impl Router {
             order = ?queue.iter().map(|d| d.config.id.as_str()).collect::<Vec<_>>(),
             "request will try deployments"
         );
+        let tokens = u64::from(request.estimated_tokens);
         let mut tried: Vec<Arc<Deployment>> = Vec::new();
+        // Deployments admission refused for this pass: not attempts, and not
+        // offered to the fallback policy again.
+        let mut skipped: Vec<Arc<Deployment>> = Vec::new();
         let mut attempts: Vec<AttemptRecord> = Vec::new();
         let max_attempts = match self.max_attempts {
             0 => group.members.len(),
@@ -514,6 +584,16 @@ impl Router {
         };
         while !queue.is_empty() && attempts.len() < max_attempts {
             let deployment = queue.remove(0);
+            let ticket = match deployment.admission.try_start(tokens, self.clock.now_ms()) {
+                Ok(ticket) => ticket,
+                Err(refusal) => {
+                    tracing::debug!(deployment = %deployment.config.id, ?refusal, "skipped by admission");
+                    self.metrics
+                        .skip(&group.name, &deployment.config.id, refusal);
+                    skipped.push(deployment);
+                    continue;
+                }
+            };
             tried.push(deployment.clone());
             info.attempt = attempts.len() as u32;
             tracing::info!(deployment = %deployment.config.id, attempt = info.attempt, "attempting");
@@ -527,6 +607,7 @@ impl Router {
                 started: Instant::now(),
                 request_id: request.request_id.clone(),
                 affinity: request.user.clone().map(|u| (group.affinity.clone(), u)),
+                ticket,
             };
             let attempt_span = tracing::info_span!(
                 "attempt",
@@ -539,14 +620,14 @@ impl Router {
             let failure = match result {
                 Ok(value) => {
                     tracing::info!(deployment = %deployment.config.id, "succeeded");
-                    return Ok(Routed {
+                    return Pass::Done(Ok(Routed {
                         value,
                         deployment: deployment.config.id.clone(),
                         attempts,
                         completion: AttemptCompletion {
                             recorder: Some(recorder),
                         },
-                    });
+                    }));
                 }
                 Err(failure) => failure,
             };
@@ -555,6 +636,7 @@ impl Router {
                 failure.retry_after_ms,
                 Some(failure.detail.clone()),
                 failure.status,
+                None,
             );
             tracing::info!(deployment = %deployment.config.id, outcome = ?failure.kind, detail = %failure.detail, "attempt failed");
             attempts.push(AttemptRecord {
@@ -565,18 +647,18 @@ impl Router {
                 detail: outcome.detail.clone(),
             });
             if failure.kind == OutcomeKind::ClientError {
-                return Err(RouteError::Rejected {
+                return Pass::Done(Err(RouteError::Rejected {
                     status: failure.status.unwrap_or(400),
                     detail: failure.detail,
                     attempts,
-                });
+                }));
             }
             // What is left: the selection's order first, then deployments it
             // left out, in the safe order, so a fallback can still reach them.
             let mut remaining = queue.clone();
             for d in &group.members {
-                let untried = !tried.iter().any(|t| Arc::ptr_eq(t, d));
-                if untried && !remaining.iter().any(|r| Arc::ptr_eq(r, d)) {
+                let seen = tried.iter().chain(&skipped).any(|t| Arc::ptr_eq(t, d));
+                if !seen && !remaining.iter().any(|r| Arc::ptr_eq(r, d)) {
                     remaining.push(d.clone());
                 }
             }
@@ -596,7 +678,7 @@ impl Router {
                 &remaining_candidates,
                 &options,
             );
-            observer.observe(&slots.fallback, &fallback, &next);
+            observer.observe(&slots.fallback, fallback, &next);
             queue = match next {
                 Ok((order, _)) => order.iter().map(|&i| remaining[i].clone()).collect(),
                 Err(_) => {
@@ -606,10 +688,48 @@ impl Router {
                 }
             };
         }
+        if attempts.is_empty() {
+            return Pass::NoCapacity;
+        }
         let retry_after_ms = attempts.iter().filter_map(|a| a.retry_after_ms).min();
-        Err(RouteError::AttemptsFailed {
+        Pass::Done(Err(RouteError::AttemptsFailed {
             attempts,
             retry_after_ms,
-        })
+        }))
     }
+}
+
+/// The policy versions one request runs with, start to end.
+struct Policies {
+    selection: Arc<PolicyVersion>,
+    cooldown: Arc<PolicyVersion>,
+    fallback: Arc<PolicyVersion>,
+}
+
+/// How one pass of selection and attempts ended.
+// Only ever returned, never stored: boxing the large variant would cost an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Pass<T> {
+    /// With an answer or a final error.
+    Done(Result<Routed<T>, RouteError>),
+    /// No attempt could start: nothing was fit, or admission refused all.
+    NoCapacity,
+}
+
+/// How long until some deployment of `group` could take a request of
+/// `tokens`: the soonest, over its deployments, of the later of its cooldown's
+/// end and its admission limits' recovery. At least 10 ms, so a request
+/// refused only for concurrency polls instead of spinning.
+fn capacity_wait_ms(group: &ModelGroup, tokens: u64, now_ms: u64) -> u64 {
+    group
+        .members
+        .iter()
+        .map(|d| {
+            let cooldown = d.health.snapshot(now_ms).cooldown_remaining_ms;
+            cooldown.max(d.admission.wait_ms(tokens, now_ms))
+        })
+        .min()
+        .unwrap_or(1_000)
+        .max(10)
 }

@@ -2,6 +2,7 @@
 //! does. Every test drives the real gateway over loopback with the real AWS
 //! SDK as client and the real simulator as Bedrock.
 
+mod admission;
 mod api_errors;
 mod authoring;
 mod cooldown;

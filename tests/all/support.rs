@@ -90,6 +90,11 @@ pub async fn start_gateway(config_toml: &str, clock: SharedClock) -> TestGateway
     if !config_toml.contains("call_deadline_us") {
         config.policy_runtime.call_deadline_us = TEST_CALL_DEADLINE_US;
     }
+    // Waiting for capacity sleeps in real time; on a manual clock that
+    // stands still the wait would never end early. Tests that wait say so.
+    if !config_toml.contains("max_wait_ms") {
+        config.admission.max_wait_ms = 0;
+    }
     let gateway =
         Arc::new(Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -185,13 +190,25 @@ pub async fn raw_get(addr: SocketAddr, path: &str) -> RawResponse {
     raw_request(addr, "GET", path, &[], b"").await
 }
 
-/// A plain HTTP/1.1 request with any method.
+/// A plain HTTP/1.1 request with any method, answered within 20 s.
 pub async fn raw_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
+) -> RawResponse {
+    raw_request_within(addr, method, path, headers, body, Duration::from_secs(20)).await
+}
+
+/// A plain HTTP/1.1 request that must be answered within `limit`.
+pub async fn raw_request_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    limit: Duration,
 ) -> RawResponse {
     let io = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -210,7 +227,7 @@ pub async fn raw_request(
         let _ = stream.read_to_end(&mut raw).await;
         raw
     };
-    let raw = tokio::time::timeout(Duration::from_secs(20), io)
+    let raw = tokio::time::timeout(limit, io)
         .await
         .expect("raw request finished in time");
     parse_response(&raw)

@@ -18,6 +18,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+/// The fair-share name of requests that name no user.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// The queue's limits.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,6 +63,8 @@ pub enum AdmitError {
 struct Waiter {
     id: u64,
     user: String,
+    /// This request's user may run this many at once.
+    user_cap: u32,
     priority: i32,
     tag: u64,
     enqueued: Instant,
@@ -157,9 +162,7 @@ impl Inner {
                 .waiting
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| {
-                    state.users.get(&w.user).map_or(0, |u| u.running) < self.config.max_per_user
-                })
+                .filter(|(_, w)| state.users.get(&w.user).map_or(0, |u| u.running) < w.user_cap)
                 .min_by_key(|(_, w)| {
                     let running = state.users.get(&w.user).map_or(0, |u| u.running);
                     (std::cmp::Reverse(w.priority), running, w.tag, w.id)
@@ -212,13 +215,19 @@ impl FairQueue {
     }
 
     /// Waits for the right to run `user`'s request of `priority` (higher
-    /// first), until `deadline`.
+    /// first), until `deadline`. Requests of no known user share one fair
+    /// share ([`ANONYMOUS`]) without the per-user cap: an open gateway whose
+    /// clients name no user must not run two requests at a time.
     pub async fn admit(
         &self,
-        user: &str,
+        user: Option<&str>,
         priority: i32,
         deadline: Instant,
     ) -> Result<Permit, AdmitError> {
+        let (user, user_cap) = match user {
+            Some(user) => (user, self.inner.config.max_per_user),
+            None => (ANONYMOUS, self.inner.config.max_concurrent),
+        };
         let enqueued = Instant::now();
         let (wake, woken) = oneshot::channel();
         let id = {
@@ -237,6 +246,7 @@ impl FairQueue {
             state.waiting.push(Waiter {
                 id,
                 user: user.to_owned(),
+                user_cap,
                 priority,
                 tag,
                 enqueued,
@@ -323,7 +333,7 @@ mod tests {
         for _ in 0..n {
             let (q, order) = (q.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let permit = q.admit(user, priority, far()).await.unwrap();
+                let permit = q.admit(Some(user), priority, far()).await.unwrap();
                 order.lock().unwrap().push(user);
                 permit
             }));
@@ -335,7 +345,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_user_with_one_request_is_not_stuck_behind_one_with_ten() {
         let q = queue(1, 2, 100);
-        let blocker = q.admit("blocker", 0, far()).await.unwrap();
+        let blocker = q.admit(Some("blocker"), 0, far()).await.unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = enqueue(&q, "a", 0, 10, &order).await;
         tasks.extend(enqueue(&q, "b", 0, 1, &order).await);
@@ -367,7 +377,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn higher_priority_goes_first() {
         let q = queue(1, 4, 100);
-        let blocker = q.admit("x", 0, far()).await.unwrap();
+        let blocker = q.admit(Some("x"), 0, far()).await.unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let low = enqueue(&q, "low", 0, 1, &order).await;
         let high = enqueue(&q, "high", 5, 1, &order).await;
@@ -381,16 +391,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_user_runs_at_most_its_cap() {
         let q = queue(10, 2, 100);
-        let p1 = q.admit("a", 0, far()).await.unwrap();
-        let _p2 = q.admit("a", 0, far()).await.unwrap();
+        let p1 = q.admit(Some("a"), 0, far()).await.unwrap();
+        let _p2 = q.admit(Some("a"), 0, far()).await.unwrap();
         let third = tokio::spawn({
             let q = q.clone();
-            async move { q.admit("a", 0, far()).await }
+            async move { q.admit(Some("a"), 0, far()).await }
         });
         tokio::task::yield_now().await;
         assert!(!third.is_finished(), "a third waits");
         // Another user is not held back by a's cap.
-        let _other = q.admit("b", 0, far()).await.unwrap();
+        let _other = q.admit(Some("b"), 0, far()).await.unwrap();
         let stats = q.stats();
         assert_eq!((stats.running, stats.queued), (3, 1));
         drop(p1);
@@ -398,13 +408,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn requests_of_no_user_are_not_held_to_the_per_user_cap() {
+        let q = queue(3, 1, 10);
+        let _a = q.admit(None, 0, far()).await.unwrap();
+        let _b = q.admit(None, 0, far()).await.unwrap();
+        let _c = q.admit(None, 0, far()).await.unwrap();
+        assert_eq!(q.stats().running, 3);
+        let d = q
+            .admit(None, 0, Instant::now() + Duration::from_secs(1))
+            .await;
+        assert!(d.is_err(), "the global cap still holds");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_full_queue_refuses_at_once() {
         let q = queue(1, 1, 2);
-        let _running = q.admit("a", 0, far()).await.unwrap();
+        let _running = q.admit(Some("a"), 0, far()).await.unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let _waiting = enqueue(&q, "b", 0, 2, &order).await;
         let started = Instant::now();
-        let refused = q.admit("c", 0, far()).await;
+        let refused = q.admit(Some("c"), 0, far()).await;
         assert_eq!(refused.unwrap_err(), AdmitError::QueueFull { queued: 2 });
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
@@ -412,9 +435,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_deadline_passing_in_the_queue_ends_the_wait_and_frees_its_place() {
         let q = queue(1, 1, 10);
-        let running = q.admit("a", 0, far()).await.unwrap();
+        let running = q.admit(Some("a"), 0, far()).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let waited = q.admit("b", 0, deadline).await;
+        let waited = q.admit(Some("b"), 0, deadline).await;
         assert_eq!(
             waited.unwrap_err(),
             AdmitError::DeadlineInQueue { waited_ms: 5_000 }
@@ -423,7 +446,7 @@ mod tests {
         drop(running);
         // The slot is free again for the next one.
         let next = q
-            .admit("c", 0, Instant::now() + Duration::from_secs(1))
+            .admit(Some("c"), 0, Instant::now() + Duration::from_secs(1))
             .await;
         assert!(next.is_ok());
         assert_eq!(q.stats().running, 1);

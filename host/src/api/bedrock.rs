@@ -12,11 +12,18 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::admission::{AdmitError, Permit};
 use crate::router::{RouteError, RouteRequest, Routed};
 use crate::upstream::Upstream;
 
 /// Header a client may set to name the user a request belongs to.
 pub const USER_HEADER: &str = "x-switchyard-user";
+/// Header a client may set to rank its request in the fair queue (an
+/// integer; higher goes first; default 0).
+pub const PRIORITY_HEADER: &str = "x-switchyard-priority";
+/// Header a client may set to wait less than `admission.max_wait_ms` for
+/// capacity (milliseconds).
+pub const MAX_WAIT_HEADER: &str = "x-switchyard-max-wait-ms";
 
 /// The request id: the client's `x-request-id` when it sent a sane one.
 fn request_id(headers: &HeaderMap) -> String {
@@ -93,8 +100,8 @@ fn route_error(error: RouteError) -> ApiError {
         RouteError::NothingAvailable { retry_after_ms } => {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "all_deployments_cooling_down",
-                "every deployment of this model group is cooling down; retry later",
+                "no_capacity",
+                "no deployment of this model group can take the request before its deadline (cooling down, out of quota or circuit open); retry later",
             );
             e.retry_after_ms = Some(retry_after_ms);
             e
@@ -160,6 +167,10 @@ fn prepare(
         .get(USER_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let max_wait_ms = match header_number::<u64>(headers, MAX_WAIT_HEADER)? {
+        Some(ms) => ms.min(state.max_wait_ms),
+        None => state.max_wait_ms,
+    };
     Ok((
         group,
         RouteRequest {
@@ -167,8 +178,59 @@ fn prepare(
             user,
             estimated_tokens,
             body,
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_millis(max_wait_ms),
         },
     ))
+}
+
+/// A numeric header, if present; a malformed one is a 400 naming it.
+fn header_number<N: std::str::FromStr>(
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Option<N>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    format!("the `{name}` header must be an integer"),
+                )
+            }),
+    }
+}
+
+/// Waits in the fair queue for the right to run `request`.
+async fn admit(
+    state: &AppState,
+    group: &str,
+    headers: &HeaderMap,
+    request: &RouteRequest,
+) -> Result<Permit, ApiError> {
+    let priority = header_number::<i32>(headers, PRIORITY_HEADER)?.unwrap_or(0);
+    state
+        .queue
+        .admit(request.user.as_deref(), priority, request.deadline)
+        .await
+        .map_err(|e| {
+            let (status, code, retry_after_ms) = match e {
+                AdmitError::QueueFull { .. } => {
+                    (StatusCode::TOO_MANY_REQUESTS, "queue_full", Some(1_000))
+                }
+                AdmitError::DeadlineInQueue { .. } => {
+                    (StatusCode::GATEWAY_TIMEOUT, "deadline_in_queue", None)
+                }
+            };
+            state.router.metrics().queue_rejection(group, code);
+            let mut error = ApiError::new(status, code, e.to_string());
+            error.retry_after_ms = retry_after_ms;
+            error
+        })
 }
 
 fn with_id(mut e: ApiError, request_id: &str) -> Response {
@@ -176,15 +238,24 @@ fn with_id(mut e: ApiError, request_id: &str) -> Response {
     e.into_response()
 }
 
-/// Checks a request, routes it with `attempt` per deployment, and answers
-/// errors; a success is left to the caller to answer.
+/// A routed request, with its place in the fair queue: hold `permit` until
+/// the answer is delivered.
+struct Admitted<T> {
+    request_id: String,
+    routed: Routed<T>,
+    permit: Permit,
+}
+
+/// Checks a request, waits for its turn in the fair queue, routes it with
+/// `attempt` per deployment, and answers errors; a success is left to the
+/// caller to answer.
 async fn route<T, F, Fut>(
     state: &AppState,
     model_id: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     attempt: F,
-) -> Result<(String, Routed<T>), Response>
+) -> Result<Admitted<T>, Response>
 where
     F: Fn(Upstream, Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<T, crate::upstream::AttemptFailure>>,
@@ -193,6 +264,9 @@ where
     let (group, mut request) =
         prepare(state, model_id, headers, body).map_err(|e| with_id(e, &request_id))?;
     request.request_id = request_id.clone();
+    let permit = admit(state, &group, headers, &request)
+        .await
+        .map_err(|e| with_id(e, &request_id))?;
     match state.router.route(&group, &request, attempt).await {
         Err(e) => {
             let e = route_error(e);
@@ -201,9 +275,19 @@ where
         }
         Ok(routed) => {
             state.router.metrics().request(&group, "success");
-            Ok((request_id, routed))
+            Ok(Admitted {
+                request_id,
+                routed,
+                permit,
+            })
         }
     }
+}
+
+/// The tokens a Converse answer says it used (`usage.totalTokens`).
+fn used_tokens(body: &[u8]) -> Option<u64> {
+    let json: Value = serde_json::from_slice(body).ok()?;
+    json.pointer("/usage/totalTokens").and_then(Value::as_u64)
 }
 
 /// `POST /model/{modelId}/converse`
@@ -221,7 +305,11 @@ pub async fn converse(
         |upstream, body| async move { upstream.converse(body).await },
     )
     .await;
-    let (request_id, routed) = match routed {
+    let Admitted {
+        request_id,
+        routed,
+        permit,
+    } = match routed {
         Ok(r) => r,
         Err(response) => return response,
     };
@@ -237,9 +325,11 @@ pub async fn converse(
         &routed.deployment,
         routed.attempts.len() + 1,
     );
+    let used = used_tokens(&routed.value.body);
     routed
         .completion
-        .finish(crate::outcome::OutcomeKind::Success, None);
+        .finish(crate::outcome::OutcomeKind::Success, None, used);
+    drop(permit);
     response
 }
 
@@ -260,15 +350,17 @@ pub async fn converse_stream(
     .await;
     match routed {
         Err(response) => response,
-        Ok((
+        Ok(Admitted {
             request_id,
-            Routed {
-                value: stream,
-                deployment,
-                attempts,
-                completion,
-            },
-        )) => {
+            routed:
+                Routed {
+                    value: stream,
+                    deployment,
+                    attempts,
+                    completion,
+                },
+            permit,
+        }) => {
             let finished = stream.finished;
             let frames = stream.frames;
             let mut response = Response::new(Body::from_stream(futures::StreamExt::map(
@@ -280,14 +372,18 @@ pub async fn converse_stream(
                 HeaderValue::from_static("application/vnd.amazon.eventstream"),
             );
             routed_headers(&mut response, &request_id, &deployment, attempts.len() + 1);
+            // The stream holds its place in the queue until it ends. Its
+            // usage is not read from the frames: the token reservation stays.
             tokio::spawn(async move {
                 match finished.await {
-                    Ok(end) => completion.finish(end.kind, end.detail),
+                    Ok(end) => completion.finish(end.kind, end.detail, None),
                     Err(_) => completion.finish(
                         crate::outcome::OutcomeKind::ServerError,
                         Some("stream task failed".into()),
+                        None,
                     ),
                 }
+                drop(permit);
             });
             response
         }

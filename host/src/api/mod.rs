@@ -24,6 +24,10 @@ use crate::router::Router;
 /// What every handler can reach.
 pub struct AppState {
     pub router: Router,
+    /// The fair queue every client request waits in.
+    pub queue: crate::admission::FairQueue,
+    /// How long a request may wait for its turn and for capacity, in ms.
+    pub max_wait_ms: u64,
     pub runtime: PolicyRuntime,
     /// The bearer token `/admin` requires; `None` turns `/admin` off.
     pub admin_token: Option<String>,
@@ -77,6 +81,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/metrics", get(metrics))
         .route("/model_stats", get(stats::model_stats))
         .route("/cooldowns", get(stats::cooldowns))
+        .route("/queue_stats", get(stats::queue_stats))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
+use crate::health::breaker::BreakerState;
 use crate::outcome::OutcomeKind;
 use crate::policy::PolicyKind;
 use crate::router::Deployment;
@@ -24,7 +25,7 @@ struct ModelStats {
     region: String,
     account: String,
     priority: u32,
-    /// `available` or `in_cooldown`.
+    /// `available`, `in_cooldown`, `circuit_open` or `circuit_half_open`.
     status: &'static str,
     cooldown_remaining_ms: u64,
     total_attempts: u64,
@@ -34,6 +35,16 @@ struct ModelStats {
     recent_throttles_60s: u32,
     in_flight: u32,
     latency_ewma_ms: u32,
+    /// The fuller of its RPM and TPM quotas, in percent.
+    quota_used_percent: f64,
+    rpm_limit: Option<u64>,
+    rpm_available: Option<u64>,
+    tpm_limit: Option<u64>,
+    tpm_available: Option<u64>,
+    /// Its adaptive concurrency limit now.
+    concurrency_limit: u32,
+    circuit: BreakerState,
+    circuit_open_remaining_ms: u64,
 }
 
 /// Every deployment once, by id (groups may share deployments).
@@ -53,16 +64,18 @@ pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
         .into_values()
         .map(|d| {
             let h = d.health.snapshot(now);
+            let a = d.admission.snapshot(now);
             ModelStats {
                 id: d.config.id.clone(),
                 model_id: d.config.model_id.clone(),
                 region: d.config.region.clone(),
                 account: d.config.account.clone(),
                 priority: d.config.priority,
-                status: if h.cooldown_remaining_ms > 0 {
-                    "in_cooldown"
-                } else {
-                    "available"
+                status: match a.circuit {
+                    BreakerState::Open => "circuit_open",
+                    BreakerState::HalfOpen => "circuit_half_open",
+                    BreakerState::Closed if h.cooldown_remaining_ms > 0 => "in_cooldown",
+                    BreakerState::Closed => "available",
                 },
                 cooldown_remaining_ms: h.cooldown_remaining_ms,
                 total_attempts: h.total_attempts,
@@ -75,6 +88,14 @@ pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
                 recent_throttles_60s: h.recent_throttles,
                 in_flight: h.in_flight,
                 latency_ewma_ms: h.latency_ewma_ms,
+                quota_used_percent: f64::from(a.quota_used_permille) / 10.0,
+                rpm_limit: a.rpm_limit,
+                rpm_available: a.rpm_available,
+                tpm_limit: a.tpm_limit,
+                tpm_available: a.tpm_available,
+                concurrency_limit: a.concurrency_limit,
+                circuit: a.circuit,
+                circuit_open_remaining_ms: a.circuit_open_remaining_ms,
             }
         })
         .collect();
@@ -138,4 +159,10 @@ pub async fn cooldowns(State(state): State<Arc<AppState>>) -> Response {
         })
         .collect();
     Json(json!({ "cooldowns": cooldowns })).into_response()
+}
+
+/// `GET /queue_stats`: the fair queue now: requests running and waiting, per
+/// user, and how long admitted requests waited.
+pub async fn queue_stats(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({ "success": true, "queue": state.queue.stats() })).into_response()
 }

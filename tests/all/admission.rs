@@ -1,0 +1,272 @@
+//! Admission control through the real gateway: quotas that keep Bedrock's
+//! 429s away, waiting for capacity, a fair share per user, the fair queue's
+//! refusals, and circuit breakers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard::clock::{ManualClock, SystemClock};
+use switchyard::sim::Fault;
+
+use crate::support::*;
+
+const MODELS: [&str; 3] = ["model-a", "model-b", "model-c"];
+
+/// A gateway whose three deployments each have a 60 RPM quota, in front of
+/// a simulator that enforces 60 RPM per model, both on the real clock.
+async fn rate_limited_gateway() -> (switchyard::sim::SimHandle, TestGateway) {
+    let clock = SystemClock::shared();
+    let sim = start_sim(
+        MODELS.iter().map(|m| sim_model(m, Some(60))).collect(),
+        clock.clone(),
+    )
+    .await;
+    let mut config = String::from("[admission]\nmax_wait_ms = 150000\nmax_per_user = 2\n");
+    for (i, (id, model)) in ["a", "b", "c"].iter().zip(MODELS).enumerate() {
+        config.push_str(&deployment(id, model, i as u32 + 1, &sim));
+        config.push_str("rpm = 60\n");
+    }
+    config.push_str("[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\", \"c\"]\n");
+    let gw = start_gateway(&config, clock).await;
+    (sim, gw)
+}
+
+/// The acceptance scenario: a burst of 200 requests from 10 users against
+/// three deployments of 60 RPM each (180 per minute in all). The gateway
+/// sends each deployment no more than its quota per minute and holds the
+/// rest until quota comes back, so no client sees a 429 and Bedrock almost
+/// never throttles; the users share the capacity evenly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_quotas_waits_for_capacity_instead_of_failing() {
+    let (sim, gw) = rate_limited_gateway().await;
+    let gw = Arc::new(gw);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let user = format!("user-{}", i % 10);
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let raw = raw_request_within(
+                gw.addr,
+                "POST",
+                "/model/g/converse",
+                &[("x-switchyard-user", &user)],
+                &converse_body("burst"),
+                Duration::from_secs(200),
+            )
+            .await;
+            (user, raw.status, started.elapsed())
+        }));
+    }
+    let all = async {
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        results
+    };
+    let results = tokio::time::timeout(Duration::from_secs(240), all)
+        .await
+        .expect("the burst finished in time");
+
+    let statuses: HashMap<u16, usize> = results.iter().fold(HashMap::new(), |mut m, r| {
+        *m.entry(r.1).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        statuses.get(&200),
+        Some(&200),
+        "every request served: {statuses:?}"
+    );
+
+    let (calls, throttles) = MODELS.iter().fold((0, 0), |(c, t), m| {
+        let counts = sim.counts(m);
+        (c + counts.calls, t + counts.throttles)
+    });
+    assert!(
+        throttles * 20 <= calls,
+        "Bedrock's 429s are at most 5% of its calls: {throttles} of {calls}"
+    );
+
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    for (user, status, _) in &results {
+        if *status == 200 {
+            *per_user.entry(user.clone()).or_default() += 1;
+        }
+    }
+    let mean = results.len() as f64 / 10.0;
+    for (user, n) in &per_user {
+        let off = (*n as f64 - mean).abs() / mean;
+        assert!(off <= 0.2, "{user} completed {n}, mean {mean}");
+    }
+    // Served in two waves: the first minute's quota at once, the rest as it
+    // came back; and while waiting, the first 180 took no longer than the rest.
+    let mut done: Vec<Duration> = results.iter().map(|r| r.2).collect();
+    done.sort();
+    assert!(
+        done[179] < Duration::from_secs(30),
+        "the first 180 at once: {:?}",
+        done[179]
+    );
+    assert!(
+        done[180] >= Duration::from_secs(55),
+        "the rest after the minute: {:?}",
+        done[180]
+    );
+
+    let stats = raw_get(gw.addr, "/queue_stats").await.json();
+    assert_eq!(stats["queue"]["wait_ms"]["admitted"], 200);
+    assert_eq!(stats["queue"]["running"], 0);
+}
+
+/// With no time left to wait, a request that finds every quota spent is
+/// answered at once with 429 and `retry-after`, without calling Bedrock.
+#[tokio::test]
+async fn a_spent_quota_with_no_time_to_wait_fails_at_once_with_retry_after() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(vec![sim_model("model-a", None)], clock.clone()).await;
+    let config = format!(
+        "{}rpm = 2\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = start_gateway(&config, clock.clone()).await;
+    for _ in 0..2 {
+        let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+        assert_eq!(raw.status, 200);
+    }
+    let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.status, 429);
+    assert_eq!(raw.json()["code"], "no_capacity");
+    let retry_after: u64 = raw.headers["retry-after"].parse().unwrap();
+    assert!((60..=62).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        sim.counts("model-a").calls,
+        2,
+        "the third never reached Bedrock"
+    );
+
+    let stats = raw_get(gw.addr, "/model_stats").await.json();
+    let a = &stats["stats"]["models"][0];
+    assert_eq!(a["rpm_limit"], 2);
+    assert_eq!(a["rpm_available"], 0);
+    assert_eq!(a["quota_used_percent"], 100.0);
+    let metrics = String::from_utf8(raw_get(gw.addr, "/metrics").await.body).unwrap();
+    assert!(
+        metrics.contains(
+            r#"switchyard_admission_skips_total{group="g",deployment="a",reason="request_quota"} 1"#
+        ),
+        "{metrics}"
+    );
+
+    // A minute (and the margin) later the quota is back.
+    clock.advance(61_000);
+    let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.status, 200);
+}
+
+/// Five outages in a row open a deployment's circuit: it is then skipped
+/// without being called, shown as `circuit_open`, and probed after `open_ms`.
+#[tokio::test]
+async fn repeated_outages_open_the_circuit_and_a_probe_closes_it() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        clock.clone(),
+    )
+    .await;
+    let config = format!(
+        "{}{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n[model_groups.policies.cooldown]\nname = \"fixed\"\nparams = {{ cooldown_ms = 1 }}\n",
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-b", 2, &sim),
+    );
+    let gw = start_gateway(&config, clock.clone()).await;
+    sim.inject("model-a", Fault::Unavailable, 5);
+    for _ in 0..5 {
+        let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+        assert_eq!(raw.status, 200, "b answers");
+        clock.advance(10);
+    }
+    let stats = raw_get(gw.addr, "/model_stats").await.json();
+    let a = &stats["stats"]["models"][0];
+    assert_eq!(a["status"], "circuit_open", "{a}");
+    let open_ms = a["circuit_open_remaining_ms"].as_u64().unwrap();
+    assert!((29_000..=30_000).contains(&open_ms), "{open_ms}");
+
+    let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.headers["x-switchyard-deployment"], "b");
+    assert_eq!(
+        raw.headers["x-switchyard-attempts"], "1",
+        "a was skipped, not tried"
+    );
+    assert_eq!(sim.counts("model-a").calls, 5);
+
+    // After open_ms, one probe goes to a; it succeeds and closes the circuit.
+    clock.advance(30_000);
+    let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.headers["x-switchyard-deployment"], "a");
+    let stats = raw_get(gw.addr, "/model_stats").await.json();
+    assert_eq!(stats["stats"]["models"][0]["status"], "available");
+}
+
+/// A full queue answers 429 at once; a request whose wait runs past its
+/// deadline in the queue answers 504 and never reaches Bedrock.
+#[tokio::test]
+async fn the_fair_queue_refuses_when_full_and_times_out_waiters() {
+    let clock = ManualClock::new(1_000_000);
+    let mut slow = sim_model("model-a", None);
+    slow.ttft_ms = 1_500;
+    let sim = start_sim(vec![slow], clock.clone()).await;
+    let config = format!(
+        "[admission]\nmax_concurrent = 1\nmax_queued = 1\nmax_wait_ms = 300\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = Arc::new(start_gateway(&config, clock).await);
+    let first = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            raw_post(
+                gw.addr,
+                "/model/g/converse",
+                &[("x-switchyard-user", "u1")],
+                &converse_body("x"),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            raw_post(
+                gw.addr,
+                "/model/g/converse",
+                &[("x-switchyard-user", "u2")],
+                &converse_body("x"),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = raw_post(
+        gw.addr,
+        "/model/g/converse",
+        &[("x-switchyard-user", "u3")],
+        &converse_body("x"),
+    )
+    .await;
+    assert_eq!(
+        third.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&third.body)
+    );
+    assert_eq!(third.json()["code"], "queue_full");
+    assert!(third.headers.contains_key("retry-after"));
+
+    let second = second.await.unwrap();
+    assert_eq!(second.status, 504);
+    assert_eq!(second.json()["code"], "deadline_in_queue");
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(sim.counts("model-a").calls, 1);
+}
