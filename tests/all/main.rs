@@ -5,6 +5,7 @@
 mod admission;
 mod api_errors;
 mod authoring;
+mod clients;
 mod cooldown;
 mod hot_reload;
 mod policy_faults;

@@ -285,3 +285,77 @@ pub fn converse_body(text: &str) -> Vec<u8> {
         .to_string()
         .into_bytes()
 }
+
+/// A Python with the official `openai` and `boto3` packages, in a virtual
+/// environment under `target/` made on first use (pip from PyPI), shared by
+/// every test of the run.
+pub fn python_with_clients() -> std::path::PathBuf {
+    static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-clients");
+            let python = venv.join("bin/python");
+            let ready = |python: &std::path::Path| {
+                std::process::Command::new(python)
+                    .args(["-c", "import openai, boto3"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if !ready(&python) {
+                let run = |cmd: &mut std::process::Command| {
+                    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+                    assert!(
+                        out.status.success(),
+                        "{cmd:?} failed:\n{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                };
+                run(std::process::Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv));
+                run(std::process::Command::new(&python).args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "openai",
+                    "boto3",
+                ]));
+            }
+            python
+        })
+        .clone()
+}
+
+/// Runs `script` with the clients' Python and `args`, for at most a minute,
+/// and parses the JSON it prints.
+pub async fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
+    let python = tokio::task::spawn_blocking(python_with_clients)
+        .await
+        .unwrap();
+    let run = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the script finished in time")
+        .expect("python ran");
+    assert!(
+        out.status.success(),
+        "the script failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the script printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

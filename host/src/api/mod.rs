@@ -3,7 +3,9 @@
 
 mod admin;
 mod bedrock;
+pub mod dispatch;
 mod error;
+mod openai;
 mod stats;
 
 use std::path::PathBuf;
@@ -73,6 +75,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
             "/model/{model_id}/converse-stream",
             post(bedrock::converse_stream),
         )
+        .route("/v1/chat/completions", post(openai::chat_completions))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     HttpRouter::new()
         .merge(api)
@@ -82,6 +85,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/model_stats", get(stats::model_stats))
         .route("/cooldowns", get(stats::cooldowns))
         .route("/queue_stats", get(stats::queue_stats))
+        .route("/v1/models", get(openai::models))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)
 }

@@ -1,0 +1,325 @@
+//! OpenAI-compatible routes: `POST /v1/chat/completions` (plain and
+//! streamed as server-sent events) and `GET /v1/models`, so the official
+//! OpenAI client libraries work against the gateway unchanged. A chat
+//! request becomes a Converse request and takes the same path as a Bedrock
+//! one: the fair queue, the router and its policies, the same stats.
+
+mod translate;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use aws_smithy_types::event_stream::Message;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use futures::channel::mpsc;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::dispatch::{
+    dispatch, estimate_tokens, group_for, header_user, request_id, routed_headers, used_tokens,
+    Admitted, Incoming,
+};
+use super::error::ApiError;
+use super::AppState;
+use crate::outcome::OutcomeKind;
+use crate::router::Routed;
+use translate::ChatRequest;
+
+/// Seconds since the Unix epoch, for `created`.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An error in OpenAI's shape, `{"error": {"message", "type", "param",
+/// "code"}}`, with the status, `retry-after` and request id of `e`.
+fn openai_error(e: ApiError, request_id: &str, param: Option<String>) -> Response {
+    let kind = match e.status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    };
+    let mut error = json!({
+        "message": e.message,
+        "type": kind,
+        "param": param,
+        "code": e.code,
+    });
+    if !e.attempts.is_empty() {
+        error["attempts"] = json!(e.attempts);
+    }
+    let mut response = (e.status, axum::Json(json!({ "error": error }))).into_response();
+    let headers = response.headers_mut();
+    if let Some(ms) = e.retry_after_ms {
+        headers.insert("retry-after", HeaderValue::from(ms.div_ceil(1000).max(1)));
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", id);
+    }
+    response
+}
+
+/// `GET /v1/models`: the model groups.
+pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+    let mut names: Vec<&str> = state.router.groups().map(|g| g.name.as_str()).collect();
+    names.sort_unstable();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(
+            |name| json!({ "id": name, "object": "model", "created": 0, "owned_by": "switchyard" }),
+        )
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// `POST /v1/chat/completions`
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = request_id(&headers);
+    let checked = check(&state, &headers, body);
+    let (chat, incoming) = match checked {
+        Ok(c) => c,
+        Err(refused) => {
+            let (e, param) = *refused;
+            return openai_error(e, &request_id, param);
+        }
+    };
+    let id = format!("chatcmpl-{request_id}");
+    let created = unix_now();
+    if chat.stream {
+        let include_usage = chat
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let admitted = dispatch(
+            &state,
+            &headers,
+            &request_id,
+            incoming,
+            |upstream, body| async move { upstream.converse_stream(body).await },
+        )
+        .await;
+        match admitted {
+            Err(e) => openai_error(e, &request_id, None),
+            Ok(admitted) => stream_response(admitted, id, created, chat.model, include_usage),
+        }
+    } else {
+        let admitted = dispatch(
+            &state,
+            &headers,
+            &request_id,
+            incoming,
+            |upstream, body| async move { upstream.converse(body).await },
+        )
+        .await;
+        let Admitted {
+            request_id,
+            routed,
+            permit,
+        } = match admitted {
+            Err(e) => return openai_error(e, &request_id, None),
+            Ok(a) => a,
+        };
+        let converse: Value = serde_json::from_slice(&routed.value.body).unwrap_or(Value::Null);
+        let mut response =
+            axum::Json(translate::completion(&id, created, &chat.model, &converse)).into_response();
+        routed_headers(
+            &mut response,
+            &request_id,
+            &routed.deployment,
+            routed.attempts.len() + 1,
+        );
+        let used = used_tokens(&routed.value.body);
+        routed.completion.finish(OutcomeKind::Success, None, used);
+        drop(permit);
+        response
+    }
+}
+
+/// A request refused before routing, with the param at fault when one is.
+/// Boxed: it is large, and the happy path should not carry it.
+type Refused = Box<(ApiError, Option<String>)>;
+
+/// Parses and translates the body; an error names the param at fault.
+fn check(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(ChatRequest, Incoming), Refused> {
+    let body = body.map_err(|r| {
+        let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "unreadable_body"
+        };
+        Box::new((ApiError::new(r.status(), code, r.body_text()), None))
+    })?;
+    let chat: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "invalid_json"
+        } else {
+            "invalid_request"
+        };
+        (
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                code,
+                format!("the body is not a chat completion request: {e}"),
+            ),
+            None,
+        )
+    })?;
+    let group = group_for(state, &chat.model).map_err(|mut e| {
+        e.code = "model_not_found";
+        Box::new((e, Some("model".to_owned())))
+    })?;
+    let converse = chat.to_converse().map_err(|u| {
+        Box::new((
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_parameter",
+                format!("`{}` {}", u.param, u.message),
+            ),
+            Some(u.param),
+        ))
+    })?;
+    let converse = Bytes::from(converse.to_string());
+    let incoming = Incoming {
+        group,
+        user: header_user(headers).or_else(|| chat.user.clone()),
+        estimated_tokens: estimate_tokens(converse.len(), chat.max_output_tokens()),
+        body: converse,
+    };
+    Ok((chat, incoming))
+}
+
+/// Answers a started ConverseStream as server-sent events: one `data:` chunk
+/// per text delta, the finish reason, the usage when asked, then `[DONE]`.
+fn stream_response(
+    admitted: Admitted<crate::upstream::OpenStream>,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+) -> Response {
+    let Admitted {
+        request_id,
+        routed:
+            Routed {
+                value: stream,
+                deployment,
+                attempts,
+                completion,
+            },
+        permit,
+    } = admitted;
+    let (tx, rx) = mpsc::unbounded::<Bytes>();
+    let mut frames = stream.frames;
+    let finished = stream.finished;
+    tokio::spawn(async move {
+        let send = |v: &Value| {
+            let _ = tx.unbounded_send(Bytes::from(format!("data: {v}\n\n")));
+        };
+        let mut buffer = BytesMut::new();
+        let mut decoder = MessageFrameDecoder::new();
+        'frames: while let Some(chunk) = frames.next().await {
+            buffer.extend_from_slice(&chunk);
+            loop {
+                match decoder.decode_frame(&mut buffer) {
+                    Ok(DecodedFrame::Incomplete) => break,
+                    Ok(DecodedFrame::Complete(message)) => match event_of(&message) {
+                        StreamEvent::Event(event_type, payload) => {
+                            for c in translate::chunks(
+                                &id,
+                                created,
+                                &model,
+                                &event_type,
+                                &payload,
+                                include_usage,
+                            ) {
+                                send(&c);
+                            }
+                        }
+                        StreamEvent::Exception(kind, message) => {
+                            send(
+                                &json!({ "error": { "message": message, "type": "api_error", "code": kind } }),
+                            );
+                            break 'frames;
+                        }
+                    },
+                    Err(e) => {
+                        send(
+                            &json!({ "error": { "message": format!("unreadable event stream: {e}"), "type": "api_error", "code": "bad_stream" } }),
+                        );
+                        break 'frames;
+                    }
+                }
+            }
+        }
+        let _ = tx.unbounded_send(Bytes::from_static(b"data: [DONE]\n\n"));
+        drop(tx);
+        match finished.await {
+            Ok(end) => completion.finish(end.kind, end.detail, None),
+            Err(_) => completion.finish(
+                OutcomeKind::ServerError,
+                Some("stream task failed".into()),
+                None,
+            ),
+        }
+        drop(permit);
+    });
+    let mut response = Response::new(Body::from_stream(rx.map(Ok::<_, std::io::Error>)));
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    routed_headers(&mut response, &request_id, &deployment, attempts.len() + 1);
+    response
+}
+
+enum StreamEvent {
+    /// An event's type and JSON payload.
+    Event(String, Value),
+    /// An in-stream exception's type and message.
+    Exception(String, String),
+}
+
+fn event_of(message: &Message) -> StreamEvent {
+    let header = |name: &str| {
+        message
+            .headers()
+            .iter()
+            .find(|h| h.name().as_str() == name)
+            .and_then(|h| h.value().as_string().ok())
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let payload: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
+    if header(":message-type") == "exception" {
+        let text = payload
+            .get("message")
+            .or_else(|| payload.get("Message"))
+            .and_then(Value::as_str)
+            .unwrap_or("the stream failed")
+            .to_owned();
+        StreamEvent::Exception(header(":exception-type"), text)
+    } else {
+        StreamEvent::Event(header(":event-type"), payload)
+    }
+}
