@@ -62,6 +62,9 @@ pub struct Config {
     /// concurrency and circuit breakers.
     #[serde(default)]
     pub admission: crate::admission::AdmissionConfig,
+    /// Client API keys. With none, the gateway runs open.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
     /// The built-in Bedrock simulator, used by `switchyard sim` and `serve --simulate`.
     #[serde(default)]
     pub simulator: Option<SimConfig>,
@@ -69,6 +72,22 @@ pub struct Config {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 4000))
+}
+
+/// One client API key and who it belongs to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The secret the client sends (at least 16 characters).
+    pub key: String,
+    /// The user its requests belong to (their share of the fair queue, and stats).
+    pub user: String,
+    /// Its rank in the fair queue; higher goes first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Its cap of requests running at once, instead of `admission.max_per_user`.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 /// The admin API.
@@ -426,6 +445,27 @@ impl Config {
                 if !slot.params.is_object() {
                     return Err(invalid(format!("{key}.params"), "must be a table"));
                 }
+            }
+        }
+        let mut keys = HashSet::new();
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if k.key.len() < 16 {
+                return Err(invalid(
+                    format!("api_keys[{i}].key"),
+                    "must be at least 16 characters",
+                ));
+            }
+            if !keys.insert(k.key.as_str()) {
+                return Err(invalid(format!("api_keys[{i}].key"), "is used twice"));
+            }
+            if k.user.is_empty() {
+                return Err(invalid(format!("api_keys[{i}].user"), "must not be empty"));
+            }
+            if self.admin.token.as_deref() == Some(k.key.as_str()) {
+                return Err(invalid(
+                    format!("api_keys[{i}].key"),
+                    "is the admin token; use another",
+                ));
             }
         }
         if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {

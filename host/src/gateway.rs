@@ -137,6 +137,7 @@ impl Gateway {
         Ok(Self {
             state: Arc::new(AppState {
                 router,
+                api_keys: crate::api::auth::ApiKeys::new(&config.api_keys),
                 queue: crate::admission::FairQueue::new(config.admission.queue.clone()),
                 max_wait_ms: config.admission.max_wait_ms,
                 runtime,

@@ -266,6 +266,11 @@ async fn serve(
             config.admin.watch_interval_ms,
         ))
     });
+    if config.api_keys.is_empty() {
+        tracing::warn!("NO API KEYS CONFIGURED: the gateway is open to anyone who can reach it, and a request's user is whatever its x-switchyard-user header says; add [[api_keys]] to require keys");
+    } else {
+        tracing::info!(keys = config.api_keys.len(), "client API keys required");
+    }
     if config.admin.token.is_none() {
         tracing::info!("admin API off (no [admin] token in the config)");
     }

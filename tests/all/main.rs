@@ -4,6 +4,7 @@
 
 mod admission;
 mod api_errors;
+mod auth;
 mod authoring;
 mod clients;
 mod cooldown;

@@ -224,8 +224,20 @@ impl FairQueue {
         priority: i32,
         deadline: Instant,
     ) -> Result<Permit, AdmitError> {
+        self.admit_capped(user, None, priority, deadline).await
+    }
+
+    /// [`admit`](Self::admit), with the user's own cap of requests running
+    /// at once instead of `max_per_user` (an API key's `max_concurrent`).
+    pub async fn admit_capped(
+        &self,
+        user: Option<&str>,
+        user_cap: Option<u32>,
+        priority: i32,
+        deadline: Instant,
+    ) -> Result<Permit, AdmitError> {
         let (user, user_cap) = match user {
-            Some(user) => (user, self.inner.config.max_per_user),
+            Some(user) => (user, user_cap.unwrap_or(self.inner.config.max_per_user)),
             None => (ANONYMOUS, self.inner.config.max_concurrent),
         };
         let enqueued = Instant::now();

@@ -39,6 +39,12 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             == 0;
     if same {
         Ok(())
+    } else if state.api_keys.is_client_key(given) {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a client API key cannot use the admin API; use the admin token",
+        ))
     } else {
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

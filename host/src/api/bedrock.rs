@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::dispatch::{
-    dispatch, estimate_tokens, group_for, header_user, request_id, routed_headers, used_tokens,
+    dispatch, estimate_tokens, group_for, identify, request_id, routed_headers, used_tokens,
     with_id, Admitted, Incoming,
 };
 use super::error::ApiError;
@@ -68,11 +68,14 @@ where
     Fut: std::future::Future<Output = Result<T, crate::upstream::AttemptFailure>>,
 {
     let request_id = request_id(headers);
-    let checked = group_for(state, model_id).and_then(|group| {
+    let checked = identify(state, headers, None).and_then(|who| {
+        let group = group_for(state, model_id)?;
         let (body, estimated_tokens) = read_converse_body(body)?;
         Ok(Incoming {
             group,
-            user: header_user(headers),
+            user: who.user,
+            priority: who.priority,
+            max_concurrent: who.max_concurrent,
             body,
             estimated_tokens,
         })

@@ -30,6 +30,10 @@ pub struct Incoming {
     pub group: String,
     /// Its user, when known.
     pub user: Option<String>,
+    /// Its rank in the fair queue, when its API key sets one.
+    pub priority: Option<i32>,
+    /// Its user's cap of requests running at once, when its key sets one.
+    pub max_concurrent: Option<u32>,
     /// The Converse JSON to send upstream.
     pub body: Bytes,
     /// A pessimistic estimate of its tokens (see [`estimate_tokens`]).
@@ -41,6 +45,38 @@ pub struct Incoming {
 pub fn estimate_tokens(body_len: usize, max_tokens: Option<u64>) -> u32 {
     let estimate = (body_len as u64).div_ceil(4) + max_tokens.unwrap_or(4_096);
     u32::try_from(estimate).unwrap_or(u32::MAX)
+}
+
+/// Who a request is from, for the fair queue.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// Its user, when known.
+    pub user: Option<String>,
+    /// Its rank, when its API key sets one.
+    pub priority: Option<i32>,
+    /// Its user's cap of running requests, when its API key sets one.
+    pub max_concurrent: Option<u32>,
+}
+
+/// Who a request is from: its API key's caller when keys are configured
+/// (401 without a valid one), else the open gateway's header (or
+/// `fallback_user`, such as OpenAI's `user` field).
+pub fn identify(
+    state: &AppState,
+    headers: &HeaderMap,
+    fallback_user: Option<&str>,
+) -> Result<Identity, ApiError> {
+    Ok(match state.api_keys.authenticate(headers)? {
+        Some(caller) => Identity {
+            user: Some(caller.user),
+            priority: Some(caller.priority),
+            max_concurrent: caller.max_concurrent,
+        },
+        None => Identity {
+            user: header_user(headers).or_else(|| fallback_user.map(str::to_owned)),
+            ..Identity::default()
+        },
+    })
 }
 
 /// The user a request names in the `x-switchyard-user` header.
@@ -77,7 +113,15 @@ where
         deadline: tokio::time::Instant::now() + std::time::Duration::from_millis(max_wait_ms),
     };
     let group = incoming.group;
-    let permit = admit(state, &group, headers, &request).await?;
+    let permit = admit(
+        state,
+        &group,
+        headers,
+        &request,
+        incoming.priority,
+        incoming.max_concurrent,
+    )
+    .await?;
     match state.router.route(&group, &request, attempt).await {
         Err(e) => {
             let e = route_error(e);
@@ -216,16 +260,29 @@ pub fn header_number<N: std::str::FromStr>(
 }
 
 /// Waits in the fair queue for the right to run `request`.
+/// Waits in the fair queue. A caller with an API key ranks by its key's
+/// priority (a client cannot raise its own); an open gateway takes the
+/// `x-switchyard-priority` header.
 async fn admit(
     state: &AppState,
     group: &str,
     headers: &HeaderMap,
     request: &RouteRequest,
+    key_priority: Option<i32>,
+    max_concurrent: Option<u32>,
 ) -> Result<Permit, ApiError> {
-    let priority = header_number::<i32>(headers, PRIORITY_HEADER)?.unwrap_or(0);
+    let priority = match key_priority {
+        Some(p) => p,
+        None => header_number::<i32>(headers, PRIORITY_HEADER)?.unwrap_or(0),
+    };
     state
         .queue
-        .admit(request.user.as_deref(), priority, request.deadline)
+        .admit_capped(
+            request.user.as_deref(),
+            max_concurrent,
+            priority,
+            request.deadline,
+        )
         .await
         .map_err(|e| {
             let (status, code, retry_after_ms) = match e {

@@ -2,6 +2,7 @@
 //! metrics, and their errors.
 
 mod admin;
+pub mod auth;
 mod bedrock;
 pub mod dispatch;
 mod error;
@@ -26,6 +27,8 @@ use crate::router::Router;
 /// What every handler can reach.
 pub struct AppState {
     pub router: Router,
+    /// The client API keys (none: the gateway runs open).
+    pub api_keys: auth::ApiKeys,
     /// The fair queue every client request waits in.
     pub queue: crate::admission::FairQueue,
     /// How long a request may wait for its turn and for capacity, in ms.

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::dispatch::{
-    dispatch, estimate_tokens, group_for, header_user, request_id, routed_headers, used_tokens,
+    dispatch, estimate_tokens, group_for, identify, request_id, routed_headers, used_tokens,
     Admitted, Incoming,
 };
 use super::error::ApiError;
@@ -71,7 +71,10 @@ fn openai_error(e: ApiError, request_id: &str, param: Option<String>) -> Respons
 }
 
 /// `GET /v1/models`: the model groups.
-pub async fn models(State(state): State<Arc<AppState>>) -> Response {
+pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = state.api_keys.authenticate(&headers) {
+        return openai_error(e, &request_id(&headers), None);
+    }
     let mut names: Vec<&str> = state.router.groups().map(|g| g.name.as_str()).collect();
     names.sort_unstable();
     let data: Vec<Value> = names
@@ -160,6 +163,7 @@ fn check(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(ChatRequest, Incoming), Refused> {
+    let who = identify(state, headers, None).map_err(|e| Box::new((e, None)))?;
     let body = body.map_err(|r| {
         let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             "body_too_large"
@@ -200,7 +204,14 @@ fn check(
     let converse = Bytes::from(converse.to_string());
     let incoming = Incoming {
         group,
-        user: header_user(headers).or_else(|| chat.user.clone()),
+        // OpenAI's `user` names the end user only on an open gateway.
+        user: if state.api_keys.enabled() {
+            who.user
+        } else {
+            who.user.or_else(|| chat.user.clone())
+        },
+        priority: who.priority,
+        max_concurrent: who.max_concurrent,
         estimated_tokens: estimate_tokens(converse.len(), chat.max_output_tokens()),
         body: converse,
     };
