@@ -270,3 +270,30 @@ async fn the_fair_queue_refuses_when_full_and_times_out_waiters() {
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(sim.counts("model-a").calls, 1);
 }
+
+/// `/readyz` turns 503 when every deployment's circuit is open, and names them.
+#[tokio::test]
+async fn readyz_fails_when_every_circuit_is_open() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(vec![sim_model("model-a", None)], clock.clone()).await;
+    let config = format!(
+        "{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n[model_groups.policies.cooldown]\nname = \"fixed\"\nparams = {{ cooldown_ms = 1 }}\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = start_gateway(&config, clock.clone()).await;
+    let ready = raw_get(gw.addr, "/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["ready"], true);
+    sim.inject("model-a", Fault::Unavailable, 5);
+    for _ in 0..5 {
+        let raw = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("x")).await;
+        assert_eq!(raw.status, 503);
+        clock.advance(10);
+    }
+    let ready = raw_get(gw.addr, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["circuit_open"], serde_json::json!(["a"]));
+    let stats = raw_get(gw.addr, "/model_stats").await.json();
+    let a = &stats["stats"]["models"][0];
+    assert!(a["latency_p50_ms"].is_u64() && a["latency_p95_ms"].is_u64(), "{a}");
+}

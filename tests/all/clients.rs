@@ -90,11 +90,27 @@ for event in s["stream"]:
         usage = event["metadata"]["usage"]
 out["stream"] = text
 out["stream_usage"] = usage
+anthropic = {
+    "anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "invoke me"}]}],
+}
+r = client.invoke_model(modelId="claude", body=json.dumps(anthropic))
+answer = json.loads(r["body"].read())
+out["invoke"] = answer["content"][0]["text"]
+out["invoke_usage"] = answer["usage"]
+out["invoke_deployment"] = r["ResponseMetadata"]["HTTPHeaders"].get("x-switchyard-deployment")
+s = client.invoke_model_with_response_stream(modelId="claude", body=json.dumps(anthropic))
+text = ""
+for event in s["body"]:
+    chunk = json.loads(event["chunk"]["bytes"])
+    if chunk["type"] == "content_block_delta":
+        text += chunk["delta"]["text"]
+out["invoke_stream"] = text
 print(json.dumps(out))
 "#;
 
 #[tokio::test]
-async fn boto3_bedrock_runtime_works_unchanged() {
+async fn boto3_bedrock_runtime_works_unchanged_for_converse_and_invoke_model() {
     let (_sim, gw) = gateway().await;
     let out = run_python(BOTO3_SCRIPT, &[&gw.url()]).await;
     assert_eq!(
@@ -111,4 +127,14 @@ async fn boto3_bedrock_runtime_works_unchanged() {
         format!("Simulated reply from {MODEL}: stream boto")
     );
     assert!(out["stream_usage"]["outputTokens"].as_u64().unwrap() > 0);
+    assert_eq!(
+        out["invoke"],
+        format!("Simulated reply from {MODEL}: invoke me")
+    );
+    assert_eq!(out["invoke_usage"]["output_tokens"], 6);
+    assert_eq!(out["invoke_deployment"], "a");
+    assert_eq!(
+        out["invoke_stream"],
+        format!("Simulated reply from {MODEL}: invoke me")
+    );
 }

@@ -20,7 +20,20 @@ use crate::router::Routed;
 use crate::upstream::Upstream;
 
 /// Checks the body is a Converse request and estimates its tokens pessimistically.
-fn read_converse_body(body: Result<Bytes, BytesRejection>) -> Result<(Bytes, u32), ApiError> {
+/// Which Bedrock operation a request is for: what its body must hold.
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    /// Converse and ConverseStream: a Converse request.
+    Converse,
+    /// InvokeModel and its stream: the model's own JSON, passed as it is.
+    Invoke,
+}
+
+/// Checks the body for `operation` and estimates its tokens pessimistically.
+fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    operation: Operation,
+) -> Result<(Bytes, u32), ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -39,17 +52,36 @@ fn read_converse_body(body: Result<Bytes, BytesRejection>) -> Result<(Bytes, u32
             format!("the body is not valid JSON: {e}"),
         )
     })?;
-    let messages = json.get("messages").and_then(Value::as_array);
-    if !json.is_object() || messages.is_none_or(|m| m.is_empty()) {
+    if !json.is_object() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "a Converse request needs a non-empty `messages` array",
+            "the body must be a JSON object",
         ));
     }
-    let max_tokens = json
-        .pointer("/inferenceConfig/maxTokens")
-        .and_then(Value::as_u64);
+    let max_tokens = match operation {
+        Operation::Converse => {
+            let messages = json.get("messages").and_then(Value::as_array);
+            if messages.is_none_or(|m| m.is_empty()) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "a Converse request needs a non-empty `messages` array",
+                ));
+            }
+            json.pointer("/inferenceConfig/maxTokens")
+                .and_then(Value::as_u64)
+        }
+        // The output budget, as the model families spell it.
+        Operation::Invoke => [
+            "/max_tokens",
+            "/max_gen_len",
+            "/textGenerationConfig/maxTokenCount",
+            "/inferenceConfig/max_new_tokens",
+        ]
+        .iter()
+        .find_map(|p| json.pointer(p).and_then(Value::as_u64)),
+    };
     Ok((body.clone(), estimate_tokens(body.len(), max_tokens)))
 }
 
@@ -61,6 +93,7 @@ async fn route<T, F, Fut>(
     model_id: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    operation: Operation,
     attempt: F,
 ) -> Result<Admitted<T>, Response>
 where
@@ -70,7 +103,7 @@ where
     let request_id = request_id(headers);
     let checked = identify(state, headers, None).and_then(|who| {
         let group = group_for(state, model_id)?;
-        let (body, estimated_tokens) = read_converse_body(body)?;
+        let (body, estimated_tokens) = read_body(body, operation)?;
         Ok(Incoming {
             group,
             user: who.user,
@@ -98,6 +131,7 @@ pub async fn converse(
         &model_id,
         &headers,
         body,
+        Operation::Converse,
         |upstream, body| async move { upstream.converse(body).await },
     )
     .await;
@@ -141,47 +175,126 @@ pub async fn converse_stream(
         &model_id,
         &headers,
         body,
+        Operation::Converse,
         |upstream, body| async move { upstream.converse_stream(body).await },
     )
     .await;
     match routed {
         Err(response) => response,
-        Ok(Admitted {
-            request_id,
-            routed:
-                Routed {
-                    value: stream,
-                    deployment,
-                    attempts,
-                    completion,
-                },
-            permit,
-        }) => {
-            let finished = stream.finished;
-            let frames = stream.frames;
-            let mut response = Response::new(Body::from_stream(futures::StreamExt::map(
-                frames,
-                Ok::<_, std::io::Error>,
-            )));
-            response.headers_mut().insert(
-                "content-type",
-                HeaderValue::from_static("application/vnd.amazon.eventstream"),
-            );
-            routed_headers(&mut response, &request_id, &deployment, attempts.len() + 1);
-            // The stream holds its place in the queue until it ends. Its
-            // usage is not read from the frames: the token reservation stays.
-            tokio::spawn(async move {
-                match finished.await {
-                    Ok(end) => completion.finish(end.kind, end.detail, None),
-                    Err(_) => completion.finish(
-                        crate::outcome::OutcomeKind::ServerError,
-                        Some("stream task failed".into()),
-                        None,
-                    ),
-                }
-                drop(permit);
-            });
-            response
-        }
+        Ok(admitted) => stream_through(admitted),
     }
+}
+
+/// `POST /model/{modelId}/invoke`: the model's own JSON both ways.
+pub async fn invoke(
+    State(state): State<Arc<AppState>>,
+    Path(model_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let routed = route(
+        &state,
+        &model_id,
+        &headers,
+        body,
+        Operation::Invoke,
+        |upstream, body| async move { upstream.invoke(body).await },
+    )
+    .await;
+    let Admitted {
+        request_id,
+        routed,
+        permit,
+    } = match routed {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let content_type = HeaderValue::from_str(&routed.value.content_type)
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    let mut response = (StatusCode::OK, routed.value.body.clone()).into_response();
+    response.headers_mut().insert("content-type", content_type);
+    routed_headers(
+        &mut response,
+        &request_id,
+        &routed.deployment,
+        routed.attempts.len() + 1,
+    );
+    let used = used_invoke_tokens(&routed.value.body);
+    routed
+        .completion
+        .finish(crate::outcome::OutcomeKind::Success, None, used);
+    drop(permit);
+    response
+}
+
+/// The tokens an InvokeModel answer says it used, for the model families
+/// that say it in the body (Anthropic's `usage`).
+fn used_invoke_tokens(body: &[u8]) -> Option<u64> {
+    let json: Value = serde_json::from_slice(body).ok()?;
+    let usage = json.get("usage")?;
+    let n = |k: &str| usage.get(k).and_then(Value::as_u64);
+    Some(n("input_tokens")? + n("output_tokens")?)
+}
+
+/// `POST /model/{modelId}/invoke-with-response-stream`
+pub async fn invoke_stream(
+    State(state): State<Arc<AppState>>,
+    Path(model_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let routed = route(
+        &state,
+        &model_id,
+        &headers,
+        body,
+        Operation::Invoke,
+        |upstream, body| async move { upstream.invoke_stream(body).await },
+    )
+    .await;
+    match routed {
+        Err(response) => response,
+        Ok(admitted) => stream_through(admitted),
+    }
+}
+
+/// Answers a started stream with Bedrock's event-stream frames, unchanged.
+/// The stream holds its place in the queue until it ends.
+fn stream_through(admitted: Admitted<crate::upstream::OpenStream>) -> Response {
+    let Admitted {
+        request_id,
+        routed:
+            Routed {
+                value: stream,
+                deployment,
+                attempts,
+                completion,
+            },
+        permit,
+    } = admitted;
+    let finished = stream.finished;
+    let frames = stream.frames;
+    let mut response = Response::new(Body::from_stream(futures::StreamExt::map(
+        frames,
+        Ok::<_, std::io::Error>,
+    )));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    routed_headers(&mut response, &request_id, &deployment, attempts.len() + 1);
+    // The stream holds its place in the queue until it ends. Its
+    // usage is not read from the frames: the token reservation stays.
+    tokio::spawn(async move {
+        match finished.await {
+            Ok(end) => completion.finish(end.kind, end.detail, None),
+            Err(_) => completion.finish(
+                crate::outcome::OutcomeKind::ServerError,
+                Some("stream task failed".into()),
+                None,
+            ),
+        }
+        drop(permit);
+    });
+    response
 }

@@ -78,12 +78,18 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
             "/model/{model_id}/converse-stream",
             post(bedrock::converse_stream),
         )
+        .route("/model/{model_id}/invoke", post(bedrock::invoke))
+        .route(
+            "/model/{model_id}/invoke-with-response-stream",
+            post(bedrock::invoke_stream),
+        )
         .route("/v1/chat/completions", post(openai::chat_completions))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     HttpRouter::new()
         .merge(api)
         .merge(admin)
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(stats::readyz))
         .route("/metrics", get(metrics))
         .route("/model_stats", get(stats::model_stats))
         .route("/cooldowns", get(stats::cooldowns))

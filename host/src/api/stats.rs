@@ -35,6 +35,9 @@ struct ModelStats {
     recent_throttles_60s: u32,
     in_flight: u32,
     latency_ewma_ms: u32,
+    /// Latency percentiles over its last 100 attempts.
+    latency_p50_ms: u32,
+    latency_p95_ms: u32,
     /// The fuller of its RPM and TPM quotas, in percent.
     quota_used_percent: f64,
     rpm_limit: Option<u64>,
@@ -88,6 +91,8 @@ pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
                 recent_throttles_60s: h.recent_throttles,
                 in_flight: h.in_flight,
                 latency_ewma_ms: h.latency_ewma_ms,
+                latency_p50_ms: h.latency_p50_ms,
+                latency_p95_ms: h.latency_p95_ms,
                 quota_used_percent: f64::from(a.quota_used_permille) / 10.0,
                 rpm_limit: a.rpm_limit,
                 rpm_available: a.rpm_available,
@@ -165,4 +170,33 @@ pub async fn cooldowns(State(state): State<Arc<AppState>>) -> Response {
 /// user, and how long admitted requests waited.
 pub async fn queue_stats(State(state): State<Arc<AppState>>) -> Response {
     Json(json!({ "success": true, "queue": state.queue.stats() })).into_response()
+}
+
+/// `GET /readyz`: 200 when the gateway can serve (its config and policies
+/// are loaded, which they are once it listens, and some deployment's circuit
+/// is not open); 503 with the reason otherwise.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let now = state.router.clock().now_ms();
+    let all = deployments(&state);
+    let open: Vec<&String> = all
+        .iter()
+        .filter(|(_, d)| d.admission.snapshot(now).circuit == BreakerState::Open)
+        .map(|(id, _)| id)
+        .collect();
+    let groups = state.router.groups().count();
+    if !all.is_empty() && open.len() == all.len() {
+        let body = json!({
+            "ready": false,
+            "reason": "every deployment's circuit is open",
+            "circuit_open": open,
+        });
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(json!({
+        "ready": true,
+        "model_groups": groups,
+        "deployments": all.len(),
+        "circuit_open": open,
+    }))
+    .into_response()
 }

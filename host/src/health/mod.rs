@@ -32,6 +32,10 @@ pub struct HealthSnapshot {
     pub last_throttle_ms: Option<u64>,
     pub success_permille: u32,
     pub latency_ewma_ms: u32,
+    /// Median latency of the last 100 attempts, in ms (0 with none).
+    pub latency_p50_ms: u32,
+    /// 95th percentile latency of the last 100 attempts, in ms (0 with none).
+    pub latency_p95_ms: u32,
     pub total_attempts: u64,
     pub successful_attempts: u64,
 }
@@ -44,6 +48,7 @@ struct HealthState {
     last_used_ms: Option<u64>,
     last_throttle_ms: Option<u64>,
     recent_outcomes: VecDeque<bool>,
+    recent_latencies: VecDeque<u32>,
     latency_ewma_ms: Option<f64>,
     total_attempts: u64,
     successful_attempts: u64,
@@ -84,6 +89,14 @@ impl DeploymentHealth {
             (successes * 1000 / s.recent_outcomes.len()) as u32
         };
         let cooldown_remaining_ms = s.cooldown_until_ms.saturating_sub(now_ms);
+        let mut latencies: Vec<u32> = s.recent_latencies.iter().copied().collect();
+        latencies.sort_unstable();
+        let percentile = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
         HealthSnapshot {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             cooldown_remaining_ms,
@@ -97,6 +110,8 @@ impl DeploymentHealth {
             last_throttle_ms: s.last_throttle_ms,
             success_permille,
             latency_ewma_ms: s.latency_ewma_ms.map(|l| l.round() as u32).unwrap_or(0),
+            latency_p50_ms: percentile(0.5),
+            latency_p95_ms: percentile(0.95),
             total_attempts: s.total_attempts,
             successful_attempts: s.successful_attempts,
         }
@@ -129,6 +144,10 @@ impl DeploymentHealth {
             s.last_throttle_ms = Some(outcome.at_ms);
             s.prune(outcome.at_ms);
         }
+        if s.recent_latencies.len() == OUTCOME_WINDOW {
+            s.recent_latencies.pop_front();
+        }
+        s.recent_latencies.push_back(outcome.latency_ms);
         let sample = f64::from(outcome.latency_ms);
         s.latency_ewma_ms = Some(match s.latency_ewma_ms {
             None => sample,
@@ -216,5 +235,6 @@ mod tests {
         assert_eq!(s.in_flight, 0);
         // 100, then 100 + 0.2 × (200 − 100) = 120, then 120 + 0.2 × (100 − 120) = 116.
         assert_eq!(s.latency_ewma_ms, 116);
+        assert_eq!((s.latency_p50_ms, s.latency_p95_ms), (100, 200));
     }
 }

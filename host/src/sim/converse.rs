@@ -63,6 +63,47 @@ pub fn parse_prompt(body: &[u8]) -> Result<Prompt, String> {
     })
 }
 
+/// An InvokeModel body in Anthropic's Messages format (`messages` whose
+/// content is text or text blocks, `system` text, `max_tokens`) as the
+/// Converse body it means, so one parser serves both APIs. Other model
+/// families' bodies are refused, as a ValidationException would.
+pub fn converse_from_anthropic(body: &[u8]) -> Result<Vec<u8>, String> {
+    let json: Value =
+        serde_json::from_slice(body).map_err(|e| format!("Malformed input request: {e}"))?;
+    let messages = json.get("messages").and_then(Value::as_array).ok_or(
+        "The simulator's InvokeModel speaks Anthropic's Messages body: `messages` is required.",
+    )?;
+    let blocks = |content: &Value| -> Value {
+        match content {
+            Value::String(text) => serde_json::json!([{ "text": text }]),
+            Value::Array(parts) => Value::Array(
+                parts
+                    .iter()
+                    .filter_map(|p| p.get("text"))
+                    .map(|t| serde_json::json!({ "text": t }))
+                    .collect(),
+            ),
+            _ => serde_json::json!([]),
+        }
+    };
+    let mut converse = serde_json::json!({
+        "messages": messages
+            .iter()
+            .map(|m| serde_json::json!({
+                "role": m.get("role").cloned().unwrap_or(Value::Null),
+                "content": blocks(m.get("content").unwrap_or(&Value::Null)),
+            }))
+            .collect::<Vec<_>>(),
+    });
+    if let Some(system) = json.get("system") {
+        converse["system"] = blocks(system);
+    }
+    if let Some(max) = json.get("max_tokens").and_then(Value::as_u64) {
+        converse["inferenceConfig"] = serde_json::json!({ "maxTokens": max });
+    }
+    Ok(converse.to_string().into_bytes())
+}
+
 /// The simulated answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -134,6 +175,18 @@ mod tests {
         let reply = reply_to("m", &parse_prompt(body).unwrap());
         assert_eq!(reply.text(), "Simulated reply");
         assert_eq!(reply.stop_reason, "max_tokens");
+    }
+
+    #[test]
+    fn an_anthropic_body_reads_as_the_converse_one() {
+        let body =
+            br#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":3,"system":"be brief",
+            "messages":[{"role":"user","content":"hello there"}]}"#;
+        let prompt = parse_prompt(&converse_from_anthropic(body).unwrap()).unwrap();
+        assert_eq!(prompt.last_user_text, "hello there");
+        assert_eq!(prompt.input_tokens, 4);
+        assert_eq!(prompt.max_tokens, Some(3));
+        assert!(converse_from_anthropic(br#"{"inputText":"x"}"#).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::config::{SimConfig, SimModelConfig};
-use super::converse::{parse_prompt, reply_to, Prompt, Reply};
+use super::converse::{converse_from_anthropic, parse_prompt, reply_to, Prompt, Reply};
 use super::eventstream;
 use super::faults::Fault;
 use super::quota::RollingQuota;
@@ -372,6 +372,161 @@ async fn converse_stream(
     with_request_id(response, &request_id)
 }
 
+/// The Anthropic Messages answer of InvokeModel.
+fn anthropic_message(
+    request_id: &str,
+    model_id: &str,
+    prompt: &Prompt,
+    reply: &Reply,
+) -> serde_json::Value {
+    json!({
+        "id": format!("msg_{request_id}"),
+        "type": "message",
+        "role": "assistant",
+        "model": model_id,
+        "content": [{"type": "text", "text": reply.text()}],
+        "stop_reason": reply.stop_reason,
+        "stop_sequence": null,
+        "usage": {"input_tokens": prompt.input_tokens, "output_tokens": reply.output_tokens()},
+    })
+}
+
+fn token_count_headers(response: &mut Response, prompt: &Prompt, reply: &Reply) {
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-amzn-bedrock-input-token-count",
+        HeaderValue::from(prompt.input_tokens),
+    );
+    headers.insert(
+        "x-amzn-bedrock-output-token-count",
+        HeaderValue::from(reply.output_tokens()),
+    );
+}
+
+/// `POST /model/{modelId}/invoke`, for bodies in Anthropic's Messages format.
+async fn invoke(
+    State(state): State<Arc<SimState>>,
+    Path(model_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = state.request_id();
+    let converse_body = match converse_from_anthropic(&body) {
+        Ok(b) => b,
+        Err(message) => {
+            return with_request_id(
+                BedrockError::validation(message).into_response(),
+                &request_id,
+            )
+        }
+    };
+    let response = match state.plan(&model_id, &signed_region(&headers), &converse_body, false) {
+        Plan::Refuse(err) => err.into_response(),
+        Plan::Stall => {
+            tokio::time::sleep(state.stall).await;
+            BedrockError::unavailable().into_response()
+        }
+        Plan::Reset => reset_response(),
+        Plan::Answer {
+            prompt,
+            reply,
+            ttft,
+            per_token,
+            ..
+        } => {
+            tokio::time::sleep(ttft + per_token * reply.pieces.len() as u32).await;
+            let mut response = (
+                StatusCode::OK,
+                Json(anthropic_message(&request_id, &model_id, &prompt, &reply)),
+            )
+                .into_response();
+            token_count_headers(&mut response, &prompt, &reply);
+            response
+        }
+    };
+    with_request_id(response, &request_id)
+}
+
+/// `POST /model/{modelId}/invoke-with-response-stream`: Anthropic's stream
+/// events, each as the base64 `bytes` of a `chunk` event.
+async fn invoke_stream(
+    State(state): State<Arc<SimState>>,
+    Path(model_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = state.request_id();
+    let converse_body = match converse_from_anthropic(&body) {
+        Ok(b) => b,
+        Err(message) => {
+            return with_request_id(
+                BedrockError::validation(message).into_response(),
+                &request_id,
+            )
+        }
+    };
+    let response = match state.plan(&model_id, &signed_region(&headers), &converse_body, true) {
+        Plan::Refuse(err) => err.into_response(),
+        Plan::Stall => {
+            tokio::time::sleep(state.stall).await;
+            BedrockError::unavailable().into_response()
+        }
+        Plan::Reset => reset_response(),
+        Plan::Answer {
+            prompt,
+            reply,
+            ttft,
+            per_token,
+            ..
+        } => {
+            let chunk = |event: serde_json::Value| {
+                eventstream::event(
+                    "chunk",
+                    json!({ "bytes": aws_smithy_types::base64::encode(event.to_string()) }),
+                )
+            };
+            let mut message = anthropic_message(&request_id, &model_id, &prompt, &reply);
+            message["content"] = json!([]);
+            message["usage"]["output_tokens"] = json!(0);
+            let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+            tokio::spawn(async move {
+                tokio::time::sleep(ttft).await;
+                let mut frames = vec![
+                    chunk(json!({"type": "message_start", "message": message})),
+                    chunk(
+                        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                    ),
+                ];
+                for piece in &reply.pieces {
+                    frames.push(chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+                }
+                frames.push(chunk(json!({"type": "content_block_stop", "index": 0})));
+                frames.push(chunk(json!({
+                    "type": "message_delta",
+                    "delta": {"stop_reason": reply.stop_reason, "stop_sequence": null},
+                    "usage": {"output_tokens": reply.output_tokens()},
+                })));
+                frames.push(chunk(json!({"type": "message_stop"})));
+                for f in frames {
+                    if tx.send(Ok(f)).await.is_err() {
+                        return;
+                    }
+                    if !per_token.is_zero() {
+                        tokio::time::sleep(per_token).await;
+                    }
+                }
+            });
+            let mut response = Response::new(Body::from_stream(rx));
+            response.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/vnd.amazon.eventstream"),
+            );
+            response
+        }
+    };
+    with_request_id(response, &request_id)
+}
+
 /// Body of `POST /sim/faults`.
 #[derive(Debug, Deserialize)]
 struct InjectFaults {
@@ -443,6 +598,11 @@ impl Simulator {
         Router::new()
             .route("/model/{model_id}/converse", post(converse))
             .route("/model/{model_id}/converse-stream", post(converse_stream))
+            .route("/model/{model_id}/invoke", post(invoke))
+            .route(
+                "/model/{model_id}/invoke-with-response-stream",
+                post(invoke_stream),
+            )
             .route("/sim/faults", post(inject_faults))
             .route("/sim/stats", get(stats))
             .with_state(self.state.clone())

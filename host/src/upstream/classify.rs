@@ -1,7 +1,7 @@
 //! Outcome classification: the one place that reads SDK errors.
 
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
+use aws_sdk_bedrockruntime::types::error::{ConverseStreamOutputError, ResponseStreamError};
 
 use crate::outcome::OutcomeKind;
 
@@ -134,36 +134,53 @@ where
     }
 }
 
-/// Classifies an error from a stream's `recv()`.
-pub fn stream_error(
-    error: &SdkError<ConverseStreamOutputError, aws_smithy_types::event_stream::RawMessage>,
-) -> AttemptFailure {
+/// The exception an in-stream ConverseStream error is: in-stream
+/// exceptions carry no `code()`, the variant says what it was.
+pub fn converse_stream_exception(e: &ConverseStreamOutputError) -> Option<&'static str> {
+    match e {
+        ConverseStreamOutputError::ThrottlingException(_) => Some("ThrottlingException"),
+        ConverseStreamOutputError::ServiceUnavailableException(_) => {
+            Some("ServiceUnavailableException")
+        }
+        ConverseStreamOutputError::ValidationException(_) => Some("ValidationException"),
+        ConverseStreamOutputError::ModelStreamErrorException(_) => {
+            Some("ModelStreamErrorException")
+        }
+        ConverseStreamOutputError::InternalServerException(_) => Some("InternalServerException"),
+        _ => None,
+    }
+}
+
+/// The exception an in-stream InvokeModelWithResponseStream error is.
+pub fn invoke_stream_exception(e: &ResponseStreamError) -> Option<&'static str> {
+    match e {
+        ResponseStreamError::ThrottlingException(_) => Some("ThrottlingException"),
+        ResponseStreamError::ServiceUnavailableException(_) => Some("ServiceUnavailableException"),
+        ResponseStreamError::ValidationException(_) => Some("ValidationException"),
+        ResponseStreamError::ModelStreamErrorException(_) => Some("ModelStreamErrorException"),
+        ResponseStreamError::ModelTimeoutException(_) => Some("ModelTimeoutException"),
+        ResponseStreamError::InternalServerException(_) => Some("InternalServerException"),
+        _ => None,
+    }
+}
+
+/// Classifies an error from a stream's `recv()`; `exception` names the
+/// in-stream exception of the stream's own error type.
+pub fn stream_error<E>(
+    error: &SdkError<E, aws_smithy_types::event_stream::RawMessage>,
+    exception: fn(&E) -> Option<&'static str>,
+) -> AttemptFailure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     match error {
         SdkError::ServiceError(ctx) => {
             let err = ctx.err();
-            // In-stream exceptions carry no `code()`; the variant says what it was.
-            let (kind, name) = match err {
-                ConverseStreamOutputError::ThrottlingException(_) => {
-                    (OutcomeKind::Throttled, "ThrottlingException")
-                }
-                ConverseStreamOutputError::ServiceUnavailableException(_) => {
-                    (OutcomeKind::Unavailable, "ServiceUnavailableException")
-                }
-                ConverseStreamOutputError::ValidationException(_) => {
-                    (OutcomeKind::ClientError, "ValidationException")
-                }
-                ConverseStreamOutputError::ModelStreamErrorException(_) => {
-                    (OutcomeKind::ServerError, "ModelStreamErrorException")
-                }
-                _ => (
-                    err.code()
-                        .and_then(kind_of_code)
-                        .unwrap_or(OutcomeKind::ServerError),
-                    err.code().unwrap_or("InternalServerException"),
-                ),
-            };
+            let name = exception(err)
+                .or_else(|| err.code())
+                .unwrap_or("InternalServerException");
             AttemptFailure {
-                kind,
+                kind: kind_of_code(name).unwrap_or(OutcomeKind::ServerError),
                 status: None,
                 retry_after_ms: None,
                 detail: format!("{name}: {}", err.message().unwrap_or("(no message)")),

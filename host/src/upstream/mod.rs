@@ -17,6 +17,9 @@ use std::time::Duration;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region};
+use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
+use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
+use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::Client;
 use bytes::Bytes;
 use futures::channel::mpsc;
@@ -44,7 +47,17 @@ pub struct ConverseReply {
     pub body: Bytes,
 }
 
-/// A ConverseStream that has produced its first event.
+/// A finished InvokeModel answer, as the model's bytes.
+#[derive(Debug)]
+pub struct InvokeReply {
+    /// The model's JSON, unchanged.
+    pub body: Bytes,
+    /// Its content type.
+    pub content_type: String,
+}
+
+/// A stream (ConverseStream or InvokeModelWithResponseStream) that has
+/// produced its first event.
 pub struct OpenStream {
     /// The raw event-stream frames, starting with the first one.
     pub frames: mpsc::UnboundedReceiver<Bytes>,
@@ -138,7 +151,73 @@ impl Upstream {
             Ok(Err(e)) => return Err(classify::sdk_error(&e)),
             Ok(Ok(output)) => output,
         };
-        let mut events = output.stream;
+        self.follow(output.stream, frames, classify::converse_stream_exception)
+            .await
+    }
+
+    /// One InvokeModel attempt: `body` goes to the model as it is, and its
+    /// answer comes back as it is.
+    pub async fn invoke(&self, body: Bytes) -> Result<InvokeReply, AttemptFailure> {
+        let call = self
+            .client
+            .invoke_model()
+            .model_id(&self.model_id)
+            .content_type("application/json")
+            .accept("application/json")
+            .body(Blob::new(body))
+            .send();
+        match tokio::time::timeout(self.attempt_timeout, call).await {
+            Err(_) => Err(AttemptFailure::timeout(
+                "no answer within the attempt timeout",
+            )),
+            Ok(Err(e)) => Err(classify::sdk_error(&e)),
+            Ok(Ok(output)) => Ok(InvokeReply {
+                body: Bytes::from(output.body.into_inner()),
+                content_type: output.content_type,
+            }),
+        }
+    }
+
+    /// One InvokeModelWithResponseStream attempt. Returns once the first
+    /// event has arrived, like [`converse_stream`](Self::converse_stream).
+    pub async fn invoke_stream(&self, body: Bytes) -> Result<OpenStream, AttemptFailure> {
+        let (tx, frames) = mpsc::unbounded();
+        let call = self
+            .client
+            .invoke_model_with_response_stream()
+            .model_id(&self.model_id)
+            .content_type("application/json")
+            .accept("application/json")
+            .body(Blob::new(body))
+            .customize()
+            .interceptor(StreamTee::new(tx))
+            .send();
+        let output = match tokio::time::timeout(self.attempt_timeout, call).await {
+            Err(_) => {
+                return Err(AttemptFailure::timeout(
+                    "no answer within the attempt timeout",
+                ))
+            }
+            Ok(Err(e)) => return Err(classify::sdk_error(&e)),
+            Ok(Ok(output)) => output,
+        };
+        self.follow(output.body, frames, classify::invoke_stream_exception)
+            .await
+    }
+
+    /// Waits for a stream's first event (so a stream that fails before it
+    /// can still fall back), then follows the rest in a task that says how
+    /// it ended. The SDK pulls bytes through the tee as it decodes them.
+    async fn follow<T, E>(
+        &self,
+        mut events: EventReceiver<T, E>,
+        frames: mpsc::UnboundedReceiver<Bytes>,
+        exception: fn(&E) -> Option<&'static str>,
+    ) -> Result<OpenStream, AttemptFailure>
+    where
+        T: Send + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
         // The SDK pulls bytes through the tee as it decodes; the first event
         // proves the stream is good before anything reaches the client.
         match tokio::time::timeout(self.attempt_timeout, events.recv()).await {
@@ -147,7 +226,7 @@ impl Upstream {
                     "no first event within the attempt timeout",
                 ))
             }
-            Ok(Err(e)) => return Err(classify::stream_error(&e)),
+            Ok(Err(e)) => return Err(classify::stream_error(&e, exception)),
             Ok(Ok(None)) => {
                 return Err(AttemptFailure::server_error(
                     "the stream ended before its first event",
@@ -173,7 +252,7 @@ impl Upstream {
                         }
                     }
                     Ok(Err(e)) => {
-                        let failure = classify::stream_error(&e);
+                        let failure = classify::stream_error(&e, exception);
                         return StreamEnd {
                             kind: failure.kind,
                             detail: Some(failure.detail),
