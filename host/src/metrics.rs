@@ -4,8 +4,11 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use crate::outcome::OutcomeKind;
 use crate::policy::PolicyKind;
@@ -64,6 +67,12 @@ pub struct Metrics {
     admission_skips: Family<SkipLabels, Counter>,
     queue_rejections: Family<RequestLabels, Counter>,
     policy_calls: Family<PolicyLabels, Counter>,
+    policy_call_seconds: Family<PolicyLabels, Histogram>,
+    cooldown_seconds: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    circuit_state: Family<DeploymentLabels, Gauge>,
+    quota_used_ratio: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    queue_waiting: Gauge,
+    queue_running: Gauge,
     policy_faults: Family<PolicyFaultLabels, Counter>,
     policy_swaps: Family<SwapLabels, Counter>,
 }
@@ -77,6 +86,11 @@ impl std::fmt::Debug for Metrics {
 fn attempt_histogram() -> Histogram {
     // 1 ms to about 4.5 minutes.
     Histogram::new(exponential_buckets(0.001, 2.0, 19))
+}
+
+fn policy_call_histogram() -> Histogram {
+    // 1 µs to about 1 s.
+    Histogram::new(exponential_buckets(1e-6, 2.0, 21))
 }
 
 fn outcome_label(kind: OutcomeKind) -> String {
@@ -127,6 +141,44 @@ impl Default for Metrics {
             "Policy calls by model group and kind",
             policy_calls.clone(),
         );
+        let policy_call_seconds = Family::<PolicyLabels, Histogram>::new_with_constructor(
+            policy_call_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "policy_call_duration_seconds",
+            "Time of a policy call, instantiation included (the decision latency)",
+            policy_call_seconds.clone(),
+        );
+        let cooldown_seconds = Family::<DeploymentLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "deployment_cooldown_seconds",
+            "Cooldown left on each deployment (0: not cooling down)",
+            cooldown_seconds.clone(),
+        );
+        let circuit_state = Family::<DeploymentLabels, Gauge>::default();
+        registry.register(
+            "deployment_circuit_state",
+            "Each deployment's circuit breaker: 0 closed, 1 half-open, 2 open",
+            circuit_state.clone(),
+        );
+        let quota_used_ratio = Family::<DeploymentLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "deployment_quota_used_ratio",
+            "Share of each deployment's fuller quota (RPM or TPM) in use",
+            quota_used_ratio.clone(),
+        );
+        let queue_waiting = Gauge::default();
+        registry.register(
+            "queue_waiting",
+            "Requests waiting in the fair queue",
+            queue_waiting.clone(),
+        );
+        let queue_running = Gauge::default();
+        registry.register(
+            "queue_running",
+            "Requests admitted by the fair queue and still running",
+            queue_running.clone(),
+        );
         let policy_faults = Family::<PolicyFaultLabels, Counter>::default();
         registry.register(
             "policy_faults",
@@ -147,6 +199,12 @@ impl Default for Metrics {
             admission_skips,
             queue_rejections,
             policy_calls,
+            policy_call_seconds,
+            cooldown_seconds,
+            circuit_state,
+            quota_used_ratio,
+            queue_waiting,
+            queue_running,
             policy_faults,
             policy_swaps,
         }
@@ -215,14 +273,23 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// A policy was called; `fault` names the fault when it faulted.
-    pub fn policy_call(&self, group: &str, kind: PolicyKind, fault: Option<&str>) {
-        self.policy_calls
-            .get_or_create(&PolicyLabels {
-                group: group.to_owned(),
-                kind: kind.to_string(),
-            })
-            .inc();
+    /// A policy was called and took `elapsed`; `fault` names the fault when
+    /// it faulted.
+    pub fn policy_call(
+        &self,
+        group: &str,
+        kind: PolicyKind,
+        elapsed: Duration,
+        fault: Option<&str>,
+    ) {
+        let labels = PolicyLabels {
+            group: group.to_owned(),
+            kind: kind.to_string(),
+        };
+        self.policy_calls.get_or_create(&labels).inc();
+        self.policy_call_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
         if let Some(fault) = fault {
             self.policy_faults
                 .get_or_create(&PolicyFaultLabels {
@@ -232,6 +299,40 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Sets the gauges that describe the present: one deployment's cooldown
+    /// left, circuit and quota use. Called for each deployment at scrape time.
+    pub fn deployment_state(
+        &self,
+        deployment: &str,
+        cooldown_remaining_ms: u64,
+        circuit: crate::health::breaker::BreakerState,
+        quota_used_permille: u32,
+    ) {
+        use crate::health::breaker::BreakerState;
+        let labels = DeploymentLabels {
+            deployment: deployment.to_owned(),
+        };
+        self.cooldown_seconds
+            .get_or_create(&labels)
+            .set(cooldown_remaining_ms as f64 / 1000.0);
+        self.circuit_state
+            .get_or_create(&labels)
+            .set(match circuit {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            });
+        self.quota_used_ratio
+            .get_or_create(&labels)
+            .set(f64::from(quota_used_permille) / 1000.0);
+    }
+
+    /// Sets the fair queue's gauges, at scrape time.
+    pub fn queue_state(&self, waiting: u32, running: u32) {
+        self.queue_waiting.set(i64::from(waiting));
+        self.queue_running.set(i64::from(running));
     }
 
     /// A slot's active version changed.

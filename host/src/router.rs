@@ -78,10 +78,15 @@ impl PolicyObserver {
         slot: &PolicySlot,
         version: &PolicyVersion,
         result: &Result<T, PolicyFault>,
+        elapsed: Duration,
     ) {
         let fault = result.as_ref().err();
-        self.metrics
-            .policy_call(&self.group, slot.kind(), fault.map(PolicyFault::code));
+        self.metrics.policy_call(
+            &self.group,
+            slot.kind(),
+            elapsed,
+            fault.map(PolicyFault::code),
+        );
         if let Some(fault) = fault {
             tracing::warn!(
                 request_id = %self.request_id,
@@ -307,12 +312,17 @@ impl Recorder {
             kind,
             self.started.elapsed().as_secs_f64(),
         );
+        let called = Instant::now();
         let decision = self
             .cooldown
             .policy
             .on_outcome(&wit_outcome(&outcome), &before, &options);
-        self.observer
-            .observe(&self.cooldown_slot, &self.cooldown, &decision);
+        self.observer.observe(
+            &self.cooldown_slot,
+            &self.cooldown,
+            &decision,
+            called.elapsed(),
+        );
         let (cooldown_ms, clear_history) = match decision {
             Ok((d, _)) => (d.cooldown_ms, d.clear_history),
             Err(_) => safe_cooldown(&outcome),
@@ -556,8 +566,9 @@ impl Router {
             seed: None,
         };
         let candidates: Vec<_> = group.members.iter().map(|d| candidate(d, now)).collect();
+        let called = Instant::now();
         let selected = selection.policy.select(&info, &candidates, &options);
-        observer.observe(&slots.selection, selection, &selected);
+        observer.observe(&slots.selection, selection, &selected, called.elapsed());
         let order = match selected {
             Ok((order, _)) => order,
             Err(_) => (0..group.members.len()).collect(),
@@ -671,6 +682,7 @@ impl Router {
             let remaining_candidates: Vec<_> =
                 remaining.iter().map(|d| candidate(d, now)).collect();
             let tried_candidates: Vec<_> = tried.iter().map(|d| candidate(d, now)).collect();
+            let called = Instant::now();
             let next = fallback.policy.next(
                 &info,
                 &wit_outcome(&outcome),
@@ -678,7 +690,7 @@ impl Router {
                 &remaining_candidates,
                 &options,
             );
-            observer.observe(&slots.fallback, fallback, &next);
+            observer.observe(&slots.fallback, fallback, &next, called.elapsed());
             queue = match next {
                 Ok((order, _)) => order.iter().map(|&i| remaining[i].clone()).collect(),
                 Err(_) => {

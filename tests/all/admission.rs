@@ -295,5 +295,8 @@ async fn readyz_fails_when_every_circuit_is_open() {
     assert_eq!(ready.json()["circuit_open"], serde_json::json!(["a"]));
     let stats = raw_get(gw.addr, "/model_stats").await.json();
     let a = &stats["stats"]["models"][0];
-    assert!(a["latency_p50_ms"].is_u64() && a["latency_p95_ms"].is_u64(), "{a}");
+    assert!(
+        a["latency_p50_ms"].is_u64() && a["latency_p95_ms"].is_u64(),
+        "{a}"
+    );
 }

@@ -57,6 +57,22 @@ async fn a_throttle_shows_in_model_stats_and_cooldowns() {
     );
     assert_eq!(stats["stats"]["policies"]["g"]["cooldown"]["version"], 1);
 
+    // The same throttle in /metrics: the attempt by outcome, the cooldown
+    // left on the gauge, and the decisions' latency.
+    let metrics = String::from_utf8(raw_get(gw.addr, "/metrics").await.body).unwrap();
+    for line in [
+        r#"switchyard_attempts_total{group="g",deployment="a",outcome="throttled"} 1"#,
+        r#"switchyard_attempts_total{group="g",deployment="b",outcome="success"} 1"#,
+        r#"switchyard_deployment_cooldown_seconds{deployment="a"} 6.0"#,
+        r#"switchyard_deployment_cooldown_seconds{deployment="b"} 0.0"#,
+        r#"switchyard_deployment_circuit_state{deployment="a"} 0"#,
+        r#"switchyard_policy_call_duration_seconds_count{group="g",kind="selection"} 1"#,
+        r#"switchyard_policy_call_duration_seconds_count{group="g",kind="cooldown"} 2"#,
+        "switchyard_queue_waiting 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
     // When the cooldown ends, A is available again.
     clock.advance(6_000);
     let stats = raw_get(gw.addr, "/model_stats").await.json();

@@ -48,7 +48,21 @@ pub struct AppState {
 pub const MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut response = state.router.metrics().render().into_response();
+    let metrics = state.router.metrics();
+    // Gauges of the present are read when scraped, not kept up to date.
+    let now = state.router.clock().now_ms();
+    for (id, d) in stats::deployments(&state) {
+        let admission = d.admission.snapshot(now);
+        metrics.deployment_state(
+            &id,
+            d.health.snapshot(now).cooldown_remaining_ms,
+            admission.circuit,
+            admission.quota_used_permille,
+        );
+    }
+    let queue = state.queue.stats();
+    metrics.queue_state(queue.queued, queue.running);
+    let mut response = metrics.render().into_response();
     response.headers_mut().insert(
         "content-type",
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -51,7 +51,7 @@ struct ModelStats {
 }
 
 /// Every deployment once, by id (groups may share deployments).
-fn deployments(state: &AppState) -> BTreeMap<String, Arc<Deployment>> {
+pub fn deployments(state: &AppState) -> BTreeMap<String, Arc<Deployment>> {
     state
         .router
         .groups()
