@@ -13,5 +13,6 @@ mod policy_faults;
 mod policy_library;
 mod routing;
 mod stats;
+mod status_page;
 mod streaming;
 mod support;

@@ -70,6 +70,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
+/// `GET /`: the live status page (plain HTML and JS; it reads `/model_stats`).
+async fn status_page() -> Response {
+    (
+        [("content-type", "text/html; charset=utf-8")],
+        include_str!("status.html"),
+    )
+        .into_response()
+}
+
 /// The gateway's routes.
 pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
     let admin = HttpRouter::new()
@@ -102,6 +111,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
     HttpRouter::new()
         .merge(api)
         .merge(admin)
+        .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(stats::readyz))
         .route("/metrics", get(metrics))

@@ -1,0 +1,112 @@
+//! The live status page at `/`, in headless Chromium (Debian's `chromium`):
+//! a forced throttle shows as a cooldown, and the screenshot is kept in
+//! `target/artifacts/status-page.png` for CI.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use switchyard::clock::ManualClock;
+use switchyard::sim::Fault;
+
+use crate::support::*;
+
+fn chromium() -> PathBuf {
+    let path = PathBuf::from("/usr/bin/chromium");
+    assert!(
+        path.is_file(),
+        "Chromium is missing; install it with: apt-get install -y chromium (./dev test does)"
+    );
+    path
+}
+
+/// Runs headless Chromium on `url` with `args`, each run in a profile of
+/// its own, with the flags that keep it off the network.
+async fn headless(url: &str, args: &[String]) -> std::process::Output {
+    let profile = std::env::temp_dir().join(format!(
+        "switchyard-chromium-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let run = tokio::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // Let the page's first fetch and render finish before the dump.
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("chromium finished in time")
+        .expect("chromium ran");
+    let _ = std::fs::remove_dir_all(&profile);
+    out
+}
+
+#[tokio::test]
+async fn the_status_page_shows_a_cooldown_after_a_throttle() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        clock.clone(),
+    )
+    .await;
+    let config = format!(
+        "{}{}[[model_groups]]\nname = \"claude\"\ndeployments = [\"a\", \"b\"]\n",
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-b", 2, &sim),
+    );
+    let gw = start_gateway(&config, clock).await;
+    let url = format!("{}/", gw.url());
+
+    let before = headless(&url, &["--dump-dom".to_owned()]).await;
+    let dom = String::from_utf8_lossy(&before.stdout);
+    assert!(
+        dom.contains(r#"data-deployment="a" data-status="available""#),
+        "{dom}"
+    );
+    assert!(dom.contains("priority v1"), "the active policies: {dom}");
+
+    sim.inject("model-a", Fault::Throttle, 1);
+    let raw = raw_post(gw.addr, "/model/claude/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.headers["x-switchyard-deployment"], "b");
+
+    let after = headless(&url, &["--dump-dom".to_owned()]).await;
+    let dom = String::from_utf8_lossy(&after.stdout);
+    assert!(
+        dom.contains(r#"data-deployment="a" data-status="in_cooldown""#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"data-deployment="b" data-status="available""#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("in cooldown"),
+        "the pill reads in cooldown: {dom}"
+    );
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(
+        &url,
+        &[
+            "--window-size=1400,500".to_owned(),
+            format!("--screenshot={}", shot.display()),
+        ],
+    )
+    .await;
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+}
