@@ -1,0 +1,267 @@
+//! Gateway overhead: the latency the gateway adds in front of Bedrock.
+//!
+//! The simulator answers at once (no latency profile), in a process of its
+//! own; the gateway (`switchyard serve`, the release binary) runs in another,
+//! with one deployment pointing at the simulator. An open-loop load generator
+//! in this process sends Converse requests at a fixed rate over pooled
+//! keep-alive connections, first straight to the simulator, then through the
+//! gateway, at each rate in turn: the same run, the same machine state. A
+//! request's latency counts from when it was due, not when it went out, so a
+//! stalled sender cannot hide queueing (no coordinated omission).
+//!
+//! It reports p50, p99 and p99.9 of both, the added latency and the ratio,
+//! the highest rate at which the gateway kept p99 under 5 ms, and the
+//! gateway's CPU time per request and its RSS (from /proc).
+//!
+//! Run: `cargo bench -p switchyard --bench overhead`. Under `cargo test` it
+//! runs one short rate as a smoke test of itself.
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const BODY: &str = r#"{"messages":[{"role":"user","content":[{"text":"overhead"}]}]}"#;
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(port: u16) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let after = stat.rsplit(") ").next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    // The kernel's USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+/// Resident memory of the process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Phase {
+    latencies_us: Vec<u64>,
+    errors: usize,
+}
+
+impl Phase {
+    fn percentile(&self, q: f64) -> f64 {
+        let mut v = self.latencies_us.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() - 1) as f64 * q).round() as usize] as f64
+    }
+}
+
+/// Sends `rate` requests a second to `url` for `duration`, open loop.
+async fn phase(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &str,
+    rate: u64,
+    duration: Duration,
+) -> Phase {
+    let total = rate * duration.as_secs_f64() as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        tokio::time::sleep_until(due).await;
+        let client = client.clone();
+        let request = hyper::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let response = client.request(request).await;
+            let ok = match response {
+                Ok(r) => {
+                    let status = r.status();
+                    let _ = r.into_body().collect().await;
+                    status.is_success()
+                }
+                Err(_) => false,
+            };
+            (ok, due.elapsed())
+        }));
+    }
+    let mut result = Phase {
+        latencies_us: Vec::with_capacity(tasks.len()),
+        errors: 0,
+    };
+    for t in tasks {
+        let (ok, latency) = t.await.unwrap();
+        if ok {
+            result.latencies_us.push(latency.as_micros() as u64);
+        } else {
+            result.errors += 1;
+        }
+    }
+    result
+}
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (rates, duration): (Vec<u64>, Duration) = if full {
+        (vec![500, 1_000, 2_000, 5_000], Duration::from_secs(5))
+    } else {
+        (vec![200], Duration::from_secs(1))
+    };
+    let dir = std::env::temp_dir().join(format!("switchyard-overhead-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let sim_port = free_port();
+    let sim_config = dir.join("sim.toml");
+    std::fs::write(&sim_config, "[simulator]\naccept_any_model = true\n").unwrap();
+    let sim = Process(
+        Command::new(binary())
+            .args(["sim", "--config", sim_config.to_str().unwrap(), "--listen"])
+            .arg(format!("127.0.0.1:{sim_port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the simulator starts"),
+    );
+    wait_for(sim_port);
+
+    let gateway_port = free_port();
+    let gateway_config = dir.join("gateway.toml");
+    std::fs::write(
+        &gateway_config,
+        format!(
+            "[[deployments]]\nid = \"a\"\nmodel_id = \"model-a\"\nendpoint_url = \"http://127.0.0.1:{sim_port}\"\ncredentials = {{ source = \"static\", access_key_id = \"x\", secret_access_key = \"x\" }}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n[policy_runtime]\ncache_dir = \"{}\"\n",
+            dir.join("cache").display()
+        ),
+    )
+    .unwrap();
+    let gateway = Process(
+        Command::new(binary())
+            .args([
+                "serve",
+                "--config",
+                gateway_config.to_str().unwrap(),
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{gateway_port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the gateway starts"),
+    );
+    wait_for(gateway_port);
+    let gateway_pid = gateway.0.id();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let direct_url = format!("http://127.0.0.1:{sim_port}/model/model-a/converse");
+    let gateway_url = format!("http://127.0.0.1:{gateway_port}/model/g/converse");
+    let client = Arc::new(
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .build_http::<Full<Bytes>>(),
+    );
+    println!(
+        "gateway overhead: open loop, {}s per rate and target, simulator answering at once",
+        duration.as_secs()
+    );
+    println!(
+        "{:>7} | {:>26} | {:>26} | {:>24} | {:>9} | {:>6}",
+        "rate/s",
+        "direct p50/p99/p99.9 µs",
+        "gateway p50/p99/p99.9 µs",
+        "added p50/p99/p99.9 µs",
+        "CPU µs/req",
+        "errors"
+    );
+    let mut best_under_5ms = None;
+    runtime.block_on(async {
+        // Warm both paths and the connection pool.
+        phase(&client, &direct_url, 100, Duration::from_secs(1)).await;
+        phase(&client, &gateway_url, 100, Duration::from_secs(1)).await;
+        for &rate in &rates {
+            let direct = phase(&client, &direct_url, rate, duration).await;
+            let cpu_before = cpu_seconds(gateway_pid);
+            let through = phase(&client, &gateway_url, rate, duration).await;
+            let cpu = cpu_seconds(gateway_pid) - cpu_before;
+            let served = through.latencies_us.len().max(1) as f64;
+            let p = |ph: &Phase| [ph.percentile(0.5), ph.percentile(0.99), ph.percentile(0.999)];
+            let (d, g) = (p(&direct), p(&through));
+            println!(
+                "{rate:>7} | {:>8.0} {:>8.0} {:>8.0} | {:>8.0} {:>8.0} {:>8.0} | {:>7.0} {:>7.0} {:>8.0} | {:>9.1} | {:>3}/{:<3}",
+                d[0], d[1], d[2], g[0], g[1], g[2], g[0] - d[0], g[1] - d[1], g[2] - d[2],
+                cpu * 1e6 / served, direct.errors, through.errors
+            );
+            println!(
+                "        | ratio gateway/direct: p50 {:.2}x, p99 {:.2}x",
+                g[0] / d[0],
+                g[1] / d[1]
+            );
+            if g[1] < 5_000.0 && through.errors == 0 {
+                best_under_5ms = Some(rate);
+            }
+        }
+    });
+    println!(
+        "highest rate with gateway p99 < 5 ms: {}",
+        best_under_5ms.map_or("none of those tried".to_owned(), |r| format!("{r} req/s"))
+    );
+    println!("gateway RSS after the run: {:.1} MiB", rss_mib(gateway_pid));
+    drop(gateway);
+    drop(sim);
+    let _ = std::fs::remove_dir_all(&dir);
+}
