@@ -250,6 +250,25 @@ impl AttemptCompletion {
     }
 }
 
+impl AttemptCompletion {
+    /// Records how a stream ended, once its follower task says (a task that
+    /// died is a server error). Its usage is not read from the frames: the
+    /// token reservation stays.
+    pub async fn finish_when_ended(
+        self,
+        finished: tokio::task::JoinHandle<crate::upstream::StreamEnd>,
+    ) {
+        match finished.await {
+            Ok(end) => self.finish(end.kind, end.detail, None),
+            Err(_) => self.finish(
+                OutcomeKind::ServerError,
+                Some("stream task failed".into()),
+                None,
+            ),
+        }
+    }
+}
+
 impl Drop for AttemptCompletion {
     fn drop(&mut self) {
         if let Some(r) = self.recorder.take() {

@@ -135,27 +135,42 @@ pub async fn converse(
         |upstream, body| async move { upstream.converse(body).await },
     )
     .await;
+    match routed {
+        Err(response) => response,
+        Ok(admitted) => {
+            let body = admitted.routed.value.body.clone();
+            let used = used_tokens(&body);
+            answer(
+                admitted,
+                body,
+                HeaderValue::from_static("application/json"),
+                used,
+            )
+        }
+    }
+}
+
+/// Answers a finished attempt with `body`, records its success (with the
+/// tokens it `used`, when known) and gives its place in the queue back.
+fn answer<T>(
+    admitted: Admitted<T>,
+    body: Bytes,
+    content_type: HeaderValue,
+    used: Option<u64>,
+) -> Response {
     let Admitted {
         request_id,
         routed,
         permit,
-    } = match routed {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    let mut response = (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        routed.value.body.clone(),
-    )
-        .into_response();
+    } = admitted;
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert("content-type", content_type);
     routed_headers(
         &mut response,
         &request_id,
         &routed.deployment,
         routed.attempts.len() + 1,
     );
-    let used = used_tokens(&routed.value.body);
     routed
         .completion
         .finish(crate::outcome::OutcomeKind::Success, None, used);
@@ -201,30 +216,16 @@ pub async fn invoke(
         |upstream, body| async move { upstream.invoke(body).await },
     )
     .await;
-    let Admitted {
-        request_id,
-        routed,
-        permit,
-    } = match routed {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    let content_type = HeaderValue::from_str(&routed.value.content_type)
-        .unwrap_or(HeaderValue::from_static("application/json"));
-    let mut response = (StatusCode::OK, routed.value.body.clone()).into_response();
-    response.headers_mut().insert("content-type", content_type);
-    routed_headers(
-        &mut response,
-        &request_id,
-        &routed.deployment,
-        routed.attempts.len() + 1,
-    );
-    let used = used_invoke_tokens(&routed.value.body);
-    routed
-        .completion
-        .finish(crate::outcome::OutcomeKind::Success, None, used);
-    drop(permit);
-    response
+    match routed {
+        Err(response) => response,
+        Ok(admitted) => {
+            let reply = &admitted.routed.value;
+            let content_type = HeaderValue::from_str(&reply.content_type)
+                .unwrap_or(HeaderValue::from_static("application/json"));
+            let (body, used) = (reply.body.clone(), used_invoke_tokens(&reply.body));
+            answer(admitted, body, content_type, used)
+        }
+    }
 }
 
 /// The tokens an InvokeModel answer says it used, for the model families
@@ -286,14 +287,7 @@ fn stream_through(admitted: Admitted<crate::upstream::OpenStream>) -> Response {
     // The stream holds its place in the queue until it ends. Its
     // usage is not read from the frames: the token reservation stays.
     tokio::spawn(async move {
-        match finished.await {
-            Ok(end) => completion.finish(end.kind, end.detail, None),
-            Err(_) => completion.finish(
-                crate::outcome::OutcomeKind::ServerError,
-                Some("stream task failed".into()),
-                None,
-            ),
-        }
+        completion.finish_when_ended(finished).await;
         drop(permit);
     });
     response

@@ -90,13 +90,7 @@ struct SimState {
 
 /// What the simulator decided for one call, before any waiting.
 enum Plan {
-    Answer {
-        prompt: Prompt,
-        reply: Reply,
-        ttft: Duration,
-        per_token: Duration,
-        fault: Option<Fault>,
-    },
+    Answer(Answer),
     Refuse(BedrockError),
     Stall,
     Reset,
@@ -178,12 +172,32 @@ impl SimState {
             0 => Duration::ZERO,
             tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
         };
-        Plan::Answer {
+        Plan::Answer(Answer {
             prompt,
             reply,
             ttft: Duration::from_millis(model.config.ttft_ms),
             per_token,
             fault,
+        })
+    }
+
+    /// Plans a call and carries out anything but an answer (a refusal; a
+    /// stall, after waiting; a reset), or hands back the answer to give.
+    async fn answer_or_refuse(
+        &self,
+        model_id: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        streaming: bool,
+    ) -> Result<Answer, Response> {
+        match self.plan(model_id, &signed_region(headers), body, streaming) {
+            Plan::Answer(answer) => Ok(answer),
+            Plan::Refuse(err) => Err(err.into_response()),
+            Plan::Stall => {
+                tokio::time::sleep(self.stall).await;
+                Err(BedrockError::unavailable().into_response())
+            }
+            Plan::Reset => Err(reset_response()),
         }
     }
 
@@ -223,21 +237,14 @@ async fn converse(
 ) -> Response {
     let request_id = state.request_id();
     let started = Instant::now();
-    let response = match state.plan(&model_id, &signed_region(&headers), &body, false) {
-        Plan::Refuse(err) => err.into_response(),
-        Plan::Stall => {
-            tokio::time::sleep(state.stall).await;
-            BedrockError::unavailable().into_response()
-        }
-        Plan::Reset => reset_response(),
-        Plan::Answer {
-            prompt,
-            reply,
-            ttft,
-            per_token,
-            ..
-        } => {
-            tokio::time::sleep(ttft + per_token * reply.pieces.len() as u32).await;
+    let response = match state
+        .answer_or_refuse(&model_id, &headers, &body, false)
+        .await
+    {
+        Err(response) => response,
+        Ok(answer) => {
+            pause(answer.duration()).await;
+            let Answer { prompt, reply, .. } = answer;
             let body = json!({
                 "output": {"message": {"role": "assistant", "content": [{"text": reply.text()}]}},
                 "stopReason": reply.stop_reason,
@@ -280,24 +287,22 @@ async fn converse_stream(
     body: Bytes,
 ) -> Response {
     let request_id = state.request_id();
-    let response = match state.plan(&model_id, &signed_region(&headers), &body, true) {
-        Plan::Refuse(err) => err.into_response(),
-        Plan::Stall => {
-            tokio::time::sleep(state.stall).await;
-            BedrockError::unavailable().into_response()
-        }
-        Plan::Reset => reset_response(),
-        Plan::Answer {
+    let response = match state
+        .answer_or_refuse(&model_id, &headers, &body, true)
+        .await
+    {
+        Err(response) => response,
+        Ok(Answer {
             prompt,
             reply,
             ttft,
             per_token,
             fault,
-        } => {
+        }) => {
             let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
             tokio::spawn(async move {
                 let started = Instant::now();
-                tokio::time::sleep(ttft).await;
+                pause(ttft).await;
                 let mut frames = vec![eventstream::event(
                     "messageStart",
                     json!({"role": "assistant"}),
@@ -336,9 +341,7 @@ async fn converse_stream(
                             _ => {}
                         }
                     }
-                    if !per_token.is_zero() {
-                        tokio::time::sleep(per_token).await;
-                    }
+                    pause(per_token).await;
                 }
                 frames.push(eventstream::event(
                     "contentBlockStop",
@@ -411,40 +414,32 @@ async fn invoke(
     body: Bytes,
 ) -> Response {
     let request_id = state.request_id();
-    let converse_body = match converse_from_anthropic(&body) {
-        Ok(b) => b,
-        Err(message) => {
-            return with_request_id(
-                BedrockError::validation(message).into_response(),
-                &request_id,
-            )
-        }
-    };
-    let response = match state.plan(&model_id, &signed_region(&headers), &converse_body, false) {
-        Plan::Refuse(err) => err.into_response(),
-        Plan::Stall => {
-            tokio::time::sleep(state.stall).await;
-            BedrockError::unavailable().into_response()
-        }
-        Plan::Reset => reset_response(),
-        Plan::Answer {
-            prompt,
-            reply,
-            ttft,
-            per_token,
-            ..
-        } => {
-            tokio::time::sleep(ttft + per_token * reply.pieces.len() as u32).await;
-            let mut response = (
-                StatusCode::OK,
-                Json(anthropic_message(&request_id, &model_id, &prompt, &reply)),
-            )
-                .into_response();
-            token_count_headers(&mut response, &prompt, &reply);
+    let response = match invoke_answer(&state, &model_id, &headers, &body, false).await {
+        Err(response) => response,
+        Ok(answer) => {
+            pause(answer.duration()).await;
+            let message = anthropic_message(&request_id, &model_id, &answer.prompt, &answer.reply);
+            let mut response = (StatusCode::OK, Json(message)).into_response();
+            token_count_headers(&mut response, &answer.prompt, &answer.reply);
             response
         }
     };
     with_request_id(response, &request_id)
+}
+
+/// [`SimState::answer_or_refuse`] for an InvokeModel body.
+async fn invoke_answer(
+    state: &SimState,
+    model_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    streaming: bool,
+) -> Result<Answer, Response> {
+    let converse_body = converse_from_anthropic(body)
+        .map_err(|message| BedrockError::validation(message).into_response())?;
+    state
+        .answer_or_refuse(model_id, headers, &converse_body, streaming)
+        .await
 }
 
 /// `POST /model/{modelId}/invoke-with-response-stream`: Anthropic's stream
@@ -456,29 +451,15 @@ async fn invoke_stream(
     body: Bytes,
 ) -> Response {
     let request_id = state.request_id();
-    let converse_body = match converse_from_anthropic(&body) {
-        Ok(b) => b,
-        Err(message) => {
-            return with_request_id(
-                BedrockError::validation(message).into_response(),
-                &request_id,
-            )
-        }
-    };
-    let response = match state.plan(&model_id, &signed_region(&headers), &converse_body, true) {
-        Plan::Refuse(err) => err.into_response(),
-        Plan::Stall => {
-            tokio::time::sleep(state.stall).await;
-            BedrockError::unavailable().into_response()
-        }
-        Plan::Reset => reset_response(),
-        Plan::Answer {
+    let response = match invoke_answer(&state, &model_id, &headers, &body, true).await {
+        Err(response) => response,
+        Ok(Answer {
             prompt,
             reply,
             ttft,
             per_token,
             ..
-        } => {
+        }) => {
             let chunk = |event: serde_json::Value| {
                 eventstream::event(
                     "chunk",
@@ -490,7 +471,7 @@ async fn invoke_stream(
             message["usage"]["output_tokens"] = json!(0);
             let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
             tokio::spawn(async move {
-                tokio::time::sleep(ttft).await;
+                pause(ttft).await;
                 let mut frames = vec![
                     chunk(json!({"type": "message_start", "message": message})),
                     chunk(
@@ -511,9 +492,7 @@ async fn invoke_stream(
                     if tx.send(Ok(f)).await.is_err() {
                         return;
                     }
-                    if !per_token.is_zero() {
-                        tokio::time::sleep(per_token).await;
-                    }
+                    pause(per_token).await;
                 }
             });
             let mut response = Response::new(Body::from_stream(rx));
@@ -566,6 +545,30 @@ impl SimState {
         model
             .injected
             .extend(std::iter::repeat_n(fault, count as usize));
+    }
+}
+
+/// An answer the simulator will give, with its latency profile.
+struct Answer {
+    prompt: Prompt,
+    reply: Reply,
+    ttft: Duration,
+    per_token: Duration,
+    fault: Option<Fault>,
+}
+
+impl Answer {
+    /// How long the whole answer takes.
+    fn duration(&self) -> Duration {
+        self.ttft + self.per_token * self.reply.pieces.len() as u32
+    }
+}
+
+/// Waits `d`; not at all when it is zero, which tokio's timer would round
+/// up to its next millisecond tick.
+async fn pause(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
     }
 }
 

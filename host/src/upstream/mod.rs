@@ -17,10 +17,13 @@ use std::time::Duration;
 use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region};
-use aws_sdk_bedrockruntime::error::ProvideErrorMetadata;
+use std::future::Future;
+
+use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::Client;
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::Bytes;
 use futures::channel::mpsc;
 
@@ -116,17 +119,29 @@ impl Upstream {
             .interceptor(RawRequestBody::new(body))
             .interceptor(captured.clone())
             .send();
+        self.in_time(call).await?;
+        match captured.take() {
+            Some(body) => Ok(ConverseReply { body }),
+            None => Err(AttemptFailure::server_error(
+                "the answer's body could not be captured",
+            )),
+        }
+    }
+
+    /// Awaits an SDK call within the attempt timeout; an error is classified.
+    async fn in_time<T, E>(
+        &self,
+        call: impl Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T, AttemptFailure>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
         match tokio::time::timeout(self.attempt_timeout, call).await {
             Err(_) => Err(AttemptFailure::timeout(
                 "no answer within the attempt timeout",
             )),
             Ok(Err(e)) => Err(classify::sdk_error(&e)),
-            Ok(Ok(_parsed)) => match captured.take() {
-                Some(body) => Ok(ConverseReply { body }),
-                None => Err(AttemptFailure::server_error(
-                    "the answer's body could not be captured",
-                )),
-            },
+            Ok(Ok(output)) => Ok(output),
         }
     }
 
@@ -142,15 +157,7 @@ impl Upstream {
             .interceptor(RawRequestBody::new(body))
             .interceptor(StreamTee::new(tx))
             .send();
-        let output = match tokio::time::timeout(self.attempt_timeout, call).await {
-            Err(_) => {
-                return Err(AttemptFailure::timeout(
-                    "no answer within the attempt timeout",
-                ))
-            }
-            Ok(Err(e)) => return Err(classify::sdk_error(&e)),
-            Ok(Ok(output)) => output,
-        };
+        let output = self.in_time(call).await?;
         self.follow(output.stream, frames, classify::converse_stream_exception)
             .await
     }
@@ -166,16 +173,11 @@ impl Upstream {
             .accept("application/json")
             .body(Blob::new(body))
             .send();
-        match tokio::time::timeout(self.attempt_timeout, call).await {
-            Err(_) => Err(AttemptFailure::timeout(
-                "no answer within the attempt timeout",
-            )),
-            Ok(Err(e)) => Err(classify::sdk_error(&e)),
-            Ok(Ok(output)) => Ok(InvokeReply {
-                body: Bytes::from(output.body.into_inner()),
-                content_type: output.content_type,
-            }),
-        }
+        let output = self.in_time(call).await?;
+        Ok(InvokeReply {
+            body: Bytes::from(output.body.into_inner()),
+            content_type: output.content_type,
+        })
     }
 
     /// One InvokeModelWithResponseStream attempt. Returns once the first
@@ -192,15 +194,7 @@ impl Upstream {
             .customize()
             .interceptor(StreamTee::new(tx))
             .send();
-        let output = match tokio::time::timeout(self.attempt_timeout, call).await {
-            Err(_) => {
-                return Err(AttemptFailure::timeout(
-                    "no answer within the attempt timeout",
-                ))
-            }
-            Ok(Err(e)) => return Err(classify::sdk_error(&e)),
-            Ok(Ok(output)) => output,
-        };
+        let output = self.in_time(call).await?;
         self.follow(output.body, frames, classify::invoke_stream_exception)
             .await
     }

@@ -283,14 +283,7 @@ fn stream_response(
         }
         let _ = tx.unbounded_send(Bytes::from_static(b"data: [DONE]\n\n"));
         drop(tx);
-        match finished.await {
-            Ok(end) => completion.finish(end.kind, end.detail, None),
-            Err(_) => completion.finish(
-                OutcomeKind::ServerError,
-                Some("stream task failed".into()),
-                None,
-            ),
-        }
+        completion.finish_when_ended(finished).await;
         drop(permit);
     });
     let mut response = Response::new(Body::from_stream(rx.map(Ok::<_, std::io::Error>)));
