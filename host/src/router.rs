@@ -522,20 +522,30 @@ impl Router {
         // down, out of quota, circuit open), wait for the earliest recovery
         // if it comes before the deadline.
         loop {
-            match self.try_route(group, &policies, request, &attempt).await {
+            let blocked = match self.try_route(group, &policies, request, &attempt).await {
                 Pass::Done(result) => return result,
-                Pass::NoCapacity => {}
-            }
+                Pass::NoCapacity(blocked) => blocked,
+            };
             let tokens = u64::from(request.estimated_tokens);
-            let wait_ms = capacity_wait_ms(group, tokens, self.clock.now_ms());
+            let soonest = capacity_wait_ms(group, tokens, self.clock.now_ms());
+            let wait_ms = match (blocked, soonest) {
+                // Admission refused them all: try again when the first
+                // recovers, or soon when only concurrency stood in the way.
+                (Blocked::ByAdmission, ms) => ms.max(10),
+                // The selection policy chose none although nothing is
+                // cooling down or out of quota: its choice, not capacity;
+                // waiting would not change it.
+                (Blocked::BySelection, 0) => 0,
+                (Blocked::BySelection, ms) => ms,
+            };
             let wake = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-            if wake > request.deadline {
+            if wait_ms == 0 || wake > request.deadline {
                 tracing::info!(
                     retry_after_ms = wait_ms,
                     "no deployment can take the request before its deadline"
                 );
                 return Err(RouteError::NothingAvailable {
-                    retry_after_ms: wait_ms,
+                    retry_after_ms: wait_ms.max(1_000),
                 });
             }
             tracing::debug!(wait_ms, "waiting for capacity");
@@ -594,7 +604,7 @@ impl Router {
         };
         if order.is_empty() {
             tracing::info!("no deployment fit to call");
-            return Pass::NoCapacity;
+            return Pass::NoCapacity(Blocked::BySelection);
         }
         let mut queue: Vec<Arc<Deployment>> =
             order.iter().map(|&i| group.members[i].clone()).collect();
@@ -720,7 +730,7 @@ impl Router {
             };
         }
         if attempts.is_empty() {
-            return Pass::NoCapacity;
+            return Pass::NoCapacity(Blocked::ByAdmission);
         }
         let retry_after_ms = attempts.iter().filter_map(|a| a.retry_after_ms).min();
         Pass::Done(Err(RouteError::AttemptsFailed {
@@ -744,14 +754,23 @@ struct Policies {
 enum Pass<T> {
     /// With an answer or a final error.
     Done(Result<Routed<T>, RouteError>),
-    /// No attempt could start: nothing was fit, or admission refused all.
-    NoCapacity,
+    /// No attempt could start.
+    NoCapacity(Blocked),
+}
+
+/// Why no attempt could start.
+#[derive(Debug, Clone, Copy)]
+enum Blocked {
+    /// The selection policy chose no deployment.
+    BySelection,
+    /// Admission refused every deployment the policies chose.
+    ByAdmission,
 }
 
 /// How long until some deployment of `group` could take a request of
 /// `tokens`: the soonest, over its deployments, of the later of its cooldown's
-/// end and its admission limits' recovery. At least 10 ms, so a request
-/// refused only for concurrency polls instead of spinning.
+/// end and its admission limits' recovery (0: one could now, as far as
+/// cooldowns and quotas go).
 fn capacity_wait_ms(group: &ModelGroup, tokens: u64, now_ms: u64) -> u64 {
     group
         .members
@@ -762,5 +781,4 @@ fn capacity_wait_ms(group: &ModelGroup, tokens: u64, now_ms: u64) -> u64 {
         })
         .min()
         .unwrap_or(1_000)
-        .max(10)
 }
