@@ -269,6 +269,40 @@ async fn the_cooldown_and_fallback_templates_build_and_pass_their_fixtures() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// The worked example, as it stands in `examples/custom-policy/`: it builds
+/// to a component and passes its own fixtures.
+#[tokio::test]
+async fn the_custom_policy_example_builds_and_passes_its_fixtures() {
+    let example = repo().join("examples/custom-policy");
+    let work = tempdir();
+    let component = work.join("cheapest-first.wasm");
+    succeeded(
+        switchyard(
+            &[
+                "policy",
+                "build",
+                example.to_str().unwrap(),
+                "--target-dir",
+                shared_policy_target().to_str().unwrap(),
+                "--out",
+                component.to_str().unwrap(),
+            ],
+            BUILD_LIMIT,
+        )
+        .await,
+    );
+    let fixtures = fixture_files(&example.join("fixtures"));
+    let mut args = vec!["policy", "test", component.to_str().unwrap()];
+    args.extend(fixtures.iter().map(String::as_str));
+    let out = succeeded(switchyard(&args, RUN_LIMIT).await);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 passed, 0 failed"),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 /// The walkthrough of `examples/custom-policy/README.md`, step by step:
 /// scaffold a crate, put the example's logic and fixtures in it, build it,
 /// test it, and push it to a running gateway, where it routes requests.
