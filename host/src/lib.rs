@@ -15,6 +15,7 @@ pub mod config;
 pub mod gateway;
 pub mod health;
 pub mod metrics;
+pub mod offline;
 pub mod outcome;
 pub mod policy;
 pub mod router;

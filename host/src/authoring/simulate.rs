@@ -33,17 +33,16 @@
 //! Attempts take no simulated time; their latency only feeds the statistics.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::ManualClock;
-use crate::config::{DeploymentConfig, GroupPolicies, PolicyRef, PolicyRuntimeConfig};
+use crate::clock::{ManualClock, SharedClock};
+use crate::config::{DeploymentConfig, GroupPolicies, PolicyRef};
 use crate::health::DeploymentHealth;
+use crate::offline::OfflinePolicies;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::policy::{self, CallOptions, KvStore, Policy, PolicyKind, PolicyRuntime};
-use crate::router::{safe_cooldown, wit_candidate, wit_outcome};
-use crate::swap;
+use crate::policy::{self, CallOptions, PolicyKind};
+use crate::router::wit_candidate;
 
 /// When the simulated clock starts: far from zero, as a gateway's would be.
 const START_MS: u64 = 1_000_000;
@@ -191,40 +190,14 @@ pub fn run(
 ) -> Result<SimReport, SimulateError> {
     validate(timeline)?;
     let clock = ManualClock::new(START_MS);
-    let config = PolicyRuntimeConfig {
-        call_deadline_us: 1_000_000,
-        max_concurrent_calls: 4,
-        ..PolicyRuntimeConfig::default()
-    };
-    let runtime =
-        PolicyRuntime::new(&config, clock.clone()).map_err(|e| SimulateError::Policy {
-            kind: PolicyKind::Selection,
-            message: e.to_string(),
-        })?;
-    let mut names = BTreeMap::new();
-    let mut load = |kind: PolicyKind, configured: &PolicyRef| {
-        let policy_ref = overrides.get(&kind).unwrap_or(configured);
-        let error = |message: String| SimulateError::Policy { kind, message };
-        let (source, bytes) = swap::resolve(kind, policy_ref).map_err(|e| error(e.to_string()))?;
-        names.insert(kind.world().to_owned(), source.clone());
-        runtime
-            .load(
-                kind,
-                &source,
-                &bytes,
-                &policy_ref.params,
-                Arc::new(KvStore::new(clock.clone())),
-            )
-            .map_err(|e| error(e.to_string()))
-    };
-    let selection = load(PolicyKind::Selection, &timeline.policies.selection)?;
-    let cooldown = load(PolicyKind::Cooldown, &timeline.policies.cooldown)?;
-    let fallback = load(PolicyKind::Fallback, &timeline.policies.fallback)?;
-    let policies = Policies {
-        selection,
-        cooldown,
-        fallback,
-    };
+    let shared: SharedClock = clock.clone();
+    let policies = OfflinePolicies::load(&shared, &timeline.policies, overrides).map_err(|e| {
+        SimulateError::Policy {
+            kind: e.kind,
+            message: e.message,
+        }
+    })?;
+    let names = policies.names.clone();
 
     let deployments: Vec<SimDeployment> = timeline
         .deployments
@@ -264,12 +237,6 @@ pub fn run(
         report.requests.push(request);
     }
     Ok(report)
-}
-
-struct Policies {
-    selection: Policy,
-    cooldown: Policy,
-    fallback: Policy,
 }
 
 fn validate(timeline: &Timeline) -> Result<(), SimulateError> {
@@ -320,7 +287,7 @@ fn scripted(
 
 fn simulate_request(
     timeline: &Timeline,
-    policies: &Policies,
+    policies: &OfflinePolicies,
     deployments: &[SimDeployment],
     report: &mut SimReport,
     offset_ms: u64,
@@ -345,13 +312,7 @@ fn simulate_request(
     };
     let mut faults = Vec::new();
     let candidates: Vec<_> = (0..deployments.len()).map(snapshot).collect();
-    let mut order: Vec<usize> = match policies.selection.select(&req, &candidates, &options) {
-        Ok((order, _)) => order,
-        Err(fault) => {
-            faults.push(format!("selection: {fault}"));
-            safe_order(deployments, (0..deployments.len()).collect())
-        }
-    };
+    let mut order = policies.order(&req, &candidates, &options, &mut faults);
     let order_ids = order
         .iter()
         .map(|&i| deployments[i].config.id.clone())
@@ -380,17 +341,7 @@ fn simulate_request(
         };
         d.health.begin_attempt(now);
         d.health.end_attempt(&outcome);
-        let (cooldown_ms, clear_history) =
-            match policies
-                .cooldown
-                .on_outcome(&wit_outcome(&outcome), &before, &options)
-            {
-                Ok((decision, _)) => (decision.cooldown_ms, decision.clear_history),
-                Err(fault) => {
-                    faults.push(format!("cooldown: {fault}"));
-                    safe_cooldown(&outcome)
-                }
-            };
+        let (cooldown_ms, clear_history) = policies.judge(&outcome, &before, &options, &mut faults);
         d.health
             .apply_cooldown(now, cooldown_ms, clear_history, kind);
         let summary = report.deployments.entry(d.config.id.clone()).or_default();
@@ -414,19 +365,18 @@ fn simulate_request(
         req.previous_deployment = Some(d.config.id.clone());
         let tried_now: Vec<_> = tried.iter().map(|&t| snapshot(t)).collect();
         let remaining: Vec<_> = order.iter().map(|&r| snapshot(r)).collect();
-        order = match policies.fallback.next(
-            &req,
-            &wit_outcome(&outcome),
-            &tried_now,
-            &remaining,
-            &options,
-        ) {
-            Ok((next, _)) => next.into_iter().map(|k| order[k]).collect(),
-            Err(fault) => {
-                faults.push(format!("fallback: {fault}"));
-                safe_order(deployments, order)
-            }
-        };
+        order = policies
+            .next(
+                &req,
+                &outcome,
+                &tried_now,
+                &remaining,
+                &options,
+                &mut faults,
+            )
+            .into_iter()
+            .map(|k| order[k])
+            .collect();
     }
     let mut cooling = BTreeMap::new();
     for d in deployments {
@@ -446,12 +396,6 @@ fn simulate_request(
         cooling,
         faults,
     }
-}
-
-/// The gateway's safe order: by configured priority.
-fn safe_order(deployments: &[SimDeployment], mut indices: Vec<usize>) -> Vec<usize> {
-    indices.sort_by_key(|&i| deployments[i].config.priority);
-    indices
 }
 
 impl SimReport {
