@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod health;
+pub mod lab;
 pub mod metrics;
 pub mod offline;
 pub mod outcome;

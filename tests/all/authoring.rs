@@ -11,14 +11,6 @@ use crate::support::*;
 
 const TOKEN: &str = "walkthrough-admin-token-0123456789";
 
-/// The repository's root.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf()
-}
-
 /// The target folder the host's build shares with every policy, so `core`
 /// and `alloc` for wasm32 and the SDK are built once.
 fn shared_policy_target() -> PathBuf {
@@ -35,36 +27,15 @@ fn tempdir() -> PathBuf {
     dir
 }
 
-/// Runs `switchyard ARGS`, for at most `limit`.
+/// Runs `switchyard ARGS` with the walkthrough's admin token, for at most `limit`.
 async fn switchyard(args: &[&str], limit: Duration) -> Output {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(args)
-        .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
-        .kill_on_drop(true)
-        .output();
-    tokio::time::timeout(limit, run)
-        .await
-        .unwrap_or_else(|_| panic!("switchyard {args:?} finished within {limit:?}"))
-        .expect("switchyard ran")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn succeeded(out: Output) -> Output {
-    assert!(out.status.success(), "{}", text(&out));
-    out
+    switchyard_with_env(args, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], limit).await
 }
 
 /// Building a policy crate compiles it (and, on a cold target folder, the
 /// SDK and the wasm32 standard library): minutes, not seconds.
 const BUILD_LIMIT: Duration = Duration::from_secs(600);
+
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 fn fixture_files(dir: &Path) -> Vec<String> {
@@ -111,7 +82,7 @@ async fn a_wrong_expectation_fails_with_a_readable_diff() {
         RUN_LIMIT,
     )
     .await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", command_output(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("PASS  the primary first"), "{stdout}");
     assert!(
@@ -205,7 +176,7 @@ async fn check_runs_the_load_gate() {
     assert!(
         String::from_utf8_lossy(&ok.stdout).contains("is a cooldown policy"),
         "{}",
-        text(&ok)
+        command_output(&ok)
     );
     let bad = switchyard(
         &[
@@ -222,7 +193,7 @@ async fn check_runs_the_load_gate() {
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("`steps_ms`: must not be empty"),
         "{}",
-        text(&bad)
+        command_output(&bad)
     );
 }
 
@@ -298,7 +269,7 @@ async fn the_custom_policy_example_builds_and_passes_its_fixtures() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("3 passed, 0 failed"),
         "{}",
-        text(&out)
+        command_output(&out)
     );
     let _ = std::fs::remove_dir_all(&work);
 }
@@ -385,7 +356,7 @@ async fn the_walkthrough_from_scaffold_to_a_live_policy() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("3 passed, 0 failed"),
         "{}",
-        text(&out)
+        command_output(&out)
     );
 
     // 4. Push it to a running gateway, with its params.
@@ -451,11 +422,11 @@ async fn the_walkthrough_from_scaffold_to_a_live_policy() {
         }
     };
     let refused = push(None).await;
-    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(!refused.status.success(), "{}", command_output(&refused));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("`prices`"),
         "{}",
-        text(&refused)
+        command_output(&refused)
     );
     let out = succeeded(push(Some(&params)).await);
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -9,6 +9,7 @@ mod authoring;
 mod clients;
 mod cooldown;
 mod hot_reload;
+mod lab;
 mod policy_faults;
 mod policy_library;
 mod routing;

@@ -359,3 +359,44 @@ pub async fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
         )
     })
 }
+
+/// The repository's root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Runs the real `switchyard ARGS` with `env`, for at most `limit`.
+pub async fn switchyard_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("switchyard {args:?} finished within {limit:?}"))
+        .expect("switchyard ran")
+}
+
+/// What a finished command printed, for assertion messages.
+pub fn command_output(out: &std::process::Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `out`, after checking that the command succeeded.
+pub fn succeeded(out: std::process::Output) -> std::process::Output {
+    assert!(out.status.success(), "{}", command_output(&out));
+    out
+}

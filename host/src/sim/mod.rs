@@ -10,7 +10,7 @@ mod config;
 mod converse;
 mod eventstream;
 mod faults;
-mod quota;
+pub mod quota;
 mod server;
 mod wire;
 

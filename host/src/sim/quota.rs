@@ -69,6 +69,20 @@ impl RollingQuota {
         Ok(())
     }
 
+    /// How full the fuller of the two quotas is now, in thousandths (0 with
+    /// no quota).
+    pub fn used_permille(&mut self, now_ms: u64) -> u32 {
+        self.expire(now_ms);
+        let share = |used: u64, limit: u32| (used * 1000 / u64::from(limit).max(1)).min(1000);
+        let requests = self
+            .rpm
+            .map_or(0, |rpm| share(self.admitted.len() as u64, rpm));
+        let tokens = self.tpm.map_or(0, |tpm| {
+            share(self.admitted.iter().map(|&(_, t)| t).sum(), tpm)
+        });
+        requests.max(tokens) as u32
+    }
+
     /// Milliseconds until the oldest admitted call leaves the window.
     pub fn retry_after_ms(&self, now_ms: u64) -> u64 {
         self.admitted
@@ -92,6 +106,17 @@ mod tests {
         // The first call leaves the window at exactly 60 s.
         assert!(q.try_admit(60_000, 1).is_ok());
         assert_eq!(q.try_admit(60_001, 1), Err(QuotaRefusal::Requests));
+    }
+
+    #[test]
+    fn the_fuller_quota_sets_the_share_used() {
+        let mut q = RollingQuota::new(Some(4), Some(1000));
+        assert_eq!(q.used_permille(0), 0);
+        q.try_admit(0, 100).unwrap();
+        assert_eq!(q.used_permille(1), 250);
+        q.try_admit(1, 700).unwrap();
+        assert_eq!(q.used_permille(2), 800);
+        assert_eq!(q.used_permille(60_001), 0);
     }
 
     #[test]
