@@ -153,7 +153,10 @@ fn binary() -> PathBuf {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (rates, duration): (Vec<u64>, Duration) = if full {
-        (vec![500, 1_000, 2_000, 5_000], Duration::from_secs(5))
+        (
+            vec![100, 250, 500, 1_000, 2_000, 5_000],
+            Duration::from_secs(5),
+        )
     } else {
         (vec![200], Duration::from_secs(1))
     };

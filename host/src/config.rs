@@ -215,16 +215,16 @@ pub struct DeploymentConfig {
     pub tpm: Option<u32>,
 }
 
-fn default_region() -> String {
+pub(crate) fn default_region() -> String {
     "us-east-1".to_owned()
 }
-fn default_account() -> String {
+pub(crate) fn default_account() -> String {
     "default".to_owned()
 }
-fn default_priority() -> u32 {
+pub(crate) fn default_priority() -> u32 {
     1
 }
-fn default_weight() -> u32 {
+pub(crate) fn default_weight() -> u32 {
     1
 }
 

@@ -126,31 +126,29 @@ fn write_scenario(text: &str) -> std::path::PathBuf {
     path
 }
 
+/// A primary and a second deployment with the given RPM quotas, and users
+/// each sending `per_min` steadily, under the default policies.
+fn two_deployments(duration_s: u64, rpm: [u32; 2], users: usize, per_min: u32) -> Scenario {
+    let mut text = format!(
+        "name = \"two deployments\"\nduration_s = {duration_s}\n\
+         [[deployments]]\nid = \"a\"\nrpm = {}\n\
+         [[deployments]]\nid = \"b\"\npriority = 2\nrpm = {}\n\
+         [[policies]]\nname = \"defaults\"\n",
+        rpm[0], rpm[1]
+    );
+    for u in 1..=users {
+        text += &format!("[[users]]\nname = \"u{u}\"\nsteady = {{ per_min = {per_min} }}\n");
+    }
+    let path = write_scenario(&text);
+    let scenario = Scenario::load(&path).unwrap();
+    let _ = std::fs::remove_file(path);
+    scenario
+}
+
 #[test]
 fn within_the_quotas_every_request_is_answered_by_the_primary() {
     // 30 a minute against a primary allowing 40: no throttle, nothing else used.
-    let path = write_scenario(
-        r#"
-name = "calm"
-duration_s = 300
-[[deployments]]
-id = "a"
-rpm = 40
-[[deployments]]
-id = "b"
-priority = 2
-rpm = 40
-[[users]]
-name = "u1"
-steady = { per_min = 15 }
-[[users]]
-name = "u2"
-steady = { per_min = 15 }
-[[policies]]
-name = "defaults"
-"#,
-    );
-    let s = Scenario::load(&path).unwrap();
+    let s = two_deployments(300, [40, 40], 2, 15);
     let report = lab::run(&s, false).unwrap();
     let c = &report.contenders[0];
     assert_eq!(report.offered, 150);
@@ -162,37 +160,12 @@ name = "defaults"
     assert_eq!(c.goodput, Some(150.0 / 400.0));
     // 500 ms to the first token, 300 tokens at 100 a second.
     assert_eq!(c.latency_p50_ms, 3_500);
-    let _ = std::fs::remove_file(path);
 }
 
 #[test]
 fn beyond_the_quotas_the_simulated_bedrock_throttles_and_users_share_alike() {
     // 60 a minute from three users against 20 + 10: half must fail, alike.
-    let path = write_scenario(
-        r#"
-name = "overload"
-duration_s = 600
-[[deployments]]
-id = "a"
-rpm = 20
-[[deployments]]
-id = "b"
-priority = 2
-rpm = 10
-[[users]]
-name = "u1"
-steady = { per_min = 20 }
-[[users]]
-name = "u2"
-steady = { per_min = 20 }
-[[users]]
-name = "u3"
-steady = { per_min = 20 }
-[[policies]]
-name = "defaults"
-"#,
-    );
-    let s = Scenario::load(&path).unwrap();
+    let s = two_deployments(600, [20, 10], 3, 20);
     let report = lab::run(&s, false).unwrap();
     let c = &report.contenders[0];
     // Never more answers than the quotas allow (300 over ten minutes).
@@ -200,7 +173,6 @@ name = "defaults"
     assert!(c.upstream_429s > 0);
     assert_eq!(c.client_errors + c.record.served, report.offered);
     assert!(c.jain_index > 0.95, "{}", c.jain_index);
-    let _ = std::fs::remove_file(path);
 }
 
 #[test]

@@ -81,14 +81,14 @@ pub struct LabDeployment {
     pub id: String,
     #[serde(default = "default_model_id")]
     pub model_id: String,
-    #[serde(default = "default_region")]
+    #[serde(default = "crate::config::default_region")]
     pub region: String,
-    #[serde(default = "default_account")]
+    #[serde(default = "crate::config::default_account")]
     pub account: String,
     /// Lower is preferred (1 = primary).
-    #[serde(default = "one")]
+    #[serde(default = "crate::config::default_priority")]
     pub priority: u32,
-    #[serde(default = "one")]
+    #[serde(default = "crate::config::default_weight")]
     pub weight: u32,
     /// Bedrock's requests-per-minute quota (none: unlimited).
     #[serde(default)]
@@ -106,18 +106,6 @@ pub struct LabDeployment {
 
 fn default_model_id() -> String {
     "anthropic.claude-3-5-sonnet-20240620-v1:0".into()
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
-
-fn default_account() -> String {
-    "default".into()
-}
-
-fn one() -> u32 {
-    1
 }
 
 fn default_ttft_ms() -> u64 {

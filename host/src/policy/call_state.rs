@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::bindings::host::{self, LogLevel};
 use super::kv::KvStore;
-use super::limits::MemoryCap;
+use super::limits::{CallInProgress, MemoryCap};
 use crate::clock::SharedClock;
 
 /// The data of one call's `Store`: everything the `host` interface can reach.
@@ -21,6 +21,8 @@ pub struct CallState {
     pub(crate) log_budget: u32,
     /// The lines it wrote, kept for the load check and `policy test`.
     pub(crate) logs: Vec<PolicyLog>,
+    /// Keeps the epoch ticking for as long as the call's store lives.
+    pub(crate) _ticking: CallInProgress,
 }
 
 /// A line a policy logged during one call.

@@ -184,7 +184,7 @@ struct EngineShared {
     memory_limit_bytes: usize,
     meter_fuel: bool,
     cache: Option<cache::CompileCache>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// Loads policies and owns the engine they run on.
@@ -244,7 +244,7 @@ impl PolicyRuntime {
                 memory_limit_bytes,
                 meter_fuel: config.meter_fuel,
                 cache,
-                _ticker: ticker,
+                ticker,
             }),
             clock,
         })
@@ -425,6 +425,7 @@ impl Policy {
             request_id: options.request_id.clone(),
             log_budget: 16,
             logs: Vec::new(),
+            _ticking: self.shared.ticker.call_starting(),
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.memory);
