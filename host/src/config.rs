@@ -68,6 +68,11 @@ pub struct Config {
     /// The built-in Bedrock simulator, used by `switchyard sim` and `serve --simulate`.
     #[serde(default)]
     pub simulator: Option<SimConfig>,
+    /// Where quotas, cooldowns, circuits, policy entries and per-user
+    /// in-flight counts live: this process, or a Redis server shared by
+    /// several instances.
+    #[serde(default)]
+    pub state: crate::state::StateConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -369,6 +374,9 @@ impl Config {
 
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((key, problem)) = self.state.problem() {
+            return Err(invalid(key, problem));
+        }
         let mut ids = HashSet::new();
         for (i, d) in self.deployments.iter().enumerate() {
             let key = format!("deployments[{i}]");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::admission::DeploymentAdmission;
+use crate::admission::{DeploymentAdmission, FairQueue};
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError, CredentialsConfig};
@@ -18,6 +18,8 @@ use crate::policy::{
     KvStore, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicyVersion, RollbackRule,
 };
 use crate::router::{Deployment, GroupSlots, ModelGroup, Router};
+use crate::state::mirror::GatewayMirror;
+use crate::state::{self, ChangeSink, QuotaSpec};
 use crate::swap::{self, ReloadReport, SwapError, Swapper};
 use crate::upstream::{CredentialsError, Upstream};
 
@@ -38,6 +40,9 @@ pub enum GatewayError {
     /// The policy engine could not start.
     #[error(transparent)]
     Engine(LoadError),
+    /// The state backend could not start.
+    #[error("{0}")]
+    State(String),
 }
 
 /// Where deployments without an `endpoint_url` go.
@@ -64,6 +69,17 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         let runtime = PolicyRuntime::new(&config.policy_runtime, clock.clone())
             .map_err(GatewayError::Engine)?;
+        let quotas: Vec<QuotaSpec> = config
+            .deployments
+            .iter()
+            .map(|d| QuotaSpec {
+                deployment: d.id.clone(),
+                rpm: d.rpm.map(u64::from),
+                tpm: d.tpm.map(u64::from),
+            })
+            .collect();
+        let shared = state::backend(&config.state, &quotas, config.admission.quota_window_ms())
+            .map_err(GatewayError::State)?;
         let mut deployments = HashMap::new();
         for d in &config.deployments {
             let mut d = d.clone();
@@ -82,7 +98,11 @@ impl Gateway {
             deployments.insert(
                 d.id.clone(),
                 Arc::new(Deployment {
-                    admission: DeploymentAdmission::new(d.rpm, d.tpm, &config.admission),
+                    admission: DeploymentAdmission::new(
+                        quotas.iter().find(|q| q.deployment == d.id).cloned().expect("a spec per deployment"),
+                        shared.clone(),
+                        &config.admission,
+                    ),
                     config: d,
                     upstream,
                     health: DeploymentHealth::default(),
@@ -94,8 +114,9 @@ impl Gateway {
             max_fault_ratio: config.policy_runtime.rollback_fault_ratio,
         };
         let mut groups = Vec::new();
+        let mut kv_stores = HashMap::new();
         for g in &config.model_groups {
-            let slot = |kind: PolicyKind| -> Result<Arc<PolicySlot>, GatewayError> {
+            let mut slot = |kind: PolicyKind| -> Result<Arc<PolicySlot>, GatewayError> {
                 let policy = g.policies_of(kind);
                 let error = |source: SwapError| GatewayError::Policy {
                     group: g.name.clone(),
@@ -108,7 +129,13 @@ impl Gateway {
                     source: Box::new(source),
                 };
                 let (source, component) = swap::resolve(kind, policy).map_err(error)?;
-                let kv = Arc::new(KvStore::new(clock.clone()));
+                let slot_name = format!("{}/{kind}", g.name);
+                let kv = Arc::new(KvStore::shared(
+                    clock.clone(),
+                    shared.clone(),
+                    slot_name.clone(),
+                ));
+                kv_stores.insert(slot_name, kv.clone());
                 let label = source
                     .strip_prefix("builtin:")
                     .unwrap_or(&source)
@@ -132,13 +159,23 @@ impl Gateway {
                 .collect();
             groups.push(ModelGroup::new(g.name.clone(), members, slots));
         }
+        let queue = FairQueue::shared(config.admission.queue.clone(), shared.clone());
+        let mirror: Arc<dyn ChangeSink> = Arc::new(GatewayMirror {
+            clock: clock.clone(),
+            deployments: deployments.clone(),
+            kv: kv_stores,
+            queue: queue.clone(),
+        });
+        shared.attach(&mirror);
         let metrics = Arc::new(Metrics::default());
         let router = Router::new(groups, clock, config.limits.max_attempts, metrics);
         Ok(Self {
             state: Arc::new(AppState {
                 router,
                 api_keys: crate::api::auth::ApiKeys::new(&config.api_keys),
-                queue: crate::admission::FairQueue::new(config.admission.queue.clone()),
+                queue,
+                shared_state: shared,
+                state_mirror: mirror,
                 max_wait_ms: config.admission.max_wait_ms,
                 runtime,
                 admin_token: config.admin.token.clone(),
@@ -160,6 +197,16 @@ impl Gateway {
     /// The router, for inspection.
     pub fn router(&self) -> &Router {
         &self.state.router
+    }
+
+    /// The fair queue client requests wait in.
+    pub fn queue(&self) -> &FairQueue {
+        &self.state.queue
+    }
+
+    /// Where its shared state lives, and how the link to it is doing.
+    pub fn shared_state(&self) -> &Arc<dyn state::StateBackend> {
+        &self.state.shared_state
     }
 
     /// The policy runtime the gateway's policies run on.

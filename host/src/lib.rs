@@ -4,7 +4,8 @@
 //! The request path: [`api`] parses and checks a request, [`router`] runs the
 //! attempt loop, [`policy`] answers selection / cooldown / fallback questions,
 //! [`upstream`] calls Bedrock through the AWS SDK, and [`health`] keeps what
-//! happened. [`sim`] is a Bedrock simulator speaking the real wire protocol.
+//! happened. [`sim`] is a Bedrock simulator speaking the real wire protocol, and
+//! [`state`] holds what several instances share (memory or Redis).
 
 pub mod admin_client;
 pub mod admission;
@@ -21,5 +22,6 @@ pub mod outcome;
 pub mod policy;
 pub mod router;
 pub mod sim;
+pub mod state;
 pub mod swap;
 pub mod upstream;

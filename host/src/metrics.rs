@@ -73,6 +73,11 @@ pub struct Metrics {
     quota_used_ratio: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
     queue_waiting: Gauge,
     queue_running: Gauge,
+    state_degraded: Gauge,
+    state_errors: Counter,
+    state_local_decisions: Counter,
+    state_resyncs: Counter,
+    state_changes_received: Counter,
     policy_faults: Family<PolicyFaultLabels, Counter>,
     policy_swaps: Family<SwapLabels, Counter>,
 }
@@ -179,6 +184,36 @@ impl Default for Metrics {
             "Requests admitted by the fair queue and still running",
             queue_running.clone(),
         );
+        let state_degraded = Gauge::default();
+        registry.register(
+            "state_degraded",
+            "1 while the shared state backend (Redis) is unreachable and local state, with quotas divided by the instance count, decides",
+            state_degraded.clone(),
+        );
+        let state_errors = Counter::default();
+        registry.register(
+            "state_errors",
+            "Calls to the shared state backend that failed or timed out",
+            state_errors.clone(),
+        );
+        let state_local_decisions = Counter::default();
+        registry.register(
+            "state_local_decisions",
+            "Quota decisions taken on local state because the shared backend was unreachable",
+            state_local_decisions.clone(),
+        );
+        let state_resyncs = Counter::default();
+        registry.register(
+            "state_resyncs",
+            "Times this instance (re)connected to the shared backend and re-synced",
+            state_resyncs.clone(),
+        );
+        let state_changes_received = Counter::default();
+        registry.register(
+            "state_changes_received",
+            "Cooldown, circuit and policy entry changes received from sibling instances",
+            state_changes_received.clone(),
+        );
         let policy_faults = Family::<PolicyFaultLabels, Counter>::default();
         registry.register(
             "policy_faults",
@@ -205,6 +240,11 @@ impl Default for Metrics {
             quota_used_ratio,
             queue_waiting,
             queue_running,
+            state_degraded,
+            state_errors,
+            state_local_decisions,
+            state_resyncs,
+            state_changes_received,
             policy_faults,
             policy_swaps,
         }
@@ -333,6 +373,18 @@ impl Metrics {
     pub fn queue_state(&self, waiting: u32, running: u32) {
         self.queue_waiting.set(i64::from(waiting));
         self.queue_running.set(i64::from(running));
+    }
+
+    /// Sets the shared state's metrics from its status, at scrape time.
+    pub fn shared_state(&self, status: &crate::state::StateStatus) {
+        self.state_degraded.set(i64::from(status.degraded));
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.state_errors, status.errors);
+        catch_up(&self.state_local_decisions, status.local_decisions);
+        catch_up(&self.state_resyncs, status.resyncs);
+        catch_up(&self.state_changes_received, status.changes_received);
     }
 
     /// A slot's active version changed.

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::admission::{DeploymentAdmission, Ticket};
+use crate::state::Change;
 use crate::clock::SharedClock;
 use crate::config::DeploymentConfig;
 use crate::health::breaker::BreakerState;
@@ -349,6 +350,15 @@ impl Recorder {
         self.deployment
             .health
             .apply_cooldown(now, cooldown_ms, clear_history, kind);
+        // Siblings hear of a cooldown that starts or ends, not of every success.
+        if cooldown_ms > 0 || before.cooldown_remaining_ms > 0 {
+            self.deployment.admission.state().publish(Change::Cooldown {
+                deployment: outcome.deployment.clone(),
+                remaining_ms: cooldown_ms,
+                cause: kind,
+                clear_history,
+            });
+        }
         if cooldown_ms > 0 {
             tracing::info!(
                 request_id = %self.request_id,
@@ -624,7 +634,11 @@ impl Router {
         };
         while !queue.is_empty() && attempts.len() < max_attempts {
             let deployment = queue.remove(0);
-            let ticket = match deployment.admission.try_start(tokens, self.clock.now_ms()) {
+            let ticket = match deployment
+                .admission
+                .try_start(tokens, self.clock.now_ms())
+                .await
+            {
                 Ok(ticket) => ticket,
                 Err(refusal) => {
                     tracing::debug!(deployment = %deployment.config.id, ?refusal, "skipped by admission");

@@ -15,14 +15,15 @@ pub mod queue;
 pub mod quota;
 pub mod stats;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::health::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::outcome::OutcomeKind;
+use crate::state::memory::MemoryState;
+use crate::state::{Change, QuotaGrant, QuotaSpec, StateBackend};
 use concurrency::AimdLimit;
-use quota::{Reservation, RollingQuota};
 
 pub use queue::{AdmitError, FairQueue, Permit, QueueConfig, QueueStats};
 
@@ -47,6 +48,13 @@ pub struct AdmissionConfig {
     pub concurrency: ConcurrencyConfig,
     /// The circuit breaker of each deployment.
     pub breaker: BreakerConfig,
+}
+
+impl AdmissionConfig {
+    /// How long after it was spent a quota's token comes back, in ms.
+    pub fn quota_window_ms(&self) -> u64 {
+        QUOTA_WINDOW_MS + self.quota_margin_ms
+    }
 }
 
 impl Default for AdmissionConfig {
@@ -113,7 +121,7 @@ impl Refusal {
 /// [`DeploymentAdmission::finish`].
 #[derive(Debug)]
 pub struct Ticket {
-    tpm: Option<Reservation>,
+    grant: QuotaGrant,
 }
 
 /// What admission knows of one deployment now, for policies and stats.
@@ -132,130 +140,169 @@ pub struct AdmissionSnapshot {
     pub circuit_open_remaining_ms: u64,
 }
 
+/// The limits kept in this process: concurrency is per instance by nature,
+/// and the breaker is mirrored from the siblings' changes.
 struct Limits {
-    rpm: Option<RollingQuota>,
-    tpm: Option<RollingQuota>,
     concurrency: AimdLimit,
     breaker: CircuitBreaker,
 }
 
-/// Admission state of one deployment.
+/// Admission state of one deployment. Its quotas live in the state backend,
+/// which may share them with other instances.
 pub struct DeploymentAdmission {
+    quota: QuotaSpec,
+    state: Arc<dyn StateBackend>,
     limits: Mutex<Limits>,
 }
 
 impl std::fmt::Debug for DeploymentAdmission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeploymentAdmission")
+            .field("quota", &self.quota)
             .finish_non_exhaustive()
     }
 }
 
 impl DeploymentAdmission {
-    /// Limits for a deployment with these quotas (none: not limited here).
-    pub fn new(rpm: Option<u32>, tpm: Option<u32>, config: &AdmissionConfig) -> Self {
-        let window = QUOTA_WINDOW_MS + config.quota_margin_ms;
+    /// Limits for the deployment `quota` describes, its quotas kept in `state`.
+    pub fn new(quota: QuotaSpec, state: Arc<dyn StateBackend>, config: &AdmissionConfig) -> Self {
         let c = &config.concurrency;
         Self {
+            quota,
+            state,
             limits: Mutex::new(Limits {
-                rpm: rpm.map(|n| RollingQuota::new(u64::from(n), window)),
-                tpm: tpm.map(|n| RollingQuota::new(u64::from(n), window)),
                 concurrency: AimdLimit::new(c.initial, c.min, c.max),
                 breaker: CircuitBreaker::new(config.breaker.clone()),
             }),
         }
     }
 
+    /// Limits for a deployment with these quotas, kept in this process alone.
+    pub fn local(rpm: Option<u32>, tpm: Option<u32>, config: &AdmissionConfig) -> Self {
+        let quota = QuotaSpec {
+            deployment: String::new(),
+            rpm: rpm.map(u64::from),
+            tpm: tpm.map(u64::from),
+        };
+        let state = Arc::new(MemoryState::new(
+            std::slice::from_ref(&quota),
+            1,
+            config.quota_window_ms(),
+        ));
+        Self::new(quota, state, config)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Limits> {
         self.limits.lock().expect("admission state poisoned")
     }
 
+    /// Where its quotas and shared changes go.
+    pub fn state(&self) -> &Arc<dyn StateBackend> {
+        &self.state
+    }
+
     /// Starts an attempt that may use `tokens` (input plus `maxTokens`), if
-    /// every limit lets it; takes nothing when one refuses.
-    pub fn try_start(&self, tokens: u64, now_ms: u64) -> Result<Ticket, Refusal> {
+    /// every limit lets it; takes nothing when one refuses. Local limits are
+    /// checked first, so a refused attempt costs no round trip.
+    pub async fn try_start(&self, tokens: u64, now_ms: u64) -> Result<Ticket, Refusal> {
+        {
+            let mut l = self.lock();
+            let open_ms = l.breaker.open_remaining_ms(now_ms);
+            if open_ms > 0 {
+                return Err(Refusal::CircuitOpen { wait_ms: open_ms });
+            }
+            if !l.concurrency.try_acquire() {
+                return Err(Refusal::Concurrency);
+            }
+        }
+        let grant = match self.state.reserve(&self.quota, tokens, now_ms).await {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                self.lock().concurrency.release();
+                return Err(refusal);
+            }
+        };
         let mut l = self.lock();
-        let open_ms = l.breaker.open_remaining_ms(now_ms);
-        if open_ms > 0 {
-            return Err(Refusal::CircuitOpen { wait_ms: open_ms });
-        }
-        if let Some(rpm) = l.rpm.as_mut() {
-            let wait_ms = rpm.wait_for(1, now_ms);
-            if wait_ms > 0 {
-                return Err(Refusal::RequestQuota { wait_ms });
-            }
-        }
-        if let Some(tpm) = l.tpm.as_mut() {
-            let wait_ms = tpm.wait_for(tokens, now_ms);
-            if wait_ms > 0 {
-                return Err(Refusal::TokenQuota { wait_ms });
-            }
-        }
-        if !l.concurrency.try_acquire() {
-            return Err(Refusal::Concurrency);
-        }
         if !l.breaker.try_pass(now_ms) {
             l.concurrency.release();
+            drop(l);
+            self.state.settle(&self.quota, grant, false, 0, now_ms);
             // Half-open with its probes out: ask again shortly.
             return Err(Refusal::Concurrency);
         }
-        // Both were checked above under the same lock: these succeed.
-        if let Some(rpm) = l.rpm.as_mut() {
-            let _ = rpm.try_reserve(1, now_ms);
-        }
-        let tpm = l
-            .tpm
-            .as_mut()
-            .and_then(|q| q.try_reserve(tokens, now_ms).ok());
-        Ok(Ticket { tpm })
+        Ok(Ticket { grant })
     }
 
     /// The attempt holding `ticket` ended as `kind`, having used
     /// `used_tokens` when known. A refused call used no tokens; a success
-    /// whose usage is unknown keeps its whole reservation.
+    /// whose usage is unknown keeps its whole reservation. A circuit that
+    /// opens or closes is told to the sibling instances.
     pub fn finish(&self, ticket: Ticket, kind: OutcomeKind, used_tokens: Option<u64>, now_ms: u64) {
+        let reserved = ticket.grant.tokens;
+        let actual = match kind {
+            OutcomeKind::Success => used_tokens.unwrap_or(reserved),
+            _ => used_tokens.unwrap_or(0),
+        };
+        self.state
+            .settle(&self.quota, ticket.grant, true, actual, now_ms);
         let mut l = self.lock();
-        if let (Some(reservation), Some(tpm)) = (ticket.tpm, l.tpm.as_mut()) {
-            let actual = match kind {
-                OutcomeKind::Success => used_tokens.unwrap_or(reservation.amount),
-                _ => used_tokens.unwrap_or(0),
-            };
-            tpm.settle(reservation, actual, now_ms);
-        }
         match kind {
             OutcomeKind::Success => l.concurrency.on_success(),
             OutcomeKind::Throttled => l.concurrency.on_throttle(),
             _ => l.concurrency.release(),
         }
+        let before = l.breaker.state(now_ms);
         l.breaker.record(kind, now_ms);
+        let after = l.breaker.state(now_ms);
+        let remaining_ms = l.breaker.open_remaining_ms(now_ms);
+        drop(l);
+        let deployment = self.quota.deployment.clone();
+        match (before, after) {
+            (b, BreakerState::Open) if b != BreakerState::Open => {
+                self.state.publish(Change::CircuitOpened {
+                    deployment,
+                    remaining_ms,
+                });
+            }
+            (b, BreakerState::Closed) if b != BreakerState::Closed => {
+                self.state.publish(Change::CircuitClosed { deployment });
+            }
+            _ => {}
+        }
+    }
+
+    /// A sibling instance's breaker opened for `remaining_ms`.
+    pub fn open_circuit(&self, remaining_ms: u64, now_ms: u64) {
+        self.lock()
+            .breaker
+            .force_open(now_ms.saturating_add(remaining_ms));
+    }
+
+    /// A sibling instance's breaker closed.
+    pub fn close_circuit(&self) {
+        self.lock().breaker.force_close();
     }
 
     /// Milliseconds until an attempt of `tokens` could start (0: now).
     pub fn wait_ms(&self, tokens: u64, now_ms: u64) -> u64 {
-        let mut l = self.lock();
-        let quota = |q: &mut Option<RollingQuota>, amount| {
-            q.as_mut().map_or(0, |q| q.wait_for(amount, now_ms))
-        };
-        let rpm = quota(&mut l.rpm, 1);
-        let tpm = quota(&mut l.tpm, tokens);
-        let open = l.breaker.open_remaining_ms(now_ms);
-        rpm.max(tpm).max(open)
+        let quota = self.state.quota_wait_ms(&self.quota, tokens, now_ms);
+        let open = self.lock().breaker.open_remaining_ms(now_ms);
+        quota.max(open)
     }
 
     /// Its state now.
     pub fn snapshot(&self, now_ms: u64) -> AdmissionSnapshot {
+        let quota = self.state.quota_view(&self.quota, now_ms);
         let mut l = self.lock();
-        let rpm_used = l.rpm.as_mut().map_or(0, |q| q.used_permille(now_ms));
-        let tpm_used = l.tpm.as_mut().map_or(0, |q| q.used_permille(now_ms));
-        let circuit = l.breaker.state(now_ms);
         AdmissionSnapshot {
-            quota_used_permille: rpm_used.max(tpm_used),
-            rpm_limit: l.rpm.as_ref().map(RollingQuota::limit),
-            rpm_available: l.rpm.as_mut().map(|q| q.available(now_ms)),
-            tpm_limit: l.tpm.as_ref().map(RollingQuota::limit),
-            tpm_available: l.tpm.as_mut().map(|q| q.available(now_ms)),
+            quota_used_permille: quota.used_permille,
+            rpm_limit: quota.rpm_limit,
+            rpm_available: quota.rpm_available,
+            tpm_limit: quota.tpm_limit,
+            tpm_available: quota.tpm_available,
             concurrency_limit: l.concurrency.limit(),
             in_flight: l.concurrency.in_flight(),
-            circuit,
+            circuit: l.breaker.state(now_ms),
             circuit_open_remaining_ms: l.breaker.open_remaining_ms(now_ms),
         }
     }
@@ -277,56 +324,56 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_empty_request_quota_refuses_with_the_wait() {
-        let a = DeploymentAdmission::new(Some(2), None, &config());
-        let t1 = a.try_start(10, 0).unwrap();
+    #[tokio::test]
+    async fn an_empty_request_quota_refuses_with_the_wait() {
+        let a = DeploymentAdmission::local(Some(2), None, &config());
+        let t1 = a.try_start(10, 0).await.unwrap();
         a.finish(t1, OutcomeKind::Success, None, 100);
-        let t2 = a.try_start(10, 1_000).unwrap();
+        let t2 = a.try_start(10, 1_000).await.unwrap();
         a.finish(t2, OutcomeKind::Success, None, 1_100);
         assert_eq!(
-            a.try_start(10, 2_000).unwrap_err(),
+            a.try_start(10, 2_000).await.unwrap_err(),
             Refusal::RequestQuota { wait_ms: 58_000 }
         );
         assert_eq!(a.wait_ms(10, 2_000), 58_000);
         assert_eq!(a.snapshot(2_000).quota_used_permille, 1000);
-        assert!(a.try_start(10, 60_000).is_ok());
+        assert!(a.try_start(10, 60_000).await.is_ok());
     }
 
-    #[test]
-    fn tokens_are_reserved_then_settled_to_the_usage() {
-        let a = DeploymentAdmission::new(None, Some(10_000), &config());
-        let t = a.try_start(6_000, 0).unwrap();
+    #[tokio::test]
+    async fn tokens_are_reserved_then_settled_to_the_usage() {
+        let a = DeploymentAdmission::local(None, Some(10_000), &config());
+        let t = a.try_start(6_000, 0).await.unwrap();
         assert!(matches!(
-            a.try_start(6_000, 0),
+            a.try_start(6_000, 0).await,
             Err(Refusal::TokenQuota { .. })
         ));
         a.finish(t, OutcomeKind::Success, Some(1_000), 10);
         assert_eq!(a.snapshot(10).tpm_available, Some(9_000));
         // A throttled attempt used nothing.
-        let t = a.try_start(6_000, 20).unwrap();
+        let t = a.try_start(6_000, 20).await.unwrap();
         a.finish(t, OutcomeKind::Throttled, None, 30);
         assert_eq!(a.snapshot(30).tpm_available, Some(9_000));
     }
 
-    #[test]
-    fn concurrency_and_an_open_circuit_refuse() {
-        let a = DeploymentAdmission::new(None, None, &config());
-        let t1 = a.try_start(1, 0).unwrap();
-        let _t2 = a.try_start(1, 0).unwrap();
-        assert_eq!(a.try_start(1, 0).unwrap_err(), Refusal::Concurrency);
+    #[tokio::test]
+    async fn concurrency_and_an_open_circuit_refuse() {
+        let a = DeploymentAdmission::local(None, None, &config());
+        let t1 = a.try_start(1, 0).await.unwrap();
+        let _t2 = a.try_start(1, 0).await.unwrap();
+        assert_eq!(a.try_start(1, 0).await.unwrap_err(), Refusal::Concurrency);
         a.finish(t1, OutcomeKind::Throttled, None, 0);
         // Halved to 1, with one still in flight.
         assert_eq!(a.snapshot(0).concurrency_limit, 1);
-        assert_eq!(a.try_start(1, 0).unwrap_err(), Refusal::Concurrency);
+        assert_eq!(a.try_start(1, 0).await.unwrap_err(), Refusal::Concurrency);
 
-        let b = DeploymentAdmission::new(None, None, &config());
+        let b = DeploymentAdmission::local(None, None, &config());
         for _ in 0..5 {
-            let t = b.try_start(1, 0).unwrap();
+            let t = b.try_start(1, 0).await.unwrap();
             b.finish(t, OutcomeKind::Unavailable, None, 0);
         }
         assert_eq!(
-            b.try_start(1, 0).unwrap_err(),
+            b.try_start(1, 0).await.unwrap_err(),
             Refusal::CircuitOpen { wait_ms: 30_000 }
         );
         assert_eq!(b.snapshot(0).circuit, BreakerState::Open);

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tokio::sync::oneshot;
+
+use crate::state::StateBackend;
 use tokio::time::Instant;
 
 /// The fair-share name of requests that name no user.
@@ -92,6 +94,8 @@ struct State {
 struct Inner {
     config: QueueConfig,
     state: Mutex<State>,
+    /// Where per-user in-flight counts are shared with sibling instances.
+    shared: Option<Arc<dyn StateBackend>>,
 }
 
 /// The fair queue. Cheap to clone.
@@ -122,6 +126,7 @@ impl Drop for Permit {
         state.running -= 1;
         if let Some(u) = state.users.get_mut(&self.user) {
             u.running -= 1;
+            inner.report(&self.user, u.running);
         }
         inner.dispatch(&mut state);
     }
@@ -155,6 +160,21 @@ impl Inner {
         self.state.lock().expect("queue state poisoned")
     }
 
+    /// Tells the sibling instances how many of `user`'s requests run here.
+    fn report(&self, user: &str, running: u32) {
+        if let (Some(shared), false) = (&self.shared, user == ANONYMOUS) {
+            shared.user_running(user, running);
+        }
+    }
+
+    /// Requests of `user` running on sibling instances, as last seen.
+    fn elsewhere(&self, user: &str) -> u32 {
+        match (&self.shared, user == ANONYMOUS) {
+            (Some(shared), false) => shared.running_elsewhere(user),
+            _ => 0,
+        }
+    }
+
     /// Starts as many waiting requests as the caps allow, best first.
     fn dispatch(self: &Arc<Self>, state: &mut State) {
         while state.running < self.config.max_concurrent {
@@ -162,7 +182,10 @@ impl Inner {
                 .waiting
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| state.users.get(&w.user).map_or(0, |u| u.running) < w.user_cap)
+                .filter(|(_, w)| {
+                    let here = state.users.get(&w.user).map_or(0, |u| u.running);
+                    here + self.elsewhere(&w.user) < w.user_cap
+                })
                 .min_by_key(|(_, w)| {
                     let running = state.users.get(&w.user).map_or(0, |u| u.running);
                     (std::cmp::Reverse(w.priority), running, w.tag, w.id)
@@ -173,7 +196,9 @@ impl Inner {
             };
             let waiter = state.waiting.swap_remove(i);
             state.running += 1;
-            state.users.entry(waiter.user.clone()).or_default().running += 1;
+            let user = state.users.entry(waiter.user.clone()).or_default();
+            user.running += 1;
+            self.report(&waiter.user, user.running);
             state.virtual_time = state.virtual_time.max(waiter.tag);
             state
                 .waits
@@ -190,6 +215,7 @@ impl Inner {
                 state.running -= 1;
                 if let Some(u) = state.users.get_mut(&permit.user) {
                     u.running -= 1;
+                    self.report(&permit.user, u.running);
                 }
             }
         }
@@ -199,9 +225,26 @@ impl Inner {
 impl FairQueue {
     /// An empty queue with `config`'s caps.
     pub fn new(config: QueueConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// An empty queue whose per-user caps count the requests running on
+    /// every instance sharing `state`.
+    pub fn shared(config: QueueConfig, state: Arc<dyn StateBackend>) -> Self {
+        Self::build(config, Some(state))
+    }
+
+    /// Lets waiting requests re-check their caps (the siblings' counts changed).
+    pub fn recheck(&self) {
+        let mut state = self.inner.lock();
+        self.inner.dispatch(&mut state);
+    }
+
+    fn build(config: QueueConfig, shared: Option<Arc<dyn StateBackend>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
+                shared,
                 state: Mutex::new(State {
                     running: 0,
                     users: HashMap::new(),

@@ -91,6 +91,13 @@ impl RollingQuota {
         if !fits {
             return Err(self.wait_for(amount, now_ms));
         }
+        Ok(self.force_reserve(amount, now_ms))
+    }
+
+    /// Takes `amount` tokens even past the limit: they were spent already
+    /// (through another instance's books, or before an outage).
+    pub fn force_reserve(&mut self, amount: u64, now_ms: u64) -> Reservation {
+        self.refill(now_ms);
         let id = self.next_id;
         self.next_id += 1;
         self.spent.push_back(Spend {
@@ -99,7 +106,7 @@ impl RollingQuota {
             id,
         });
         self.in_use += amount;
-        Ok(Reservation { id, amount })
+        Reservation { id, amount }
     }
 
     /// Milliseconds until `amount` tokens are available (0 if they are).

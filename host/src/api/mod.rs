@@ -31,6 +31,10 @@ pub struct AppState {
     pub api_keys: auth::ApiKeys,
     /// The fair queue every client request waits in.
     pub queue: crate::admission::FairQueue,
+    /// Where quotas, cooldowns and the rest are shared with sibling instances.
+    pub shared_state: Arc<dyn crate::state::StateBackend>,
+    /// This instance's copy of the shared state (the backend holds it weakly).
+    pub state_mirror: Arc<dyn crate::state::ChangeSink>,
     /// How long a request may wait for its turn and for capacity, in ms.
     pub max_wait_ms: u64,
     pub runtime: PolicyRuntime,
@@ -62,6 +66,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     }
     let queue = state.queue.stats();
     metrics.queue_state(queue.queued, queue.running);
+    metrics.shared_state(&state.shared_state.status());
     let mut response = metrics.render().into_response();
     response.headers_mut().insert(
         "content-type",
@@ -118,6 +123,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/model_stats", get(stats::model_stats))
         .route("/cooldowns", get(stats::cooldowns))
         .route("/queue_stats", get(stats::queue_stats))
+        .route("/state_stats", get(stats::state_stats))
         .route("/v1/models", get(openai::models))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)

@@ -172,6 +172,11 @@ pub async fn queue_stats(State(state): State<Arc<AppState>>) -> Response {
     Json(json!({ "success": true, "queue": state.queue.stats() })).into_response()
 }
 
+/// `GET /state_stats`: where shared state lives and how the link to it is doing.
+pub async fn state_stats(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({ "success": true, "state": state.shared_state.status() })).into_response()
+}
+
 /// `GET /readyz`: 200 when the gateway can serve (its config and policies
 /// are loaded, which they are once it listens, and some deployment's circuit
 /// is not open); 503 with the reason otherwise.

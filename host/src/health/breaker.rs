@@ -131,6 +131,16 @@ impl CircuitBreaker {
         }
     }
 
+    /// Opens it until `until_ms`, as a sibling instance's breaker did.
+    pub fn force_open(&mut self, until_ms: u64) {
+        self.state = State::Open { until_ms };
+    }
+
+    /// Closes it, as a sibling instance's successful probe did.
+    pub fn force_close(&mut self) {
+        self.state = Self::closed();
+    }
+
     /// A call that went through ended as `kind` at `now_ms`.
     pub fn record(&mut self, kind: OutcomeKind, now_ms: u64) {
         let failed = match kind {

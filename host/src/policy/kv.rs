@@ -1,10 +1,15 @@
 //! Policy-private key-value state, kept by the host so that a policy can
 //! remember across calls although each call runs in a fresh instance.
+//!
+//! Reads are always local. With a shared state backend, every write is also
+//! told to the sibling instances (after the call, off its path), which apply
+//! it to their own copy.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::clock::SharedClock;
+use crate::state::{Change, StateBackend};
 
 /// Most entries one policy slot may hold; a runaway policy must not eat the gateway's memory.
 pub const MAX_ENTRIES: usize = 100_000;
@@ -18,10 +23,19 @@ struct Entry {
 }
 
 /// The entries of one policy slot (a model group's selection, cooldown or fallback).
-#[derive(Debug)]
 pub struct KvStore {
     clock: SharedClock,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Where writes are told to sibling instances, and this slot's name there.
+    shared: Option<(Arc<dyn StateBackend>, String)>,
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("slot", &self.shared.as_ref().map(|(_, slot)| slot))
+            .finish_non_exhaustive()
+    }
 }
 
 impl KvStore {
@@ -30,6 +44,15 @@ impl KvStore {
         Self {
             clock,
             entries: Mutex::new(HashMap::new()),
+            shared: None,
+        }
+    }
+
+    /// An empty store whose writes are shared, as slot `slot`, through `state`.
+    pub fn shared(clock: SharedClock, state: Arc<dyn StateBackend>, slot: String) -> Self {
+        Self {
+            shared: Some((state, slot)),
+            ..Self::new(clock)
         }
     }
 
@@ -47,9 +70,39 @@ impl KvStore {
         }
     }
 
-    /// Stores `value` under `key`, for `ttl_ms` if given. Returns false when
-    /// the entry is too large or the store is full.
+    /// Stores `value` under `key`, for `ttl_ms` if given, and tells the
+    /// sibling instances. Returns false when the entry is too large or the
+    /// store is full.
     pub fn set(&self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> bool {
+        let Some((state, slot)) = &self.shared else {
+            return self.apply_set(key, value, ttl_ms);
+        };
+        let change = Change::KvSet {
+            slot: slot.clone(),
+            key: key.clone(),
+            value: value.clone(),
+            ttl_ms,
+        };
+        let stored = self.apply_set(key, value, ttl_ms);
+        if stored {
+            state.publish(change);
+        }
+        stored
+    }
+
+    /// Removes `key` and tells the sibling instances.
+    pub fn delete(&self, key: &str) {
+        self.apply_delete(key);
+        if let Some((state, slot)) = &self.shared {
+            state.publish(Change::KvDeleted {
+                slot: slot.clone(),
+                key: key.to_owned(),
+            });
+        }
+    }
+
+    /// Stores an entry a sibling instance stored (or this one, unshared).
+    pub fn apply_set(&self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> bool {
         if key.len() + value.len() > MAX_ENTRY_BYTES {
             return false;
         }
@@ -72,8 +125,8 @@ impl KvStore {
         true
     }
 
-    /// Removes `key`.
-    pub fn delete(&self, key: &str) {
+    /// Removes an entry a sibling instance removed.
+    pub fn apply_delete(&self, key: &str) {
         self.entries.lock().expect("kv store poisoned").remove(key);
     }
 

@@ -1,0 +1,397 @@
+//! State shared through a Redis server by every gateway instance that points
+//! at it with the same `key_prefix`.
+//!
+//! - **Quotas**: a reservation is one atomic Lua script on Redis's clock
+//!   (`reserve.lua`), the request's only round trip; settling it is written
+//!   afterwards, pipelined with whatever else is pending.
+//! - **Cooldowns, circuits, policy key-value entries**: each instance keeps
+//!   them locally (policies read them with no network in the way) and
+//!   broadcasts every change on a pub/sub channel; the siblings apply it as
+//!   it arrives. The latest cooldowns and circuits are also kept in hashes,
+//!   for an instance that (re)connects.
+//! - **Per-user in-flight counts**: each instance writes its own to a hash and
+//!   reads the others' every [`link::HEARTBEAT`].
+//!
+//! While Redis is unreachable, quotas are decided on local books holding
+//! `limit / instances`, which also record this instance's shared spends, so
+//! an outage never lets an instance spend more than its share. Those spends
+//! are pushed to Redis when it returns ([`link`]).
+
+mod keys;
+mod link;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::mpsc;
+
+use super::memory::MemoryState;
+use super::{
+    BoxFuture, Change, ChangeSink, GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend,
+    StateConfig, StateStatus,
+};
+use crate::admission::Refusal;
+use keys::Keys;
+
+/// A reservation made on Redis, and its mirror in the local books.
+#[derive(Debug)]
+struct OpenGrant {
+    /// Whether it took a request from an RPM quota.
+    rpm: bool,
+    /// Tokens it took from a TPM quota (None: no TPM quota).
+    tpm: Option<u64>,
+    /// Its mirror in the local books.
+    mirror: Option<u64>,
+}
+
+/// The shared quota of a deployment as the last reservation saw it.
+#[derive(Debug, Clone, Copy, Default)]
+struct SeenQuota {
+    rpm_used: u64,
+    tpm_used: u64,
+    /// Until when (local ms) the last refusal said to wait.
+    refused_until_ms: u64,
+}
+
+/// Something to write to Redis after the fact.
+#[derive(Debug)]
+enum Write {
+    Settle {
+        quota: QuotaSpec,
+        id: u64,
+        /// (reserved, used) of the RPM quota, if it has one.
+        rpm: Option<(u64, u64)>,
+        /// (reserved, used) of the TPM quota, if it has one.
+        tpm: Option<(u64, u64)>,
+    },
+    Change(Change),
+    Running {
+        user: String,
+        running: u32,
+    },
+}
+
+/// What the request path and the link task share.
+struct Shared {
+    keys: Keys,
+    instance: String,
+    instances: u32,
+    timeout: Duration,
+    window_ms: u64,
+    quotas: HashMap<String, QuotaSpec>,
+    /// The connection, while Redis answers.
+    conn: ArcSwapOption<MultiplexedConnection>,
+    reserve: redis::Script,
+    /// Books of `limit / instances`: the deciders during an outage.
+    local: MemoryState,
+    open: Mutex<HashMap<u64, OpenGrant>>,
+    seen: Mutex<HashMap<String, SeenQuota>>,
+    /// Spends decided locally while degraded, to push on re-sync:
+    /// (deployment, when, tokens or None for a request).
+    outage_spends: Mutex<Vec<(String, Instant, Option<u64>)>>,
+    degraded: AtomicBool,
+    errors: AtomicU64,
+    local_decisions: AtomicU64,
+    resyncs: AtomicU64,
+    changes_received: AtomicU64,
+    writes: mpsc::UnboundedSender<Write>,
+    sink: OnceLock<Weak<dyn ChangeSink>>,
+    running_here: Mutex<HashMap<String, u32>>,
+    running_elsewhere: RwLock<HashMap<String, u32>>,
+}
+
+impl Shared {
+    /// Where the siblings' changes go, while the gateway lives.
+    fn sink(&self) -> Option<Arc<dyn ChangeSink>> {
+        self.sink.get().and_then(Weak::upgrade)
+    }
+
+    /// Redis failed us: decide locally until the link is back.
+    fn went_down(&self, why: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.conn.store(None);
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = why,
+                share = format!("1/{}", self.instances),
+                "shared state unreachable: deciding on local state with each quota divided by the instance count"
+            );
+        }
+    }
+
+    fn decide_locally(
+        &self,
+        quota: &QuotaSpec,
+        tokens: u64,
+        now_ms: u64,
+    ) -> Result<QuotaGrant, Refusal> {
+        self.local_decisions.fetch_add(1, Ordering::Relaxed);
+        let grant = self.local.reserve_now(quota, tokens, now_ms)?;
+        let mut spends = self.outage_spends.lock().expect("outage spends poisoned");
+        if quota.rpm.is_some() {
+            spends.push((quota.deployment.clone(), Instant::now(), None));
+        }
+        if quota.tpm.is_some() {
+            spends.push((quota.deployment.clone(), Instant::now(), Some(tokens)));
+        }
+        Ok(grant)
+    }
+
+    async fn reserve_shared(
+        &self,
+        quota: &QuotaSpec,
+        tokens: u64,
+        now_ms: u64,
+    ) -> Result<QuotaGrant, Refusal> {
+        let Some(conn) = self.conn.load_full() else {
+            return self.decide_locally(quota, tokens, now_ms);
+        };
+        let mut conn = (*conn).clone();
+        let limit = |l: Option<u64>| l.map_or(-1, |l| l as i64);
+        let mut invocation = self.reserve.prepare_invoke();
+        invocation
+            .key(self.keys.spends(quota, "rpm"))
+            .key(self.keys.spends(quota, "tpm"))
+            .key(self.keys.sums(quota))
+            .arg(limit(quota.rpm))
+            .arg(limit(quota.tpm))
+            .arg(tokens)
+            .arg(self.window_ms);
+        let answer = tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut conn),
+        )
+        .await;
+        let reply = match answer {
+            Ok(Ok(reply)) if reply.len() == 5 => reply,
+            Ok(Ok(reply)) => {
+                self.went_down(&format!("unexpected reply to reserve: {reply:?}"));
+                return self.decide_locally(quota, tokens, now_ms);
+            }
+            Ok(Err(e)) => {
+                self.went_down(&e.to_string());
+                return self.decide_locally(quota, tokens, now_ms);
+            }
+            Err(_) => {
+                self.went_down("reserve timed out");
+                return self.decide_locally(quota, tokens, now_ms);
+            }
+        };
+        let used = |i: usize| reply[i].max(0) as u64;
+        let mut seen = self.seen.lock().expect("seen quotas poisoned");
+        let seen = seen.entry(quota.deployment.clone()).or_default();
+        seen.rpm_used = used(3);
+        seen.tpm_used = used(4);
+        if reply[0] == 0 {
+            let wait_ms = used(2).max(1);
+            seen.refused_until_ms = now_ms + wait_ms;
+            return Err(match reply[1] {
+                1 => Refusal::RequestQuota { wait_ms },
+                _ => Refusal::TokenQuota { wait_ms },
+            });
+        }
+        seen.refused_until_ms = 0;
+        let id = used(1);
+        let mirror = self.local.record_spend(quota, tokens, now_ms);
+        self.open.lock().expect("open grants poisoned").insert(
+            id,
+            OpenGrant {
+                rpm: quota.rpm.is_some(),
+                tpm: quota.tpm.map(|_| tokens),
+                mirror,
+            },
+        );
+        Ok(QuotaGrant {
+            source: GrantSource::Shared,
+            id,
+            tokens: if quota.tpm.is_some() { tokens } else { 0 },
+        })
+    }
+}
+
+/// The Redis backend. Dropping it stops its link task.
+pub struct RedisState {
+    shared: Arc<Shared>,
+    link: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisState {
+    fn drop(&mut self) {
+        self.link.abort();
+    }
+}
+
+impl RedisState {
+    /// Starts connecting to `config.url` in the background (needs a tokio
+    /// runtime). Until connected, quotas are decided locally.
+    pub fn start(config: &StateConfig, quotas: &[QuotaSpec], window_ms: u64) -> Result<Self, String> {
+        let url = config.url.as_deref().unwrap_or_default();
+        let client =
+            redis::Client::open(url).map_err(|e| format!("state.url: {url}: {e}"))?;
+        let (writes, pending) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            keys: Keys::new(&config.key_prefix),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            instances: config.instances,
+            timeout: Duration::from_millis(config.timeout_ms),
+            window_ms,
+            quotas: quotas
+                .iter()
+                .map(|q| (q.deployment.clone(), q.clone()))
+                .collect(),
+            conn: ArcSwapOption::empty(),
+            reserve: redis::Script::new(include_str!("reserve.lua")),
+            local: MemoryState::new(quotas, config.instances, window_ms),
+            open: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            outage_spends: Mutex::new(Vec::new()),
+            degraded: AtomicBool::new(true),
+            errors: AtomicU64::new(0),
+            local_decisions: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            changes_received: AtomicU64::new(0),
+            writes,
+            sink: OnceLock::new(),
+            running_here: Mutex::new(HashMap::new()),
+            running_elsewhere: RwLock::new(HashMap::new()),
+        });
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| "state: the Redis backend needs a tokio runtime".to_owned())?;
+        let link = handle.spawn(link::run(shared.clone(), client, pending));
+        Ok(Self { shared, link })
+    }
+}
+
+impl StateBackend for RedisState {
+    fn reserve<'a>(
+        &'a self,
+        quota: &'a QuotaSpec,
+        tokens: u64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<QuotaGrant, Refusal>> {
+        if quota.rpm.is_none() && quota.tpm.is_none() {
+            return Box::pin(std::future::ready(
+                self.shared.local.reserve_now(quota, tokens, now_ms),
+            ));
+        }
+        Box::pin(self.shared.reserve_shared(quota, tokens, now_ms))
+    }
+
+    fn settle(
+        &self,
+        quota: &QuotaSpec,
+        grant: QuotaGrant,
+        request: bool,
+        used_tokens: u64,
+        now_ms: u64,
+    ) {
+        let s = &self.shared;
+        match grant.source {
+            GrantSource::Local => s.local.settle_local(quota, grant.id, request, used_tokens, now_ms),
+            GrantSource::Shared => {
+                let Some(open) = s.open.lock().expect("open grants poisoned").remove(&grant.id)
+                else {
+                    return;
+                };
+                if let Some(mirror) = open.mirror {
+                    s.local.settle_local(quota, mirror, request, used_tokens, now_ms);
+                }
+                let rpm = open.rpm.then_some((1, u64::from(request)));
+                let tpm = open.tpm.map(|reserved| (reserved, used_tokens));
+                // Nothing changes for a request that used what it reserved.
+                if rpm.is_some_and(|(r, u)| r != u) || tpm.is_some_and(|(r, u)| r != u) {
+                    let _ = s.writes.send(Write::Settle {
+                        quota: quota.clone(),
+                        id: grant.id,
+                        rpm,
+                        tpm,
+                    });
+                }
+            }
+        }
+    }
+
+    fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView {
+        let s = &self.shared;
+        if s.degraded.load(Ordering::Relaxed) {
+            return s.local.quota_view(quota, now_ms);
+        }
+        let seen = s
+            .seen
+            .lock()
+            .expect("seen quotas poisoned")
+            .get(&quota.deployment)
+            .copied()
+            .unwrap_or_default();
+        let permille = |used: u64, limit: Option<u64>| {
+            limit.map_or(0, |l| if l == 0 { 1000 } else { (used.min(l) * 1000 / l) as u32 })
+        };
+        QuotaView {
+            rpm_limit: quota.rpm,
+            rpm_available: quota.rpm.map(|l| l.saturating_sub(seen.rpm_used)),
+            tpm_limit: quota.tpm,
+            tpm_available: quota.tpm.map(|l| l.saturating_sub(seen.tpm_used)),
+            used_permille: permille(seen.rpm_used, quota.rpm).max(permille(seen.tpm_used, quota.tpm)),
+        }
+    }
+
+    fn quota_wait_ms(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> u64 {
+        let s = &self.shared;
+        if s.degraded.load(Ordering::Relaxed) {
+            return s.local.quota_wait_ms(quota, tokens, now_ms);
+        }
+        s.seen
+            .lock()
+            .expect("seen quotas poisoned")
+            .get(&quota.deployment)
+            .map_or(0, |seen| seen.refused_until_ms.saturating_sub(now_ms))
+    }
+
+    fn publish(&self, change: Change) {
+        let _ = self.shared.writes.send(Write::Change(change));
+    }
+
+    fn user_running(&self, user: &str, running: u32) {
+        let mut here = self.shared.running_here.lock().expect("running poisoned");
+        if running == 0 {
+            here.remove(user);
+        } else {
+            here.insert(user.to_owned(), running);
+        }
+        let _ = self.shared.writes.send(Write::Running {
+            user: user.to_owned(),
+            running,
+        });
+    }
+
+    fn running_elsewhere(&self, user: &str) -> u32 {
+        self.shared
+            .running_elsewhere
+            .read()
+            .expect("running poisoned")
+            .get(user)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn attach(&self, sink: &Arc<dyn ChangeSink>) {
+        let _ = self.shared.sink.set(Arc::downgrade(sink));
+    }
+
+    fn status(&self) -> StateStatus {
+        let s = &self.shared;
+        StateStatus {
+            backend: "redis".into(),
+            instance: s.instance.clone(),
+            degraded: s.degraded.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+            local_decisions: s.local_decisions.load(Ordering::Relaxed),
+            resyncs: s.resyncs.load(Ordering::Relaxed),
+            changes_received: s.changes_received.load(Ordering::Relaxed),
+        }
+    }
+}
