@@ -16,7 +16,9 @@
 //! Run: `cargo bench -p switchyard --bench shared_state`. Under `cargo test`
 //! it runs a short smoke version of itself.
 
+// The tests' Redis helper; the bench uses part of it.
 #[path = "../../tests/all/redis_server.rs"]
+#[allow(dead_code)]
 mod redis_server;
 
 use std::net::SocketAddr;
@@ -157,7 +159,10 @@ async fn run(requests: usize, propagations: usize) {
             clear_history: false,
         });
         loop {
-            let left = deployment.health.snapshot(clock.now_ms()).cooldown_remaining_ms;
+            let left = deployment
+                .health
+                .snapshot(clock.now_ms())
+                .cooldown_remaining_ms;
             if (left > 0) == (remaining_ms > 0) {
                 break;
             }

@@ -99,7 +99,11 @@ impl Gateway {
                 d.id.clone(),
                 Arc::new(Deployment {
                     admission: DeploymentAdmission::new(
-                        quotas.iter().find(|q| q.deployment == d.id).cloned().expect("a spec per deployment"),
+                        quotas
+                            .iter()
+                            .find(|q| q.deployment == d.id)
+                            .cloned()
+                            .expect("a spec per deployment"),
                         shared.clone(),
                         &config.admission,
                     ),

@@ -23,7 +23,6 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::admission::{DeploymentAdmission, Ticket};
-use crate::state::Change;
 use crate::clock::SharedClock;
 use crate::config::DeploymentConfig;
 use crate::health::breaker::BreakerState;
@@ -31,6 +30,7 @@ use crate::health::{DeploymentHealth, HealthSnapshot};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::policy::{self, CallOptions, PolicyFault, PolicyKind, PolicySlot, PolicyVersion};
+use crate::state::Change;
 use crate::upstream::{AttemptFailure, Upstream};
 
 /// One upstream target and everything the gateway knows of it.

@@ -55,7 +55,11 @@ impl RedisServer {
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
         while self.command("PING").as_deref() != Some("+PONG") {
-            assert!(Instant::now() < until, "redis-server never answered on {}", self.port);
+            assert!(
+                Instant::now() < until,
+                "redis-server never answered on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

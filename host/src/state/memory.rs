@@ -190,7 +190,8 @@ impl StateBackend for MemoryState {
     }
 
     fn quota_wait_ms(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> u64 {
-        self.books(quota).map_or(0, |mut b| b.wait_ms(tokens, now_ms))
+        self.books(quota)
+            .map_or(0, |mut b| b.wait_ms(tokens, now_ms))
     }
 
     fn publish(&self, _change: Change) {}
@@ -227,7 +228,7 @@ mod tests {
     #[test]
     fn an_empty_request_quota_refuses_with_the_wait() {
         let q = spec(Some(2), None);
-        let m = MemoryState::new(&[q.clone()], 1, 60_000);
+        let m = MemoryState::new(std::slice::from_ref(&q), 1, 60_000);
         let g = m.reserve_now(&q, 10, 0).unwrap();
         m.settle(&q, g, true, 0, 100);
         let g = m.reserve_now(&q, 10, 1_000).unwrap();
@@ -244,7 +245,7 @@ mod tests {
     #[test]
     fn tokens_are_reserved_then_settled_to_the_usage() {
         let q = spec(None, Some(10_000));
-        let m = MemoryState::new(&[q.clone()], 1, 60_000);
+        let m = MemoryState::new(std::slice::from_ref(&q), 1, 60_000);
         let g = m.reserve_now(&q, 6_000, 0).unwrap();
         assert!(matches!(
             m.reserve_now(&q, 6_000, 0),
@@ -261,7 +262,7 @@ mod tests {
     #[test]
     fn a_share_is_the_limit_divided_by_the_instances() {
         let q = spec(Some(120), Some(90_000));
-        let m = MemoryState::new(&[q.clone()], 3, 60_000);
+        let m = MemoryState::new(std::slice::from_ref(&q), 3, 60_000);
         let view = m.quota_view(&q, 0);
         assert_eq!((view.rpm_limit, view.tpm_limit), (Some(40), Some(30_000)));
     }

@@ -78,6 +78,7 @@ async fn session(
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(shared.keys.changes()).await?;
     let mut messages = pubsub.into_on_message();
+    shared.reserve.load_async(&mut conn).await?;
     SETTLE.load_async(&mut conn).await?;
     SPEND.load_async(&mut conn).await?;
     resync(shared, &mut conn).await?;
@@ -150,7 +151,12 @@ async fn flush(
 fn add(shared: &Shared, pipe: &mut redis::Pipeline, write: Write) {
     let keys = &shared.keys;
     match write {
-        Write::Settle { quota, id, rpm, tpm } => {
+        Write::Settle {
+            quota,
+            id,
+            rpm,
+            tpm,
+        } => {
             let sums = keys.sums(&quota);
             for (field, amounts) in [("rpm", rpm), ("tpm", tpm)] {
                 let Some((reserved, used)) = amounts else {
@@ -178,7 +184,10 @@ fn add(shared: &Shared, pipe: &mut redis::Pipeline, write: Write) {
                 change,
             };
             let payload = serde_json::to_vec(&envelope).expect("a change serializes");
-            pipe.cmd("PUBLISH").arg(keys.changes()).arg(payload).ignore();
+            pipe.cmd("PUBLISH")
+                .arg(keys.changes())
+                .arg(payload)
+                .ignore();
         }
         Write::Running { user, running } => {
             let key = keys.running(&shared.instance);
@@ -234,7 +243,10 @@ fn store(keys: &super::Keys, pipe: &mut redis::Pipeline, change: &Change) {
             value,
             ttl_ms,
         } => {
-            let cmd = pipe.cmd("SET").arg(keys.kv(slot, key)).arg(value.as_slice());
+            let cmd = pipe
+                .cmd("SET")
+                .arg(keys.kv(slot, key))
+                .arg(value.as_slice());
             if let Some(ttl) = ttl_ms {
                 cmd.arg("PX").arg((*ttl).max(1));
             }
@@ -253,9 +265,34 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Says this instance is alive and reads the others' in-flight counts.
+/// Says this instance is alive, reads the others' in-flight counts, and
+/// reads what is in use of each quota (so an idle instance's policies see
+/// the quota others spend, and see it come back).
 async fn beat(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<()> {
     let keys = &shared.keys;
+    if !shared.limited.is_empty() {
+        let mut peek = redis::pipe();
+        let limit = |l: Option<u64>| l.map_or(-1, |l| l as i64);
+        for quota in &shared.limited {
+            peek.cmd("EVALSHA")
+                .arg(shared.reserve.get_hash())
+                .arg(3)
+                .arg(keys.spends(quota, "rpm"))
+                .arg(keys.spends(quota, "tpm"))
+                .arg(keys.sums(quota))
+                .arg(limit(quota.rpm))
+                .arg(limit(quota.tpm))
+                .arg(0)
+                .arg(shared.window_ms)
+                .arg("peek");
+        }
+        let seen: Vec<Vec<i64>> = peek.query_async(conn).await?;
+        for (quota, reply) in shared.limited.iter().zip(seen) {
+            if reply.len() == 5 {
+                shared.saw(quota, reply[3], reply[4]);
+            }
+        }
+    }
     let now = wall_ms();
     let (instances,): (Vec<String>,) = redis::pipe()
         .cmd("ZADD")
@@ -339,7 +376,11 @@ async fn resync(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResul
     let running_key = keys.running(&shared.instance);
     pipe.cmd("DEL").arg(&running_key).ignore();
     for (user, n) in shared.running_here.lock().expect("running poisoned").iter() {
-        pipe.cmd("HSET").arg(&running_key).arg(user).arg(*n).ignore();
+        pipe.cmd("HSET")
+            .arg(&running_key)
+            .arg(user)
+            .arg(*n)
+            .ignore();
     }
     pipe.query_async::<()>(conn).await?;
 

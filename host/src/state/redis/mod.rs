@@ -83,6 +83,8 @@ struct Shared {
     timeout: Duration,
     window_ms: u64,
     quotas: HashMap<String, QuotaSpec>,
+    /// The deployments with a quota, whose use the heartbeat reads.
+    limited: Vec<QuotaSpec>,
     /// The connection, while Redis answers.
     conn: ArcSwapOption<MultiplexedConnection>,
     reserve: redis::Script,
@@ -141,6 +143,14 @@ impl Shared {
         Ok(grant)
     }
 
+    /// Records what a reservation (or a peek) saw of a quota in use.
+    fn saw(&self, quota: &QuotaSpec, rpm_used: i64, tpm_used: i64) {
+        let mut seen = self.seen.lock().expect("seen quotas poisoned");
+        let seen = seen.entry(quota.deployment.clone()).or_default();
+        seen.rpm_used = rpm_used.max(0) as u64;
+        seen.tpm_used = tpm_used.max(0) as u64;
+    }
+
     async fn reserve_shared(
         &self,
         quota: &QuotaSpec,
@@ -161,11 +171,9 @@ impl Shared {
             .arg(limit(quota.tpm))
             .arg(tokens)
             .arg(self.window_ms);
-        let answer = tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async::<Vec<i64>>(&mut conn),
-        )
-        .await;
+        let answer =
+            tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+                .await;
         let reply = match answer {
             Ok(Ok(reply)) if reply.len() == 5 => reply,
             Ok(Ok(reply)) => {
@@ -181,21 +189,27 @@ impl Shared {
                 return self.decide_locally(quota, tokens, now_ms);
             }
         };
-        let used = |i: usize| reply[i].max(0) as u64;
-        let mut seen = self.seen.lock().expect("seen quotas poisoned");
-        let seen = seen.entry(quota.deployment.clone()).or_default();
-        seen.rpm_used = used(3);
-        seen.tpm_used = used(4);
+        self.saw(quota, reply[3], reply[4]);
+        let refused_until = |until: u64| {
+            if let Some(seen) = self
+                .seen
+                .lock()
+                .expect("seen quotas poisoned")
+                .get_mut(&quota.deployment)
+            {
+                seen.refused_until_ms = until;
+            }
+        };
         if reply[0] == 0 {
-            let wait_ms = used(2).max(1);
-            seen.refused_until_ms = now_ms + wait_ms;
+            let wait_ms = (reply[2].max(0) as u64).max(1);
+            refused_until(now_ms + wait_ms);
             return Err(match reply[1] {
                 1 => Refusal::RequestQuota { wait_ms },
                 _ => Refusal::TokenQuota { wait_ms },
             });
         }
-        seen.refused_until_ms = 0;
-        let id = used(1);
+        refused_until(0);
+        let id = reply[1].max(0) as u64;
         let mirror = self.local.record_spend(quota, tokens, now_ms);
         self.open.lock().expect("open grants poisoned").insert(
             id,
@@ -228,10 +242,13 @@ impl Drop for RedisState {
 impl RedisState {
     /// Starts connecting to `config.url` in the background (needs a tokio
     /// runtime). Until connected, quotas are decided locally.
-    pub fn start(config: &StateConfig, quotas: &[QuotaSpec], window_ms: u64) -> Result<Self, String> {
+    pub fn start(
+        config: &StateConfig,
+        quotas: &[QuotaSpec],
+        window_ms: u64,
+    ) -> Result<Self, String> {
         let url = config.url.as_deref().unwrap_or_default();
-        let client =
-            redis::Client::open(url).map_err(|e| format!("state.url: {url}: {e}"))?;
+        let client = redis::Client::open(url).map_err(|e| format!("state.url: {url}: {e}"))?;
         let (writes, pending) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             keys: Keys::new(&config.key_prefix),
@@ -242,6 +259,11 @@ impl RedisState {
             quotas: quotas
                 .iter()
                 .map(|q| (q.deployment.clone(), q.clone()))
+                .collect(),
+            limited: quotas
+                .iter()
+                .filter(|q| q.rpm.is_some() || q.tpm.is_some())
+                .cloned()
                 .collect(),
             conn: ArcSwapOption::empty(),
             reserve: redis::Script::new(include_str!("reserve.lua")),
@@ -291,14 +313,22 @@ impl StateBackend for RedisState {
     ) {
         let s = &self.shared;
         match grant.source {
-            GrantSource::Local => s.local.settle_local(quota, grant.id, request, used_tokens, now_ms),
+            GrantSource::Local => {
+                s.local
+                    .settle_local(quota, grant.id, request, used_tokens, now_ms)
+            }
             GrantSource::Shared => {
-                let Some(open) = s.open.lock().expect("open grants poisoned").remove(&grant.id)
+                let Some(open) = s
+                    .open
+                    .lock()
+                    .expect("open grants poisoned")
+                    .remove(&grant.id)
                 else {
                     return;
                 };
                 if let Some(mirror) = open.mirror {
-                    s.local.settle_local(quota, mirror, request, used_tokens, now_ms);
+                    s.local
+                        .settle_local(quota, mirror, request, used_tokens, now_ms);
                 }
                 let rpm = open.rpm.then_some((1, u64::from(request)));
                 let tpm = open.tpm.map(|reserved| (reserved, used_tokens));
@@ -328,14 +358,20 @@ impl StateBackend for RedisState {
             .copied()
             .unwrap_or_default();
         let permille = |used: u64, limit: Option<u64>| {
-            limit.map_or(0, |l| if l == 0 { 1000 } else { (used.min(l) * 1000 / l) as u32 })
+            // A zero quota is all used.
+            limit.map_or(0, |l| {
+                (used.min(l) * 1000)
+                    .checked_div(l)
+                    .map_or(1000, |p| p as u32)
+            })
         };
         QuotaView {
             rpm_limit: quota.rpm,
             rpm_available: quota.rpm.map(|l| l.saturating_sub(seen.rpm_used)),
             tpm_limit: quota.tpm,
             tpm_available: quota.tpm.map(|l| l.saturating_sub(seen.tpm_used)),
-            used_permille: permille(seen.rpm_used, quota.rpm).max(permille(seen.tpm_used, quota.tpm)),
+            used_permille: permille(seen.rpm_used, quota.rpm)
+                .max(permille(seen.tpm_used, quota.tpm)),
         }
     }
 

@@ -5,8 +5,10 @@
 -- KEYS[1]: sorted set of RPM spends, KEYS[2]: of TPM spends (member
 -- "id:amount", score: when, in ms); KEYS[3]: hash of the sums in use
 -- ("rpm", "tpm") and the reservation sequence ("seq").
--- ARGV: rpm limit, tpm limit (-1: none), tokens, window in ms.
--- Returns {1, id, now, rpm in use, tpm in use} or {0, 1 (rpm) | 2 (tpm), wait ms, rpm in use, tpm in use}.
+-- ARGV: rpm limit, tpm limit (-1: none), tokens, window in ms, and "peek"
+-- to take nothing and only read what is in use.
+-- Returns {1, id, now, rpm in use, tpm in use} or {0, 1 (rpm) | 2 (tpm), wait ms, rpm in use, tpm in use},
+-- or for a peek {2, 0, now, rpm in use, tpm in use}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm_limit, tpm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -49,6 +51,9 @@ end
 
 local rpm_used = in_use(KEYS[1], 'rpm')
 local tpm_used = in_use(KEYS[2], 'tpm')
+if ARGV[5] == 'peek' then
+  return {2, 0, now, rpm_used, tpm_used}
+end
 if rpm_limit >= 0 and not fits(rpm_used, 1, rpm_limit) then
   return {0, 1, wait_for(KEYS[1], rpm_used, 1, rpm_limit), rpm_used, tpm_used}
 end
