@@ -390,3 +390,46 @@ async fn a_token_reservation_is_settled_to_the_usage_for_every_instance() {
     }
     assert_eq!(a.status().local_decisions + b.status().local_decisions, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_opened_through_one_instance_is_open_on_the_others() {
+    let redis = RedisServer::start();
+    let sim = start_sim(sim_models(None), SystemClock::shared()).await;
+    // A 1 ms cooldown, so each outage reaches the primary again.
+    let config = format!(
+        "{}\n[model_groups.policies.cooldown]\nname = \"fixed\"\nparams = {{ cooldown_ms = 1 }}\n",
+        shared_config(&sim, &redis, "circuit", None)
+    );
+    let gateways = start_linked(&config, 2).await;
+    let primary_circuit = |stats: &serde_json::Value| {
+        stats["stats"]["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == "primary")
+            .map(|d| d["circuit"].clone())
+            .unwrap()
+    };
+
+    // Five outages in a row open the primary's breaker on instance 1.
+    sim.inject("primary-model", switchyard::sim::Fault::Unavailable, 5);
+    for _ in 0..5 {
+        assert!(load(&gateways[..1], 1, 1).await.is_empty());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = raw_get(gateways[0].addr, "/model_stats").await.json();
+    assert_eq!(primary_circuit(&stats), "open", "{stats}");
+
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let stats = raw_get(gateways[1].addr, "/model_stats").await.json();
+        if primary_circuit(&stats) == "open" {
+            break;
+        }
+        assert!(Instant::now() < until, "instance 2 never opened: {stats}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Instance 2 no longer calls the primary either.
+    assert!(load(&gateways[1..], 3, 1).await.is_empty());
+    assert_eq!(sim.counts("primary-model").calls, 5);
+}
