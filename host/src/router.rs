@@ -289,13 +289,25 @@ struct Recorder {
     request_id: String,
     /// The group's affinity and the request's user, to remember a success.
     affinity: Option<(Arc<UserAffinity>, String)>,
-    /// What admission let the attempt take.
-    ticket: Ticket,
+    /// What admission let the attempt take (None once recorded).
+    ticket: Option<Ticket>,
+}
+
+impl Drop for Recorder {
+    /// Dropped unrecorded: the request went away mid-attempt. Give back what
+    /// the attempt held, judging nothing.
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            let now = self.clock.now_ms();
+            self.deployment.admission.abandon(ticket, now);
+            self.deployment.health.abandon_attempt();
+        }
+    }
 }
 
 impl Recorder {
     fn record(
-        self,
+        mut self,
         kind: OutcomeKind,
         retry_after_ms: Option<u64>,
         detail: Option<String>,
@@ -303,9 +315,11 @@ impl Recorder {
         used_tokens: Option<u64>,
     ) -> Outcome {
         let now = self.clock.now_ms();
-        self.deployment
-            .admission
-            .finish(self.ticket, kind, used_tokens, now);
+        if let Some(ticket) = self.ticket.take() {
+            self.deployment
+                .admission
+                .finish(ticket, kind, used_tokens, now);
+        }
         let outcome = Outcome {
             deployment: self.deployment.config.id.clone(),
             kind,
@@ -661,7 +675,7 @@ impl Router {
                 started: Instant::now(),
                 request_id: request.request_id.clone(),
                 affinity: request.user.clone().map(|u| (group.affinity.clone(), u)),
-                ticket,
+                ticket: Some(ticket),
             };
             let attempt_span = tracing::info_span!(
                 "attempt",

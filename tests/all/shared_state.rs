@@ -27,7 +27,7 @@ backend = "redis"
 url = "{url}"
 instances = 3
 key_prefix = "{prefix}"
-timeout_ms = 200
+timeout_ms = 2000
 
 [admission]
 max_per_user = 64
@@ -174,6 +174,16 @@ async fn a_cooldown_set_through_one_instance_shows_in_the_others_cooldowns() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     eprintln!("cooldown visible on instance 2 {seen_after:?} after instance 1 answered");
+    // An instance started later reads it from Redis when it links.
+    let late = start_linked(&config, 1).await.remove(0);
+    let until = Instant::now() + Duration::from_secs(2);
+    while late.cooldown_ms("g", "primary") == 0 {
+        assert!(
+            Instant::now() < until,
+            "a new instance never learnt the cooldown"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Instance 2 now routes around the primary as instance 1 does.
     sdk_client(&gateways[1].url())
         .converse()
@@ -261,6 +271,26 @@ async fn policy_entries_and_per_user_in_flight_counts_are_shared() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(kv(1).get("last"), Some(b"primary".to_vec()));
+    // An instance started later reads the entries from Redis when it links.
+    let late = start_linked(&config, 1).await.remove(0);
+    let late_kv = late
+        .gateway
+        .router()
+        .group("g")
+        .unwrap()
+        .slots
+        .selection
+        .kv()
+        .clone();
+    let until = Instant::now() + Duration::from_secs(2);
+    while late_kv.get("last").is_none() {
+        assert!(
+            Instant::now() < until,
+            "a new instance never learnt the entry"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(late);
     kv(1).delete("last");
     while kv(0).get("last").is_some() {
         assert!(Instant::now() < until, "instance 1 never saw the delete");
@@ -344,7 +374,7 @@ async fn a_token_reservation_is_settled_to_the_usage_for_every_instance() {
         url: Some(redis.url()),
         instances: 2,
         key_prefix: "tpm".into(),
-        timeout_ms: 500,
+        timeout_ms: 2_000,
     };
     let quota = QuotaSpec {
         deployment: "d".into(),

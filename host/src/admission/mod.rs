@@ -140,6 +140,21 @@ pub struct AdmissionSnapshot {
     pub circuit_open_remaining_ms: u64,
 }
 
+/// A concurrency slot taken by `try_start`, given back on drop unless the
+/// attempt went ahead.
+struct ConcurrencySlot<'a> {
+    admission: &'a DeploymentAdmission,
+    held: bool,
+}
+
+impl Drop for ConcurrencySlot<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.admission.lock().concurrency.release();
+        }
+    }
+}
+
 /// The limits kept in this process: concurrency is per instance by nature,
 /// and the breaker is mirrored from the siblings' changes.
 struct Limits {
@@ -205,7 +220,7 @@ impl DeploymentAdmission {
     /// every limit lets it; takes nothing when one refuses. Local limits are
     /// checked first, so a refused attempt costs no round trip.
     pub async fn try_start(&self, tokens: u64, now_ms: u64) -> Result<Ticket, Refusal> {
-        {
+        let mut slot = {
             let mut l = self.lock();
             let open_ms = l.breaker.open_remaining_ms(now_ms);
             if open_ms > 0 {
@@ -214,23 +229,32 @@ impl DeploymentAdmission {
             if !l.concurrency.try_acquire() {
                 return Err(Refusal::Concurrency);
             }
-        }
-        let grant = match self.state.reserve(&self.quota, tokens, now_ms).await {
-            Ok(grant) => grant,
-            Err(refusal) => {
-                self.lock().concurrency.release();
-                return Err(refusal);
+            ConcurrencySlot {
+                admission: self,
+                held: true,
             }
         };
-        let mut l = self.lock();
-        if !l.breaker.try_pass(now_ms) {
-            l.concurrency.release();
-            drop(l);
+        // Dropped while it waits (the client left): the slot comes back.
+        let grant = self.state.reserve(&self.quota, tokens, now_ms).await?;
+        if !self.lock().breaker.try_pass(now_ms) {
             self.state.settle(&self.quota, grant, false, 0, now_ms);
             // Half-open with its probes out: ask again shortly.
             return Err(Refusal::Concurrency);
         }
+        slot.held = false;
         Ok(Ticket { grant })
+    }
+
+    /// The attempt holding `ticket` was abandoned before it ended (the
+    /// request was dropped mid-call): its slot comes back, its quota stays
+    /// spent (Bedrock may have served it), and it judges nothing.
+    pub fn abandon(&self, ticket: Ticket, now_ms: u64) {
+        let reserved = ticket.grant.tokens;
+        self.state
+            .settle(&self.quota, ticket.grant, true, reserved, now_ms);
+        let mut l = self.lock();
+        l.concurrency.release();
+        l.breaker.record(OutcomeKind::ClientError, now_ms);
     }
 
     /// The attempt holding `ticket` ended as `kind`, having used

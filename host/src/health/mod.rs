@@ -123,6 +123,12 @@ impl DeploymentHealth {
         self.lock().last_used_ms = Some(now_ms);
     }
 
+    /// An attempt was abandoned before it ended: it is no longer in flight,
+    /// and says nothing of the deployment.
+    pub fn abandon_attempt(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// An attempt ended with `outcome`.
     pub fn end_attempt(&self, outcome: &Outcome) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);

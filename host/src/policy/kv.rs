@@ -90,9 +90,12 @@ impl KvStore {
         stored
     }
 
-    /// Removes `key` and tells the sibling instances.
+    /// Removes `key` and tells the sibling instances (if it was there:
+    /// policies delete on every success, and most find nothing).
     pub fn delete(&self, key: &str) {
-        self.apply_delete(key);
+        if !self.apply_delete(key) {
+            return;
+        }
         if let Some((state, slot)) = &self.shared {
             state.publish(Change::KvDeleted {
                 slot: slot.clone(),
@@ -125,9 +128,13 @@ impl KvStore {
         true
     }
 
-    /// Removes an entry a sibling instance removed.
-    pub fn apply_delete(&self, key: &str) {
-        self.entries.lock().expect("kv store poisoned").remove(key);
+    /// Removes an entry a sibling instance removed; says whether it was there.
+    pub fn apply_delete(&self, key: &str) -> bool {
+        self.entries
+            .lock()
+            .expect("kv store poisoned")
+            .remove(key)
+            .is_some()
     }
 
     /// Number of entries, live or expired-but-not-yet-collected.

@@ -55,11 +55,16 @@ impl LocalQuotas {
         let tpm = self.tpm.as_mut().map(|q| q.force_reserve(tokens, now_ms));
         let id = self.next_grant;
         self.next_grant += 1;
-        self.open.insert(id, (rpm, tpm));
+        if rpm.is_some() || tpm.is_some() {
+            self.open.insert(id, (rpm, tpm));
+        }
         QuotaGrant {
             source: GrantSource::Local,
             id,
-            tokens: if self.tpm.is_some() { tokens } else { 0 },
+            mirror: None,
+            rpm: rpm.is_some(),
+            tpm: tpm.is_some(),
+            tokens: if tpm.is_some() { tokens } else { 0 },
         }
     }
 
@@ -135,6 +140,9 @@ impl MemoryState {
             None => Ok(QuotaGrant {
                 source: GrantSource::Local,
                 id: u64::MAX,
+                mirror: None,
+                rpm: false,
+                tpm: false,
                 tokens: 0,
             }),
         }

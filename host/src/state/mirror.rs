@@ -95,4 +95,8 @@ impl ChangeSink for GatewayMirror {
     fn running_elsewhere_changed(&self) {
         self.queue.recheck();
     }
+
+    fn kv_slots(&self) -> Vec<String> {
+        self.kv.keys().cloned().collect()
+    }
 }

@@ -105,13 +105,20 @@ pub struct QuotaSpec {
     pub tpm: Option<u64>,
 }
 
-/// Quota an attempt holds, to be settled when it ends.
+/// Quota an attempt holds, to be settled when it ends. It carries all
+/// that settling needs, so the backends keep no table of open grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaGrant {
-    /// Which backend's books it is in.
+    /// Which books it is in.
     pub(crate) source: GrantSource,
-    /// The id of the reservation within its books.
+    /// Its id in those books (shared: with the instance's id in front).
     pub(crate) id: u64,
+    /// Its copy in this instance's local books (shared grants).
+    pub(crate) mirror: Option<u64>,
+    /// Whether it took a request from an RPM quota.
+    pub(crate) rpm: bool,
+    /// Whether it took `tokens` from a TPM quota.
+    pub(crate) tpm: bool,
     /// The tokens reserved against the TPM quota (0 without one).
     pub tokens: u64,
 }
@@ -191,6 +198,8 @@ pub trait ChangeSink: Send + Sync {
     fn current(&self) -> Vec<Change>;
     /// Other instances' in-flight counts changed: let waiting requests re-check.
     fn running_elsewhere_changed(&self);
+    /// The names of its policy key-value stores (`group/kind`).
+    fn kv_slots(&self) -> Vec<String>;
 }
 
 /// A future the backend answers later.

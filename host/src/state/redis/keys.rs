@@ -17,7 +17,7 @@ impl Keys {
 
     /// The sorted set of `kind` ("rpm" | "tpm") spends of a deployment.
     pub fn spends(&self, quota: &QuotaSpec, kind: &str) -> String {
-        format!("{}:quota:{}:{kind}", self.prefix, quota.deployment)
+        format!("{}:spends:{kind}:{}", self.prefix, quota.deployment)
     }
 
     /// The hash of a deployment's quota sums and reservation sequence.

@@ -3,20 +3,20 @@
 //! siblings' changes from the pub/sub channel, and beats its heart. Any
 //! failure drops the link; the instance decides locally until it is back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisResult, Script};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{Shared, Write};
 use crate::outcome::OutcomeKind;
-use crate::state::Change;
+use crate::state::{Change, ChangeSink};
 
 /// How often an instance says it is alive and reads the others' in-flight counts.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -26,6 +26,9 @@ const ALIVE_MS: u64 = 3_000;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 /// Most queued writes sent in one pipeline.
 const MAX_BATCH: usize = 512;
+/// Most writes kept while the link is down, to send once it is back (the
+/// oldest go first).
+const MAX_BACKLOG: usize = 10_000;
 
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
 static SPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("spend.lua")));
@@ -44,23 +47,54 @@ struct StoredCooldown {
     cause: OutcomeKind,
 }
 
+/// Whether `e` means the link is broken (rather than Redis answering with
+/// an error).
+pub(super) fn is_link_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
 /// Keeps the link up until the backend is dropped.
 pub(super) async fn run(
     shared: Arc<Shared>,
     client: redis::Client,
     mut pending: UnboundedReceiver<Write>,
 ) {
+    let mut backlog = VecDeque::new();
     loop {
-        match session(&shared, &client, &mut pending).await {
+        match session(&shared, &client, &mut pending, &mut backlog).await {
             Ok(()) => return,
-            Err(e) => shared.went_down(&e.to_string()),
+            Err(e) => shared.went_down(&shared.conn.load_full(), &e.to_string()),
         }
         tokio::time::sleep(RECONNECT_PAUSE).await;
-        // What was queued while down is in the local state already; the
-        // re-sync pushes what must survive (cooldowns, circuits, spends,
-        // in-flight counts).
-        while pending.try_recv().is_ok() {}
+        while let Ok(write) = pending.try_recv() {
+            keep(&mut backlog, write);
+        }
     }
+}
+
+/// Keeps `write` to send after the next re-sync. Cooldowns and open
+/// circuits are left out: the re-sync merges them (the longer wins).
+fn keep(backlog: &mut VecDeque<Write>, write: Write) {
+    if matches!(
+        write,
+        Write::Change(Change::Cooldown { .. } | Change::CircuitOpened { .. })
+    ) {
+        return;
+    }
+    if backlog.len() == MAX_BACKLOG {
+        backlog.pop_front();
+    }
+    backlog.push_back(write);
+}
+
+/// `future`, or a timeout error after `limit`.
+async fn within<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| Err(closed("Redis did not answer in time")))
 }
 
 /// One connected spell. Ok: the backend is gone; Err: the link broke.
@@ -68,25 +102,36 @@ async fn session(
     shared: &Arc<Shared>,
     client: &redis::Client,
     pending: &mut UnboundedReceiver<Write>,
+    backlog: &mut VecDeque<Write>,
 ) -> RedisResult<()> {
+    let limit = shared.timeout.max(Duration::from_millis(200));
     let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(shared.timeout.max(Duration::from_millis(200)))
-        .set_response_timeout(shared.timeout.max(Duration::from_millis(200)));
+        .set_connection_timeout(limit)
+        .set_response_timeout(limit);
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(shared.keys.changes()).await?;
+    let mut pubsub = within(limit, client.get_async_pubsub()).await?;
+    within(limit, pubsub.subscribe(shared.keys.changes())).await?;
     let mut messages = pubsub.into_on_message();
-    shared.reserve.load_async(&mut conn).await?;
-    SETTLE.load_async(&mut conn).await?;
-    SPEND.load_async(&mut conn).await?;
+    load_scripts(shared, &mut conn).await?;
     resync(shared, &mut conn).await?;
     shared.conn.store(Some(Arc::new(conn.clone())));
+    // Spends decided locally while the re-sync ran.
+    book_outage_spends(shared, &mut conn).await?;
     if shared.degraded.swap(false, Ordering::Relaxed) {
         tracing::info!(instance = %shared.instance, "shared state on Redis: connected and in sync");
     }
+    shared.resyncs.fetch_add(1, Ordering::Relaxed);
+    while !backlog.is_empty() {
+        let mut pipe = redis::pipe();
+        for write in backlog.drain(..backlog.len().min(MAX_BATCH)) {
+            add(shared, &mut pipe, write);
+        }
+        send(shared, &mut conn, &pipe).await?;
+    }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             message = messages.next() => match message {
@@ -99,15 +144,48 @@ async fn session(
             },
             _ = heartbeat.tick() => beat(shared, &mut conn).await?,
         }
-        // The request path saw Redis fail: start over, with a re-sync.
+        // The request path saw the link break: start over, with a re-sync.
         if shared.conn.load().is_none() {
-            return Err(closed("a reservation failed"));
+            return Err(closed("a reservation lost the connection"));
+        }
+        // The gateway attached its mirror after the link came up.
+        if shared.resync_wanted.swap(false, Ordering::Relaxed) {
+            pull(shared, &mut conn).await?;
         }
     }
 }
 
-fn closed(why: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::IoError, why))
+async fn load_scripts(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    shared.reserve.load_async(conn).await?;
+    SETTLE.load_async(conn).await?;
+    SPEND.load_async(conn).await?;
+    Ok(())
+}
+
+/// Sends `pipe`. An error Redis answers with (out of memory, a script it
+/// lost) costs what the pipeline held, not the link; a broken link is
+/// returned.
+async fn send(
+    shared: &Shared,
+    conn: &mut MultiplexedConnection,
+    pipe: &redis::Pipeline,
+) -> RedisResult<()> {
+    match pipe.query_async::<()>(conn).await {
+        Err(e) if is_link_error(&e) => Err(e),
+        Err(e) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "Redis refused a write; it is lost");
+            if e.kind() == ErrorKind::NoScriptError {
+                load_scripts(shared, conn).await?;
+            }
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+fn closed(why: &'static str) -> RedisError {
+    RedisError::from((ErrorKind::IoError, why))
 }
 
 fn receive(shared: &Shared, message: &redis::Msg) {
@@ -145,7 +223,7 @@ async fn flush(
             Err(_) => break,
         }
     }
-    pipe.query_async::<()>(conn).await
+    send(shared, conn, &pipe).await
 }
 
 fn add(shared: &Shared, pipe: &mut redis::Pipeline, write: Write) {
@@ -170,7 +248,7 @@ fn add(shared: &Shared, pipe: &mut redis::Pipeline, write: Write) {
                     .arg(2)
                     .arg(keys.spends(&quota, field))
                     .arg(&sums)
-                    .arg(id)
+                    .arg(shared.member(id))
                     .arg(reserved)
                     .arg(used)
                     .arg(field)
@@ -258,11 +336,10 @@ fn store(keys: &super::Keys, pipe: &mut redis::Pipeline, change: &Change) {
     }
 }
 
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Redis's clock, in ms: the one clock every instance agrees on.
+async fn redis_ms(conn: &mut MultiplexedConnection) -> RedisResult<u64> {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(seconds * 1_000 + micros / 1_000)
 }
 
 /// Says this instance is alive, reads the others' in-flight counts, and
@@ -284,16 +361,27 @@ async fn beat(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<
                 .arg(limit(quota.tpm))
                 .arg(0)
                 .arg(shared.window_ms)
-                .arg("peek");
+                .arg("peek")
+                .arg("-");
         }
-        let seen: Vec<Vec<i64>> = peek.query_async(conn).await?;
-        for (quota, reply) in shared.limited.iter().zip(seen) {
-            if reply.len() == 5 {
-                shared.saw(quota, reply[3], reply[4]);
+        match peek.query_async::<Vec<Vec<i64>>>(conn).await {
+            Ok(seen) => {
+                for (quota, reply) in shared.limited.iter().zip(seen) {
+                    if reply.len() == 5 {
+                        shared.saw(quota, reply[3], reply[4]);
+                    }
+                }
+            }
+            Err(e) if is_link_error(&e) => return Err(e),
+            Err(e) => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                if e.kind() == ErrorKind::NoScriptError {
+                    load_scripts(shared, conn).await?;
+                }
             }
         }
     }
-    let now = wall_ms();
+    let now = redis_ms(conn).await?;
     let (instances,): (Vec<String>,) = redis::pipe()
         .cmd("ZADD")
         .arg(keys.instances())
@@ -346,48 +434,85 @@ async fn beat(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<
     Ok(())
 }
 
-/// Brings Redis and this instance back in line after a (re)connect: pushes
-/// the quota spent locally during the outage, this instance's in-flight
-/// counts, and its cooldowns and open circuits where they last longer than
-/// Redis's; takes Redis's where they last longer than its own.
-async fn resync(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<()> {
-    let keys = &shared.keys;
+/// Books in Redis the quota this instance spent on its own while Redis was
+/// unreachable. Put back if the link breaks on the way.
+async fn book_outage_spends(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<()> {
     let spends = std::mem::take(&mut *shared.outage_spends.lock().expect("spends poisoned"));
+    if spends.is_empty() {
+        return Ok(());
+    }
+    let keys = &shared.keys;
     let mut pipe = redis::pipe();
-    for (deployment, at, tokens) in &spends {
-        let Some(quota) = shared.quotas.get(deployment) else {
+    for spend in &spends {
+        let Some(quota) = shared.quotas.get(&spend.deployment) else {
             continue;
         };
-        let (field, amount) = match tokens {
-            None => ("rpm", 1),
-            Some(t) => ("tpm", *t),
-        };
-        pipe.cmd("EVALSHA")
-            .arg(SPEND.get_hash())
-            .arg(2)
-            .arg(keys.spends(quota, field))
-            .arg(keys.sums(quota))
-            .arg(at.elapsed().as_millis() as u64)
-            .arg(amount)
-            .arg(field)
-            .arg(shared.window_ms)
-            .ignore();
+        let ago = spend.at.elapsed().as_millis() as u64;
+        let amounts = [("rpm", spend.rpm.then_some(1)), ("tpm", spend.tokens)];
+        for (field, amount) in amounts {
+            let Some(amount) = amount else { continue };
+            let id = shared.next_grant.fetch_add(1, Ordering::Relaxed);
+            pipe.cmd("EVALSHA")
+                .arg(SPEND.get_hash())
+                .arg(2)
+                .arg(keys.spends(quota, field))
+                .arg(keys.sums(quota))
+                .arg(ago)
+                .arg(amount)
+                .arg(field)
+                .arg(shared.window_ms)
+                .arg(shared.member(id))
+                .ignore();
+        }
     }
-    let running_key = keys.running(&shared.instance);
-    pipe.cmd("DEL").arg(&running_key).ignore();
+    match pipe.query_async::<()>(conn).await {
+        Err(e) if is_link_error(&e) => {
+            let mut kept = shared.outage_spends.lock().expect("spends poisoned");
+            for spend in spends.into_iter().rev() {
+                kept.push_front(spend);
+            }
+            Err(e)
+        }
+        Err(e) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "Redis refused the outage's spends; they are not booked");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Brings Redis and this instance back in line after a (re)connect: books
+/// the quota spent locally during the outage, rewrites this instance's
+/// in-flight counts, and merges cooldowns, circuits and policy entries
+/// ([`pull`]).
+async fn resync(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    book_outage_spends(shared, conn).await?;
+    let running_key = shared.keys.running(&shared.instance);
+    let mut running = redis::pipe();
+    // Atomic, so a sibling never reads the counts half rewritten.
+    running.atomic().cmd("DEL").arg(&running_key).ignore();
     for (user, n) in shared.running_here.lock().expect("running poisoned").iter() {
-        pipe.cmd("HSET")
+        running
+            .cmd("HSET")
             .arg(&running_key)
             .arg(user)
             .arg(*n)
             .ignore();
     }
-    pipe.query_async::<()>(conn).await?;
+    running.query_async::<()>(conn).await?;
+    shared.resync_wanted.store(false, Ordering::Relaxed);
+    pull(shared, conn).await
+}
 
+/// Merges what Redis holds with this instance's state: a cooldown or an
+/// open circuit that lasts longer on one side wins on both; Redis's policy
+/// entries are taken.
+async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<()> {
     let Some(sink) = shared.sink() else {
-        shared.resyncs.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     };
+    let keys = &shared.keys;
     let deployments: Vec<&String> = shared.quotas.keys().collect();
     let mut read = redis::pipe();
     for d in &deployments {
@@ -459,8 +584,71 @@ async fn resync(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResul
         }
     }
     if pushed > 0 {
-        push.query_async::<()>(conn).await?;
+        send(shared, conn, &push).await?;
     }
-    shared.resyncs.fetch_add(1, Ordering::Relaxed);
+    pull_entries(shared, sink.as_ref(), conn).await
+}
+
+/// Takes Redis's policy entries into this instance's stores.
+async fn pull_entries(
+    shared: &Shared,
+    sink: &dyn ChangeSink,
+    conn: &mut MultiplexedConnection,
+) -> RedisResult<()> {
+    for slot in sink.kv_slots() {
+        let prefix = shared.keys.kv(&slot, "");
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(conn)
+                .await?;
+            if !found.is_empty() {
+                let mut read = redis::pipe();
+                for key in &found {
+                    read.cmd("GET").arg(key).cmd("PTTL").arg(key);
+                }
+                let answers: Vec<redis::Value> = read.query_async(conn).await?;
+                for (key, answer) in found.iter().zip(answers.chunks(2)) {
+                    let value: Option<Vec<u8>> =
+                        redis::from_redis_value(&answer[0]).unwrap_or(None);
+                    let ttl: i64 = redis::from_redis_value(&answer[1]).unwrap_or(-2);
+                    let (Some(value), Some(entry)) = (value, key.strip_prefix(&prefix)) else {
+                        continue;
+                    };
+                    if ttl == -2 || ttl == 0 {
+                        continue; // gone meanwhile
+                    }
+                    sink.apply(&Change::KvSet {
+                        slot: slot.clone(),
+                        key: entry.to_owned(),
+                        value,
+                        ttl_ms: (ttl > 0).then_some(ttl as u64),
+                    });
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
     Ok(())
+}
+
+/// `text` with the characters SCAN's MATCH treats as a pattern escaped.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }

@@ -20,7 +20,7 @@
 mod keys;
 mod link;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -37,15 +37,15 @@ use super::{
 use crate::admission::Refusal;
 use keys::Keys;
 
-/// A reservation made on Redis, and its mirror in the local books.
-#[derive(Debug)]
-struct OpenGrant {
-    /// Whether it took a request from an RPM quota.
+/// Quota taken on local books while Redis was unreachable.
+#[derive(Debug, Clone)]
+struct OutageSpend {
+    deployment: String,
+    at: Instant,
+    /// It took a request from an RPM quota.
     rpm: bool,
-    /// Tokens it took from a TPM quota (None: no TPM quota).
-    tpm: Option<u64>,
-    /// Its mirror in the local books.
-    mirror: Option<u64>,
+    /// It took these tokens from a TPM quota.
+    tokens: Option<u64>,
 }
 
 /// The shared quota of a deployment as the last reservation saw it.
@@ -90,11 +90,13 @@ struct Shared {
     reserve: redis::Script,
     /// Books of `limit / instances`: the deciders during an outage.
     local: MemoryState,
-    open: Mutex<HashMap<u64, OpenGrant>>,
+    /// The next reservation's number on this instance.
+    next_grant: AtomicU64,
     seen: Mutex<HashMap<String, SeenQuota>>,
-    /// Spends decided locally while degraded, to push on re-sync:
-    /// (deployment, when, tokens or None for a request).
-    outage_spends: Mutex<Vec<(String, Instant, Option<u64>)>>,
+    /// Spends decided locally while degraded, to book in Redis on re-sync.
+    outage_spends: Mutex<VecDeque<OutageSpend>>,
+    /// The gateway attached its mirror: pull the siblings' state into it.
+    resync_wanted: AtomicBool,
     degraded: AtomicBool,
     errors: AtomicU64,
     local_decisions: AtomicU64,
@@ -107,21 +109,50 @@ struct Shared {
 }
 
 impl Shared {
+    /// The Redis member id of this instance's reservation `id`: unique
+    /// across instances and across Redis restarts.
+    fn member(&self, id: u64) -> String {
+        format!("{}.{id}", self.instance)
+    }
+
     /// Where the siblings' changes go, while the gateway lives.
     fn sink(&self) -> Option<Arc<dyn ChangeSink>> {
         self.sink.get().and_then(Weak::upgrade)
     }
 
-    /// Redis failed us: decide locally until the link is back.
-    fn went_down(&self, why: &str) {
+    /// Records what a reservation (or a peek) saw of a quota in use.
+    fn saw(&self, quota: &QuotaSpec, rpm_used: i64, tpm_used: i64) {
+        let mut seen = self.seen.lock().expect("seen quotas poisoned");
+        let seen = seen.entry(quota.deployment.clone()).or_default();
+        seen.rpm_used = rpm_used.max(0) as u64;
+        seen.tpm_used = tpm_used.max(0) as u64;
+    }
+
+    /// The link to Redis broke (`failed` is the connection that failed):
+    /// decide locally until it is back. A late failure of an older
+    /// connection does not take down a newer one.
+    fn went_down(&self, failed: &Option<Arc<MultiplexedConnection>>, why: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.conn.store(None);
+        self.conn.compare_and_swap(failed, None);
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 error = why,
                 share = format!("1/{}", self.instances),
                 "shared state unreachable: deciding on local state with each quota divided by the instance count"
             );
+        }
+        // The siblings' in-flight counts can no longer be refreshed: a user
+        // must not stay held back by counts from before the outage.
+        let had_counts = {
+            let mut elsewhere = self.running_elsewhere.write().expect("running poisoned");
+            let had = !elsewhere.is_empty();
+            elsewhere.clear();
+            had
+        };
+        if had_counts {
+            if let Some(sink) = self.sink() {
+                sink.running_elsewhere_changed();
+            }
         }
     }
 
@@ -133,22 +164,19 @@ impl Shared {
     ) -> Result<QuotaGrant, Refusal> {
         self.local_decisions.fetch_add(1, Ordering::Relaxed);
         let grant = self.local.reserve_now(quota, tokens, now_ms)?;
+        let window = Duration::from_millis(self.window_ms);
         let mut spends = self.outage_spends.lock().expect("outage spends poisoned");
-        if quota.rpm.is_some() {
-            spends.push((quota.deployment.clone(), Instant::now(), None));
+        // Spends older than a window need no booking: they are back already.
+        while spends.front().is_some_and(|s| s.at.elapsed() >= window) {
+            spends.pop_front();
         }
-        if quota.tpm.is_some() {
-            spends.push((quota.deployment.clone(), Instant::now(), Some(tokens)));
-        }
+        spends.push_back(OutageSpend {
+            deployment: quota.deployment.clone(),
+            at: Instant::now(),
+            rpm: quota.rpm.is_some(),
+            tokens: quota.tpm.map(|_| tokens),
+        });
         Ok(grant)
-    }
-
-    /// Records what a reservation (or a peek) saw of a quota in use.
-    fn saw(&self, quota: &QuotaSpec, rpm_used: i64, tpm_used: i64) {
-        let mut seen = self.seen.lock().expect("seen quotas poisoned");
-        let seen = seen.entry(quota.deployment.clone()).or_default();
-        seen.rpm_used = rpm_used.max(0) as u64;
-        seen.tpm_used = tpm_used.max(0) as u64;
     }
 
     async fn reserve_shared(
@@ -157,11 +185,13 @@ impl Shared {
         tokens: u64,
         now_ms: u64,
     ) -> Result<QuotaGrant, Refusal> {
-        let Some(conn) = self.conn.load_full() else {
+        let current = self.conn.load_full();
+        let Some(conn) = &current else {
             return self.decide_locally(quota, tokens, now_ms);
         };
-        let mut conn = (*conn).clone();
+        let mut conn = (**conn).clone();
         let limit = |l: Option<u64>| l.map_or(-1, |l| l as i64);
+        let id = self.next_grant.fetch_add(1, Ordering::Relaxed);
         let mut invocation = self.reserve.prepare_invoke();
         invocation
             .key(self.keys.spends(quota, "rpm"))
@@ -170,22 +200,33 @@ impl Shared {
             .arg(limit(quota.rpm))
             .arg(limit(quota.tpm))
             .arg(tokens)
-            .arg(self.window_ms);
+            .arg(self.window_ms)
+            .arg("take")
+            .arg(self.member(id));
         let answer =
             tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
                 .await;
         let reply = match answer {
             Ok(Ok(reply)) if reply.len() == 5 => reply,
             Ok(Ok(reply)) => {
-                self.went_down(&format!("unexpected reply to reserve: {reply:?}"));
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?reply, "unexpected reply to a reservation; decided locally");
+                return self.decide_locally(quota, tokens, now_ms);
+            }
+            Ok(Err(e)) if link::is_link_error(&e) => {
+                self.went_down(&current, &e.to_string());
                 return self.decide_locally(quota, tokens, now_ms);
             }
             Ok(Err(e)) => {
-                self.went_down(&e.to_string());
+                // Redis answered, with an error (out of memory, say): this
+                // request decides locally; the link stays.
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "a reservation failed on Redis; decided locally");
                 return self.decide_locally(quota, tokens, now_ms);
             }
             Err(_) => {
-                self.went_down("reserve timed out");
+                // Slow, not gone: only this request decides locally.
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 return self.decide_locally(quota, tokens, now_ms);
             }
         };
@@ -209,19 +250,12 @@ impl Shared {
             });
         }
         refused_until(0);
-        let id = reply[1].max(0) as u64;
-        let mirror = self.local.record_spend(quota, tokens, now_ms);
-        self.open.lock().expect("open grants poisoned").insert(
-            id,
-            OpenGrant {
-                rpm: quota.rpm.is_some(),
-                tpm: quota.tpm.map(|_| tokens),
-                mirror,
-            },
-        );
         Ok(QuotaGrant {
             source: GrantSource::Shared,
             id,
+            mirror: self.local.record_spend(quota, tokens, now_ms),
+            rpm: quota.rpm.is_some(),
+            tpm: quota.tpm.is_some(),
             tokens: if quota.tpm.is_some() { tokens } else { 0 },
         })
     }
@@ -268,9 +302,10 @@ impl RedisState {
             conn: ArcSwapOption::empty(),
             reserve: redis::Script::new(include_str!("reserve.lua")),
             local: MemoryState::new(quotas, config.instances, window_ms),
-            open: Mutex::new(HashMap::new()),
+            next_grant: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
-            outage_spends: Mutex::new(Vec::new()),
+            outage_spends: Mutex::new(VecDeque::new()),
+            resync_wanted: AtomicBool::new(false),
             degraded: AtomicBool::new(true),
             errors: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),
@@ -318,20 +353,12 @@ impl StateBackend for RedisState {
                     .settle_local(quota, grant.id, request, used_tokens, now_ms)
             }
             GrantSource::Shared => {
-                let Some(open) = s
-                    .open
-                    .lock()
-                    .expect("open grants poisoned")
-                    .remove(&grant.id)
-                else {
-                    return;
-                };
-                if let Some(mirror) = open.mirror {
+                if let Some(mirror) = grant.mirror {
                     s.local
                         .settle_local(quota, mirror, request, used_tokens, now_ms);
                 }
-                let rpm = open.rpm.then_some((1, u64::from(request)));
-                let tpm = open.tpm.map(|reserved| (reserved, used_tokens));
+                let rpm = grant.rpm.then_some((1, u64::from(request)));
+                let tpm = grant.tpm.then_some((grant.tokens, used_tokens));
                 // Nothing changes for a request that used what it reserved.
                 if rpm.is_some_and(|(r, u)| r != u) || tpm.is_some_and(|(r, u)| r != u) {
                     let _ = s.writes.send(Write::Settle {
@@ -380,11 +407,23 @@ impl StateBackend for RedisState {
         if s.degraded.load(Ordering::Relaxed) {
             return s.local.quota_wait_ms(quota, tokens, now_ms);
         }
-        s.seen
+        let Some(seen) = s
+            .seen
             .lock()
             .expect("seen quotas poisoned")
             .get(&quota.deployment)
-            .map_or(0, |seen| seen.refused_until_ms.saturating_sub(now_ms))
+            .copied()
+        else {
+            return 0;
+        };
+        // What was last seen in use leaves room: worth asking now.
+        let room = |limit: Option<u64>, used: u64, want: u64| {
+            limit.is_none_or(|l| used + want.min(l) <= l)
+        };
+        if room(quota.rpm, seen.rpm_used, 1) && room(quota.tpm, seen.tpm_used, tokens) {
+            return 0;
+        }
+        seen.refused_until_ms.saturating_sub(now_ms).max(1)
     }
 
     fn publish(&self, change: Change) {
@@ -416,6 +455,7 @@ impl StateBackend for RedisState {
 
     fn attach(&self, sink: &Arc<dyn ChangeSink>) {
         let _ = self.shared.sink.set(Arc::downgrade(sink));
+        self.shared.resync_wanted.store(true, Ordering::Relaxed);
     }
 
     fn status(&self) -> StateStatus {

@@ -4,11 +4,15 @@
 --
 -- KEYS[1]: sorted set of RPM spends, KEYS[2]: of TPM spends (member
 -- "id:amount", score: when, in ms); KEYS[3]: hash of the sums in use
--- ("rpm", "tpm") and the reservation sequence ("seq").
--- ARGV: rpm limit, tpm limit (-1: none), tokens, window in ms, and "peek"
--- to take nothing and only read what is in use.
--- Returns {1, id, now, rpm in use, tpm in use} or {0, 1 (rpm) | 2 (tpm), wait ms, rpm in use, tpm in use},
+-- ("rpm", "tpm").
+-- ARGV: rpm limit, tpm limit (-1: none), tokens, window in ms, "take" (or
+-- "peek" to take nothing and only read what is in use), and the
+-- reservation's id (unique across instances: the instance's id and a count).
+-- Returns {1, 0, now, rpm in use, tpm in use} or {0, 1 (rpm) | 2 (tpm), wait ms, rpm in use, tpm in use},
 -- or for a peek {2, 0, now, rpm in use, tpm in use}.
+-- Reading the clock before writing needs effects replication (Redis >= 5
+-- does it by default; older servers are asked to).
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rpm_limit, tpm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -60,7 +64,7 @@ end
 if tpm_limit >= 0 and not fits(tpm_used, tokens, tpm_limit) then
   return {0, 2, wait_for(KEYS[2], tpm_used, tokens, tpm_limit), rpm_used, tpm_used}
 end
-local id = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+local id = ARGV[6]
 if rpm_limit >= 0 then
   redis.call('ZADD', KEYS[1], now, id .. ':1')
   rpm_used = redis.call('HINCRBY', KEYS[3], 'rpm', 1)
@@ -71,4 +75,4 @@ if tpm_limit >= 0 then
 end
 -- Idle books vanish together two windows after the last spend.
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], 2 * window) end
-return {1, id, now, rpm_used, tpm_used}
+return {1, 0, now, rpm_used, tpm_used}
