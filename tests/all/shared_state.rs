@@ -291,6 +291,22 @@ async fn policy_entries_and_per_user_in_flight_counts_are_shared() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(late);
+    // Two instances writing one entry at once end with the same value.
+    assert!(kv(0).set("race".into(), b"from 1".to_vec(), None));
+    assert!(kv(1).set("race".into(), b"from 2".to_vec(), None));
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (a, b) = (kv(0).get("race"), kv(1).get("race"));
+        // Settled: both hold the same value, and a moment later still do.
+        if a == b {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if kv(0).get("race") == kv(1).get("race") {
+                break;
+            }
+        }
+        assert!(Instant::now() < until, "instances disagree: {a:?} / {b:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     kv(1).delete("last");
     while kv(0).get("last").is_some() {
         assert!(Instant::now() < until, "instance 1 never saw the delete");

@@ -199,10 +199,21 @@ fn receive(shared: &Shared, message: &redis::Msg) {
             return;
         }
     };
-    if envelope.from == shared.instance {
+    // Two instances changing the same entry or cooldown at once must end
+    // with the same value: each applies its own change again when it comes
+    // back, so all of them end in the channel's order. (A breaker's own
+    // transitions are its own state machine's; they are not replayed.)
+    let own = envelope.from == shared.instance;
+    let replayed = matches!(
+        envelope.change,
+        Change::KvSet { .. } | Change::KvDeleted { .. } | Change::Cooldown { .. }
+    );
+    if own && !replayed {
         return;
     }
-    shared.changes_received.fetch_add(1, Ordering::Relaxed);
+    if !own {
+        shared.changes_received.fetch_add(1, Ordering::Relaxed);
+    }
     if let Some(sink) = shared.sink() {
         sink.apply(&envelope.change);
     }
