@@ -135,6 +135,72 @@ async fn three_instances_hold_one_quota_between_them() {
     }
 }
 
+/// Steady load through three instances for longer than a minute: in no
+/// 60-s window does the simulator see more than the quota (+5 %), and the
+/// quota is used again once its first minute has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_minutes_the_primary_never_sees_more_than_its_quota_in_any_minute() {
+    let redis = RedisServer::start();
+    let sim = start_sim(sim_models(Some(120)), SystemClock::shared()).await;
+    let config = shared_config(&sim, &redis, "minutes", Some(120));
+    let gateways = start_linked(&config, 3).await;
+    let clients: Vec<_> = gateways.iter().map(|g| sdk_client(&g.url())).collect();
+
+    // 4 requests a second for 75 s (240 a minute, twice the quota), and a
+    // sample of the primary's count every 250 ms.
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut sent = Vec::new();
+        for i in 0..300 {
+            tick.tick().await;
+            let client = clients[i % clients.len()].clone();
+            sent.push(tokio::spawn(async move {
+                client
+                    .converse()
+                    .model_id("g")
+                    .messages(user_message(&format!("minute {i}")))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("{:?}", e.into_service_error()))
+            }));
+        }
+        let mut failures = Vec::new();
+        for task in sent {
+            if let Err(e) = task.await.unwrap() {
+                failures.push(e);
+            }
+        }
+        failures
+    });
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while !sender.is_finished() {
+        samples.push((started.elapsed(), sim.counts("primary-model").calls));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    samples.push((started.elapsed(), sim.counts("primary-model").calls));
+    let failures = sender.await.unwrap();
+    assert!(failures.is_empty(), "clients saw errors: {failures:?}");
+    let mut worst = 0;
+    for (i, &(t0, c0)) in samples.iter().enumerate() {
+        for &(t1, c1) in &samples[i..] {
+            if t1 - t0 > Duration::from_secs(60) {
+                break;
+            }
+            worst = worst.max(c1 - c0);
+        }
+    }
+    let primary = sim.counts("primary-model");
+    eprintln!("primary: {primary:?}; most in any sampled minute: {worst}");
+    assert!(worst <= 126, "{worst} calls on the primary within a minute");
+    assert_eq!(primary.throttles, 0, "{primary:?}");
+    assert!(
+        primary.calls > 130,
+        "the quota came back after its minute and was used again: {primary:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cooldown_set_through_one_instance_shows_in_the_others_cooldowns() {
     let redis = RedisServer::start();
