@@ -228,6 +228,69 @@ async fn a_burst_from_one_user_does_not_bench_the_primary_for_everyone() {
     assert_eq!(sim.counts(MODEL_A).throttles, 1, "A was never hammered");
 }
 
+/// The field's story word for word: users 1-3 arriving 5 s after user 4's
+/// burst try A first. With the defaults (10 s first cooldown, 2 s skip
+/// threshold) A is still skipped at 5 s, as the test above shows; an
+/// operator who wants A tried sooner sets `priority`'s threshold to the
+/// first cooldown's half, and per-request isolation does the rest.
+#[tokio::test]
+async fn with_a_5_s_threshold_users_arriving_5_s_after_the_burst_try_a_first() {
+    let t0 = 1_000_000;
+    let clock = ManualClock::new(t0);
+    let sim = start_sim(
+        vec![sim_model(MODEL_A, Some(5)), sim_model(MODEL_B, None)],
+        clock.clone(),
+    )
+    .await;
+    let config = format!(
+        "{}[model_groups.policies.selection]\nname = \"priority\"\nparams = {{ skip_threshold_ms = 5000 }}\n",
+        two_deployments(&sim)
+    );
+    let gw = start_gateway(&config, clock.clone()).await;
+    let ask = |user: &'static str| {
+        let client = sdk_client(&gw.url());
+        async move {
+            let raw = client
+                .converse()
+                .model_id("claude")
+                .messages(user_message(&format!("question from {user}")))
+                .send()
+                .await
+                .expect("request succeeds");
+            answer_text(&raw)
+        }
+    };
+    let served_by_a = format!("Simulated reply from {MODEL_A}");
+    let served_by_b = format!("Simulated reply from {MODEL_B}");
+
+    // User 4 fills A's rolling minute, then bursts: A throttles, B serves.
+    for _ in 0..4 {
+        assert!(ask("user4").await.starts_with(&served_by_a));
+    }
+    clock.set(t0 + 54_000);
+    assert!(ask("user4").await.starts_with(&served_by_a));
+    clock.set(t0 + 55_000);
+    assert!(ask("user4").await.starts_with(&served_by_b));
+    assert_eq!(gw.cooldown_ms("claude", "a"), 10_000);
+
+    // 5 s later A's first four calls have left its minute: users 1-3 try A
+    // first and A serves them. Nothing benched A for everyone.
+    clock.set(t0 + 60_000);
+    let calls_before = sim.counts(MODEL_A).calls;
+    for user in ["user1", "user2", "user3"] {
+        assert!(
+            ask(user).await.starts_with(&served_by_a),
+            "{user} tried A first and was served by it"
+        );
+    }
+    assert_eq!(sim.counts(MODEL_A).calls, calls_before + 3);
+    assert_eq!(sim.counts(MODEL_A).throttles, 1, "A was never hammered");
+    // A's success ended its cooldown: it is everyone's primary again.
+    assert_eq!(gw.cooldown_ms("claude", "a"), 0);
+    clock.set(t0 + 70_000);
+    assert!(ask("user4").await.starts_with(&served_by_a));
+}
+
 #[tokio::test]
 async fn the_same_model_in_another_region_has_a_quota_of_its_own() {
     let clock = ManualClock::new(1_000_000);
