@@ -272,8 +272,20 @@ async fn a_redis_outage_fails_no_request_and_shared_limits_come_back() {
     let before = redis.hash_integer("outage:quota:primary", "rpm");
     assert!(before >= 40, "spends are booked in Redis: {before}");
 
-    redis.kill();
-    let failures = load(&gateways, 60, 4).await;
+    // Redis dies while requests are in flight through both instances.
+    let calls = || sim.counts("primary-model").calls + sim.counts("fallback-model").calls;
+    let before_kill = calls();
+    let (failures, ()) = tokio::join!(load(&gateways, 120, 4), async {
+        let until = Instant::now() + Duration::from_secs(30);
+        while calls() < before_kill + 30 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        redis.kill();
+    });
+    assert!(
+        calls() - before_kill >= 60,
+        "most of the load ran after the kill"
+    );
     assert!(
         failures.is_empty(),
         "requests failed during the outage: {failures:?}"
