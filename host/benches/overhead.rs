@@ -9,6 +9,13 @@
 //! request's latency counts from when it was due, not when it went out, so a
 //! stalled sender cannot hide queueing (no coordinated omission).
 //!
+//! With `SWITCHYARD_BENCH_PIN=1` (and two or more CPUs) the load generator
+//! and the simulator share CPU 0 and the gateway gets the others, as it
+//! would in production, where a gateway does not share its cores with its
+//! clients; both phases run under the same placement. By default the
+//! scheduler places everything: on this project's 2-CPU machine neither
+//! placement gave steadier figures (BENCHMARKS.md).
+//!
 //! It reports p50, p99 and p99.9 of both, the added latency and the ratio,
 //! the highest rate at which the gateway kept p99 under 5 ms, and the
 //! gateway's CPU time per request and its RSS (from /proc).
@@ -17,6 +24,7 @@
 //! runs one short rate as a smoke test of itself.
 
 use std::net::TcpListener as StdListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -146,6 +154,33 @@ async fn phase(
     result
 }
 
+/// Runs the calling thread, and every thread and process it starts from now
+/// on, on `cpus` only.
+fn pin_to(cpus: std::ops::Range<usize>) -> std::io::Result<()> {
+    // SAFETY: `cpu_set_t` is plain data, valid when zeroed; CPU_SET writes
+    // within it for indices below CPU_SETSIZE, and the syscall only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in cpus.take(libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+/// Where the gateway runs when pinning is asked for: every CPU but the
+/// first, which the generator and the simulator share. `None` leaves
+/// placement to the scheduler.
+fn gateway_cpus() -> Option<std::ops::Range<usize>> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let wanted = std::env::var("SWITCHYARD_BENCH_PIN").is_ok_and(|v| v == "1");
+    (wanted && cpus >= 2).then_some(1..cpus)
+}
+
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
 }
@@ -160,6 +195,12 @@ fn main() {
     } else {
         (vec![200], Duration::from_secs(1))
     };
+    let gateway_cpus = gateway_cpus();
+    if gateway_cpus.is_some() {
+        // Before anything starts, so the runtime's threads and the
+        // simulator inherit it.
+        pin_to(0..1).expect("pinning the generator to CPU 0");
+    }
     let dir = std::env::temp_dir().join(format!("switchyard-overhead-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -188,8 +229,16 @@ fn main() {
         ),
     )
     .unwrap();
+    let mut gateway = Command::new(binary());
+    if let Some(cpus) = gateway_cpus.clone() {
+        // SAFETY: between fork and exec the closure makes one system call
+        // and allocates nothing.
+        unsafe {
+            gateway.pre_exec(move || pin_to(cpus.clone()));
+        }
+    }
     let gateway = Process(
-        Command::new(binary())
+        gateway
             .args([
                 "serve",
                 "--config",
@@ -219,8 +268,16 @@ fn main() {
             .build_http::<Full<Bytes>>(),
     );
     println!(
-        "gateway overhead: open loop, {}s per rate and target, simulator answering at once",
-        duration.as_secs()
+        "gateway overhead: open loop, {}s per rate and target, simulator answering at once; {}",
+        duration.as_secs(),
+        match &gateway_cpus {
+            Some(cpus) => format!(
+                "generator and simulator on CPU 0, gateway on CPUs {}-{}",
+                cpus.start,
+                cpus.end - 1
+            ),
+            None => "placement left to the scheduler".to_owned(),
+        }
     );
     println!(
         "{:>7} | {:>26} | {:>26} | {:>24} | {:>9} | {:>6}",

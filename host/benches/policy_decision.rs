@@ -69,8 +69,11 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// The floor: a fixture whose `select` does nothing but return a constant
-/// list, so the figure is instantiation and the call's plumbing alone.
+/// The floor and where it goes: a fixture whose `select` does nothing but
+/// return a constant list, so each figure is instantiation and the call's
+/// plumbing alone, over no candidates, one, eight, and eight whose strings
+/// are empty (the difference is what lowering the strings into the fresh
+/// instance costs: one guest `realloc` call each).
 fn floor(c: &mut Criterion) {
     let clock = SystemClock::shared();
     let runtime = PolicyRuntime::new(&PolicyRuntimeConfig::default(), clock.clone()).unwrap();
@@ -94,14 +97,28 @@ fn floor(c: &mut Criterion) {
         previous_deployment: None,
         user_last_success: None,
     };
-    let candidates = candidates(8);
-    c.bench_function("select/constant fixture/8 candidates", |bench| {
-        bench.iter(|| {
-            policy
-                .select(&req, &candidates, &CallOptions::default())
-                .is_ok()
-        })
-    });
+    let mut without_strings = candidates(8);
+    for c in &mut without_strings {
+        c.deployment.clear();
+        c.model_id.clear();
+        c.region.clear();
+        c.account.clear();
+    }
+    let inputs = [
+        ("0 candidates", candidates(0)),
+        ("1 candidate", candidates(1)),
+        ("8 candidates", candidates(8)),
+        ("8 candidates, empty strings", without_strings),
+    ];
+    for (label, candidates) in &inputs {
+        c.bench_function(&format!("select/constant fixture/{label}"), |bench| {
+            bench.iter(|| {
+                policy
+                    .select(&req, candidates, &CallOptions::default())
+                    .is_ok()
+            })
+        });
+    }
 }
 
 criterion_group!(benches, bench, floor);
