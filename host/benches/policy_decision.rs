@@ -16,9 +16,6 @@ fn candidates(n: usize) -> Vec<Candidate> {
     (0..n)
         .map(|i| Candidate {
             deployment: format!("deployment-{i}"),
-            model_id: "anthropic.claude-3-5-sonnet-20240620-v1:0".into(),
-            region: "us-east-1".into(),
-            account: "default".into(),
             priority: (i % 3) as u32 + 1,
             weight: 1,
             in_flight: i as u32,
@@ -71,9 +68,9 @@ fn bench(c: &mut Criterion) {
 
 /// The floor and where it goes: a fixture whose `select` does nothing but
 /// return a constant list, so each figure is instantiation and the call's
-/// plumbing alone, over no candidates, one, eight, and eight whose strings
-/// are empty (the difference is what lowering the strings into the fresh
-/// instance costs: one guest `realloc` call each).
+/// plumbing alone, over no candidates, one, eight, and eight whose ids are
+/// empty (the difference is what lowering the ids into the fresh instance
+/// costs: one guest `realloc` call each).
 fn floor(c: &mut Criterion) {
     let clock = SystemClock::shared();
     let runtime = PolicyRuntime::new(&PolicyRuntimeConfig::default(), clock.clone()).unwrap();
@@ -100,15 +97,12 @@ fn floor(c: &mut Criterion) {
     let mut without_strings = candidates(8);
     for c in &mut without_strings {
         c.deployment.clear();
-        c.model_id.clear();
-        c.region.clear();
-        c.account.clear();
     }
     let inputs = [
         ("0 candidates", candidates(0)),
         ("1 candidate", candidates(1)),
         ("8 candidates", candidates(8)),
-        ("8 candidates, empty strings", without_strings),
+        ("8 candidates, empty ids", without_strings),
     ];
     for (label, candidates) in &inputs {
         c.bench_function(&format!("select/constant fixture/{label}"), |bench| {

@@ -29,7 +29,9 @@ use crate::health::breaker::BreakerState;
 use crate::health::{DeploymentHealth, HealthSnapshot};
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::policy::{self, CallOptions, PolicyFault, PolicyKind, PolicySlot, PolicyVersion};
+use crate::policy::{
+    self, CallOptions, DeploymentTable, PolicyFault, PolicyKind, PolicySlot, PolicyVersion,
+};
 use crate::state::Change;
 use crate::upstream::{AttemptFailure, Upstream};
 
@@ -123,6 +125,8 @@ pub struct ModelGroup {
     pub members: Vec<Arc<Deployment>>,
     /// Its policy slots.
     pub slots: GroupSlots,
+    /// Where its deployments run, for `host.describe`.
+    deployments: DeploymentTable,
     sequence: AtomicU64,
     affinity: Arc<UserAffinity>,
 }
@@ -131,10 +135,12 @@ impl ModelGroup {
     /// A group over `members`, which are put into the safe order here.
     pub fn new(name: String, mut members: Vec<Arc<Deployment>>, slots: GroupSlots) -> Self {
         members.sort_by_key(|d| d.config.priority);
+        let deployments = deployment_table(members.iter().map(|d| &d.config));
         Self {
             name,
             members,
             slots,
+            deployments,
             sequence: AtomicU64::new(0),
             affinity: Arc::new(UserAffinity::default()),
         }
@@ -287,6 +293,7 @@ struct Recorder {
     clock: SharedClock,
     started: Instant,
     request_id: String,
+    deployments: DeploymentTable,
     /// The group's affinity and the request's user, to remember a success.
     affinity: Option<(Arc<UserAffinity>, String)>,
     /// What admission let the attempt take (None once recorded).
@@ -339,6 +346,7 @@ impl Recorder {
         let options = CallOptions {
             request_id: Some(self.request_id.clone()),
             seed: None,
+            deployments: self.deployments.clone(),
         };
         self.observer.metrics.attempt(
             &self.observer.group,
@@ -436,9 +444,6 @@ pub fn candidate(deployment: &Deployment, now_ms: u64) -> policy::Candidate {
 pub fn wit_candidate(config: &DeploymentConfig, h: &HealthSnapshot) -> policy::Candidate {
     policy::Candidate {
         deployment: config.id.clone(),
-        model_id: config.model_id.clone(),
-        region: config.region.clone(),
-        account: config.account.clone(),
         priority: config.priority,
         weight: config.weight,
         in_flight: h.in_flight,
@@ -451,6 +456,22 @@ pub fn wit_candidate(config: &DeploymentConfig, h: &HealthSnapshot) -> policy::C
         latency_ewma_ms: h.latency_ewma_ms,
         circuit: policy::Circuit::Closed,
     }
+}
+
+/// Where the deployments of `configs` run, as `host.describe` tells a policy.
+pub fn deployment_table<'a>(
+    configs: impl IntoIterator<Item = &'a DeploymentConfig>,
+) -> DeploymentTable {
+    DeploymentTable::new(configs.into_iter().map(|c| {
+        (
+            c.id.clone(),
+            policy::DeploymentInfo {
+                model_id: c.model_id.clone(),
+                region: c.region.clone(),
+                account: c.account.clone(),
+            },
+        )
+    }))
 }
 
 /// Routes requests to model groups.
@@ -617,6 +638,7 @@ impl Router {
         let options = CallOptions {
             request_id: Some(request.request_id.clone()),
             seed: None,
+            deployments: group.deployments.clone(),
         };
         let candidates: Vec<_> = group.members.iter().map(|d| candidate(d, now)).collect();
         let called = Instant::now();
@@ -674,6 +696,7 @@ impl Router {
                 clock: self.clock.clone(),
                 started: Instant::now(),
                 request_id: request.request_id.clone(),
+                deployments: group.deployments.clone(),
                 affinity: request.user.clone().map(|u| (group.affinity.clone(), u)),
                 ticket: Some(ticket),
             };

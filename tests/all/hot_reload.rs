@@ -100,12 +100,12 @@ async fn a_broken_upload_is_refused_and_the_old_version_keeps_serving() {
         (
             "wrong world",
             policy_bytes("cascade"),
-            "does not implement world `switchyard:policy/selection@0.1.0`",
+            "does not implement world `switchyard:policy/selection@0.2.0`",
         ),
         (
             "wrong version",
             policy_bytes("future-version"),
-            "switchyard:policy@0.2.0",
+            "switchyard:policy@0.3.0",
         ),
         (
             "trap on the load check",

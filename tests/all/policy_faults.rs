@@ -16,9 +16,6 @@ fn candidates(n: usize) -> Vec<Candidate> {
     (0..n)
         .map(|i| Candidate {
             deployment: format!("d{i}"),
-            model_id: "m".into(),
-            region: "us-east-1".into(),
-            account: "default".into(),
             priority: i as u32 + 1,
             weight: 1,
             in_flight: 0,
@@ -226,7 +223,7 @@ fn a_component_for_another_world_is_refused_with_a_clear_message() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("does not implement world `switchyard:policy/selection@0.1.0`"),
+        error.contains("does not implement world `switchyard:policy/selection@0.2.0`"),
         "{error}"
     );
     assert!(error.contains("cooldown policy"), "{error}");
@@ -234,8 +231,8 @@ fn a_component_for_another_world_is_refused_with_a_clear_message() {
     let error = load(&runtime, PolicyKind::Selection, "future-version")
         .unwrap_err()
         .to_string();
+    assert!(error.contains("switchyard:policy@0.3.0"), "{error}");
     assert!(error.contains("switchyard:policy@0.2.0"), "{error}");
-    assert!(error.contains("switchyard:policy@0.1.0"), "{error}");
 
     let error = runtime
         .load(

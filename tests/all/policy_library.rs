@@ -10,8 +10,9 @@ use std::sync::Arc;
 use switchyard::clock::{Clock, ManualClock};
 use switchyard::config::PolicyRuntimeConfig;
 use switchyard::policy::{
-    builtin, CallOptions, Candidate, Circuit, CooldownDecision, KvStore, LastSuccess, LoadError,
-    Outcome, OutcomeKind, Policy, PolicyKind, PolicyRuntime, RequestInfo,
+    builtin, CallOptions, Candidate, Circuit, CooldownDecision, DeploymentInfo, DeploymentTable,
+    KvStore, LastSuccess, LoadError, Outcome, OutcomeKind, Policy, PolicyKind, PolicyRuntime,
+    RequestInfo,
 };
 use switchyard::sim::Fault;
 
@@ -60,13 +61,10 @@ impl Lab {
     }
 }
 
-/// A healthy, idle deployment of model `m` in us-east-1.
+/// A healthy, idle deployment.
 fn cand(name: &str, priority: u32) -> Candidate {
     Candidate {
         deployment: name.into(),
-        model_id: "m".into(),
-        region: "us-east-1".into(),
-        account: "default".into(),
         priority,
         weight: 1,
         in_flight: 0,
@@ -88,6 +86,20 @@ fn table(n: usize) -> Vec<Candidate> {
         .collect()
 }
 
+/// A `host.describe` table of `(deployment, model, region, account)`.
+fn described(rows: &[(&str, &str, &str, &str)]) -> DeploymentTable {
+    DeploymentTable::new(rows.iter().map(|&(id, model, region, account)| {
+        (
+            id.to_owned(),
+            DeploymentInfo {
+                model_id: model.into(),
+                region: region.into(),
+                account: account.into(),
+            },
+        )
+    }))
+}
+
 fn request(sequence: u64) -> RequestInfo {
     RequestInfo {
         request_id: format!("r{sequence}"),
@@ -105,6 +117,7 @@ fn seeded(seed: u64) -> CallOptions {
     CallOptions {
         request_id: Some(format!("seed-{seed}")),
         seed: Some(seed),
+        deployments: DeploymentTable::default(),
     }
 }
 
@@ -159,9 +172,23 @@ fn next(policy: &Policy, remaining: &[Candidate]) -> Vec<String> {
 
 /// `next` after the deployments in `tried` were tried, the last one failing.
 fn next_after(policy: &Policy, tried: &[Candidate], remaining: &[Candidate]) -> Vec<String> {
+    next_described(policy, tried, remaining, DeploymentTable::default())
+}
+
+/// `next_after`, with `host.describe` answering from `deployments`.
+fn next_described(
+    policy: &Policy,
+    tried: &[Candidate],
+    remaining: &[Candidate],
+    deployments: DeploymentTable,
+) -> Vec<String> {
     let failed = outcome(OutcomeKind::Throttled, NOW, None);
+    let options = CallOptions {
+        deployments,
+        ..seeded(0)
+    };
     let (order, _) = policy
-        .next(&request(0), &failed, tried, remaining, &seeded(0))
+        .next(&request(0), &failed, tried, remaining, &options)
         .expect("next runs");
     order
         .iter()
@@ -604,26 +631,29 @@ fn cascade_tries_what_is_left_by_priority_and_never_gives_up() {
 fn spread_takes_one_deployment_per_region_and_account_in_turn() {
     let lab = Lab::new();
     let spread = lab.load(PolicyKind::Fallback, "spread", serde_json::json!({}));
-    let at = |name: &str, priority: u32, region: &str, account: &str| Candidate {
-        region: region.into(),
-        account: account.into(),
-        ..cand(name, priority)
-    };
+    let runs_at = described(&[
+        ("east-a-1", "m", "us-east-1", "a"),
+        ("east-a-2", "m", "us-east-1", "a"),
+        ("east-a-3", "m", "us-east-1", "a"),
+        ("west-a", "m", "us-west-2", "a"),
+        ("east-b", "m", "us-east-1", "b"),
+        ("east-a-6", "m", "us-east-1", "a"),
+    ]);
     let cs = [
-        at("east-a-2", 2, "us-east-1", "a"),
-        at("east-a-3", 3, "us-east-1", "a"),
-        at("west-a", 4, "us-west-2", "a"),
-        at("east-b", 5, "us-east-1", "b"),
-        at("east-a-6", 6, "us-east-1", "a"),
+        cand("east-a-2", 2),
+        cand("east-a-3", 3),
+        cand("west-a", 4),
+        cand("east-b", 5),
+        cand("east-a-6", 6),
     ];
     assert_eq!(
-        next(&spread, &cs),
+        next_described(&spread, &[], &cs, runs_at.clone()),
         ["east-a-2", "west-a", "east-b", "east-a-3", "east-a-6"]
     );
     // After a failure in (us-east-1, a), other regions and accounts come first.
-    let failed = at("east-a-1", 1, "us-east-1", "a");
+    let failed = cand("east-a-1", 1);
     assert_eq!(
-        next_after(&spread, &[failed], &cs),
+        next_described(&spread, &[failed], &cs, runs_at),
         ["west-a", "east-b", "east-a-2", "east-a-3", "east-a-6"]
     );
 }
@@ -636,21 +666,24 @@ fn same_model_first_keeps_a_models_regions_before_the_next_model() {
         "same-model-first",
         serde_json::json!({}),
     );
-    let at = |name: &str, priority: u32, model: &str, region: &str| Candidate {
-        model_id: model.into(),
-        region: region.into(),
-        ..cand(name, priority)
-    };
+    let runs_at = described(&[
+        ("haiku-east-1", "haiku", "us-east-1", "default"),
+        ("sonnet-east", "sonnet", "us-east-1", "default"),
+        ("haiku-east", "haiku", "us-east-1", "default"),
+        ("sonnet-west", "sonnet", "us-west-2", "default"),
+        ("haiku-west", "haiku", "us-west-2", "default"),
+        ("sonnet-eu", "sonnet", "eu-west-1", "default"),
+    ]);
     let cs = [
-        at("sonnet-east", 2, "sonnet", "us-east-1"),
-        at("haiku-east", 3, "haiku", "us-east-1"),
-        at("sonnet-west", 4, "sonnet", "us-west-2"),
-        at("haiku-west", 5, "haiku", "us-west-2"),
-        at("sonnet-eu", 6, "sonnet", "eu-west-1"),
+        cand("sonnet-east", 2),
+        cand("haiku-east", 3),
+        cand("sonnet-west", 4),
+        cand("haiku-west", 5),
+        cand("sonnet-eu", 6),
     ];
     // cascade would go sonnet, haiku, sonnet...; this keeps sonnet together.
     assert_eq!(
-        next(&smf, &cs),
+        next_described(&smf, &[], &cs, runs_at.clone()),
         [
             "sonnet-east",
             "sonnet-west",
@@ -661,9 +694,9 @@ fn same_model_first_keeps_a_models_regions_before_the_next_model() {
     );
     // After haiku failed in us-east-1: haiku's other regions first, then the
     // same region again, and only then another model.
-    let failed = at("haiku-east-1", 1, "haiku", "us-east-1");
+    let failed = cand("haiku-east-1", 1);
     assert_eq!(
-        next_after(&smf, &[failed], &cs),
+        next_described(&smf, &[failed], &cs, runs_at),
         [
             "haiku-west",
             "haiku-east",

@@ -28,7 +28,7 @@ use alloc::collections::BTreeMap;
 
 use switchyard_policy::prelude::*;
 use switchyard_policy::serde::Deserialize;
-use switchyard_policy::{pick, ParamsError, PolicyParams};
+use switchyard_policy::{host, pick, ParamsError, PolicyParams};
 
 /// The policy's params, from the gateway config. A misspelt or bad one is
 /// refused when the gateway loads the policy.
@@ -69,14 +69,23 @@ struct CheapestFirst;
 
 impl Selection for CheapestFirst {
     fn select(req: RequestInfo, candidates: Vec<Candidate>) -> Vec<u32> {
-        order(&req, &candidates, &switchyard_policy::params_or_reject())
+        let params = switchyard_policy::params_or_reject();
+        // Which model a deployment calls is config, not health: the host
+        // tells when asked, and only the price order needs it.
+        order(&req, &candidates, &params, || host::describe_each(&candidates))
     }
 }
 
 switchyard_policy::export_selection!(CheapestFirst);
 
-/// The logic, apart from the export glue so that it can be unit-tested natively.
-fn order(req: &RequestInfo, candidates: &[Candidate], params: &Params) -> Vec<u32> {
+/// The logic, apart from the export glue so that it can be unit-tested
+/// natively; `runs_at` says where each candidate runs, in their order.
+fn order(
+    req: &RequestInfo,
+    candidates: &[Candidate],
+    params: &Params,
+    runs_at: impl FnOnce() -> Vec<DeploymentInfo>,
+) -> Vec<u32> {
     let premium = req
         .user
         .as_ref()
@@ -84,10 +93,14 @@ fn order(req: &RequestInfo, candidates: &[Candidate], params: &Params) -> Vec<u3
     if premium {
         return pick::fit_sorted_by_key(candidates, params.skip_threshold_ms, |c| c.priority);
     }
-    pick::fit_sorted_by_key(candidates, params.skip_threshold_ms, |c| {
-        let price = params.prices.get(&c.model_id).copied().unwrap_or(u32::MAX);
-        (price, c.priority)
-    })
+    let runs_at = runs_at();
+    let mut order = pick::fit(candidates, params.skip_threshold_ms);
+    order.sort_by_key(|&i| {
+        let model = &runs_at[i as usize].model_id;
+        let price = params.prices.get(model).copied().unwrap_or(u32::MAX);
+        (price, candidates[i as usize].priority)
+    });
+    order
 }
 
 #[cfg(test)]
@@ -104,11 +117,17 @@ mod tests {
         .unwrap()
     }
 
-    fn deployment(id: &str, model_id: &str, priority: u32) -> Candidate {
-        Candidate {
-            model_id: model_id.into(),
-            ..Candidate::new(id, priority)
-        }
+    fn deployment(id: &str, model_id: &str, priority: u32) -> (Candidate, DeploymentInfo) {
+        (
+            Candidate::new(id, priority),
+            DeploymentInfo::new(model_id, "us-east-1", "default"),
+        )
+    }
+
+    /// The order for `user` over `group`.
+    fn order_for(user: Option<&str>, group: &[(Candidate, DeploymentInfo)]) -> Vec<u32> {
+        let (cs, runs_at): (Vec<_>, Vec<_>) = group.iter().cloned().unzip();
+        order(&request(user), &cs, &params(), || runs_at)
     }
 
     fn request(user: Option<&str>) -> RequestInfo {
@@ -124,7 +143,7 @@ mod tests {
         }
     }
 
-    fn group() -> [Candidate; 3] {
+    fn group() -> [(Candidate, DeploymentInfo); 3] {
         [
             deployment("sonnet-east", SONNET, 1),
             deployment("sonnet-west", SONNET, 2),
@@ -134,20 +153,20 @@ mod tests {
 
     #[test]
     fn everyone_else_gets_the_cheapest_model_first() {
-        assert_eq!(order(&request(Some("bob")), &group(), &params()), [2, 0, 1]);
-        assert_eq!(order(&request(None), &group(), &params()), [2, 0, 1]);
+        assert_eq!(order_for(Some("bob"), &group()), [2, 0, 1]);
+        assert_eq!(order_for(None, &group()), [2, 0, 1]);
     }
 
     #[test]
     fn premium_users_keep_the_priority_order() {
-        assert_eq!(order(&request(Some("vip")), &group(), &params()), [0, 1, 2]);
+        assert_eq!(order_for(Some("vip"), &group()), [0, 1, 2]);
     }
 
     #[test]
     fn an_unpriced_model_comes_last() {
         let mut cs = group().to_vec();
         cs.push(deployment("mystery", "some.other-model", 0));
-        assert_eq!(order(&request(None), &cs, &params()), [2, 0, 1, 3]);
+        assert_eq!(order_for(None, &cs), [2, 0, 1, 3]);
     }
 
     #[test]

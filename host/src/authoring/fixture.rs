@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{self, PolicyKind};
+use crate::policy::{self, DeploymentTable, PolicyKind};
 
 /// The clock a fixture starts at when it names none: far enough from zero
 /// that "5 s ago" is a valid time.
@@ -481,6 +481,28 @@ impl NamedFixture {
         })
     }
 
+    /// Where its deployments run, as `host.describe` answers during the
+    /// call: every deployment the fixture names, in any of its lists.
+    pub fn deployments(&self) -> DeploymentTable {
+        let f = &self.fixture;
+        let lists = [&f.candidates, &f.tried, &f.remaining];
+        let all = lists
+            .into_iter()
+            .flatten()
+            .flatten()
+            .chain(f.candidate.as_ref());
+        DeploymentTable::new(all.map(|c| {
+            (
+                c.deployment.clone(),
+                policy::DeploymentInfo {
+                    model_id: c.model_id.clone(),
+                    region: c.region.clone(),
+                    account: c.account.clone(),
+                },
+            )
+        }))
+    }
+
     /// The ids a returned index list stands for, in `input`'s list.
     pub fn order_ids(input: &CallInput, order: &[usize]) -> Vec<String> {
         let list = match input {
@@ -518,9 +540,6 @@ fn candidates(list: &[CandidateFixture]) -> Vec<policy::Candidate> {
 fn candidate(c: &CandidateFixture, position: usize) -> policy::Candidate {
     policy::Candidate {
         deployment: c.deployment.clone(),
-        model_id: c.model_id.clone(),
-        region: c.region.clone(),
-        account: c.account.clone(),
         priority: c.priority.unwrap_or(position as u32 + 1),
         weight: c.weight,
         in_flight: c.in_flight,

@@ -125,6 +125,7 @@ impl FixtureRunner {
         let options = CallOptions {
             request_id: Some(f.request.request_id.clone()),
             seed: Some(f.seed),
+            deployments: fixture.deployments(),
         };
         let called = match &input {
             CallInput::Selection { req, candidates } => policy

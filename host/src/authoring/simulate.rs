@@ -41,8 +41,8 @@ use crate::config::{DeploymentConfig, GroupPolicies, PolicyRef};
 use crate::health::DeploymentHealth;
 use crate::offline::OfflinePolicies;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::policy::{self, CallOptions, PolicyKind};
-use crate::router::wit_candidate;
+use crate::policy::{self, CallOptions, DeploymentTable, PolicyKind};
+use crate::router::{deployment_table, wit_candidate};
 
 /// When the simulated clock starts: far from zero, as a gateway's would be.
 const START_MS: u64 = 1_000_000;
@@ -218,6 +218,7 @@ pub fn run(
             .collect(),
     };
     let duration_ms = timeline.duration_s * 1000;
+    let table = deployment_table(deployments.iter().map(|d| &d.config));
     let offsets = (0..duration_ms).step_by(timeline.request_every_ms as usize);
     for (sequence, offset_ms) in (0u64..).zip(offsets) {
         clock.set(START_MS + offset_ms);
@@ -225,6 +226,7 @@ pub fn run(
             timeline,
             &policies,
             &deployments,
+            &table,
             &mut report,
             offset_ms,
             sequence,
@@ -289,6 +291,7 @@ fn simulate_request(
     timeline: &Timeline,
     policies: &OfflinePolicies,
     deployments: &[SimDeployment],
+    table: &DeploymentTable,
     report: &mut SimReport,
     offset_ms: u64,
     sequence: u64,
@@ -297,6 +300,7 @@ fn simulate_request(
     let options = CallOptions {
         request_id: Some(format!("sim-{sequence}")),
         seed: Some(sequence),
+        deployments: table.clone(),
     };
     let snapshot =
         |i: usize| wit_candidate(&deployments[i].config, &deployments[i].health.snapshot(now));

@@ -24,8 +24,8 @@ use crate::clock::{ManualClock, SharedClock};
 use crate::health::DeploymentHealth;
 use crate::offline::OfflinePolicies;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::policy::{CallOptions, Candidate, LastSuccess, RequestInfo};
-use crate::router::wit_candidate;
+use crate::policy::{CallOptions, Candidate, DeploymentTable, LastSuccess, RequestInfo};
+use crate::router::{deployment_table, wit_candidate};
 use crate::sim::quota::RollingQuota;
 
 /// Where the simulated clock starts: far from zero, as a gateway's would be.
@@ -102,19 +102,21 @@ pub fn run(
             contender: contender.name.clone(),
             message: e.to_string(),
         })?;
+    let deployments: Vec<Deployment> = scenario
+        .deployments
+        .iter()
+        .map(|d| Deployment {
+            lab: d.clone(),
+            config: d.gateway_config(),
+            health: DeploymentHealth::default(),
+            quota: RollingQuota::new(d.rpm, d.tpm),
+        })
+        .collect();
     let mut sim = Simulation {
         scenario,
         policies,
-        deployments: scenario
-            .deployments
-            .iter()
-            .map(|d| Deployment {
-                lab: d.clone(),
-                config: d.gateway_config(),
-                health: DeploymentHealth::default(),
-                quota: RollingQuota::new(d.rpm, d.tpm),
-            })
-            .collect(),
+        table: deployment_table(deployments.iter().map(|d| &d.config)),
+        deployments,
         best_priority: scenario
             .deployments
             .iter()
@@ -158,6 +160,8 @@ struct Simulation<'a> {
     scenario: &'a Scenario,
     policies: OfflinePolicies,
     deployments: Vec<Deployment>,
+    /// Where they run, for `host.describe`.
+    table: DeploymentTable,
     best_priority: u32,
     requests: Vec<InProgress>,
     last_success: HashMap<usize, LastSuccess>,
@@ -189,6 +193,7 @@ impl Simulation<'_> {
             // Per request, so every contender sees the same randomness for
             // the same request.
             seed: Some(self.scenario.seed ^ request as u64),
+            deployments: self.table.clone(),
         }
     }
 

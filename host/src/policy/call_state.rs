@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use super::bindings::host::{self, LogLevel};
+use super::bindings::types::DeploymentInfo;
+use super::deployment_table::DeploymentTable;
 use super::kv::KvStore;
 use super::limits::{CallInProgress, MemoryCap};
 use crate::clock::SharedClock;
@@ -12,6 +14,7 @@ pub struct CallState {
     pub(crate) clock: SharedClock,
     pub(crate) rng: fastrand::Rng,
     pub(crate) params: Arc<str>,
+    pub(crate) deployments: DeploymentTable,
     pub(crate) kv: Arc<KvStore>,
     pub(crate) memory: MemoryCap,
     /// For log lines: which policy, which request.
@@ -67,6 +70,10 @@ impl host::Host for CallState {
             LogLevel::Warn => tracing::warn!(policy, request_id, "{message}"),
             LogLevel::Error => tracing::error!(policy, request_id, "{message}"),
         }
+    }
+
+    fn describe(&mut self, deployment: String) -> Option<DeploymentInfo> {
+        self.deployments.describe(&deployment).cloned()
     }
 
     fn params(&mut self) -> String {

@@ -1,15 +1,17 @@
 //! The synthetic input of the load check: three healthy deployments and a
 //! throttled attempt, enough to exercise any policy's main path.
 
-use super::{Candidate, Circuit, Outcome, OutcomeKind, RequestInfo, LOAD_CHECK_REQUEST_ID};
+use super::{
+    Candidate, Circuit, DeploymentInfo, DeploymentTable, Outcome, OutcomeKind, RequestInfo,
+    LOAD_CHECK_REQUEST_ID,
+};
+
+const REGIONS: [&str; 3] = ["us-east-1", "us-west-2", "eu-west-1"];
 
 pub fn candidates(now_ms: u64) -> Vec<Candidate> {
     (0..3u32)
         .map(|i| Candidate {
             deployment: format!("load-check-{i}"),
-            model_id: "load-check-model".into(),
-            region: ["us-east-1", "us-west-2", "eu-west-1"][i as usize].into(),
-            account: "load-check".into(),
             priority: i + 1,
             weight: 1,
             in_flight: i,
@@ -23,6 +25,20 @@ pub fn candidates(now_ms: u64) -> Vec<Candidate> {
             circuit: Circuit::Closed,
         })
         .collect()
+}
+
+/// Where the synthetic deployments run: one model in three regions.
+pub fn deployments(candidates: &[Candidate]) -> DeploymentTable {
+    DeploymentTable::new(candidates.iter().zip(REGIONS).map(|(c, region)| {
+        (
+            c.deployment.clone(),
+            DeploymentInfo {
+                model_id: "load-check-model".into(),
+                region: region.into(),
+                account: "load-check".into(),
+            },
+        )
+    }))
 }
 
 pub fn request() -> RequestInfo {

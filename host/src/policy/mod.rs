@@ -11,6 +11,7 @@ mod bindings;
 pub mod builtin;
 mod cache;
 mod call_state;
+mod deployment_table;
 mod kv;
 mod limits;
 mod load_check;
@@ -27,10 +28,12 @@ use wasmtime::{
 };
 
 pub use bindings::types::{
-    Candidate, Circuit, CooldownDecision, LastSuccess, Outcome, OutcomeKind, RequestInfo,
+    Candidate, Circuit, CooldownDecision, DeploymentInfo, LastSuccess, Outcome, OutcomeKind,
+    RequestInfo,
 };
 pub use cache::sha256_hex;
 pub use call_state::PolicyLog;
+pub use deployment_table::DeploymentTable;
 pub use kv::KvStore;
 pub use slot::{PolicySlot, PolicyVersion, Rollback, RollbackRule, SlotError, VersionInfo};
 pub use world::{WorldMismatch, PACKAGE, VERSION};
@@ -358,6 +361,8 @@ pub struct CallOptions {
     pub request_id: Option<String>,
     /// Seed for `random-u64`; `None` draws a fresh seed.
     pub seed: Option<u64>,
+    /// What `host.describe` answers: the call's model group.
+    pub deployments: DeploymentTable,
 }
 
 /// What a call cost and said, for `switchyard policy test` and the benchmarks.
@@ -419,6 +424,7 @@ impl Policy {
             clock: self.clock.clone(),
             rng,
             params: self.params.clone(),
+            deployments: options.deployments.clone(),
             kv: kv.clone(),
             memory: MemoryCap::new(self.shared.memory_limit_bytes),
             policy_name: self.name.clone(),
@@ -579,11 +585,12 @@ impl Policy {
     /// instead of faulting on every request.
     fn load_check(&self) -> Result<(), LoadError> {
         let kv = Arc::new(KvStore::new(self.clock.clone()));
+        let candidates = load_check::candidates(self.clock.now_ms());
         let options = CallOptions {
             request_id: Some(LOAD_CHECK_REQUEST_ID.to_owned()),
             seed: Some(0),
+            deployments: load_check::deployments(&candidates),
         };
-        let candidates = load_check::candidates(self.clock.now_ms());
         let req = load_check::request();
         let outcome = load_check::outcome(self.clock.now_ms());
         let env = CallEnv {

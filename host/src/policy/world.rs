@@ -9,7 +9,7 @@ use super::PolicyKind;
 /// The WIT package and version this gateway implements.
 pub const PACKAGE: &str = "switchyard:policy";
 /// The WIT version this gateway implements.
-pub const VERSION: &str = "0.1.0";
+pub const VERSION: &str = "0.2.0";
 
 /// Why a component does not fit a slot.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

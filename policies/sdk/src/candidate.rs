@@ -2,7 +2,7 @@
 
 use alloc::string::String;
 
-use crate::{Candidate, Circuit};
+use crate::{Candidate, Circuit, DeploymentInfo};
 
 impl Candidate {
     /// A healthy, idle candidate: closed circuit, no cooldown, no history,
@@ -11,9 +11,6 @@ impl Candidate {
     pub fn new(deployment: impl Into<String>, priority: u32) -> Self {
         Self {
             deployment: deployment.into(),
-            model_id: String::new(),
-            region: String::new(),
-            account: String::new(),
             priority,
             weight: 1,
             in_flight: 0,
@@ -36,5 +33,21 @@ impl Candidate {
     /// With a threshold of 0, any cooldown at all makes it unfit.
     pub fn is_fit(&self, skip_threshold_ms: u64) -> bool {
         self.circuit != Circuit::Open && self.cooldown_remaining_ms <= skip_threshold_ms
+    }
+}
+
+impl DeploymentInfo {
+    /// Where a deployment runs. Meant for unit tests of a policy's logic;
+    /// at run time the host says, through [`host::describe`](crate::host::describe).
+    pub fn new(
+        model_id: impl Into<String>,
+        region: impl Into<String>,
+        account: impl Into<String>,
+    ) -> Self {
+        Self {
+            model_id: model_id.into(),
+            region: region.into(),
+            account: account.into(),
+        }
     }
 }

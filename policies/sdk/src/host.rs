@@ -1,9 +1,12 @@
-//! The host's clock, random numbers and raw params.
+//! The host's clock, random numbers, raw params, and where deployments run.
 //!
 //! Time and randomness reach a policy only through these functions, so that
 //! `switchyard policy test` can fix both and a policy stays deterministic.
 
 use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::{Candidate, DeploymentInfo};
 
 use crate::bindings::switchyard::policy::host as imports;
 
@@ -23,4 +26,23 @@ pub fn random_u64() -> u64 {
 /// when none are set). Most policies want the typed [`params`](crate::params).
 pub fn params_json() -> String {
     imports::params()
+}
+
+/// Where `deployment` runs (model, region, account), for any deployment of
+/// the model group the call is about; `None` for another id. Each call asks
+/// the host once, so ask only when the policy needs it.
+pub fn describe(deployment: &str) -> Option<DeploymentInfo> {
+    imports::describe(deployment)
+}
+
+/// Where each of `candidates` runs, in their order: one `describe` each. The
+/// host knows every candidate it passes; an id it did not know would read
+/// as empty strings.
+pub fn describe_each(candidates: &[Candidate]) -> Vec<DeploymentInfo> {
+    candidates
+        .iter()
+        .map(|c| {
+            describe(&c.deployment).unwrap_or_else(|| DeploymentInfo::new("", "", ""))
+        })
+        .collect()
 }

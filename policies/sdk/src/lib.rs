@@ -139,7 +139,8 @@ pub use serde;
 
 // The contract's types. Their documentation comes from the WIT.
 pub use bindings::switchyard::policy::types::{
-    Candidate, Circuit, CooldownDecision, LastSuccess, Outcome, OutcomeKind, RequestInfo,
+    Candidate, Circuit, CooldownDecision, DeploymentInfo, LastSuccess, Outcome, OutcomeKind,
+    RequestInfo,
 };
 
 /// A selection policy: orders the deployments a new request should try.

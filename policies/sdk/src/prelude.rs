@@ -17,5 +17,6 @@ pub use crate::Fallback;
 #[cfg(feature = "selection")]
 pub use crate::Selection;
 pub use crate::{
-    Candidate, Circuit, CooldownDecision, LastSuccess, Outcome, OutcomeKind, RequestInfo,
+    Candidate, Circuit, CooldownDecision, DeploymentInfo, LastSuccess, Outcome, OutcomeKind,
+    RequestInfo,
 };

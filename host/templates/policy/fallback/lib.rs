@@ -13,7 +13,7 @@
 
 use switchyard_policy::prelude::*;
 use switchyard_policy::serde::Deserialize;
-use switchyard_policy::PolicyParams;
+use switchyard_policy::{host, PolicyParams};
 
 /// The policy's params, from the gateway config. A misspelt or bad one is
 /// refused when the gateway loads the policy.
@@ -43,21 +43,35 @@ impl Fallback for Policy {
         tried: Vec<Candidate>,
         remaining: Vec<Candidate>,
     ) -> Vec<u32> {
-        order(&tried, &remaining, &switchyard_policy::params_or_reject())
+        // Where the deployments run is asked of the host (`describe`): the
+        // candidates carry only what changes from call to call.
+        let failed = tried.last().and_then(|c| host::describe(&c.deployment));
+        let failed_region = failed.as_ref().map(|d| d.region.as_str());
+        order(
+            failed_region,
+            &remaining,
+            &host::describe_each(&remaining),
+            &switchyard_policy::params_or_reject(),
+        )
     }
 }
 
 switchyard_policy::export_fallback!(Policy);
 
 /// The logic, apart from the export glue so that it can be unit-tested natively.
-fn order(tried: &[Candidate], remaining: &[Candidate], params: &Params) -> Vec<u32> {
-    let failed_region = tried.last().map(|c| c.region.as_str());
+/// `runs_at[i]` is where `remaining[i]` runs.
+fn order(
+    failed_region: Option<&str>,
+    remaining: &[Candidate],
+    runs_at: &[DeploymentInfo],
+    params: &Params,
+) -> Vec<u32> {
     let mut order: Vec<u32> = (0..remaining.len() as u32).collect();
     order.sort_by_key(|&i| {
         let c = &remaining[i as usize];
         (
             !c.is_fit(params.skip_threshold_ms),
-            Some(c.region.as_str()) == failed_region,
+            Some(runs_at[i as usize].region.as_str()) == failed_region,
             c.priority,
         )
     });
@@ -68,33 +82,29 @@ fn order(tried: &[Candidate], remaining: &[Candidate], params: &Params) -> Vec<u
 mod tests {
     use super::*;
 
-    fn in_region(id: &str, priority: u32, region: &str) -> Candidate {
-        Candidate {
-            region: region.into(),
-            ..Candidate::new(id, priority)
-        }
+    fn in_region(region: &str) -> DeploymentInfo {
+        DeploymentInfo::new("model", region, "account")
     }
 
     #[test]
     fn another_region_first_then_by_priority() {
-        let tried = [in_region("a", 1, "us-east-1")];
-        let remaining = [
-            in_region("b", 2, "us-east-1"),
-            in_region("c", 3, "us-west-2"),
-        ];
-        assert_eq!(order(&tried, &remaining, &Params::default()), [1, 0]);
+        let remaining = [Candidate::new("b", 2), Candidate::new("c", 3)];
+        let runs_at = [in_region("us-east-1"), in_region("us-west-2")];
+        let got = order(Some("us-east-1"), &remaining, &runs_at, &Params::default());
+        assert_eq!(got, [1, 0]);
     }
 
     #[test]
     fn unfit_deployments_go_last() {
-        let tried = [in_region("a", 1, "us-east-1")];
         let remaining = [
             Candidate {
                 circuit: Circuit::Open,
-                ..in_region("b", 2, "us-west-2")
+                ..Candidate::new("b", 2)
             },
-            in_region("c", 3, "us-east-1"),
+            Candidate::new("c", 3),
         ];
-        assert_eq!(order(&tried, &remaining, &Params::default()), [1, 0]);
+        let runs_at = [in_region("us-west-2"), in_region("us-east-1")];
+        let got = order(Some("us-east-1"), &remaining, &runs_at, &Params::default());
+        assert_eq!(got, [1, 0]);
     }
 }

@@ -15,11 +15,10 @@
 //! 3. the other models, each model's deployments together, models in the
 //!    order of their best deployment.
 //!
-//! Each step keeps the base order. The contract does not pass the failed
-//! deployment's model and region to a fallback policy yet (only its id, which
-//! is not among `remaining`); until the host does, the reference is the model
-//! of the best remaining deployment, so a model's regions are still tried
-//! together before the next model.
+//! Each step keeps the base order. Models and regions come from
+//! `host.describe`; when no deployment has been tried yet, the reference is
+//! the model of the best remaining deployment, so a model's regions are
+//! still tried together before the next model.
 //!
 //! Params (all optional): `{"skip_threshold_ms": 2000}`.
 //!
@@ -30,7 +29,7 @@
 
 use switchyard_policy::prelude::*;
 use switchyard_policy::serde::Deserialize;
-use switchyard_policy::{pick, PolicyParams};
+use switchyard_policy::{host, pick, PolicyParams};
 
 /// The policy's params.
 #[derive(Debug, Deserialize)]
@@ -62,10 +61,16 @@ impl Fallback for SameModelFirst {
     ) -> Vec<u32> {
         let params: Params = switchyard_policy::params_or_reject();
         // The last deployment tried is the one that just failed.
-        let failed_at = tried
-            .last()
-            .map(|c| (c.model_id.as_str(), c.region.as_str()));
-        order(&remaining, failed_at, &params)
+        let failed = tried.last().and_then(|c| host::describe(&c.deployment));
+        let failed_at = failed
+            .as_ref()
+            .map(|d| (d.model_id.as_str(), d.region.as_str()));
+        order(
+            &remaining,
+            &host::describe_each(&remaining),
+            failed_at,
+            &params,
+        )
     }
 }
 
@@ -76,9 +81,15 @@ fn base(remaining: &[Candidate], params: &Params) -> Vec<u32> {
     pick::fit_by_priority_never_empty(remaining, params.skip_threshold_ms)
 }
 
-/// The base order by (model rank, same region as the failure); `failed_at`
-/// is the failed deployment's (model id, region).
-fn order(remaining: &[Candidate], failed_at: Option<(&str, &str)>, params: &Params) -> Vec<u32> {
+/// The base order by (model rank, same region as the failure); `runs_at[i]`
+/// is where `remaining[i]` runs, `failed_at` the failed deployment's (model
+/// id, region).
+fn order(
+    remaining: &[Candidate],
+    runs_at: &[DeploymentInfo],
+    failed_at: Option<(&str, &str)>,
+    params: &Params,
+) -> Vec<u32> {
     let base = base(remaining, params);
     // Models ranked by their best deployment, the failed one's first.
     let mut models: Vec<&str> = Vec::new();
@@ -86,20 +97,20 @@ fn order(remaining: &[Candidate], failed_at: Option<(&str, &str)>, params: &Para
         models.push(model);
     }
     for &i in &base {
-        let model = remaining[i as usize].model_id.as_str();
+        let model = runs_at[i as usize].model_id.as_str();
         if !models.contains(&model) {
             models.push(model);
         }
     }
     let mut order = base;
     order.sort_by_key(|&i| {
-        let c = &remaining[i as usize];
+        let d = &runs_at[i as usize];
         let rank = models
             .iter()
-            .position(|m| *m == c.model_id)
+            .position(|m| *m == d.model_id)
             .unwrap_or(usize::MAX);
         let same_region =
-            failed_at.is_some_and(|(model, region)| model == c.model_id && region == c.region);
+            failed_at.is_some_and(|(model, region)| model == d.model_id && region == d.region);
         (rank, same_region)
     });
     order
@@ -109,12 +120,11 @@ fn order(remaining: &[Candidate], failed_at: Option<(&str, &str)>, params: &Para
 mod tests {
     use super::*;
 
-    fn at(name: &str, priority: u32, model: &str, region: &str) -> Candidate {
-        Candidate {
-            model_id: model.into(),
-            region: region.into(),
-            ..Candidate::new(name, priority)
-        }
+    fn at(name: &str, priority: u32, model: &str, region: &str) -> (Candidate, DeploymentInfo) {
+        (
+            Candidate::new(name, priority),
+            DeploymentInfo::new(model, region, "default"),
+        )
     }
 
     fn names(cs: &[Candidate], order: &[u32]) -> Vec<String> {
@@ -126,22 +136,29 @@ mod tests {
 
     /// sonnet failed in us-east-1; haiku there has a better priority than
     /// sonnet elsewhere.
-    fn table() -> Vec<Candidate> {
-        vec![
+    fn table() -> (Vec<Candidate>, Vec<DeploymentInfo>) {
+        [
             at("haiku-east", 2, "haiku", "us-east-1"),
             at("sonnet-west", 3, "sonnet", "us-west-2"),
             at("sonnet-east-2", 4, "sonnet", "us-east-1"),
             at("haiku-west", 5, "haiku", "us-west-2"),
             at("sonnet-eu", 6, "sonnet", "eu-west-1"),
         ]
+        .into_iter()
+        .unzip()
     }
 
     #[test]
     fn the_same_model_elsewhere_then_here_then_other_models() {
-        let cs = table();
+        let (cs, runs_at) = table();
         let got = names(
             &cs,
-            &order(&cs, Some(("sonnet", "us-east-1")), &Params::default()),
+            &order(
+                &cs,
+                &runs_at,
+                Some(("sonnet", "us-east-1")),
+                &Params::default(),
+            ),
         );
         assert_eq!(
             got,
@@ -157,8 +174,8 @@ mod tests {
 
     #[test]
     fn without_the_failed_model_each_models_regions_stay_together() {
-        let cs = table();
-        let got = names(&cs, &order(&cs, None, &Params::default()));
+        let (cs, runs_at) = table();
+        let got = names(&cs, &order(&cs, &runs_at, None, &Params::default()));
         assert_eq!(
             got,
             [

@@ -13,9 +13,7 @@
 //! 2. puts the deployments in the failed deployment's region and account
 //!    last, when that is known.
 //!
-//! The contract does not pass the failed deployment's region and account to
-//! a fallback policy yet (only its id, which is not among `remaining`), so
-//! step 2 waits on the host; step 1 already spreads a request's attempts.
+//! Regions and accounts come from `host.describe`, one call per deployment.
 //!
 //! Params (all optional): `{"skip_threshold_ms": 2000}`.
 //!
@@ -25,7 +23,7 @@
 
 use switchyard_policy::prelude::*;
 use switchyard_policy::serde::Deserialize;
-use switchyard_policy::{pick, PolicyParams};
+use switchyard_policy::{host, pick, PolicyParams};
 
 /// The policy's params.
 #[derive(Debug, Deserialize)]
@@ -57,10 +55,16 @@ impl Fallback for Spread {
     ) -> Vec<u32> {
         let params: Params = switchyard_policy::params_or_reject();
         // The last deployment tried is the one that just failed.
-        let failed_at = tried
-            .last()
-            .map(|c| (c.region.as_str(), c.account.as_str()));
-        order(&remaining, failed_at, &params)
+        let failed = tried.last().and_then(|c| host::describe(&c.deployment));
+        let failed_at = failed
+            .as_ref()
+            .map(|d| (d.region.as_str(), d.account.as_str()));
+        order(
+            &remaining,
+            &host::describe_each(&remaining),
+            failed_at,
+            &params,
+        )
     }
 }
 
@@ -72,11 +76,16 @@ fn base(remaining: &[Candidate], params: &Params) -> Vec<u32> {
 }
 
 /// The base order, one per (region, account) in turn, with `failed_at`'s
-/// (region, account) last.
-fn order(remaining: &[Candidate], failed_at: Option<(&str, &str)>, params: &Params) -> Vec<u32> {
+/// (region, account) last; `runs_at[i]` is where `remaining[i]` runs.
+fn order(
+    remaining: &[Candidate],
+    runs_at: &[DeploymentInfo],
+    failed_at: Option<(&str, &str)>,
+    params: &Params,
+) -> Vec<u32> {
     let pair = |i: u32| {
-        let c = &remaining[i as usize];
-        (c.region.as_str(), c.account.as_str())
+        let d = &runs_at[i as usize];
+        (d.region.as_str(), d.account.as_str())
     };
     // Groups in order of their best member; members keep the base order.
     let mut groups: Vec<((&str, &str), Vec<u32>)> = Vec::new();
@@ -118,12 +127,11 @@ fn order(remaining: &[Candidate], failed_at: Option<(&str, &str)>, params: &Para
 mod tests {
     use super::*;
 
-    fn at(name: &str, priority: u32, region: &str, account: &str) -> Candidate {
-        Candidate {
-            region: region.into(),
-            account: account.into(),
-            ..Candidate::new(name, priority)
-        }
+    fn at(name: &str, priority: u32, region: &str, account: &str) -> (Candidate, DeploymentInfo) {
+        (
+            Candidate::new(name, priority),
+            DeploymentInfo::new("m", region, account),
+        )
     }
 
     fn names(cs: &[Candidate], order: &[u32]) -> Vec<String> {
@@ -133,20 +141,22 @@ mod tests {
             .collect()
     }
 
-    fn table() -> Vec<Candidate> {
-        vec![
+    fn table() -> (Vec<Candidate>, Vec<DeploymentInfo>) {
+        [
             at("east-a-2", 2, "us-east-1", "a"),
             at("east-a-3", 3, "us-east-1", "a"),
             at("west-a", 4, "us-west-2", "a"),
             at("east-b", 5, "us-east-1", "b"),
             at("east-a-6", 6, "us-east-1", "a"),
         ]
+        .into_iter()
+        .unzip()
     }
 
     #[test]
     fn takes_one_per_region_and_account_in_turn() {
-        let cs = table();
-        let got = names(&cs, &order(&cs, None, &Params::default()));
+        let (cs, runs_at) = table();
+        let got = names(&cs, &order(&cs, &runs_at, None, &Params::default()));
         assert_eq!(
             got,
             ["east-a-2", "west-a", "east-b", "east-a-3", "east-a-6"]
@@ -155,10 +165,15 @@ mod tests {
 
     #[test]
     fn the_failed_region_and_account_go_last() {
-        let cs = table();
+        let (cs, runs_at) = table();
         let got = names(
             &cs,
-            &order(&cs, Some(("us-east-1", "a")), &Params::default()),
+            &order(
+                &cs,
+                &runs_at,
+                Some(("us-east-1", "a")),
+                &Params::default(),
+            ),
         );
         assert_eq!(
             got,
@@ -168,12 +183,12 @@ mod tests {
 
     #[test]
     fn never_empty_while_something_is_left() {
-        let mut cs = table();
+        let (mut cs, runs_at) = table();
         for c in &mut cs {
             c.cooldown_remaining_ms = 50_000;
         }
         cs[3].cooldown_remaining_ms = 10_000;
-        let got = order(&cs, None, &Params::default());
+        let got = order(&cs, &runs_at, None, &Params::default());
         assert_eq!(got.len(), 5);
         assert_eq!(got[0], 3, "soonest out of cooldown first");
     }
