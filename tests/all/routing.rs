@@ -156,76 +156,111 @@ async fn a_connection_reset_and_a_timeout_are_unavailable_and_timeout() {
     assert_eq!(body["attempts"][1]["outcome"], "timeout");
 }
 
+/// The field's story, set up: A (5 RPM) and B behind one group, gateway and
+/// simulator on one manual clock starting at [`FieldStory::T0`].
+struct FieldStory {
+    clock: std::sync::Arc<ManualClock>,
+    sim: switchyard::sim::SimHandle,
+    gw: TestGateway,
+    client: aws_sdk_bedrockruntime::Client,
+}
+
+impl FieldStory {
+    const T0: u64 = 1_000_000;
+
+    /// With `extra` appended to the gateway config (policies, params).
+    async fn start(extra: &str) -> Self {
+        let clock = ManualClock::new(Self::T0);
+        let sim = start_sim(
+            vec![sim_model(MODEL_A, Some(5)), sim_model(MODEL_B, None)],
+            clock.clone(),
+        )
+        .await;
+        let config = format!("{}{extra}", two_deployments(&sim));
+        let gw = start_gateway(&config, clock.clone()).await;
+        let client = sdk_client(&gw.url());
+        Self {
+            clock,
+            sim,
+            gw,
+            client,
+        }
+    }
+
+    /// `at_ms` after the start.
+    fn at(&self, at_ms: u64) {
+        self.clock.set(Self::T0 + at_ms);
+    }
+
+    /// Whether A (rather than B) answered `user`'s request, which succeeds.
+    async fn served_by_a(&self, user: &str) -> bool {
+        let raw = self
+            .client
+            .converse()
+            .model_id("claude")
+            .messages(user_message(&format!("question from {user}")))
+            .send()
+            .await
+            .expect("request succeeds");
+        let text = answer_text(&raw);
+        let by_b = text.starts_with(&format!("Simulated reply from {MODEL_B}"));
+        assert!(by_b || text.starts_with(&format!("Simulated reply from {MODEL_A}")));
+        !by_b
+    }
+
+    /// User 4 fills A's rolling minute (four calls now, one at +54 s), then
+    /// bursts at +55 s: A throttles and user 4 falls back to B.
+    async fn user_4_bursts(&self) {
+        for _ in 0..4 {
+            assert!(self.served_by_a("user4").await);
+        }
+        self.at(54_000);
+        assert!(self.served_by_a("user4").await);
+        self.at(55_000);
+        assert!(!self.served_by_a("user4").await, "user 4 fell back to B");
+        assert_eq!(self.sim.counts(MODEL_A).throttles, 1);
+        assert_eq!(
+            self.gw.cooldown_ms("claude", "a"),
+            10_000,
+            "adaptive: 10 s for the first throttle"
+        );
+    }
+}
+
 /// The story every team tells (field notes): user 4's burst exhausts the
 /// primary's quota; user 4 falls back, while users 1–3 are not benched with it.
 #[tokio::test]
 async fn a_burst_from_one_user_does_not_bench_the_primary_for_everyone() {
-    let t0 = 1_000_000;
-    let clock = ManualClock::new(t0);
-    let mut a = sim_model(MODEL_A, Some(5));
-    a.rpm = Some(5);
-    let sim = start_sim(vec![a, sim_model(MODEL_B, None)], clock.clone()).await;
-    let gw = start_gateway(&two_deployments(&sim), clock.clone()).await;
-    let client = sdk_client(&gw.url());
-    let ask = |user: &'static str| {
-        let client = client.clone();
-        async move {
-            let raw = client
-                .converse()
-                .model_id("claude")
-                .messages(user_message(&format!("question from {user}")))
-                .send()
-                .await
-                .expect("request succeeds");
-            answer_text(&raw)
-        }
-    };
-    let served_by_a = format!("Simulated reply from {MODEL_A}");
-    let served_by_b = format!("Simulated reply from {MODEL_B}");
-
-    // User 4 fills A's rolling minute: four calls now, one 54 s later.
-    for _ in 0..4 {
-        assert!(ask("user4").await.starts_with(&served_by_a));
-    }
-    clock.set(t0 + 54_000);
-    assert!(ask("user4").await.starts_with(&served_by_a));
-
-    // The burst: A throttles, user 4 falls back to B and succeeds.
-    clock.set(t0 + 55_000);
-    assert!(ask("user4").await.starts_with(&served_by_b));
-    assert_eq!(sim.counts(MODEL_A).throttles, 1);
-    assert_eq!(
-        gw.cooldown_ms("claude", "a"),
-        10_000,
-        "adaptive: 10 s for the first throttle"
-    );
+    let story = FieldStory::start("").await;
+    story.user_4_bursts().await;
 
     // 5 s later A has 5 s of cooldown left, more than the 2 s threshold: a
     // new request skips it without calling it (the cooldown is a hint that
     // keeps us from hammering a throttled deployment)...
-    clock.set(t0 + 60_000);
-    let calls_to_a = sim.counts(MODEL_A).calls;
-    assert!(ask("user1").await.starts_with(&served_by_b));
-    assert_eq!(sim.counts(MODEL_A).calls, calls_to_a);
+    story.at(60_000);
+    let calls_to_a = story.sim.counts(MODEL_A).calls;
+    assert!(!story.served_by_a("user1").await);
+    assert_eq!(story.sim.counts(MODEL_A).calls, calls_to_a);
 
     // ...but A is not benched for everyone until the cooldown ends: as soon
     // as what is left is within the threshold, users 1–3 each get a fresh
     // list with A first, and A (which has capacity again) serves them.
-    clock.set(t0 + 63_000);
-    assert_eq!(gw.cooldown_ms("claude", "a"), 2_000);
+    story.at(63_000);
+    assert_eq!(story.gw.cooldown_ms("claude", "a"), 2_000);
     for user in ["user1", "user2", "user3"] {
-        assert!(
-            ask(user).await.starts_with(&served_by_a),
-            "{user} served by A"
-        );
+        assert!(story.served_by_a(user).await, "{user} served by A");
     }
     // A success clears A's cooldown and history.
-    assert_eq!(gw.cooldown_ms("claude", "a"), 0);
+    assert_eq!(story.gw.cooldown_ms("claude", "a"), 0);
 
     // After the cooldown, A is everyone's primary again, user 4 included.
-    clock.set(t0 + 70_000);
-    assert!(ask("user4").await.starts_with(&served_by_a));
-    assert_eq!(sim.counts(MODEL_A).throttles, 1, "A was never hammered");
+    story.at(70_000);
+    assert!(story.served_by_a("user4").await);
+    assert_eq!(
+        story.sim.counts(MODEL_A).throttles,
+        1,
+        "A was never hammered"
+    );
 }
 
 /// The field's story word for word: users 1-3 arriving 5 s after user 4's
@@ -235,60 +270,32 @@ async fn a_burst_from_one_user_does_not_bench_the_primary_for_everyone() {
 /// first cooldown's half, and per-request isolation does the rest.
 #[tokio::test]
 async fn with_a_5_s_threshold_users_arriving_5_s_after_the_burst_try_a_first() {
-    let t0 = 1_000_000;
-    let clock = ManualClock::new(t0);
-    let sim = start_sim(
-        vec![sim_model(MODEL_A, Some(5)), sim_model(MODEL_B, None)],
-        clock.clone(),
+    let story = FieldStory::start(
+        "[model_groups.policies.selection]\nname = \"priority\"\nparams = { skip_threshold_ms = 5000 }\n",
     )
     .await;
-    let config = format!(
-        "{}[model_groups.policies.selection]\nname = \"priority\"\nparams = {{ skip_threshold_ms = 5000 }}\n",
-        two_deployments(&sim)
-    );
-    let gw = start_gateway(&config, clock.clone()).await;
-    let ask = |user: &'static str| {
-        let client = sdk_client(&gw.url());
-        async move {
-            let raw = client
-                .converse()
-                .model_id("claude")
-                .messages(user_message(&format!("question from {user}")))
-                .send()
-                .await
-                .expect("request succeeds");
-            answer_text(&raw)
-        }
-    };
-    let served_by_a = format!("Simulated reply from {MODEL_A}");
-    let served_by_b = format!("Simulated reply from {MODEL_B}");
-
-    // User 4 fills A's rolling minute, then bursts: A throttles, B serves.
-    for _ in 0..4 {
-        assert!(ask("user4").await.starts_with(&served_by_a));
-    }
-    clock.set(t0 + 54_000);
-    assert!(ask("user4").await.starts_with(&served_by_a));
-    clock.set(t0 + 55_000);
-    assert!(ask("user4").await.starts_with(&served_by_b));
-    assert_eq!(gw.cooldown_ms("claude", "a"), 10_000);
+    story.user_4_bursts().await;
 
     // 5 s later A's first four calls have left its minute: users 1-3 try A
     // first and A serves them. Nothing benched A for everyone.
-    clock.set(t0 + 60_000);
-    let calls_before = sim.counts(MODEL_A).calls;
+    story.at(60_000);
+    let calls_before = story.sim.counts(MODEL_A).calls;
     for user in ["user1", "user2", "user3"] {
         assert!(
-            ask(user).await.starts_with(&served_by_a),
+            story.served_by_a(user).await,
             "{user} tried A first and was served by it"
         );
     }
-    assert_eq!(sim.counts(MODEL_A).calls, calls_before + 3);
-    assert_eq!(sim.counts(MODEL_A).throttles, 1, "A was never hammered");
+    assert_eq!(story.sim.counts(MODEL_A).calls, calls_before + 3);
+    assert_eq!(
+        story.sim.counts(MODEL_A).throttles,
+        1,
+        "A was never hammered"
+    );
     // A's success ended its cooldown: it is everyone's primary again.
-    assert_eq!(gw.cooldown_ms("claude", "a"), 0);
-    clock.set(t0 + 70_000);
-    assert!(ask("user4").await.starts_with(&served_by_a));
+    assert_eq!(story.gw.cooldown_ms("claude", "a"), 0);
+    story.at(70_000);
+    assert!(story.served_by_a("user4").await);
 }
 
 #[tokio::test]

@@ -46,3 +46,10 @@ pub fn describe_each(candidates: &[Candidate]) -> Vec<DeploymentInfo> {
         })
         .collect()
 }
+
+/// Where the deployment that just failed runs, in a fallback policy: the
+/// last of `tried`. `None` when nothing was tried (or the host does not
+/// know it).
+pub fn describe_failed(tried: &[Candidate]) -> Option<DeploymentInfo> {
+    describe(&tried.last()?.deployment)
+}

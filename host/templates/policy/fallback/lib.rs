@@ -45,7 +45,7 @@ impl Fallback for Policy {
     ) -> Vec<u32> {
         // Where the deployments run is asked of the host (`describe`): the
         // candidates carry only what changes from call to call.
-        let failed = tried.last().and_then(|c| host::describe(&c.deployment));
+        let failed = host::describe_failed(&tried);
         let failed_region = failed.as_ref().map(|d| d.region.as_str());
         order(
             failed_region,

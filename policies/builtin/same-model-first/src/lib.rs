@@ -60,8 +60,7 @@ impl Fallback for SameModelFirst {
         remaining: Vec<Candidate>,
     ) -> Vec<u32> {
         let params: Params = switchyard_policy::params_or_reject();
-        // The last deployment tried is the one that just failed.
-        let failed = tried.last().and_then(|c| host::describe(&c.deployment));
+        let failed = host::describe_failed(&tried);
         let failed_at = failed
             .as_ref()
             .map(|d| (d.model_id.as_str(), d.region.as_str()));
