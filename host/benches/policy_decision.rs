@@ -201,8 +201,9 @@ fn main() {
         }
     }
     println!(
-        "policy decision: {rounds} rounds x {calls_per_round} calls per case, interleaved, {:.1} s",
-        started.elapsed().as_secs_f64()
+        "policy decision: {rounds} rounds x {calls_per_round} calls per case, interleaved, {:.1} s, on {}",
+        started.elapsed().as_secs_f64(),
+        machine()
     );
     println!(
         "{:<42} {:>10} {:>9} {:>9} {:>10}",
@@ -229,4 +230,19 @@ fn main() {
             median / TARGET_US
         );
     }
+}
+
+/// The CPU model and count, so a run's figures say what they were measured
+/// on: the project's machines change between sessions.
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model} ({cpus} CPUs)")
 }

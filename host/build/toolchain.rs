@@ -64,6 +64,19 @@ pub enum Route {
     },
 }
 
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Prebuilt => f.write_str("rustup's wasm32 target"),
+            Self::BuildStd { linker } => write!(
+                f,
+                "core and alloc rebuilt for wasm32, linked by {}",
+                linker.display()
+            ),
+        }
+    }
+}
+
 /// A cargo and rustc pair that can build policies for wasm32.
 #[derive(Debug, Clone)]
 pub struct Toolchain {

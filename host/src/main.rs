@@ -378,7 +378,7 @@ async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
         } => {
             let built =
                 authoring::wasm_build::build_policy(&path, target_dir.as_deref(), out.as_deref())?;
-            eprintln!("built {} bytes ({:?} toolchain)", built.bytes, built.route);
+            eprintln!("built {} bytes ({})", built.bytes, built.route);
             println!("{}", built.component.display());
             Ok(())
         }

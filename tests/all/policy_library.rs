@@ -12,7 +12,7 @@ use switchyard::config::PolicyRuntimeConfig;
 use switchyard::policy::{
     builtin, CallOptions, Candidate, Circuit, CooldownDecision, DeploymentInfo, DeploymentTable,
     KvStore, LastSuccess, LoadError, Outcome, OutcomeKind, Policy, PolicyKind, PolicyRuntime,
-    RequestInfo,
+    RequestInfo, KEEP_RESIDENT_BYTES,
 };
 use switchyard::sim::Fault;
 
@@ -717,6 +717,50 @@ fn every_builtin_loads_with_its_defaults() {
     }
     let names: Vec<&str> = builtin::ALL.iter().map(|b| b.name).collect();
     assert_eq!(names.len(), 17, "{names:?}");
+}
+
+/// The gateway keeps a policy's first 64 KiB page resident between calls; a
+/// built-in that outgrows it (a bigger stack, arena or data) pays page
+/// faults on every call and hands pages back to the kernel after it.
+#[test]
+fn every_builtin_decides_over_8_candidates_within_the_memory_kept_resident() {
+    let lab = Lab::new();
+    let cs = table(8);
+    let names: Vec<String> = cs.iter().map(|c| c.deployment.clone()).collect();
+    let rows: Vec<(&str, &str, &str, &str)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                id.as_str(),
+                "model",
+                ["us-east-1", "us-west-2"][i % 2],
+                "acct",
+            )
+        })
+        .collect();
+    let options = CallOptions {
+        deployments: described(&rows),
+        ..seeded(0)
+    };
+    let failed = outcome(OutcomeKind::Throttled, NOW, None);
+    for b in builtin::ALL {
+        let policy = lab.load(b.kind, b.name, serde_json::json!({}));
+        let report = match b.kind {
+            PolicyKind::Selection => policy.select(&request(0), &cs, &options).map(|r| r.1),
+            PolicyKind::Cooldown => policy.on_outcome(&failed, &cs[0], &options).map(|r| r.1),
+            PolicyKind::Fallback => policy
+                .next(&request(1), &failed, &cs[..1], &cs[1..], &options)
+                .map(|r| r.1),
+        }
+        .unwrap_or_else(|fault| panic!("{} faulted: {fault}", b.name));
+        assert!(
+            report.peak_memory_bytes > 0 && report.peak_memory_bytes <= KEEP_RESIDENT_BYTES,
+            "{} used {} bytes of memory; {KEEP_RESIDENT_BYTES} are kept resident",
+            b.name,
+            report.peak_memory_bytes
+        );
+    }
 }
 
 #[test]

@@ -12,8 +12,10 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
-/// Bytes of the arena.
-const ARENA_BYTES: usize = 32 * 1024;
+/// Bytes of the arena: enough for a decision over dozens of candidates, and
+/// small enough that the arena, a 16 KiB stack and a policy's data share the
+/// first 64 KiB page, the one the host keeps resident.
+const ARENA_BYTES: usize = 16 * 1024;
 const PAGE: usize = 64 * 1024;
 
 #[repr(C, align(16))]
