@@ -353,10 +353,23 @@ async fn the_walkthrough_from_scaffold_to_a_live_policy() {
     let mut args = vec!["policy", "test", component.as_str()];
     args.extend(fixtures.iter().map(String::as_str));
     let out = succeeded(switchyard(&args, RUN_LIMIT).await);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("3 passed, 0 failed"),
+        stdout.contains("3 passed, 0 failed"),
         "{}",
         command_output(&out)
+    );
+    // As the README shows: with the template's stack, every call stays in
+    // the memory the gateway keeps resident.
+    let resident = format!(
+        "memory {} KiB",
+        switchyard::policy::KEEP_RESIDENT_BYTES / 1024
+    );
+    let passes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("PASS")).collect();
+    assert_eq!(passes.len(), 3, "{stdout}");
+    assert!(
+        passes.iter().all(|l| l.ends_with(&resident)),
+        "every call within {resident}: {stdout}"
     );
 
     // 4. Push it to a running gateway, with its params.

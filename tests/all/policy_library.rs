@@ -726,17 +726,12 @@ fn every_builtin_loads_with_its_defaults() {
 fn every_builtin_decides_over_8_candidates_within_the_memory_kept_resident() {
     let lab = Lab::new();
     let cs = table(8);
-    let names: Vec<String> = cs.iter().map(|c| c.deployment.clone()).collect();
-    let rows: Vec<(&str, &str, &str, &str)> = names
+    let rows: Vec<(&str, &str, &str, &str)> = cs
         .iter()
         .enumerate()
-        .map(|(i, id)| {
-            (
-                id.as_str(),
-                "model",
-                ["us-east-1", "us-west-2"][i % 2],
-                "acct",
-            )
+        .map(|(i, c)| {
+            let region = ["us-east-1", "us-west-2"][i % 2];
+            (c.deployment.as_str(), "model", region, "acct")
         })
         .collect();
     let options = CallOptions {

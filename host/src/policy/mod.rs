@@ -134,7 +134,8 @@ fn logged(logs: &[PolicyLog]) -> String {
 pub const LOAD_CHECK_REQUEST_ID: &str = "load-check";
 
 /// Linear memory (and table) kept resident per pooled slot between calls:
-/// one 64 KiB wasm page. The SDK's 16 KiB stack and 16 KiB arena put a
+/// one 64 KiB wasm page. The 16 KiB stack policies are linked with (the
+/// template's `.cargo/config.toml`) and the SDK's 16 KiB arena put a
 /// policy's whole working set in its first page, so a call that stays there
 /// takes no page fault, and resetting its slot is one `memset` of 64 KiB.
 /// Memory a call grows past it is handed back to the kernel after the call.
