@@ -3,6 +3,7 @@
 //! SDK as client and the real simulator as Bedrock.
 
 mod admission;
+mod agent_frameworks;
 mod api_errors;
 mod auth;
 mod authoring;

@@ -112,6 +112,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
             post(bedrock::invoke_stream),
         )
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     HttpRouter::new()
         .merge(api)

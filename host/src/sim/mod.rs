@@ -8,12 +8,15 @@
 
 mod config;
 mod converse;
+mod embed;
 mod eventstream;
 mod faults;
 pub mod quota;
 mod server;
+mod tools;
 mod wire;
 
+pub use embed::EmbeddingFamily;
 pub use config::{SimConfig, SimModelConfig};
 pub use faults::Fault;
 pub use server::{ModelCounts, SimHandle, Simulator};

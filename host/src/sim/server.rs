@@ -20,7 +20,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::config::{SimConfig, SimModelConfig};
-use super::converse::{converse_from_anthropic, parse_prompt, reply_to, Prompt, Reply};
+use super::converse::{
+    converse_from_anthropic, parse_prompt, reply_to, stream_events, Prompt, Reply,
+};
+use super::embed::{EmbeddingFamily, EmbeddingRequest};
 use super::eventstream;
 use super::faults::Fault;
 use super::quota::RollingQuota;
@@ -88,16 +91,57 @@ struct SimState {
     request_ids: AtomicU64,
 }
 
+/// What one call asks the simulator to produce, once read.
+trait Work {
+    /// Tokens in and out, for the TPM quota and the pace of the answer.
+    fn tokens(&self) -> (u64, u64);
+}
+
+/// A chat answer: Converse, ConverseStream, or an Anthropic InvokeModel.
+struct Chat {
+    prompt: Prompt,
+    reply: Reply,
+}
+
+impl Work for Chat {
+    fn tokens(&self) -> (u64, u64) {
+        (self.prompt.input_tokens, self.reply.output_tokens())
+    }
+}
+
+impl Work for EmbeddingRequest {
+    fn tokens(&self) -> (u64, u64) {
+        (self.input_tokens(), 0)
+    }
+}
+
+/// Reads a chat body for `model_id`: a Converse one, which an embedding
+/// model does not take.
+fn chat(model_id: &str, converse_body: &[u8]) -> Result<Chat, String> {
+    if EmbeddingFamily::of(model_id).is_some() {
+        return Err("This model doesn't support the Converse API or chat messages.".into());
+    }
+    let prompt = parse_prompt(converse_body)?;
+    let reply = reply_to(model_id, &prompt);
+    Ok(Chat { prompt, reply })
+}
+
 /// What the simulator decided for one call, before any waiting.
-enum Plan {
-    Answer(Answer),
+enum Plan<W> {
+    Answer(Answer<W>),
     Refuse(BedrockError),
     Stall,
     Reset,
 }
 
 impl SimState {
-    fn plan(&self, model_id: &str, region: &str, body: &[u8], streaming: bool) -> Plan {
+    fn plan<W: Work>(
+        &self,
+        model_id: &str,
+        region: &str,
+        read: impl FnOnce() -> Result<W, String>,
+        streaming: bool,
+    ) -> Plan<W> {
         let mut models = self.models.lock().expect("simulator state poisoned");
         if !models.contains_key(model_id) {
             if !self.accept_any_model {
@@ -112,8 +156,8 @@ impl SimState {
         }
         let model = models.get_mut(model_id).expect("inserted above");
         model.counts.calls += 1;
-        let prompt = match parse_prompt(body) {
-            Ok(p) => p,
+        let work = match read() {
+            Ok(w) => w,
             Err(message) => return Plan::Refuse(BedrockError::validation(message)),
         };
         let fault = model.next_fault();
@@ -150,9 +194,9 @@ impl SimState {
             }
             _ => {}
         }
-        let reply = reply_to(model_id, &prompt);
         let now = self.clock.now_ms();
-        let tokens = prompt.input_tokens + reply.output_tokens();
+        let (input_tokens, output_tokens) = work.tokens();
+        let tokens = input_tokens + output_tokens;
         let (rpm, tpm) = (model.config.rpm, model.config.tpm);
         let quota = model
             .quotas
@@ -173,8 +217,7 @@ impl SimState {
             tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
         };
         Plan::Answer(Answer {
-            prompt,
-            reply,
+            work,
             ttft: Duration::from_millis(model.config.ttft_ms),
             per_token,
             fault,
@@ -183,14 +226,14 @@ impl SimState {
 
     /// Plans a call and carries out anything but an answer (a refusal; a
     /// stall, after waiting; a reset), or hands back the answer to give.
-    async fn answer_or_refuse(
+    async fn answer_or_refuse<W: Work>(
         &self,
         model_id: &str,
         headers: &HeaderMap,
-        body: &[u8],
+        read: impl FnOnce() -> Result<W, String>,
         streaming: bool,
-    ) -> Result<Answer, Response> {
-        match self.plan(model_id, &signed_region(headers), body, streaming) {
+    ) -> Result<Answer<W>, Response> {
+        match self.plan(model_id, &signed_region(headers), read, streaming) {
             Plan::Answer(answer) => Ok(answer),
             Plan::Refuse(err) => Err(err.into_response()),
             Plan::Stall => {
@@ -238,15 +281,15 @@ async fn converse(
     let request_id = state.request_id();
     let started = Instant::now();
     let response = match state
-        .answer_or_refuse(&model_id, &headers, &body, false)
+        .answer_or_refuse(&model_id, &headers, || chat(&model_id, &body), false)
         .await
     {
         Err(response) => response,
         Ok(answer) => {
             pause(answer.duration()).await;
-            let Answer { prompt, reply, .. } = answer;
+            let Chat { prompt, reply } = answer.work;
             let body = json!({
-                "output": {"message": {"role": "assistant", "content": [{"text": reply.text()}]}},
+                "output": {"message": {"role": "assistant", "content": reply.content_blocks()}},
                 "stopReason": reply.stop_reason,
                 "usage": usage(&prompt, &reply),
                 "metrics": {"latencyMs": started.elapsed().as_millis() as u64},
@@ -288,82 +331,18 @@ async fn converse_stream(
 ) -> Response {
     let request_id = state.request_id();
     let response = match state
-        .answer_or_refuse(&model_id, &headers, &body, true)
+        .answer_or_refuse(&model_id, &headers, || chat(&model_id, &body), true)
         .await
     {
         Err(response) => response,
         Ok(Answer {
-            prompt,
-            reply,
+            work: Chat { prompt, reply },
             ttft,
             per_token,
             fault,
         }) => {
-            let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-            tokio::spawn(async move {
-                let started = Instant::now();
-                pause(ttft).await;
-                let mut frames = vec![eventstream::event(
-                    "messageStart",
-                    json!({"role": "assistant"}),
-                )];
-                for (i, piece) in reply.pieces.iter().enumerate() {
-                    frames.push(eventstream::event(
-                        "contentBlockDelta",
-                        json!({"contentBlockIndex": 0, "delta": {"text": piece}}),
-                    ));
-                    if i == 0 {
-                        // Send what we have, then break the stream if asked to.
-                        for f in frames.drain(..) {
-                            if tx.send(Ok(f)).await.is_err() {
-                                return;
-                            }
-                        }
-                        match fault {
-                            Some(Fault::StreamThrottle) => {
-                                let _ = tx
-                                    .send(Ok(eventstream::exception(
-                                        "throttlingException",
-                                        "Too many requests, please wait before trying again.",
-                                    )))
-                                    .await;
-                                return;
-                            }
-                            Some(Fault::Reset) => {
-                                let _ = tx
-                                    .send(Err(std::io::Error::new(
-                                        std::io::ErrorKind::ConnectionReset,
-                                        "simulated connection reset",
-                                    )))
-                                    .await;
-                                return;
-                            }
-                            _ => {}
-                        }
-                    }
-                    pause(per_token).await;
-                }
-                frames.push(eventstream::event(
-                    "contentBlockStop",
-                    json!({"contentBlockIndex": 0}),
-                ));
-                frames.push(eventstream::event(
-                    "messageStop",
-                    json!({"stopReason": reply.stop_reason}),
-                ));
-                frames.push(eventstream::event(
-                    "metadata",
-                    json!({
-                        "usage": usage(&prompt, &reply),
-                        "metrics": {"latencyMs": started.elapsed().as_millis() as u64},
-                    }),
-                ));
-                for f in frames {
-                    if tx.send(Ok(f)).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+            tokio::spawn(send_converse_stream(tx, prompt, reply, ttft, per_token, fault));
             let mut response = Response::new(Body::from_stream(rx));
             response.headers_mut().insert(
                 "content-type",
@@ -373,6 +352,83 @@ async fn converse_stream(
         }
     };
     with_request_id(response, &request_id)
+}
+
+/// Sends a ConverseStream answer at its pace. After the first delta the
+/// stream breaks when `fault` asks for it (a throttle or a reset in
+/// mid-stream).
+async fn send_converse_stream(
+    mut tx: futures::channel::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    prompt: Prompt,
+    reply: Reply,
+    ttft: Duration,
+    per_token: Duration,
+    fault: Option<Fault>,
+) {
+    let started = Instant::now();
+    pause(ttft).await;
+    if tx
+        .send(Ok(eventstream::event(
+            "messageStart",
+            json!({"role": "assistant"}),
+        )))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut first_delta = true;
+    for event in stream_events(&reply) {
+        if tx
+            .send(Ok(eventstream::event(event.event_type, event.payload)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if !event.is_delta {
+            continue;
+        }
+        if std::mem::take(&mut first_delta) {
+            match fault {
+                Some(Fault::StreamThrottle) => {
+                    let _ = tx
+                        .send(Ok(eventstream::exception(
+                            "throttlingException",
+                            "Too many requests, please wait before trying again.",
+                        )))
+                        .await;
+                    return;
+                }
+                Some(Fault::Reset) => {
+                    let _ = tx
+                        .send(Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "simulated connection reset",
+                        )))
+                        .await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        pause(per_token).await;
+    }
+    let end = [
+        eventstream::event("messageStop", json!({"stopReason": reply.stop_reason})),
+        eventstream::event(
+            "metadata",
+            json!({
+                "usage": usage(&prompt, &reply),
+                "metrics": {"latencyMs": started.elapsed().as_millis() as u64},
+            }),
+        ),
+    ];
+    for frame in end {
+        if tx.send(Ok(frame)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The Anthropic Messages answer of InvokeModel.
@@ -394,15 +450,15 @@ fn anthropic_message(
     })
 }
 
-fn token_count_headers(response: &mut Response, prompt: &Prompt, reply: &Reply) {
+fn token_count_headers(response: &mut Response, input_tokens: u64, output_tokens: u64) {
     let headers = response.headers_mut();
     headers.insert(
         "x-amzn-bedrock-input-token-count",
-        HeaderValue::from(prompt.input_tokens),
+        HeaderValue::from(input_tokens),
     );
     headers.insert(
         "x-amzn-bedrock-output-token-count",
-        HeaderValue::from(reply.output_tokens()),
+        HeaderValue::from(output_tokens),
     );
 }
 
@@ -414,13 +470,31 @@ async fn invoke(
     body: Bytes,
 ) -> Response {
     let request_id = state.request_id();
+    if let Some(family) = EmbeddingFamily::of(&model_id) {
+        let read = || EmbeddingRequest::parse(family, &model_id, &body);
+        let response = match state
+            .answer_or_refuse(&model_id, &headers, read, false)
+            .await
+        {
+            Err(response) => response,
+            Ok(answer) => {
+                pause(answer.duration()).await;
+                let embedded = answer.work.answer(&model_id, &request_id);
+                let mut response = (StatusCode::OK, Json(embedded)).into_response();
+                token_count_headers(&mut response, answer.work.input_tokens(), 0);
+                response
+            }
+        };
+        return with_request_id(response, &request_id);
+    }
     let response = match invoke_answer(&state, &model_id, &headers, &body, false).await {
         Err(response) => response,
         Ok(answer) => {
             pause(answer.duration()).await;
-            let message = anthropic_message(&request_id, &model_id, &answer.prompt, &answer.reply);
+            let Chat { prompt, reply } = &answer.work;
+            let message = anthropic_message(&request_id, &model_id, prompt, reply);
             let mut response = (StatusCode::OK, Json(message)).into_response();
-            token_count_headers(&mut response, &answer.prompt, &answer.reply);
+            token_count_headers(&mut response, prompt.input_tokens, reply.output_tokens());
             response
         }
     };
@@ -434,11 +508,20 @@ async fn invoke_answer(
     headers: &HeaderMap,
     body: &[u8],
     streaming: bool,
-) -> Result<Answer, Response> {
+) -> Result<Answer<Chat>, Response> {
+    if EmbeddingFamily::of(model_id).is_some() {
+        let message = "The model does not support streaming; call InvokeModel.";
+        return Err(BedrockError::validation(message).into_response());
+    }
     let converse_body = converse_from_anthropic(body)
         .map_err(|message| BedrockError::validation(message).into_response())?;
     state
-        .answer_or_refuse(model_id, headers, &converse_body, streaming)
+        .answer_or_refuse(
+            model_id,
+            headers,
+            || chat(model_id, &converse_body),
+            streaming,
+        )
         .await
 }
 
@@ -454,8 +537,7 @@ async fn invoke_stream(
     let response = match invoke_answer(&state, &model_id, &headers, &body, true).await {
         Err(response) => response,
         Ok(Answer {
-            prompt,
-            reply,
+            work: Chat { prompt, reply },
             ttft,
             per_token,
             ..
@@ -549,18 +631,18 @@ impl SimState {
 }
 
 /// An answer the simulator will give, with its latency profile.
-struct Answer {
-    prompt: Prompt,
-    reply: Reply,
+struct Answer<W> {
+    work: W,
     ttft: Duration,
     per_token: Duration,
     fault: Option<Fault>,
 }
 
-impl Answer {
+impl<W: Work> Answer<W> {
     /// How long the whole answer takes.
     fn duration(&self) -> Duration {
-        self.ttft + self.per_token * self.reply.pieces.len() as u32
+        let (_, output_tokens) = self.work.tokens();
+        self.ttft + self.per_token * u32::try_from(output_tokens).unwrap_or(u32::MAX)
     }
 }
 

@@ -32,7 +32,7 @@ pub use credentials::CredentialsError;
 
 use crate::config::{DeploymentConfig, Limits};
 use crate::outcome::OutcomeKind;
-use passthrough::{CapturedBody, RawRequestBody, StreamTee};
+use passthrough::{CapturedBody, InputTokenCount, RawRequestBody, StreamTee};
 
 /// The pooled client of one deployment.
 #[derive(Debug, Clone)]
@@ -57,6 +57,8 @@ pub struct InvokeReply {
     pub body: Bytes,
     /// Its content type.
     pub content_type: String,
+    /// The input tokens Bedrock counted (its `x-amzn-bedrock-input-token-count`).
+    pub input_tokens: Option<u64>,
 }
 
 /// A stream (ConverseStream or InvokeModelWithResponseStream) that has
@@ -106,6 +108,11 @@ impl Upstream {
             attempt_timeout: Duration::from_millis(limits.attempt_timeout_ms),
             stream_idle_timeout: Duration::from_millis(limits.stream_idle_timeout_ms),
         })
+    }
+
+    /// The Bedrock model id (or inference profile) this client calls.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
     }
 
     /// One Converse attempt with the client's raw JSON `body`.
@@ -165,6 +172,7 @@ impl Upstream {
     /// One InvokeModel attempt: `body` goes to the model as it is, and its
     /// answer comes back as it is.
     pub async fn invoke(&self, body: Bytes) -> Result<InvokeReply, AttemptFailure> {
+        let input_tokens = InputTokenCount::default();
         let call = self
             .client
             .invoke_model()
@@ -172,11 +180,14 @@ impl Upstream {
             .content_type("application/json")
             .accept("application/json")
             .body(Blob::new(body))
+            .customize()
+            .interceptor(input_tokens.clone())
             .send();
         let output = self.in_time(call).await?;
         Ok(InvokeReply {
             body: Bytes::from(output.body.into_inner()),
             content_type: output.content_type,
+            input_tokens: input_tokens.get(),
         })
     }
 

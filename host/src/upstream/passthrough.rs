@@ -81,6 +81,41 @@ impl Intercept for CapturedBody {
     }
 }
 
+/// Reads the input tokens Bedrock counted for an InvokeModel call from its
+/// `x-amzn-bedrock-input-token-count` header, which the SDK's output drops.
+#[derive(Debug, Clone, Default)]
+pub struct InputTokenCount {
+    count: Arc<Mutex<Option<u64>>>,
+}
+
+impl InputTokenCount {
+    /// The count, once the call has answered with one.
+    pub fn get(&self) -> Option<u64> {
+        *self.count.lock().expect("token count poisoned")
+    }
+}
+
+impl Intercept for InputTokenCount {
+    fn name(&self) -> &'static str {
+        "switchyard::InputTokenCount"
+    }
+
+    fn read_after_deserialization(
+        &self,
+        context: &AfterDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let count = context
+            .response()
+            .headers()
+            .get("x-amzn-bedrock-input-token-count")
+            .and_then(|v| v.trim().parse().ok());
+        *self.count.lock().expect("token count poisoned") = count;
+        Ok(())
+    }
+}
+
 /// Copies every chunk of a streaming answer into a channel while the SDK
 /// decodes it, so the raw frames can be forwarded to the client.
 #[derive(Debug)]

@@ -1,10 +1,18 @@
 //! OpenAI-compatible routes: `POST /v1/chat/completions` (plain and
-//! streamed as server-sent events) and `GET /v1/models`, so the official
-//! OpenAI client libraries work against the gateway unchanged. A chat
-//! request becomes a Converse request and takes the same path as a Bedrock
-//! one: the fair queue, the router and its policies, the same stats.
+//! streamed as server-sent events), `POST /v1/embeddings` and `GET
+//! /v1/models`, so the official OpenAI client libraries and the agent
+//! frameworks on them work against the gateway unchanged. A chat request
+//! becomes a Converse request and takes the same path as a Bedrock one: the
+//! fair queue, the router and its policies, the same stats. Every field and
+//! what it maps to: `docs/openai.md`.
 
-mod translate;
+mod answer;
+mod chunks;
+mod embeddings;
+mod request;
+mod to_converse;
+
+pub use embeddings::embeddings;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,7 +37,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::outcome::OutcomeKind;
 use crate::router::Routed;
-use translate::ChatRequest;
+use chunks::ChunkTranslator;
+use request::ChatRequest;
 
 /// Seconds since the Unix epoch, for `created`.
 fn unix_now() -> u64 {
@@ -41,7 +50,7 @@ fn unix_now() -> u64 {
 
 /// An error in OpenAI's shape, `{"error": {"message", "type", "param",
 /// "code"}}`, with the status, `retry-after` and request id of `e`.
-fn openai_error(e: ApiError, request_id: &str, param: Option<String>) -> Response {
+pub(super) fn openai_error(e: ApiError, request_id: &str, param: Option<String>) -> Response {
     let kind = match e.status.as_u16() {
         401 => "authentication_error",
         403 => "permission_error",
@@ -94,7 +103,7 @@ pub async fn chat_completions(
 ) -> Response {
     let request_id = request_id(&headers);
     let checked = check(&state, &headers, body);
-    let (chat, incoming) = match checked {
+    let (chat, json_mode, incoming) = match checked {
         Ok(c) => c,
         Err(refused) => {
             let (e, param) = *refused;
@@ -108,6 +117,7 @@ pub async fn chat_completions(
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage);
+        let translator = ChunkTranslator::new(id, created, chat.model, include_usage, json_mode);
         let admitted = dispatch(
             &state,
             &headers,
@@ -118,7 +128,7 @@ pub async fn chat_completions(
         .await;
         match admitted {
             Err(e) => openai_error(e, &request_id, None),
-            Ok(admitted) => stream_response(admitted, id, created, chat.model, include_usage),
+            Ok(admitted) => stream_response(admitted, translator),
         }
     } else {
         let admitted = dispatch(
@@ -139,7 +149,8 @@ pub async fn chat_completions(
         };
         let converse: Value = serde_json::from_slice(&routed.value.body).unwrap_or(Value::Null);
         let mut response =
-            axum::Json(translate::completion(&id, created, &chat.model, &converse)).into_response();
+            axum::Json(answer::completion(&id, created, &chat.model, json_mode, &converse))
+                .into_response();
         routed_headers(
             &mut response,
             &request_id,
@@ -157,21 +168,31 @@ pub async fn chat_completions(
 /// Boxed: it is large, and the happy path should not carry it.
 type Refused = Box<(ApiError, Option<String>)>;
 
-/// Parses and translates the body; an error names the param at fault.
-fn check(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(ChatRequest, Incoming), Refused> {
-    let who = identify(state, headers, None).map_err(|e| Box::new((e, None)))?;
-    let body = body.map_err(|r| {
+/// The body, or the error of a body too large or cut short.
+pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
+    body.map_err(|r| {
         let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             "body_too_large"
         } else {
             "unreadable_body"
         };
         Box::new((ApiError::new(r.status(), code, r.body_text()), None))
-    })?;
+    })
+}
+
+/// An image costs at most this many input tokens on Bedrock's models
+/// (Anthropic's figure), however many bytes it has.
+const IMAGE_TOKENS: u32 = 1_600;
+
+/// Parses and translates the body: the request, whether it is in JSON
+/// mode, and what to route. An error names the param at fault.
+fn check(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(ChatRequest, bool, Incoming), Refused> {
+    let who = identify(state, headers, None).map_err(|e| Box::new((e, None)))?;
+    let body = read_body(body)?;
     let chat: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
             "invalid_json"
@@ -201,7 +222,11 @@ fn check(
             Some(u.param),
         ))
     })?;
-    let converse = Bytes::from(converse.to_string());
+    let image_tokens = IMAGE_TOKENS.saturating_mul(converse.images as u32);
+    let json_mode = converse.json_mode;
+    let converse_json = converse.body.to_string();
+    let text_bytes = converse_json.len().saturating_sub(converse.image_bytes);
+    let converse = Bytes::from(converse_json);
     let incoming = Incoming {
         group,
         // OpenAI's `user` names the end user only on an open gateway.
@@ -212,20 +237,18 @@ fn check(
         },
         priority: who.priority,
         max_concurrent: who.max_concurrent,
-        estimated_tokens: estimate_tokens(converse.len(), chat.max_output_tokens()),
+        estimated_tokens: estimate_tokens(text_bytes, chat.max_output_tokens())
+            .saturating_add(image_tokens),
         body: converse,
     };
-    Ok((chat, incoming))
+    Ok((chat, json_mode, incoming))
 }
 
 /// Answers a started ConverseStream as server-sent events: one `data:` chunk
 /// per text delta, the finish reason, the usage when asked, then `[DONE]`.
 fn stream_response(
     admitted: Admitted<crate::upstream::OpenStream>,
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
+    mut translator: ChunkTranslator,
 ) -> Response {
     let Admitted {
         request_id,
@@ -254,14 +277,7 @@ fn stream_response(
                     Ok(DecodedFrame::Incomplete) => break,
                     Ok(DecodedFrame::Complete(message)) => match event_of(&message) {
                         StreamEvent::Event(event_type, payload) => {
-                            for c in translate::chunks(
-                                &id,
-                                created,
-                                &model,
-                                &event_type,
-                                &payload,
-                                include_usage,
-                            ) {
+                            for c in translator.chunks(&event_type, &payload) {
                                 send(&c);
                             }
                         }

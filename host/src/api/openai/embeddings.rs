@@ -1,0 +1,367 @@
+//! `POST /v1/embeddings` for model groups of Bedrock embedding deployments:
+//! Amazon Titan Text Embeddings (one text an InvokeModel call, so a list is
+//! several calls) and Cohere Embed (up to 96 texts a call). The request
+//! takes the same path as a chat one: fair queue, router, policies, quotas
+//! and fallbacks. Every text of one request is embedded by one deployment,
+//! so the vectors share one space.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::super::dispatch::{
+    dispatch, estimate_tokens, group_for, identify, request_id, routed_headers, Admitted, Incoming,
+};
+use super::super::error::ApiError;
+use super::super::AppState;
+use super::request::{check_unmapped, unsupported, Unsupported};
+use super::{openai_error, read_body};
+use crate::outcome::OutcomeKind;
+use crate::upstream::{AttemptFailure, Upstream};
+
+/// Most inputs one request may hold (OpenAI's own limit).
+const MAX_INPUTS: usize = 2_048;
+/// Cohere Embed takes at most this many texts a call.
+const COHERE_BATCH: usize = 96;
+/// Calls in flight at once for one request's texts.
+const CALLS_IN_FLIGHT: usize = 8;
+
+/// The embedding families Bedrock serves, as the gateway calls them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EmbeddingModel {
+    Titan,
+    Cohere,
+}
+
+impl EmbeddingModel {
+    /// The family of a deployment's model id (cross-region prefixes too).
+    fn of(model_id: &str) -> Option<Self> {
+        if model_id.contains("titan-embed") {
+            Some(Self::Titan)
+        } else if model_id.contains("cohere.embed") {
+            Some(Self::Cohere)
+        } else {
+            None
+        }
+    }
+}
+
+/// A `POST /v1/embeddings` body.
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<u32>,
+    #[serde(default)]
+    user: Option<String>,
+    /// Cohere's `input_type` (`search_document` by default, or
+    /// `search_query`, `classification`, `clustering`); Titan ignores it.
+    #[serde(default)]
+    input_type: Option<String>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// What one request asks every attempt to embed.
+#[derive(Debug)]
+struct EmbeddingJob {
+    texts: Vec<String>,
+    dimensions: Option<u32>,
+    input_type: String,
+}
+
+/// The vectors, in input order, and the input tokens Bedrock counted.
+struct Embedded {
+    vectors: Vec<Vec<f64>>,
+    tokens: u64,
+}
+
+impl EmbeddingsRequest {
+    fn texts(&self) -> Result<Vec<String>, Unsupported> {
+        let texts: Vec<String> = match &self.input {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    unsupported(
+                        "input",
+                        "must be a string or a list of strings: token arrays are not supported, since Bedrock's embedding models take text",
+                    )
+                })?,
+            _ => return Err(unsupported("input", "must be a string or a list of strings")),
+        };
+        if texts.is_empty() || texts.len() > MAX_INPUTS {
+            return Err(unsupported(
+                "input",
+                format!("must hold 1 to {MAX_INPUTS} texts, not {}", texts.len()),
+            ));
+        }
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(unsupported(format!("input[{i}]"), "is empty"));
+        }
+        Ok(texts)
+    }
+}
+
+/// `POST /v1/embeddings`
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = request_id(&headers);
+    let (job, incoming, base64, model) = match check(&state, &headers, body) {
+        Ok(checked) => checked,
+        Err(refused) => {
+            let (e, param) = *refused;
+            return openai_error(e, &request_id, param);
+        }
+    };
+    let job = Arc::new(job);
+    let admitted = dispatch(&state, &headers, &request_id, incoming, |upstream, _| {
+        let job = job.clone();
+        async move { job.embed(&upstream).await }
+    })
+    .await;
+    let Admitted {
+        request_id,
+        routed,
+        permit,
+    } = match admitted {
+        Err(e) => return openai_error(e, &request_id, None),
+        Ok(a) => a,
+    };
+    let Embedded { vectors, tokens } = routed.value;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                json!(aws_smithy_types::base64::encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        })
+        .collect();
+    let mut response = axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response();
+    routed_headers(
+        &mut response,
+        &request_id,
+        &routed.deployment,
+        routed.attempts.len() + 1,
+    );
+    routed
+        .completion
+        .finish(OutcomeKind::Success, None, Some(tokens));
+    drop(permit);
+    response
+}
+
+type Refused = Box<(ApiError, Option<String>)>;
+
+fn refuse(u: Unsupported) -> Refused {
+    let e = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "unsupported_parameter",
+        format!("`{}` {}", u.param, u.message),
+    );
+    Box::new((e, Some(u.param)))
+}
+
+/// Parses and checks the body: the job, the request to route, whether to
+/// answer in base64, and the model group.
+fn check(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(EmbeddingJob, Incoming, bool, String), Refused> {
+    let who = identify(state, headers, None).map_err(|e| Box::new((e, None)))?;
+    let body = read_body(body)?;
+    let request: EmbeddingsRequest = serde_json::from_slice(&body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "invalid_json"
+        } else {
+            "invalid_request"
+        };
+        let message = format!("the body is not an embeddings request: {e}");
+        Box::new((ApiError::new(StatusCode::BAD_REQUEST, code, message), None))
+    })?;
+    check_unmapped(&request.other, "").map_err(refuse)?;
+    let group = group_for(state, &request.model).map_err(|mut e| {
+        e.code = "model_not_found";
+        Box::new((e, Some("model".to_owned())))
+    })?;
+    let chat_models: Vec<&str> = state
+        .router
+        .group(&group)
+        .map(|g| {
+            g.members
+                .iter()
+                .map(|d| d.config.model_id.as_str())
+                .filter(|m| EmbeddingModel::of(m).is_none())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !chat_models.is_empty() {
+        let message = format!(
+            "model group `{group}` holds deployments that are not embedding models ({}); /v1/embeddings needs a group of Titan or Cohere embedding deployments",
+            chat_models.join(", ")
+        );
+        let e = ApiError::new(StatusCode::BAD_REQUEST, "not_an_embedding_model", message);
+        return Err(Box::new((e, Some("model".to_owned()))));
+    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(_) => return Err(refuse(unsupported("encoding_format", "must be float or base64"))),
+    };
+    let texts = request.texts().map_err(refuse)?;
+    let input_bytes: usize = texts.iter().map(String::len).sum();
+    let incoming = Incoming {
+        group: group.clone(),
+        user: if state.api_keys.enabled() {
+            who.user
+        } else {
+            who.user.or_else(|| request.user.clone())
+        },
+        priority: who.priority,
+        max_concurrent: who.max_concurrent,
+        estimated_tokens: estimate_tokens(input_bytes, Some(0)),
+        body: body.clone(),
+    };
+    let job = EmbeddingJob {
+        texts,
+        dimensions: request.dimensions,
+        input_type: request
+            .input_type
+            .unwrap_or_else(|| "search_document".to_owned()),
+    };
+    Ok((job, incoming, base64, group))
+}
+
+impl EmbeddingJob {
+    /// One attempt: every text through `upstream`'s model.
+    async fn embed(&self, upstream: &Upstream) -> Result<Embedded, AttemptFailure> {
+        let model = EmbeddingModel::of(upstream.model_id()).ok_or_else(|| {
+            AttemptFailure::server_error("the deployment is not an embedding model")
+        })?;
+        let batch = match model {
+            EmbeddingModel::Titan => 1,
+            EmbeddingModel::Cohere => COHERE_BATCH,
+        };
+        // Owned batches: a stream over borrowed chunks trips the compiler's
+        // higher-ranked lifetime check for Send futures.
+        let calls: Vec<_> = self
+            .texts
+            .chunks(batch)
+            .map(|texts| self.call(upstream, model, texts.to_vec()))
+            .collect();
+        let batches: Vec<Embedded> = futures::stream::iter(calls)
+            .buffered(CALLS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut all = Embedded {
+            vectors: Vec::with_capacity(self.texts.len()),
+            tokens: 0,
+        };
+        for b in batches {
+            all.vectors.extend(b.vectors);
+            all.tokens += b.tokens;
+        }
+        Ok(all)
+    }
+
+    /// One InvokeModel call for `texts`.
+    async fn call(
+        &self,
+        upstream: &Upstream,
+        model: EmbeddingModel,
+        texts: Vec<String>,
+    ) -> Result<Embedded, AttemptFailure> {
+        let mut body = match model {
+            EmbeddingModel::Titan => json!({ "inputText": texts[0] }),
+            EmbeddingModel::Cohere => json!({
+                "texts": texts,
+                "input_type": self.input_type,
+                "embedding_types": ["float"],
+            }),
+        };
+        if let Some(d) = self.dimensions {
+            let field = match model {
+                EmbeddingModel::Titan => "dimensions",
+                EmbeddingModel::Cohere => "output_dimension",
+            };
+            body[field] = json!(d);
+        }
+        let reply = upstream.invoke(Bytes::from(body.to_string())).await?;
+        let answer: Value = serde_json::from_slice(&reply.body)
+            .map_err(|_| AttemptFailure::server_error("the embedding answer is not JSON"))?;
+        let vectors: Option<Vec<Vec<f64>>> = match model {
+            EmbeddingModel::Titan => vector(answer.get("embedding")).map(|v| vec![v]),
+            EmbeddingModel::Cohere => answer
+                .pointer("/embeddings/float")
+                .or_else(|| answer.get("embeddings"))
+                .and_then(Value::as_array)
+                .and_then(|list| list.iter().map(|v| vector(Some(v))).collect()),
+        };
+        let vectors = vectors
+            .filter(|v| v.len() == texts.len())
+            .ok_or_else(|| AttemptFailure::server_error("the embedding answer has no vectors"))?;
+        // Bedrock's count; a rough 4 bytes a token only if it sent none.
+        let tokens = answer
+            .get("inputTextTokenCount")
+            .and_then(Value::as_u64)
+            .or(reply.input_tokens)
+            .unwrap_or_else(|| texts.iter().map(|t| t.len().div_ceil(4) as u64).sum());
+        Ok(Embedded { vectors, tokens })
+    }
+}
+
+fn vector(value: Option<&Value>) -> Option<Vec<f64>> {
+    value?.as_array()?.iter().map(Value::as_f64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(input: Value) -> EmbeddingsRequest {
+        serde_json::from_value(json!({"model": "m", "input": input})).unwrap()
+    }
+
+    #[test]
+    fn inputs_are_texts() {
+        assert_eq!(request(json!("a")).texts().unwrap(), ["a"]);
+        assert_eq!(request(json!(["a", "b"])).texts().unwrap(), ["a", "b"]);
+        assert_eq!(request(json!([[1, 2]])).texts().unwrap_err().param, "input");
+        assert_eq!(request(json!(["a", " "])).texts().unwrap_err().param, "input[1]");
+        assert_eq!(request(json!([])).texts().unwrap_err().param, "input");
+    }
+
+    #[test]
+    fn families_are_read_from_model_ids() {
+        assert_eq!(EmbeddingModel::of("amazon.titan-embed-text-v2:0"), Some(EmbeddingModel::Titan));
+        assert_eq!(EmbeddingModel::of("us.cohere.embed-v4:0"), Some(EmbeddingModel::Cohere));
+        assert_eq!(EmbeddingModel::of("anthropic.claude-3-haiku-20240307-v1:0"), None);
+    }
+}

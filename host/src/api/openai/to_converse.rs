@@ -1,0 +1,615 @@
+//! A chat completion request as the Converse body it means: messages (text,
+//! images, tool calls and results), tools and the choice among them, JSON
+//! mode, reasoning, and the inference settings. Pure functions of JSON.
+
+use serde_json::{json, Map, Value};
+
+use super::request::{
+    check_unmapped, unsupported, ChatMessage, ChatRequest, Content, Stop, Tool, Unsupported,
+};
+
+/// The tool JSON mode forces the model to call: its input is the answer.
+/// The answer's translation turns it back into `content`.
+pub const JSON_TOOL: &str = "json_response";
+
+/// Image formats Converse takes, by their media type.
+const IMAGE_FORMATS: &[(&str, &str)] = &[
+    ("image/png", "png"),
+    ("image/jpeg", "jpeg"),
+    ("image/jpg", "jpeg"),
+    ("image/gif", "gif"),
+    ("image/webp", "webp"),
+];
+
+/// A translated request, with what its answer's translation needs to know.
+#[derive(Debug)]
+pub struct Translated {
+    pub body: Value,
+    /// `response_format` asked for JSON: the [`JSON_TOOL`] call is the answer.
+    pub json_mode: bool,
+    /// Bytes of base64 image data in `body` (an image costs at most 1 600
+    /// tokens, far less than its bytes suggest).
+    pub image_bytes: usize,
+    pub images: usize,
+}
+
+impl ChatRequest {
+    /// The output budget the client set, if any.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// `response_format` asks for JSON.
+    fn json_schema(&self) -> Result<Option<Value>, Unsupported> {
+        let Some(format) = &self.response_format else {
+            return Ok(None);
+        };
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(None),
+            Some("json_object") => Ok(Some(json!({ "type": "object" }))),
+            Some("json_schema") => format
+                .pointer("/json_schema/schema")
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| {
+                    unsupported("response_format.json_schema.schema", "is required")
+                }),
+            _ => Err(unsupported(
+                "response_format.type",
+                "must be text, json_object or json_schema",
+            )),
+        }
+    }
+
+    /// The Converse request body for this chat request.
+    pub fn to_converse(&self) -> Result<Translated, Unsupported> {
+        check_unmapped(&self.other, "")?;
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(unsupported("n", "only n = 1 is supported"));
+        }
+        let mut images = Images::default();
+        let (system, turns) = conversation(&self.messages, &mut images)?;
+        let mut body = Map::new();
+        let has_tool_blocks = turns.iter().any(|t| {
+            t["content"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|b| b.get("toolUse").or(b.get("toolResult")).is_some()))
+        });
+        body.insert("messages".into(), Value::Array(turns));
+        if !system.is_empty() {
+            body.insert("system".into(), Value::Array(system));
+        }
+        if let Some(inference) = self.inference_config() {
+            body.insert("inferenceConfig".into(), inference);
+        }
+        let json_schema = self.json_schema()?;
+        if let Some(config) = self.tool_config(json_schema.as_ref(), has_tool_blocks)? {
+            body.insert("toolConfig".into(), config);
+        }
+        if let Some(thinking) = self.thinking_config()? {
+            body.insert(
+                "additionalModelRequestFields".into(),
+                json!({ "thinking": thinking }),
+            );
+        }
+        Ok(Translated {
+            body: Value::Object(body),
+            json_mode: json_schema.is_some(),
+            image_bytes: images.bytes,
+            images: images.count,
+        })
+    }
+
+    fn inference_config(&self) -> Option<Value> {
+        let mut inference = Map::new();
+        if let Some(max) = self.max_output_tokens() {
+            inference.insert("maxTokens".into(), json!(max));
+        }
+        if let Some(t) = self.temperature {
+            inference.insert("temperature".into(), json!(t));
+        }
+        if let Some(p) = self.top_p {
+            inference.insert("topP".into(), json!(p));
+        }
+        match &self.stop {
+            Some(Stop::One(s)) => {
+                inference.insert("stopSequences".into(), json!([s]));
+            }
+            Some(Stop::Many(v)) if !v.is_empty() => {
+                inference.insert("stopSequences".into(), json!(v));
+            }
+            _ => {}
+        }
+        (!inference.is_empty()).then_some(Value::Object(inference))
+    }
+
+    /// `toolConfig`: the client's tools, plus [`JSON_TOOL`] in JSON mode.
+    fn tool_config(
+        &self,
+        json_schema: Option<&Value>,
+        has_tool_blocks: bool,
+    ) -> Result<Option<Value>, Unsupported> {
+        let tools = self.tools.as_deref().unwrap_or_default();
+        let mut specs = tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| tool_spec(t, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<&str> = tools
+            .iter()
+            .filter_map(|t| t.function.as_ref().map(|f| f.name.as_str()))
+            .collect();
+        let mut choice = match &self.tool_choice {
+            None => None,
+            Some(_) if specs.is_empty() => {
+                return Err(unsupported("tool_choice", "needs `tools`"));
+            }
+            Some(Value::String(c)) if c == "auto" => Some(json!({ "auto": {} })),
+            Some(Value::String(c)) if c == "required" => Some(json!({ "any": {} })),
+            Some(Value::String(c)) if c == "none" => {
+                if has_tool_blocks {
+                    return Err(unsupported(
+                        "tool_choice",
+                        "`none` cannot be honoured once the conversation holds tool calls: Bedrock then needs the tools, and has no way to forbid them; send `auto`, or leave the tools out",
+                    ));
+                }
+                specs.clear();
+                None
+            }
+            Some(named) => {
+                let name = named
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .filter(|_| named.get("type").and_then(Value::as_str) == Some("function"))
+                    .ok_or_else(|| {
+                        unsupported(
+                            "tool_choice",
+                            "must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                        )
+                    })?;
+                if !names.contains(&name) {
+                    return Err(unsupported(
+                        "tool_choice",
+                        format!("names `{name}`, which is not in `tools`"),
+                    ));
+                }
+                Some(json!({ "tool": { "name": name } }))
+            }
+        };
+        if let Some(schema) = json_schema {
+            specs.push(json!({"toolSpec": {
+                "name": JSON_TOOL,
+                "description": "Give your final answer as this tool's input: a JSON value that fits its schema.",
+                "inputSchema": { "json": schema },
+            }}));
+            // Alone, the JSON tool is forced; beside the client's tools, the
+            // model must call one of them or give its answer through it.
+            if specs.len() == 1 {
+                choice = Some(json!({ "tool": { "name": JSON_TOOL } }));
+            } else if choice.as_ref().is_none_or(|c| c.get("tool").is_none()) {
+                choice = Some(json!({ "any": {} }));
+            }
+        }
+        if specs.is_empty() {
+            if has_tool_blocks {
+                return Err(unsupported(
+                    "tools",
+                    "the conversation holds tool calls or results: Bedrock needs the tools' definitions with it",
+                ));
+            }
+            return Ok(None);
+        }
+        let mut config = json!({ "tools": specs });
+        if let Some(choice) = choice {
+            config["toolChoice"] = choice;
+        }
+        Ok(Some(config))
+    }
+
+    /// Extended thinking, as Anthropic's models on Bedrock take it.
+    fn thinking_config(&self) -> Result<Option<Value>, Unsupported> {
+        let budget = match (&self.reasoning_effort, &self.thinking) {
+            (Some(_), Some(_)) => {
+                return Err(unsupported(
+                    "thinking",
+                    "send `reasoning_effort` or `thinking`, not both",
+                ))
+            }
+            (None, Some(thinking)) => return Ok(Some(thinking.clone())),
+            (None, None) => return Ok(None),
+            (Some(effort), None) => match effort.as_str() {
+                "none" | "minimal" => return Ok(None),
+                "low" => 1_024,
+                "medium" => 2_048,
+                "high" => 4_096,
+                _ => {
+                    return Err(unsupported(
+                        "reasoning_effort",
+                        "must be none, minimal, low, medium or high",
+                    ))
+                }
+            },
+        };
+        if self.max_output_tokens().is_some_and(|max| max <= budget) {
+            return Err(unsupported(
+                "max_tokens",
+                format!("must exceed the thinking budget of `reasoning_effort` ({budget} tokens)"),
+            ));
+        }
+        Ok(Some(json!({ "type": "enabled", "budget_tokens": budget })))
+    }
+}
+
+fn tool_spec(tool: &Tool, i: usize) -> Result<Value, Unsupported> {
+    let function = match (tool.kind.as_str(), &tool.function) {
+        ("function", Some(f)) => f,
+        ("function", None) => return Err(unsupported(format!("tools[{i}].function"), "is required")),
+        (kind, _) => {
+            return Err(unsupported(
+                format!("tools[{i}].type"),
+                format!("tool type `{kind}` is not supported (function is)"),
+            ))
+        }
+    };
+    if function.name == JSON_TOOL {
+        return Err(unsupported(
+            format!("tools[{i}].function.name"),
+            format!("`{JSON_TOOL}` is reserved for JSON mode"),
+        ));
+    }
+    let schema = function
+        .parameters
+        .clone()
+        .unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
+    let mut spec = json!({ "name": function.name, "inputSchema": { "json": schema } });
+    if let Some(d) = function.description.as_deref().filter(|d| !d.is_empty()) {
+        spec["description"] = json!(d);
+    }
+    Ok(json!({ "toolSpec": spec }))
+}
+
+/// Images seen while translating.
+#[derive(Debug, Default)]
+struct Images {
+    count: usize,
+    bytes: usize,
+}
+
+/// The system blocks and the turns. Converse wants turns to alternate:
+/// consecutive messages of one role (a `tool` message is the user's turn)
+/// become one turn of several blocks.
+fn conversation(
+    messages: &[ChatMessage],
+    images: &mut Images,
+) -> Result<(Vec<Value>, Vec<Value>), Unsupported> {
+    let mut system = Vec::new();
+    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        check_unmapped(&m.other, &format!("messages[{i}]."))?;
+        let (role, blocks) = match m.role.as_str() {
+            "system" | "developer" => {
+                let text = text_only(m, i)?;
+                system.push(json!({ "text": text }));
+                continue;
+            }
+            "user" => ("user", content_blocks(m.content.as_ref(), i, images)?),
+            "assistant" => ("assistant", assistant_blocks(m, i, images)?),
+            "tool" => ("user", vec![tool_result(m, i)?]),
+            other => {
+                return Err(unsupported(
+                    format!("messages[{i}].role"),
+                    format!("role `{other}` is not supported (system, developer, user, assistant and tool are)"),
+                ))
+            }
+        };
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    if turns.is_empty() {
+        return Err(unsupported(
+            "messages",
+            "needs at least one user or assistant message",
+        ));
+    }
+    let turns = turns
+        .into_iter()
+        .map(|(role, content)| json!({ "role": role, "content": content }))
+        .collect();
+    Ok((system, turns))
+}
+
+/// A system message's text (text parts only).
+fn text_only(m: &ChatMessage, i: usize) -> Result<String, Unsupported> {
+    match &m.content {
+        None => Err(unsupported(format!("messages[{i}].content"), "is missing")),
+        Some(Content::Text(t)) => Ok(t.clone()),
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| match (p.kind.as_str(), &p.text) {
+                ("text", Some(t)) => Ok(t.as_str()),
+                (kind, _) => Err(unsupported(
+                    format!("messages[{i}].content[{j}]"),
+                    format!("content part `{kind}` is not supported here (text is)"),
+                )),
+            })
+            .collect(),
+    }
+}
+
+fn content_blocks(
+    content: Option<&Content>,
+    i: usize,
+    images: &mut Images,
+) -> Result<Vec<Value>, Unsupported> {
+    match content {
+        None => Err(unsupported(format!("messages[{i}].content"), "is missing")),
+        Some(Content::Text(t)) => Ok(vec![json!({ "text": t })]),
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| match (p.kind.as_str(), &p.text, &p.image_url) {
+                ("text", Some(t), _) => Ok(json!({ "text": t })),
+                ("image_url", _, Some(image)) => image_block(&image.url, i, j, images),
+                (kind, _, _) => Err(unsupported(
+                    format!("messages[{i}].content[{j}]"),
+                    format!("content part `{kind}` is not supported (text and image_url are)"),
+                )),
+            })
+            .collect(),
+    }
+}
+
+/// An `image_url` part as a Converse image block. Only `data:` URLs: the
+/// gateway does not fetch from the network on a client's behalf.
+fn image_block(url: &str, i: usize, j: usize, images: &mut Images) -> Result<Value, Unsupported> {
+    let param = format!("messages[{i}].content[{j}].image_url.url");
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(unsupported(
+            param,
+            "is a web address; only data URLs are accepted (data:image/png;base64,...): Bedrock takes image bytes, and the gateway does not fetch URLs for clients",
+        ));
+    }
+    let (media_type, data) = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+        .ok_or_else(|| unsupported(&param, "must be a base64 data URL (data:image/png;base64,...)"))?;
+    let format = IMAGE_FORMATS
+        .iter()
+        .find(|(t, _)| t.eq_ignore_ascii_case(media_type))
+        .map(|(_, f)| *f)
+        .ok_or_else(|| {
+            unsupported(
+                &param,
+                format!("has media type `{media_type}`; png, jpeg, gif and webp are supported"),
+            )
+        })?;
+    if aws_smithy_types::base64::decode(data).is_err() {
+        return Err(unsupported(param, "is not valid base64"));
+    }
+    images.count += 1;
+    images.bytes += data.len();
+    Ok(json!({ "image": { "format": format, "source": { "bytes": data } } }))
+}
+
+/// An assistant turn: its text, then its tool calls as `toolUse` blocks.
+fn assistant_blocks(
+    m: &ChatMessage,
+    i: usize,
+    images: &mut Images,
+) -> Result<Vec<Value>, Unsupported> {
+    let calls = m.tool_calls.as_deref().unwrap_or_default();
+    let mut blocks = match &m.content {
+        None if !calls.is_empty() => Vec::new(),
+        Some(Content::Text(t)) if t.is_empty() && !calls.is_empty() => Vec::new(),
+        content => content_blocks(content.as_ref(), i, images)?,
+    };
+    for (j, call) in calls.iter().enumerate() {
+        let arguments = if call.function.arguments.trim().is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str::<Value>(&call.function.arguments).map_err(|e| {
+                unsupported(
+                    format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                    format!("is not JSON: {e}"),
+                )
+            })?
+        };
+        blocks.push(json!({"toolUse": {
+            "toolUseId": call.id,
+            "name": call.function.name,
+            "input": arguments,
+        }}));
+    }
+    Ok(blocks)
+}
+
+/// A `tool` message as a `toolResult` block.
+fn tool_result(m: &ChatMessage, i: usize) -> Result<Value, Unsupported> {
+    let id = m
+        .tool_call_id
+        .as_deref()
+        .ok_or_else(|| unsupported(format!("messages[{i}].tool_call_id"), "is required"))?;
+    let text = text_only(m, i)?;
+    Ok(json!({"toolResult": { "toolUseId": id, "content": [{ "text": text }] }}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn converse(body: Value) -> Result<Translated, Unsupported> {
+        serde_json::from_value::<ChatRequest>(body).unwrap().to_converse()
+    }
+
+    #[test]
+    fn messages_and_settings_map_to_converse() {
+        let t = converse(json!({
+            "model": "claude",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "user", "content": [{"type": "text", "text": "there"}]},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"}
+            ],
+            "max_tokens": 100,
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "stop": "END"
+        }))
+        .unwrap();
+        assert_eq!(
+            t.body,
+            json!({
+                "system": [{"text": "Be brief."}],
+                "messages": [
+                    {"role": "user", "content": [{"text": "Hi"}, {"text": "there"}]},
+                    {"role": "assistant", "content": [{"text": "Hello"}]},
+                    {"role": "user", "content": [{"text": "Bye"}]}
+                ],
+                "inferenceConfig": {"maxTokens": 100, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"]}
+            })
+        );
+        assert!(!t.json_mode);
+    }
+
+    #[test]
+    fn a_tool_conversation_maps_to_tool_use_and_results() {
+        let t = converse(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "noon"}]}
+            ],
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+                {"type": "function", "function": {"name": "get_time"}}
+            ],
+            "tool_choice": "required"
+        }))
+        .unwrap();
+        assert_eq!(
+            t.body["messages"][1]["content"][0],
+            json!({"toolUse": {"toolUseId": "c1", "name": "get_weather", "input": {"city": "Oslo"}}})
+        );
+        assert_eq!(t.body["messages"][1]["content"][1]["toolUse"]["input"], json!({}));
+        assert_eq!(
+            t.body["messages"][2]["content"],
+            json!([
+                {"toolResult": {"toolUseId": "c1", "content": [{"text": "sunny"}]}},
+                {"toolResult": {"toolUseId": "c2", "content": [{"text": "noon"}]}}
+            ])
+        );
+        assert_eq!(t.body["toolConfig"]["toolChoice"], json!({"any": {}}));
+        assert_eq!(t.body["toolConfig"]["tools"][0]["toolSpec"]["description"], "Weather");
+        assert_eq!(
+            t.body["toolConfig"]["tools"][1]["toolSpec"]["inputSchema"]["json"],
+            json!({"type": "object", "properties": {}})
+        );
+    }
+
+    #[test]
+    fn tool_choices_map_or_are_refused() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let choice = |c: Value| {
+            converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": c}))
+        };
+        assert_eq!(choice(json!("auto")).unwrap().body["toolConfig"]["toolChoice"], json!({"auto": {}}));
+        assert_eq!(
+            choice(json!({"type": "function", "function": {"name": "f"}})).unwrap().body["toolConfig"]["toolChoice"],
+            json!({"tool": {"name": "f"}})
+        );
+        assert!(choice(json!("none")).unwrap().body.get("toolConfig").is_none());
+        assert_eq!(choice(json!({"type": "function", "function": {"name": "g"}})).unwrap_err().param, "tool_choice");
+        let history = json!([
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "r"}
+        ]);
+        let refused = converse(json!({"model": "m", "messages": history})).unwrap_err();
+        assert_eq!(refused.param, "tools");
+        let bad = converse(json!({"model": "m", "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}
+        ], "tools": tools}))
+        .unwrap_err();
+        assert_eq!(bad.param, "messages[0].tool_calls[0].function.arguments");
+    }
+
+    #[test]
+    fn images_need_data_urls_of_known_types() {
+        let image = |url: &str| {
+            converse(json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": url, "detail": "auto"}}
+            ]}]}))
+        };
+        let t = image("data:image/png;base64,iVBORw0KGgo=").unwrap();
+        assert_eq!(
+            t.body["messages"][0]["content"][1],
+            json!({"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}})
+        );
+        assert_eq!((t.images, t.image_bytes), (1, 12));
+        let web = image("https://example.com/cat.png").unwrap_err();
+        assert_eq!(web.param, "messages[0].content[1].image_url.url");
+        assert!(web.message.contains("only data URLs"));
+        assert!(image("data:image/tiff;base64,AAAA").unwrap_err().message.contains("tiff"));
+        assert!(image("data:image/png;base64,@@@").is_err());
+    }
+
+    #[test]
+    fn json_mode_forces_the_json_tool_unless_other_tools_are_offered() {
+        let alone = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}}))
+        .unwrap();
+        assert!(alone.json_mode);
+        let config = &alone.body["toolConfig"];
+        assert_eq!(config["toolChoice"], json!({"tool": {"name": JSON_TOOL}}));
+        assert_eq!(config["tools"][0]["toolSpec"]["inputSchema"]["json"]["properties"]["a"]["type"], "integer");
+        let beside = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "response_format": {"type": "json_object"}}))
+        .unwrap();
+        assert_eq!(beside.body["toolConfig"]["toolChoice"], json!({"any": {}}));
+        assert_eq!(beside.body["toolConfig"]["tools"].as_array().unwrap().len(), 2);
+        let text = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "text"}})).unwrap();
+        assert!(!text.json_mode && text.body.get("toolConfig").is_none());
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_a_thinking_budget() {
+        let t = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "medium", "max_tokens": 4000})).unwrap();
+        assert_eq!(
+            t.body["additionalModelRequestFields"],
+            json!({"thinking": {"type": "enabled", "budget_tokens": 2048}})
+        );
+        let low_max = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "high", "max_tokens": 100}));
+        assert_eq!(low_max.unwrap_err().param, "max_tokens");
+        let direct = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": 5000}})).unwrap();
+        assert_eq!(direct.body["additionalModelRequestFields"]["thinking"]["budget_tokens"], 5000);
+    }
+
+    #[test]
+    fn what_cannot_be_mapped_is_refused_with_the_param() {
+        let refused = |body: Value| converse(body).unwrap_err().param;
+        assert_eq!(refused(json!({"model": "m", "messages": [{"role": "function", "content": "x"}]})), "messages[0].role");
+        assert_eq!(
+            refused(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]})),
+            "messages[0].content[0]"
+        );
+        assert_eq!(refused(json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "x"}]})), "n");
+        assert_eq!(refused(json!({"model": "m", "messages": [{"role": "system", "content": "x"}]})), "messages");
+        assert_eq!(refused(json!({"model": "m", "logprobs": true, "messages": [{"role": "user", "content": "x"}]})), "logprobs");
+        assert_eq!(
+            refused(json!({"model": "m", "messages": [{"role": "user", "content": "x", "audio": {"id": "a"}}]})),
+            "messages[0].audio"
+        );
+    }
+}
