@@ -115,9 +115,17 @@ async fn a_two_turn_tool_conversation_with_parallel_calls_plain_and_streamed() {
         let calls = &out[format!("{mode}_calls")];
         assert_eq!(calls.as_array().unwrap().len(), 2, "{mode}: {out}");
         assert_eq!(calls[0]["name"], "get_weather", "{mode}");
-        assert_eq!(calls[0]["arguments"], json!({"city": "sample city"}), "{mode}");
+        assert_eq!(
+            calls[0]["arguments"],
+            json!({"city": "sample city"}),
+            "{mode}"
+        );
         assert_eq!(calls[1]["name"], "get_time", "{mode}");
-        assert_eq!(calls[1]["arguments"], json!({"zone": "sample zone"}), "{mode}");
+        assert_eq!(
+            calls[1]["arguments"],
+            json!({"zone": "sample zone"}),
+            "{mode}"
+        );
         assert_ne!(calls[0]["id"], calls[1]["id"], "{mode}");
         assert_eq!(out[format!("{mode}_finish")], "tool_calls", "{mode}");
         assert_eq!(out[format!("{mode}_final_finish")], "stop", "{mode}");
@@ -205,7 +213,10 @@ async fn images_json_mode_and_reasoning_through_the_openai_client() {
     // Five words, and a 300 x 250 image at width x height / 750 tokens.
     assert_eq!(out["image_prompt_tokens"], 5 + 100);
     assert_eq!(out["web_image"]["code"], "unsupported_parameter");
-    assert_eq!(out["web_image"]["param"], "messages[0].content[0].image_url.url");
+    assert_eq!(
+        out["web_image"]["param"],
+        "messages[0].content[0].image_url.url"
+    );
     assert!(out["web_image"]["message"]
         .as_str()
         .unwrap()

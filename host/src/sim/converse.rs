@@ -120,7 +120,9 @@ pub fn parse_prompt(body: &[u8]) -> Result<Prompt, String> {
             }
             if let Some(tool_use) = block.get("toolUse") {
                 uses_tools = true;
-                input_tokens += tool_use.get("input").map_or(0, |i| count_tokens(&i.to_string()));
+                input_tokens += tool_use
+                    .get("input")
+                    .map_or(0, |i| count_tokens(&i.to_string()));
                 if let Some(name) = tool_use.get("name").and_then(Value::as_str) {
                     tools.called.push(name.to_owned());
                 }
@@ -290,7 +292,11 @@ fn words_of(text: &str, limit: usize) -> (Vec<String>, bool) {
 /// comes first as reasoning.
 pub fn reply_to(model_id: &str, prompt: &Prompt) -> Reply {
     let reasoning = if prompt.thinking {
-        words_of(&format!("Considering: {}", prompt.last_user_text), usize::MAX).0
+        words_of(
+            &format!("Considering: {}", prompt.last_user_text),
+            usize::MAX,
+        )
+        .0
     } else {
         Vec::new()
     };
@@ -460,8 +466,12 @@ mod tests {
         assert_eq!(reply.stop_reason, "tool_use");
         let called: Vec<&str> = reply.tool_uses.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(called, ["get_weather", "get_time"]);
-        assert_eq!(reply.tool_uses[0].input, serde_json::json!({"city": "sample city"}));
-        let mut body: Value = serde_json::from_slice(&weather_request(serde_json::json!({}))).unwrap();
+        assert_eq!(
+            reply.tool_uses[0].input,
+            serde_json::json!({"city": "sample city"})
+        );
+        let mut body: Value =
+            serde_json::from_slice(&weather_request(serde_json::json!({}))).unwrap();
         let messages = body["messages"].as_array_mut().unwrap();
         messages.push(serde_json::json!({"role": "assistant", "content": reply.content_blocks()}));
         messages.push(serde_json::json!({"role": "user", "content": [
@@ -489,7 +499,11 @@ mod tests {
         let arguments: String = events
             .iter()
             .filter(|e| e.payload["contentBlockIndex"] == 0)
-            .filter_map(|e| e.payload.pointer("/delta/toolUse/input").and_then(Value::as_str))
+            .filter_map(|e| {
+                e.payload
+                    .pointer("/delta/toolUse/input")
+                    .and_then(Value::as_str)
+            })
             .collect();
         assert_eq!(arguments, r#"{"city":"sample city"}"#);
     }
@@ -504,7 +518,12 @@ mod tests {
             {"text": "describe"},
             {"image": {"format": "png", "source": {"bytes": aws_smithy_types::base64::encode(&png)}}}
         ]}]});
-        assert_eq!(parse_prompt(body.to_string().as_bytes()).unwrap().input_tokens, 3);
+        assert_eq!(
+            parse_prompt(body.to_string().as_bytes())
+                .unwrap()
+                .input_tokens,
+            3
+        );
         let bad = serde_json::json!({"messages": [{"role": "user", "content": [
             {"image": {"format": "png", "source": {"bytes": "%%%"}}}]}]});
         assert!(parse_prompt(bad.to_string().as_bytes()).is_err());
@@ -517,7 +536,10 @@ mod tests {
         let reply = reply_to("m", &parse_prompt(body).unwrap());
         assert_eq!(reply.reasoning_text(), "Considering: why");
         let blocks = reply.content_blocks();
-        assert_eq!(blocks[0]["reasoningContent"]["reasoningText"]["signature"], REASONING_SIGNATURE);
+        assert_eq!(
+            blocks[0]["reasoningContent"]["reasoningText"]["signature"],
+            REASONING_SIGNATURE
+        );
         assert_eq!(reply.output_tokens(), 2 + 5);
     }
 }

@@ -110,7 +110,11 @@ impl EmbeddingRequest {
 
     /// Input tokens: the words of every text.
     pub fn input_tokens(&self) -> u64 {
-        self.texts.iter().map(|t| count_tokens(t)).sum::<u64>().max(1)
+        self.texts
+            .iter()
+            .map(|t| count_tokens(t))
+            .sum::<u64>()
+            .max(1)
     }
 
     /// The model's answer.
@@ -151,7 +155,12 @@ fn vector(model_id: &str, text: &str, dimensions: usize) -> Vec<f32> {
     let seed = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
     let mut rng = fastrand::Rng::with_seed(seed);
     let raw: Vec<f32> = (0..dimensions).map(|_| rng.f32() * 2.0 - 1.0).collect();
-    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     raw.into_iter().map(|x| x / norm).collect()
 }
 
@@ -176,7 +185,9 @@ mod tests {
         assert_eq!(answer["inputTextTokenCount"], 2);
         let norm: f64 = v.iter().map(|x| x.as_f64().unwrap().powi(2)).sum();
         assert!((norm - 1.0).abs() < 1e-3);
-        assert!(EmbeddingRequest::parse(EmbeddingFamily::Titan, TITAN, br#"{"texts":["x"]}"#).is_err());
+        assert!(
+            EmbeddingRequest::parse(EmbeddingFamily::Titan, TITAN, br#"{"texts":["x"]}"#).is_err()
+        );
     }
 
     #[test]
@@ -192,8 +203,14 @@ mod tests {
         assert_eq!(v.len(), 3);
         assert_eq!(v[0], v[2]);
         assert_ne!(v[0], v[1]);
-        assert!(EmbeddingRequest::parse(EmbeddingFamily::Cohere, COHERE, br#"{"texts":["a"]}"#).is_err());
-        assert_eq!(EmbeddingFamily::of("us.cohere.embed-v4:0"), Some(EmbeddingFamily::Cohere));
+        assert!(
+            EmbeddingRequest::parse(EmbeddingFamily::Cohere, COHERE, br#"{"texts":["a"]}"#)
+                .is_err()
+        );
+        assert_eq!(
+            EmbeddingFamily::of("us.cohere.embed-v4:0"),
+            Some(EmbeddingFamily::Cohere)
+        );
         assert_eq!(EmbeddingFamily::of("anthropic.claude-3-haiku"), None);
     }
 }

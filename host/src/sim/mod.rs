@@ -16,7 +16,7 @@ mod server;
 mod tools;
 mod wire;
 
-pub use embed::EmbeddingFamily;
 pub use config::{SimConfig, SimModelConfig};
+pub use embed::EmbeddingFamily;
 pub use faults::Fault;
 pub use server::{ModelCounts, SimHandle, Simulator};

@@ -342,7 +342,9 @@ async fn converse_stream(
             fault,
         }) => {
             let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-            tokio::spawn(send_converse_stream(tx, prompt, reply, ttft, per_token, fault));
+            tokio::spawn(send_converse_stream(
+                tx, prompt, reply, ttft, per_token, fault,
+            ));
             let mut response = Response::new(Body::from_stream(rx));
             response.headers_mut().insert(
                 "content-type",

@@ -157,7 +157,10 @@ pub fn sample_of(schema: &Value, property: &str) -> Value {
             }
             Value::Object(object)
         }
-        Some("array") => json!([sample_of(schema.get("items").unwrap_or(&json!({})), property)]),
+        Some("array") => json!([sample_of(
+            schema.get("items").unwrap_or(&json!({})),
+            property
+        )]),
         Some("integer") => json!(1),
         Some("number") => json!(1.5),
         Some("boolean") => json!(true),
@@ -196,7 +199,9 @@ mod tests {
 
     #[test]
     fn a_choice_forces_a_tool() {
-        let mut c = context(json!({"tools": [tool("a"), tool("b")], "toolChoice": {"tool": {"name": "b"}}}));
+        let mut c = context(
+            json!({"tools": [tool("a"), tool("b")], "toolChoice": {"tool": {"name": "b"}}}),
+        );
         c.called = vec!["b".into()];
         assert_eq!(names(c.calls_for("a")), ["b"]);
         let mut c = context(json!({"tools": [tool("a"), tool("b")], "toolChoice": {"any": {}}}));

@@ -32,7 +32,13 @@ pub struct ChunkTranslator {
 }
 
 impl ChunkTranslator {
-    pub fn new(id: String, created: u64, model: String, include_usage: bool, json_mode: bool) -> Self {
+    pub fn new(
+        id: String,
+        created: u64,
+        model: String,
+        include_usage: bool,
+        json_mode: bool,
+    ) -> Self {
         Self {
             id,
             created,
@@ -63,14 +69,19 @@ impl ChunkTranslator {
                 let Some(start) = payload.pointer("/start/toolUse") else {
                     return Vec::new();
                 };
-                let name = start.get("name").and_then(Value::as_str).unwrap_or_default();
+                let name = start
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 if self.json_mode && name == JSON_TOOL {
-                    self.tool_blocks.insert(block.unwrap_or(0), ToolBlock::JsonAnswer);
+                    self.tool_blocks
+                        .insert(block.unwrap_or(0), ToolBlock::JsonAnswer);
                     return Vec::new();
                 }
                 let index = self.tool_calls;
                 self.tool_calls += 1;
-                self.tool_blocks.insert(block.unwrap_or(0), ToolBlock::Call(index));
+                self.tool_blocks
+                    .insert(block.unwrap_or(0), ToolBlock::Call(index));
                 vec![self.chunk(
                     json!({"tool_calls": [{
                         "index": index,
@@ -88,7 +99,10 @@ impl ChunkTranslator {
                 if let Some(text) = delta.get("text").and_then(Value::as_str) {
                     return vec![self.chunk(json!({ "content": text }), None)];
                 }
-                if let Some(text) = delta.pointer("/reasoningContent/text").and_then(Value::as_str) {
+                if let Some(text) = delta
+                    .pointer("/reasoningContent/text")
+                    .and_then(Value::as_str)
+                {
                     return vec![self.chunk(json!({ "reasoning_content": text }), None)];
                 }
                 let Some(fragment) = delta.pointer("/toolUse/input").and_then(Value::as_str) else {
@@ -132,28 +146,40 @@ mod tests {
     #[test]
     fn text_events_map_to_chunks() {
         let mut t = ChunkTranslator::new("i".into(), 1, "m".into(), false, false);
-        let delta = t.chunks("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": "Hi"}}));
+        let delta = t.chunks(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
+        );
         assert_eq!(delta[0]["choices"][0]["delta"]["content"], "Hi");
         let stop = t.chunks("messageStop", &json!({"stopReason": "end_turn"}));
         assert_eq!(stop[0]["choices"][0]["finish_reason"], "stop");
         let meta = json!({"usage": {"inputTokens": 1, "outputTokens": 2, "totalTokens": 3}});
         assert!(t.chunks("metadata", &meta).is_empty());
         let mut with_usage = ChunkTranslator::new("i".into(), 1, "m".into(), true, false);
-        assert_eq!(with_usage.chunks("metadata", &meta)[0]["usage"]["total_tokens"], 3);
+        assert_eq!(
+            with_usage.chunks("metadata", &meta)[0]["usage"]["total_tokens"],
+            3
+        );
         assert!(t.chunks("contentBlockStop", &json!({})).is_empty());
     }
 
     #[test]
     fn tool_calls_stream_as_indexed_deltas() {
         let mut t = ChunkTranslator::new("i".into(), 1, "m".into(), false, false);
-        t.chunks("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": "Checking."}}));
+        t.chunks(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"text": "Checking."}}),
+        );
         let start = t.chunks("contentBlockStart", &json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t1", "name": "a"}}}));
         assert_eq!(
             start[0]["choices"][0]["delta"]["tool_calls"][0],
             json!({"index": 0, "id": "t1", "type": "function", "function": {"name": "a", "arguments": ""}})
         );
         t.chunks("contentBlockStart", &json!({"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "t2", "name": "b"}}}));
-        let fragment = t.chunks("contentBlockDelta", &json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"x\""}}}));
+        let fragment = t.chunks(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"x\""}}}),
+        );
         assert_eq!(
             fragment[0]["choices"][0]["delta"]["tool_calls"][0],
             json!({"index": 1, "function": {"arguments": "{\"x\""}})
@@ -165,12 +191,21 @@ mod tests {
     #[test]
     fn json_mode_streams_the_json_tool_as_content_and_reasoning_as_its_own() {
         let mut t = ChunkTranslator::new("i".into(), 1, "m".into(), false, true);
-        let thought = t.chunks("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "hmm"}}}));
-        assert_eq!(thought[0]["choices"][0]["delta"]["reasoning_content"], "hmm");
+        let thought = t.chunks(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "hmm"}}}),
+        );
+        assert_eq!(
+            thought[0]["choices"][0]["delta"]["reasoning_content"],
+            "hmm"
+        );
         assert!(t
             .chunks("contentBlockStart", &json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "j", "name": JSON_TOOL}}}))
             .is_empty());
-        let content = t.chunks("contentBlockDelta", &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"a\":1}"}}}));
+        let content = t.chunks(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"a\":1}"}}}),
+        );
         assert_eq!(content[0]["choices"][0]["delta"]["content"], "{\"a\":1}");
         let stop = t.chunks("messageStop", &json!({"stopReason": "tool_use"}));
         assert_eq!(stop[0]["choices"][0]["finish_reason"], "stop");

@@ -233,7 +233,12 @@ fn check(
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
-        Some(_) => return Err(refuse(unsupported("encoding_format", "must be float or base64"))),
+        Some(_) => {
+            return Err(refuse(unsupported(
+                "encoding_format",
+                "must be float or base64",
+            )))
+        }
     };
     let texts = request.texts().map_err(refuse)?;
     let input_bytes: usize = texts.iter().map(String::len).sum();
@@ -354,14 +359,26 @@ mod tests {
         assert_eq!(request(json!("a")).texts().unwrap(), ["a"]);
         assert_eq!(request(json!(["a", "b"])).texts().unwrap(), ["a", "b"]);
         assert_eq!(request(json!([[1, 2]])).texts().unwrap_err().param, "input");
-        assert_eq!(request(json!(["a", " "])).texts().unwrap_err().param, "input[1]");
+        assert_eq!(
+            request(json!(["a", " "])).texts().unwrap_err().param,
+            "input[1]"
+        );
         assert_eq!(request(json!([])).texts().unwrap_err().param, "input");
     }
 
     #[test]
     fn families_are_read_from_model_ids() {
-        assert_eq!(EmbeddingModel::of("amazon.titan-embed-text-v2:0"), Some(EmbeddingModel::Titan));
-        assert_eq!(EmbeddingModel::of("us.cohere.embed-v4:0"), Some(EmbeddingModel::Cohere));
-        assert_eq!(EmbeddingModel::of("anthropic.claude-3-haiku-20240307-v1:0"), None);
+        assert_eq!(
+            EmbeddingModel::of("amazon.titan-embed-text-v2:0"),
+            Some(EmbeddingModel::Titan)
+        );
+        assert_eq!(
+            EmbeddingModel::of("us.cohere.embed-v4:0"),
+            Some(EmbeddingModel::Cohere)
+        );
+        assert_eq!(
+            EmbeddingModel::of("anthropic.claude-3-haiku-20240307-v1:0"),
+            None
+        );
     }
 }

@@ -148,9 +148,14 @@ pub async fn chat_completions(
             Ok(a) => a,
         };
         let converse: Value = serde_json::from_slice(&routed.value.body).unwrap_or(Value::Null);
-        let mut response =
-            axum::Json(answer::completion(&id, created, &chat.model, json_mode, &converse))
-                .into_response();
+        let mut response = axum::Json(answer::completion(
+            &id,
+            created,
+            &chat.model,
+            json_mode,
+            &converse,
+        ))
+        .into_response();
         routed_headers(
             &mut response,
             &request_id,

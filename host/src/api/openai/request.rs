@@ -227,10 +227,17 @@ mod tests {
         };
         assert!(check(base(json!({"seed": 7, "store": false, "frequency_penalty": 0, "logprobs": false, "audio": null}))).is_ok());
         assert_eq!(
-            check(base(json!({"presence_penalty": 0.5}))).unwrap_err().param,
+            check(base(json!({"presence_penalty": 0.5})))
+                .unwrap_err()
+                .param,
             "presence_penalty"
         );
-        assert_eq!(check(base(json!({"audio": {"voice": "x"}}))).unwrap_err().param, "audio");
+        assert_eq!(
+            check(base(json!({"audio": {"voice": "x"}})))
+                .unwrap_err()
+                .param,
+            "audio"
+        );
         assert!(check(base(json!({"functions": []})))
             .unwrap_err()
             .message

@@ -51,9 +51,7 @@ impl ChatRequest {
                 .pointer("/json_schema/schema")
                 .cloned()
                 .map(Some)
-                .ok_or_else(|| {
-                    unsupported("response_format.json_schema.schema", "is required")
-                }),
+                .ok_or_else(|| unsupported("response_format.json_schema.schema", "is required")),
             _ => Err(unsupported(
                 "response_format.type",
                 "must be text, json_object or json_schema",
@@ -71,9 +69,10 @@ impl ChatRequest {
         let (system, turns) = conversation(&self.messages, &mut images)?;
         let mut body = Map::new();
         let has_tool_blocks = turns.iter().any(|t| {
-            t["content"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|b| b.get("toolUse").or(b.get("toolResult")).is_some()))
+            t["content"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|b| b.get("toolUse").or(b.get("toolResult")).is_some())
+            })
         });
         body.insert("messages".into(), Value::Array(turns));
         if !system.is_empty() {
@@ -243,7 +242,9 @@ impl ChatRequest {
 fn tool_spec(tool: &Tool, i: usize) -> Result<Value, Unsupported> {
     let function = match (tool.kind.as_str(), &tool.function) {
         ("function", Some(f)) => f,
-        ("function", None) => return Err(unsupported(format!("tools[{i}].function"), "is required")),
+        ("function", None) => {
+            return Err(unsupported(format!("tools[{i}].function"), "is required"))
+        }
         (kind, _) => {
             return Err(unsupported(
                 format!("tools[{i}].type"),
@@ -375,7 +376,12 @@ fn image_block(url: &str, i: usize, j: usize, images: &mut Images) -> Result<Val
     let (media_type, data) = url
         .strip_prefix("data:")
         .and_then(|rest| rest.split_once(";base64,"))
-        .ok_or_else(|| unsupported(&param, "must be a base64 data URL (data:image/png;base64,...)"))?;
+        .ok_or_else(|| {
+            unsupported(
+                &param,
+                "must be a base64 data URL (data:image/png;base64,...)",
+            )
+        })?;
     let format = IMAGE_FORMATS
         .iter()
         .find(|(t, _)| t.eq_ignore_ascii_case(media_type))
@@ -441,7 +447,9 @@ mod tests {
     use super::*;
 
     fn converse(body: Value) -> Result<Translated, Unsupported> {
-        serde_json::from_value::<ChatRequest>(body).unwrap().to_converse()
+        serde_json::from_value::<ChatRequest>(body)
+            .unwrap()
+            .to_converse()
     }
 
     #[test]
@@ -500,7 +508,10 @@ mod tests {
             t.body["messages"][1]["content"][0],
             json!({"toolUse": {"toolUseId": "c1", "name": "get_weather", "input": {"city": "Oslo"}}})
         );
-        assert_eq!(t.body["messages"][1]["content"][1]["toolUse"]["input"], json!({}));
+        assert_eq!(
+            t.body["messages"][1]["content"][1]["toolUse"]["input"],
+            json!({})
+        );
         assert_eq!(
             t.body["messages"][2]["content"],
             json!([
@@ -509,7 +520,10 @@ mod tests {
             ])
         );
         assert_eq!(t.body["toolConfig"]["toolChoice"], json!({"any": {}}));
-        assert_eq!(t.body["toolConfig"]["tools"][0]["toolSpec"]["description"], "Weather");
+        assert_eq!(
+            t.body["toolConfig"]["tools"][0]["toolSpec"]["description"],
+            "Weather"
+        );
         assert_eq!(
             t.body["toolConfig"]["tools"][1]["toolSpec"]["inputSchema"]["json"],
             json!({"type": "object", "properties": {}})
@@ -520,15 +534,31 @@ mod tests {
     fn tool_choices_map_or_are_refused() {
         let tools = json!([{"type": "function", "function": {"name": "f"}}]);
         let choice = |c: Value| {
-            converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": c}))
+            converse(
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": c}),
+            )
         };
-        assert_eq!(choice(json!("auto")).unwrap().body["toolConfig"]["toolChoice"], json!({"auto": {}}));
         assert_eq!(
-            choice(json!({"type": "function", "function": {"name": "f"}})).unwrap().body["toolConfig"]["toolChoice"],
+            choice(json!("auto")).unwrap().body["toolConfig"]["toolChoice"],
+            json!({"auto": {}})
+        );
+        assert_eq!(
+            choice(json!({"type": "function", "function": {"name": "f"}}))
+                .unwrap()
+                .body["toolConfig"]["toolChoice"],
             json!({"tool": {"name": "f"}})
         );
-        assert!(choice(json!("none")).unwrap().body.get("toolConfig").is_none());
-        assert_eq!(choice(json!({"type": "function", "function": {"name": "g"}})).unwrap_err().param, "tool_choice");
+        assert!(choice(json!("none"))
+            .unwrap()
+            .body
+            .get("toolConfig")
+            .is_none());
+        assert_eq!(
+            choice(json!({"type": "function", "function": {"name": "g"}}))
+                .unwrap_err()
+                .param,
+            "tool_choice"
+        );
         let history = json!([
             {"role": "user", "content": "x"},
             {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
@@ -546,10 +576,12 @@ mod tests {
     #[test]
     fn images_need_data_urls_of_known_types() {
         let image = |url: &str| {
-            converse(json!({"model": "m", "messages": [{"role": "user", "content": [
-                {"type": "text", "text": "what is this"},
-                {"type": "image_url", "image_url": {"url": url, "detail": "auto"}}
-            ]}]}))
+            converse(
+                json!({"model": "m", "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": url, "detail": "auto"}}
+                ]}]}),
+            )
         };
         let t = image("data:image/png;base64,iVBORw0KGgo=").unwrap();
         assert_eq!(
@@ -560,7 +592,10 @@ mod tests {
         let web = image("https://example.com/cat.png").unwrap_err();
         assert_eq!(web.param, "messages[0].content[1].image_url.url");
         assert!(web.message.contains("only data URLs"));
-        assert!(image("data:image/tiff;base64,AAAA").unwrap_err().message.contains("tiff"));
+        assert!(image("data:image/tiff;base64,AAAA")
+            .unwrap_err()
+            .message
+            .contains("tiff"));
         assert!(image("data:image/png;base64,@@@").is_err());
     }
 
@@ -572,13 +607,21 @@ mod tests {
         assert!(alone.json_mode);
         let config = &alone.body["toolConfig"];
         assert_eq!(config["toolChoice"], json!({"tool": {"name": JSON_TOOL}}));
-        assert_eq!(config["tools"][0]["toolSpec"]["inputSchema"]["json"]["properties"]["a"]["type"], "integer");
-        let beside = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+        assert_eq!(
+            config["tools"][0]["toolSpec"]["inputSchema"]["json"]["properties"]["a"]["type"],
+            "integer"
+        );
+        let beside = converse(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
             "tools": [{"type": "function", "function": {"name": "f"}}],
-            "response_format": {"type": "json_object"}}))
+            "response_format": {"type": "json_object"}}),
+        )
         .unwrap();
         assert_eq!(beside.body["toolConfig"]["toolChoice"], json!({"any": {}}));
-        assert_eq!(beside.body["toolConfig"]["tools"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            beside.body["toolConfig"]["tools"].as_array().unwrap().len(),
+            2
+        );
         let text = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "text"}})).unwrap();
         assert!(!text.json_mode && text.body.get("toolConfig").is_none());
     }
@@ -590,25 +633,48 @@ mod tests {
             t.body["additionalModelRequestFields"],
             json!({"thinking": {"type": "enabled", "budget_tokens": 2048}})
         );
-        let low_max = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "high", "max_tokens": 100}));
+        let low_max = converse(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "reasoning_effort": "high", "max_tokens": 100}),
+        );
         assert_eq!(low_max.unwrap_err().param, "max_tokens");
         let direct = converse(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": 5000}})).unwrap();
-        assert_eq!(direct.body["additionalModelRequestFields"]["thinking"]["budget_tokens"], 5000);
+        assert_eq!(
+            direct.body["additionalModelRequestFields"]["thinking"]["budget_tokens"],
+            5000
+        );
     }
 
     #[test]
     fn what_cannot_be_mapped_is_refused_with_the_param() {
         let refused = |body: Value| converse(body).unwrap_err().param;
-        assert_eq!(refused(json!({"model": "m", "messages": [{"role": "function", "content": "x"}]})), "messages[0].role");
         assert_eq!(
-            refused(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]})),
+            refused(json!({"model": "m", "messages": [{"role": "function", "content": "x"}]})),
+            "messages[0].role"
+        );
+        assert_eq!(
+            refused(
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]})
+            ),
             "messages[0].content[0]"
         );
-        assert_eq!(refused(json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "x"}]})), "n");
-        assert_eq!(refused(json!({"model": "m", "messages": [{"role": "system", "content": "x"}]})), "messages");
-        assert_eq!(refused(json!({"model": "m", "logprobs": true, "messages": [{"role": "user", "content": "x"}]})), "logprobs");
         assert_eq!(
-            refused(json!({"model": "m", "messages": [{"role": "user", "content": "x", "audio": {"id": "a"}}]})),
+            refused(json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "x"}]})),
+            "n"
+        );
+        assert_eq!(
+            refused(json!({"model": "m", "messages": [{"role": "system", "content": "x"}]})),
+            "messages"
+        );
+        assert_eq!(
+            refused(
+                json!({"model": "m", "logprobs": true, "messages": [{"role": "user", "content": "x"}]})
+            ),
+            "logprobs"
+        );
+        assert_eq!(
+            refused(
+                json!({"model": "m", "messages": [{"role": "user", "content": "x", "audio": {"id": "a"}}]})
+            ),
             "messages[0].audio"
         );
     }
