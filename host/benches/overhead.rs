@@ -20,6 +20,12 @@
 //! the highest rate at which the gateway kept p99 under 5 ms, and the
 //! gateway's CPU time per request and its RSS (from /proc).
 //!
+//! Then, when Debian's `hey` is installed, the same comparison with it as an
+//! outside load generator holding many connections: `hey -c RATE/10 -q 10`
+//! (100 connections at 1 000 req/s, each sending ten a second), which sends
+//! in bursts as real clients do. This is where queueing inside the gateway
+//! shows, and what the README's one-line reproduction runs.
+//!
 //! Run: `cargo bench -p switchyard --bench overhead`. Under `cargo test` it
 //! runs one short rate as a smoke test of itself.
 
@@ -181,6 +187,114 @@ fn gateway_cpus() -> Option<std::ops::Range<usize>> {
     (wanted && cpus >= 2).then_some(1..cpus)
 }
 
+/// What one `hey` run measured.
+struct HeyRun {
+    latencies_us: Vec<u64>,
+    errors: usize,
+}
+
+/// Sends `rate` requests a second to `url` for `duration` with `hey`, over
+/// `rate / 10` connections of ten requests a second each; `None` when
+/// `hey` is not installed.
+fn hey_phase(url: &str, rate: u64, duration: Duration) -> Option<HeyRun> {
+    let out = Command::new("hey")
+        .args(["-z", &format!("{}s", duration.as_secs())])
+        .args(["-c", &(rate / 10).max(1).to_string(), "-q", "10"])
+        .args([
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-d",
+            BODY,
+            "-o",
+            "csv",
+        ])
+        .arg(url)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    // CSV rows: response-time (s), DNS+dialup, DNS, request-write,
+    // response-delay, response-read, status-code, offset.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut run = HeyRun {
+        latencies_us: Vec::new(),
+        errors: 0,
+    };
+    for row in text.lines().skip(1) {
+        let fields: Vec<&str> = row.split(',').collect();
+        let (Some(seconds), Some(status)) = (fields.first(), fields.get(6)) else {
+            continue;
+        };
+        if *status != "200" {
+            run.errors += 1;
+        }
+        if let Ok(s) = seconds.parse::<f64>() {
+            run.latencies_us.push((s * 1e6) as u64);
+        }
+    }
+    Some(run)
+}
+
+/// Direct and through the gateway with `hey`, side by side at each rate.
+fn outside_generator(
+    direct_url: &str,
+    gateway_url: &str,
+    gateway_pid: u32,
+    rates: &[u64],
+    duration: Duration,
+) {
+    if Command::new("hey").arg("-h").output().is_err() {
+        println!("hey is not installed (apt-get install hey): no outside-generator figures");
+        return;
+    }
+    println!(
+        "outside generator: hey -z {}s -c RATE/10 -q 10 (many connections, bursts)",
+        duration.as_secs()
+    );
+    println!(
+        "{:>7} | {:>5} | {:>26} | {:>26} | {:>24} | {:>9} | {:>6}",
+        "rate/s",
+        "conns",
+        "direct p50/p99/p99.9 µs",
+        "gateway p50/p99/p99.9 µs",
+        "added p50/p99/p99.9 µs",
+        "CPU µs/req",
+        "errors"
+    );
+    for &rate in rates {
+        let Some(direct) = hey_phase(direct_url, rate, duration) else {
+            return;
+        };
+        let cpu_before = cpu_seconds(gateway_pid);
+        let Some(through) = hey_phase(gateway_url, rate, duration) else {
+            return;
+        };
+        let cpu = cpu_seconds(gateway_pid) - cpu_before;
+        let served = through.latencies_us.len().max(1) as f64;
+        let p = |run: HeyRun| {
+            let phase = Phase {
+                latencies_us: run.latencies_us,
+                errors: run.errors,
+            };
+            (
+                [
+                    phase.percentile(0.5),
+                    phase.percentile(0.99),
+                    phase.percentile(0.999),
+                ],
+                phase.errors,
+            )
+        };
+        let ((d, d_errors), (g, g_errors)) = (p(direct), p(through));
+        println!(
+            "{rate:>7} | {:>5} | {:>8.0} {:>8.0} {:>8.0} | {:>8.0} {:>8.0} {:>8.0} | {:>7.0} {:>7.0} {:>8.0} | {:>9.1} | {:>3}/{:<3}",
+            rate / 10, d[0], d[1], d[2], g[0], g[1], g[2], g[0] - d[0], g[1] - d[1], g[2] - d[2],
+            cpu * 1e6 / served, d_errors, g_errors
+        );
+    }
+}
+
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
 }
@@ -319,6 +433,19 @@ fn main() {
     println!(
         "highest rate with gateway p99 < 5 ms: {}",
         best_under_5ms.map_or("none of those tried".to_owned(), |r| format!("{r} req/s"))
+    );
+    let hey_rates: &[u64] = if full { &[200, 500, 1_000] } else { &[200] };
+    let hey_duration = if full {
+        Duration::from_secs(15)
+    } else {
+        Duration::from_secs(1)
+    };
+    outside_generator(
+        &direct_url,
+        &gateway_url,
+        gateway_pid,
+        hey_rates,
+        hey_duration,
     );
     println!("gateway RSS after the run: {:.1} MiB", rss_mib(gateway_pid));
     drop(gateway);

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::admission::{DeploymentAdmission, Ticket};
+use crate::admission::{DeploymentAdmission, Refusal, Ticket};
 use crate::clock::SharedClock;
 use crate::config::DeploymentConfig;
 use crate::health::breaker::BreakerState;
@@ -573,18 +573,30 @@ impl Router {
             };
             let tokens = u64::from(request.estimated_tokens);
             let soonest = capacity_wait_ms(group, tokens, self.clock.now_ms());
+            let now = tokio::time::Instant::now();
             let wait_ms = match (blocked, soonest) {
-                // Admission refused them all: try again when the first
-                // recovers, or soon when only concurrency stood in the way.
-                (Blocked::ByAdmission, ms) => ms.max(10),
+                // Only concurrency stood in the way (with or without other
+                // limits): a slot can free at any moment, so wait for one
+                // until the deadline, and for the first recovery too.
+                (Blocked::ByAdmission { concurrency: true }, 0) => CONCURRENCY_RECHECK_MS,
+                (Blocked::ByAdmission { concurrency: true }, ms) => ms.min(CONCURRENCY_RECHECK_MS),
+                // Quotas, cooldowns or circuits refused them all: try again
+                // when the first recovers.
+                (Blocked::ByAdmission { concurrency: false }, ms) => ms.max(10),
                 // The selection policy chose none although nothing is
                 // cooling down or out of quota: its choice, not capacity;
                 // waiting would not change it.
                 (Blocked::BySelection, 0) => 0,
                 (Blocked::BySelection, ms) => ms,
             };
-            let wake = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-            if wait_ms == 0 || wake > request.deadline {
+            let for_a_slot = matches!(blocked, Blocked::ByAdmission { concurrency: true });
+            let wake = now + Duration::from_millis(wait_ms);
+            let too_late = if for_a_slot {
+                now >= request.deadline
+            } else {
+                wait_ms == 0 || wake > request.deadline
+            };
+            if too_late {
                 tracing::info!(
                     retry_after_ms = wait_ms,
                     "no deployment can take the request before its deadline"
@@ -593,8 +605,22 @@ impl Router {
                     retry_after_ms: wait_ms.max(1_000),
                 });
             }
-            tracing::debug!(wait_ms, "waiting for capacity");
-            tokio::time::sleep_until(wake).await;
+            tracing::debug!(wait_ms, for_a_slot, "waiting for capacity");
+            let wake = wake.min(request.deadline);
+            if for_a_slot {
+                let freed = futures::future::select_all(
+                    group
+                        .members
+                        .iter()
+                        .map(|d| Box::pin(d.admission.capacity_freed())),
+                );
+                tokio::select! {
+                    _ = freed => {}
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+            } else {
+                tokio::time::sleep_until(wake).await;
+            }
         }
     }
 
@@ -663,6 +689,7 @@ impl Router {
         // Deployments admission refused for this pass: not attempts, and not
         // offered to the fallback policy again.
         let mut skipped: Vec<Arc<Deployment>> = Vec::new();
+        let mut refused_for_concurrency = false;
         let mut attempts: Vec<AttemptRecord> = Vec::new();
         let max_attempts = match self.max_attempts {
             0 => group.members.len(),
@@ -677,6 +704,7 @@ impl Router {
             {
                 Ok(ticket) => ticket,
                 Err(refusal) => {
+                    refused_for_concurrency |= refusal == Refusal::Concurrency;
                     tracing::debug!(deployment = %deployment.config.id, ?refusal, "skipped by admission");
                     self.metrics
                         .skip(&group.name, &deployment.config.id, refusal);
@@ -781,7 +809,9 @@ impl Router {
             };
         }
         if attempts.is_empty() {
-            return Pass::NoCapacity(Blocked::ByAdmission);
+            return Pass::NoCapacity(Blocked::ByAdmission {
+                concurrency: refused_for_concurrency,
+            });
         }
         let retry_after_ms = attempts.iter().filter_map(|a| a.retry_after_ms).min();
         Pass::Done(Err(RouteError::AttemptsFailed {
@@ -814,9 +844,15 @@ enum Pass<T> {
 enum Blocked {
     /// The selection policy chose no deployment.
     BySelection,
-    /// Admission refused every deployment the policies chose.
-    ByAdmission,
+    /// Admission refused every deployment the policies chose; `concurrency`:
+    /// at least one because its attempts in flight were at its limit.
+    ByAdmission { concurrency: bool },
 }
+
+/// While a request waits for a concurrency slot, it is woken by the slot's
+/// release; it also looks again this often, in case that signal went to a
+/// request that then left.
+const CONCURRENCY_RECHECK_MS: u64 = 100;
 
 /// How long until some deployment of `group` could take a request of
 /// `tokens`: the soonest, over its deployments, of the later of its cooldown's

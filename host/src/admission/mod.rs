@@ -17,6 +17,9 @@ pub mod stats;
 
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
 use serde::{Deserialize, Serialize};
 
 use crate::health::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
@@ -147,10 +150,20 @@ struct ConcurrencySlot<'a> {
     held: bool,
 }
 
+impl ConcurrencySlot<'_> {
+    /// Gives the slot back without waking a waiter: the request that took
+    /// it is refused and will wait itself, so a wakeup would only wake it.
+    fn return_quietly(mut self) {
+        self.held = false;
+        self.admission.lock().concurrency.release();
+    }
+}
+
 impl Drop for ConcurrencySlot<'_> {
     fn drop(&mut self) {
         if self.held {
             self.admission.lock().concurrency.release();
+            self.admission.freed.notify_one();
         }
     }
 }
@@ -168,6 +181,9 @@ pub struct DeploymentAdmission {
     quota: QuotaSpec,
     state: Arc<dyn StateBackend>,
     limits: Mutex<Limits>,
+    /// Signalled when an attempt gives its slot back or the circuit closes:
+    /// requests refused for concurrency wait on it instead of polling.
+    freed: Notify,
 }
 
 impl std::fmt::Debug for DeploymentAdmission {
@@ -189,6 +205,7 @@ impl DeploymentAdmission {
                 concurrency: AimdLimit::new(c.initial, c.min, c.max),
                 breaker: CircuitBreaker::new(config.breaker.clone()),
             }),
+            freed: Notify::new(),
         }
     }
 
@@ -235,14 +252,29 @@ impl DeploymentAdmission {
             }
         };
         // Dropped while it waits (the client left): the slot comes back.
-        let grant = self.state.reserve(&self.quota, tokens, now_ms).await?;
+        let grant = match self.state.reserve(&self.quota, tokens, now_ms).await {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                slot.return_quietly();
+                return Err(refusal);
+            }
+        };
         if !self.lock().breaker.try_pass(now_ms) {
             self.state.settle(&self.quota, grant, false, 0, now_ms);
-            // Half-open with its probes out: ask again shortly.
+            slot.return_quietly();
+            // Half-open with its probes out: a probe's end frees the way.
             return Err(Refusal::Concurrency);
         }
         slot.held = false;
         Ok(Ticket { grant })
+    }
+
+    /// Resolves when capacity may have come back: an attempt on it ended or
+    /// its circuit closed. One release wakes one waiter, in the order they
+    /// began to wait; a release while nobody waits is kept for the next
+    /// waiter, so none is lost between a refused try and the wait.
+    pub fn capacity_freed(&self) -> Notified<'_> {
+        self.freed.notified()
     }
 
     /// The attempt holding `ticket` was abandoned before it ended (the
@@ -255,6 +287,8 @@ impl DeploymentAdmission {
         let mut l = self.lock();
         l.concurrency.release();
         l.breaker.record(OutcomeKind::ClientError, now_ms);
+        drop(l);
+        self.freed.notify_one();
     }
 
     /// The attempt holding `ticket` ended as `kind`, having used
@@ -280,6 +314,7 @@ impl DeploymentAdmission {
         let after = l.breaker.state(now_ms);
         let remaining_ms = l.breaker.open_remaining_ms(now_ms);
         drop(l);
+        self.freed.notify_one();
         let deployment = self.quota.deployment.clone();
         match (before, after) {
             (b, BreakerState::Open) if b != BreakerState::Open => {
@@ -305,6 +340,7 @@ impl DeploymentAdmission {
     /// A sibling instance's breaker closed.
     pub fn close_circuit(&self) {
         self.lock().breaker.force_close();
+        self.freed.notify_waiters();
     }
 
     /// Milliseconds until an attempt of `tokens` could start (0: now).
@@ -378,6 +414,33 @@ mod tests {
         let t = a.try_start(6_000, 20).await.unwrap();
         a.finish(t, OutcomeKind::Throttled, None, 30);
         assert_eq!(a.snapshot(30).tpm_available, Some(9_000));
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_for_concurrency_is_woken_by_the_release() {
+        use futures::FutureExt;
+        let a = DeploymentAdmission::local(None, Some(100), &config());
+        let t1 = a.try_start(1, 0).await.unwrap();
+        let _t2 = a.try_start(1, 0).await.unwrap();
+        assert_eq!(a.try_start(1, 0).await.unwrap_err(), Refusal::Concurrency);
+        let mut woken = Box::pin(a.capacity_freed());
+        assert!(woken.as_mut().now_or_never().is_none(), "nothing freed yet");
+        a.finish(t1, OutcomeKind::Success, None, 10);
+        assert!(woken.now_or_never().is_some(), "the release wakes it");
+        // A refusal by quota gives its slot back without a wakeup: the
+        // refused request would only wake itself.
+        let t3 = a.try_start(1, 10).await.unwrap();
+        assert!(matches!(
+            a.try_start(500, 10).await,
+            Err(Refusal::Concurrency)
+        ));
+        a.finish(t3, OutcomeKind::Success, Some(1), 20);
+        assert!(a.capacity_freed().now_or_never().is_some());
+        assert!(matches!(
+            a.try_start(500, 20).await,
+            Err(Refusal::TokenQuota { .. })
+        ));
+        assert!(a.capacity_freed().now_or_never().is_none());
     }
 
     #[tokio::test]
