@@ -21,7 +21,7 @@ use crate::router::{Deployment, GroupSlots, ModelGroup, Router};
 use crate::state::mirror::GatewayMirror;
 use crate::state::{self, ChangeSink, QuotaSpec};
 use crate::swap::{self, ReloadReport, SwapError, Swapper};
-use crate::upstream::{CredentialsError, Upstream};
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +34,9 @@ pub enum GatewayError {
         policy: String,
         source: Box<SwapError>,
     },
-    /// Credentials are missing.
+    /// A deployment's client could not be built (credentials, endpoint).
     #[error(transparent)]
-    Credentials(#[from] CredentialsError),
+    Upstream(#[from] UpstreamError),
     /// The policy engine could not start.
     #[error(transparent)]
     Engine(LoadError),

@@ -272,7 +272,12 @@ async fn serve(
         Upstreams::Aws
     };
     let gateway = Gateway::build(&config, clock, &upstreams).map_err(|e| {
-        let hint = if matches!(e, switchyard::gateway::GatewayError::Credentials(_)) {
+        let hint = if matches!(
+            e,
+            switchyard::gateway::GatewayError::Upstream(
+                switchyard::upstream::UpstreamError::Credentials(_)
+            )
+        ) {
             "\nhint: set the credentials, or run with --simulate to use the built-in Bedrock simulator"
         } else {
             ""

@@ -1,16 +1,17 @@
-//! The Bedrock client pool: one `aws-sdk-bedrockruntime` client per
-//! deployment, built once with the SDK's retries off (the router decides what
-//! to retry, and where) and explicit timeouts.
+//! The Bedrock client pool, one client per deployment built once: Converse
+//! and InvokeModel go out signed over a pooled hyper client (`signed`);
+//! the two streams through `aws-sdk-bedrockruntime`, with the SDK's retries
+//! off (the router decides what to retry, and where) and explicit timeouts.
 //!
 //! Requests and responses pass through as raw bytes: the client's Converse
 //! JSON becomes the upstream body and Bedrock's bytes come back unchanged,
 //! so nothing a client sends (tools, images, guardrails) is lost in
-//! translation. The SDK still signs, resolves endpoints, enforces timeouts and
-//! reports errors, which `classify` turns into outcomes.
+//! translation. `classify` turns errors into outcomes.
 
 mod classify;
 mod credentials;
 mod passthrough;
+mod signed;
 
 use std::time::Duration;
 
@@ -29,15 +30,31 @@ use futures::channel::mpsc;
 
 pub use classify::AttemptFailure;
 pub use credentials::CredentialsError;
+pub use signed::TransportError;
 
 use crate::config::{DeploymentConfig, Limits};
 use crate::outcome::OutcomeKind;
-use passthrough::{CapturedBody, InputTokenCount, RawRequestBody, StreamTee};
+use passthrough::{RawRequestBody, StreamTee};
+use signed::SignedClient;
+
+/// Why a deployment's client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("deployment `{deployment}`: {source}")]
+    Transport {
+        deployment: String,
+        #[source]
+        source: TransportError,
+    },
+}
 
 /// The pooled client of one deployment.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     client: Client,
+    signed: SignedClient,
     model_id: String,
     attempt_timeout: Duration,
     stream_idle_timeout: Duration,
@@ -86,8 +103,19 @@ impl Upstream {
         deployment: &DeploymentConfig,
         limits: &Limits,
         endpoint_override: Option<&str>,
-    ) -> Result<Self, CredentialsError> {
+    ) -> Result<Self, UpstreamError> {
         let credentials = credentials::resolve(&deployment.credentials, &deployment.id)?;
+        let endpoint = endpoint_override.or(deployment.endpoint_url.as_deref());
+        let signed = SignedClient::new(
+            endpoint,
+            &deployment.region,
+            credentials.clone(),
+            Duration::from_millis(limits.connect_timeout_ms),
+        )
+        .map_err(|source| UpstreamError::Transport {
+            deployment: deployment.id.clone(),
+            source,
+        })?;
         let mut builder = aws_sdk_bedrockruntime::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(deployment.region.clone()))
@@ -99,11 +127,12 @@ impl Upstream {
                     .read_timeout(Duration::from_millis(limits.attempt_timeout_ms))
                     .build(),
             );
-        if let Some(url) = endpoint_override.or(deployment.endpoint_url.as_deref()) {
+        if let Some(url) = endpoint {
             builder = builder.endpoint_url(url);
         }
         Ok(Self {
             client: Client::from_conf(builder.build()),
+            signed,
             model_id: deployment.model_id.clone(),
             attempt_timeout: Duration::from_millis(limits.attempt_timeout_ms),
             stream_idle_timeout: Duration::from_millis(limits.stream_idle_timeout_ms),
@@ -117,21 +146,22 @@ impl Upstream {
 
     /// One Converse attempt with the client's raw JSON `body`.
     pub async fn converse(&self, body: Bytes) -> Result<ConverseReply, AttemptFailure> {
-        let captured = CapturedBody::default();
-        let call = self
-            .client
-            .converse()
-            .model_id(&self.model_id)
-            .customize()
-            .interceptor(RawRequestBody::new(body))
-            .interceptor(captured.clone())
-            .send();
-        self.in_time(call).await?;
-        match captured.take() {
-            Some(body) => Ok(ConverseReply { body }),
-            None => Err(AttemptFailure::server_error(
-                "the answer's body could not be captured",
+        let answer = self.signed_call("converse", body).await?;
+        Ok(ConverseReply { body: answer.body })
+    }
+
+    /// One signed call of `operation` within the attempt timeout.
+    async fn signed_call(
+        &self,
+        operation: &str,
+        body: Bytes,
+    ) -> Result<signed::Answer, AttemptFailure> {
+        let call = self.signed.post(&self.model_id, operation, body);
+        match tokio::time::timeout(self.attempt_timeout, call).await {
+            Err(_) => Err(AttemptFailure::timeout(
+                "no answer within the attempt timeout",
             )),
+            Ok(result) => result,
         }
     }
 
@@ -172,22 +202,13 @@ impl Upstream {
     /// One InvokeModel attempt: `body` goes to the model as it is, and its
     /// answer comes back as it is.
     pub async fn invoke(&self, body: Bytes) -> Result<InvokeReply, AttemptFailure> {
-        let input_tokens = InputTokenCount::default();
-        let call = self
-            .client
-            .invoke_model()
-            .model_id(&self.model_id)
-            .content_type("application/json")
-            .accept("application/json")
-            .body(Blob::new(body))
-            .customize()
-            .interceptor(input_tokens.clone())
-            .send();
-        let output = self.in_time(call).await?;
+        let answer = self.signed_call("invoke", body).await?;
         Ok(InvokeReply {
-            body: Bytes::from(output.body.into_inner()),
-            content_type: output.content_type,
-            input_tokens: input_tokens.get(),
+            body: answer.body,
+            content_type: answer
+                .content_type
+                .unwrap_or_else(|| "application/json".to_owned()),
+            input_tokens: answer.input_tokens,
         })
     }
 

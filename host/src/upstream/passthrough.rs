@@ -1,16 +1,15 @@
-//! SDK interceptors that let bytes pass through unchanged: the client's
-//! request body goes upstream as it came, and Bedrock's answer comes back as
-//! it was sent.
+//! SDK interceptors that let a stream's bytes pass through unchanged: the
+//! client's request body goes upstream as it came, and Bedrock's frames come
+//! back as they were sent.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use aws_sdk_bedrockruntime::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::{
-    AfterDeserializationInterceptorContextRef, BeforeDeserializationInterceptorContextMut,
-    BeforeTransmitInterceptorContextMut,
+    BeforeDeserializationInterceptorContextMut, BeforeTransmitInterceptorContextMut,
 };
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
@@ -46,72 +45,6 @@ impl Intercept for RawRequestBody {
         request
             .headers_mut()
             .insert("content-length", self.body.len().to_string());
-        Ok(())
-    }
-}
-
-/// Keeps a copy of a non-streaming answer's body.
-#[derive(Debug, Clone, Default)]
-pub struct CapturedBody {
-    slot: Arc<Mutex<Option<Bytes>>>,
-}
-
-impl CapturedBody {
-    /// The captured body, once the call has finished.
-    pub fn take(&self) -> Option<Bytes> {
-        self.slot.lock().expect("capture slot poisoned").take()
-    }
-}
-
-impl Intercept for CapturedBody {
-    fn name(&self) -> &'static str {
-        "switchyard::CapturedBody"
-    }
-
-    fn read_after_deserialization(
-        &self,
-        context: &AfterDeserializationInterceptorContextRef<'_>,
-        _: &RuntimeComponents,
-        _: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        if let Some(bytes) = context.response().body().bytes() {
-            *self.slot.lock().expect("capture slot poisoned") = Some(Bytes::copy_from_slice(bytes));
-        }
-        Ok(())
-    }
-}
-
-/// Reads the input tokens Bedrock counted for an InvokeModel call from its
-/// `x-amzn-bedrock-input-token-count` header, which the SDK's output drops.
-#[derive(Debug, Clone, Default)]
-pub struct InputTokenCount {
-    count: Arc<Mutex<Option<u64>>>,
-}
-
-impl InputTokenCount {
-    /// The count, once the call has answered with one.
-    pub fn get(&self) -> Option<u64> {
-        *self.count.lock().expect("token count poisoned")
-    }
-}
-
-impl Intercept for InputTokenCount {
-    fn name(&self) -> &'static str {
-        "switchyard::InputTokenCount"
-    }
-
-    fn read_after_deserialization(
-        &self,
-        context: &AfterDeserializationInterceptorContextRef<'_>,
-        _: &RuntimeComponents,
-        _: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let count = context
-            .response()
-            .headers()
-            .get("x-amzn-bedrock-input-token-count")
-            .and_then(|v| v.trim().parse().ok());
-        *self.count.lock().expect("token count poisoned") = count;
         Ok(())
     }
 }
