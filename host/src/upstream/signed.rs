@@ -136,11 +136,7 @@ impl SignedClient {
             Transport::Tls(c) => c.request(request).await,
         }
         .map_err(|e| AttemptFailure {
-            kind: if e.is_connect() {
-                OutcomeKind::Unavailable
-            } else {
-                OutcomeKind::ServerError
-            },
+            kind: transport_failure(&e),
             status: None,
             retry_after_ms: None,
             detail: format!("could not reach Bedrock: {}", chain(&e)),
@@ -240,6 +236,21 @@ fn error_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Attempt
         retry_after_ms,
         detail: format!("{}: {message}", code.as_deref().unwrap_or("UnknownError")),
     }
+}
+
+/// A call that got no answer: the connection failed or broke (unavailable,
+/// as a reset is), unless Bedrock answered something unparseable.
+fn transport_failure(error: &(dyn std::error::Error + 'static)) -> OutcomeKind {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return OutcomeKind::ServerError;
+        }
+        cause = e.source();
+    }
+    OutcomeKind::Unavailable
 }
 
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {
