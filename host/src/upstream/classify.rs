@@ -200,7 +200,8 @@ where
     }
 }
 
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes, on one line.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {

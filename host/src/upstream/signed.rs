@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::classify::{kind_of_code, kind_of_status, AttemptFailure};
+use super::classify::{chain, kind_of_code, kind_of_status, AttemptFailure};
 use crate::outcome::OutcomeKind;
 
 /// What a path label keeps unescaped: RFC 3986's unreserved characters, as
@@ -251,17 +251,6 @@ fn transport_failure(error: &(dyn std::error::Error + 'static)) -> OutcomeKind {
         cause = e.source();
     }
     OutcomeKind::Unavailable
-}
-
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

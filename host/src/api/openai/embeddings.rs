@@ -17,12 +17,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::super::dispatch::{
-    dispatch, estimate_tokens, group_for, identify, request_id, routed_headers, Admitted, Incoming,
+    dispatch, estimate_tokens, identify, request_id, routed_headers, Admitted, Incoming,
 };
 use super::super::error::ApiError;
 use super::super::AppState;
 use super::request::{check_unmapped, unsupported, Unsupported};
-use super::{openai_error, read_body};
+use super::{model_group, openai_error, parse_body, read_body, refuse, Refused};
 use crate::outcome::OutcomeKind;
 use crate::upstream::{AttemptFailure, Upstream};
 
@@ -177,17 +177,6 @@ pub async fn embeddings(
     response
 }
 
-type Refused = Box<(ApiError, Option<String>)>;
-
-fn refuse(u: Unsupported) -> Refused {
-    let e = ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "unsupported_parameter",
-        format!("`{}` {}", u.param, u.message),
-    );
-    Box::new((e, Some(u.param)))
-}
-
 /// Parses and checks the body: the job, the request to route, whether to
 /// answer in base64, and the model group.
 fn check(
@@ -197,20 +186,9 @@ fn check(
 ) -> Result<(EmbeddingJob, Incoming, bool, String), Refused> {
     let who = identify(state, headers, None).map_err(|e| Box::new((e, None)))?;
     let body = read_body(body)?;
-    let request: EmbeddingsRequest = serde_json::from_slice(&body).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            "invalid_json"
-        } else {
-            "invalid_request"
-        };
-        let message = format!("the body is not an embeddings request: {e}");
-        Box::new((ApiError::new(StatusCode::BAD_REQUEST, code, message), None))
-    })?;
+    let request: EmbeddingsRequest = parse_body(&body, "an embeddings request")?;
     check_unmapped(&request.other, "").map_err(refuse)?;
-    let group = group_for(state, &request.model).map_err(|mut e| {
-        e.code = "model_not_found";
-        Box::new((e, Some("model".to_owned())))
-    })?;
+    let group = model_group(state, &request.model)?;
     let chat_models: Vec<&str> = state
         .router
         .group(&group)

@@ -171,7 +171,7 @@ pub async fn chat_completions(
 
 /// A request refused before routing, with the param at fault when one is.
 /// Boxed: it is large, and the happy path should not carry it.
-type Refused = Box<(ApiError, Option<String>)>;
+pub(super) type Refused = Box<(ApiError, Option<String>)>;
 
 /// The body, or the error of a body too large or cut short.
 pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
@@ -183,6 +183,41 @@ pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Re
         };
         Box::new((ApiError::new(r.status(), code, r.body_text()), None))
     })
+}
+
+/// The body as a `T`, or 400 `invalid_json` / `invalid_request` saying it
+/// is not `what`.
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, Refused> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "invalid_json"
+        } else {
+            "invalid_request"
+        };
+        let message = format!("the body is not {what}: {e}");
+        Box::new((ApiError::new(StatusCode::BAD_REQUEST, code, message), None))
+    })
+}
+
+/// The model group `model` names, or 404 `model_not_found` on `model`.
+pub(super) fn model_group(state: &AppState, model: &str) -> Result<String, Refused> {
+    group_for(state, model).map_err(|mut e| {
+        e.code = "model_not_found";
+        Box::new((e, Some("model".to_owned())))
+    })
+}
+
+/// 400 `unsupported_parameter`, naming the field.
+pub(super) fn refuse(u: request::Unsupported) -> Refused {
+    let e = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "unsupported_parameter",
+        format!("`{}` {}", u.param, u.message),
+    );
+    Box::new((e, Some(u.param)))
 }
 
 /// An image costs at most this many input tokens on Bedrock's models
@@ -198,35 +233,9 @@ fn check(
 ) -> Result<(ChatRequest, bool, Incoming), Refused> {
     let who = identify(state, headers, None).map_err(|e| Box::new((e, None)))?;
     let body = read_body(body)?;
-    let chat: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
-        let code = if e.is_syntax() || e.is_eof() {
-            "invalid_json"
-        } else {
-            "invalid_request"
-        };
-        (
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                code,
-                format!("the body is not a chat completion request: {e}"),
-            ),
-            None,
-        )
-    })?;
-    let group = group_for(state, &chat.model).map_err(|mut e| {
-        e.code = "model_not_found";
-        Box::new((e, Some("model".to_owned())))
-    })?;
-    let converse = chat.to_converse().map_err(|u| {
-        Box::new((
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported_parameter",
-                format!("`{}` {}", u.param, u.message),
-            ),
-            Some(u.param),
-        ))
-    })?;
+    let chat: ChatRequest = parse_body(&body, "a chat completion request")?;
+    let group = model_group(state, &chat.model)?;
+    let converse = chat.to_converse().map_err(refuse)?;
     let image_tokens = IMAGE_TOKENS.saturating_mul(converse.images as u32);
     let json_mode = converse.json_mode;
     let converse_json = converse.body.to_string();
