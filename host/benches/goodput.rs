@@ -88,11 +88,12 @@ async fn run(duration: Duration) {
     }
     text.push_str("[[model_groups]]\nname = \"g\"\ndeployments = [\"d0\", \"d1\", \"d2\"]\n");
     let config = Config::parse(&text, "goodput bench").expect("valid config");
-    let gateway = Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds");
+    let gateway =
+        Arc::new(Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = gateway.app();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
 
     let tally = Arc::new(Tally::default());
     let started = Instant::now();

@@ -22,6 +22,7 @@
 mod redis_server;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,14 +51,15 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-async fn gateway(text: &str) -> (Gateway, String) {
+async fn gateway(text: &str) -> (Arc<Gateway>, String) {
     let config = Config::parse(text, "shared state bench").expect("valid config");
-    let gateway =
-        Gateway::build(&config, SystemClock::shared(), &Upstreams::Aws).expect("gateway builds");
+    let gateway = Arc::new(
+        Gateway::build(&config, SystemClock::shared(), &Upstreams::Aws).expect("gateway builds"),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = gateway.app();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let serving = gateway.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
     (gateway, url)
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds on some fixed timeline (Unix milliseconds for the system clock).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -18,10 +18,25 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 /// A shareable clock.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// Wall-clock time in Unix milliseconds, never going backwards within the process.
-#[derive(Debug, Default)]
+/// Unix milliseconds, read from the wall clock once at start and advanced by
+/// the monotonic clock since: a wall clock stepped back (NTP, a VM resumed)
+/// must neither move cooldowns and quota windows back nor freeze them until
+/// the wall catches up. It drifts from the wall only by the slewing the
+/// wall clock does while the process runs.
+#[derive(Debug)]
 pub struct SystemClock {
-    last: AtomicU64,
+    wall_at_start_ms: u64,
+    start: Instant,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self::starting_at(wall)
+    }
 }
 
 impl SystemClock {
@@ -29,17 +44,19 @@ impl SystemClock {
     pub fn shared() -> SharedClock {
         Arc::new(Self::default())
     }
+
+    /// A clock that reads `wall_ms` now and moves on monotonically.
+    pub fn starting_at(wall_ms: u64) -> Self {
+        Self {
+            wall_at_start_ms: wall_ms,
+            start: Instant::now(),
+        }
+    }
 }
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        // A wall clock may step back (NTP); cooldown arithmetic must not.
-        let previous = self.last.fetch_max(wall, Ordering::Relaxed);
-        previous.max(wall)
+        self.wall_at_start_ms + self.start.elapsed().as_millis() as u64
     }
 }
 
@@ -118,5 +135,20 @@ mod tests {
         let b = clock.now_ms();
         assert!(b >= a);
         assert!(a > 1_600_000_000_000, "expected Unix milliseconds, got {a}");
+    }
+
+    #[test]
+    fn system_clock_moves_with_elapsed_time_whatever_the_wall_says() {
+        // Started "an hour in the future", as if the wall then stepped back.
+        let ahead = SystemClock::default().now_ms() + 3_600_000;
+        let clock = SystemClock::starting_at(ahead);
+        let before = clock.now_ms();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let after = clock.now_ms();
+        assert!(
+            after >= before + 30,
+            "{before} -> {after}: time must not freeze"
+        );
+        assert!(after < before + 10_000);
     }
 }

@@ -46,6 +46,12 @@ pub struct Config {
     /// Request and attempt limits.
     #[serde(default)]
     pub limits: Limits,
+    /// `[http]`: client timeouts, the connection cap, the shutdown grace.
+    #[serde(default)]
+    pub http: crate::edge::HttpConfig,
+    /// `[observability]`: who may read the stats routes.
+    #[serde(default)]
+    pub observability: crate::api::stats::ObservabilityConfig,
     /// Limits every policy call runs under.
     #[serde(default)]
     pub policy_runtime: PolicyRuntimeConfig,
@@ -377,6 +383,9 @@ impl Config {
         if let Some((key, problem)) = self.state.problem() {
             return Err(invalid(key, problem));
         }
+        if let Some((key, problem)) = self.http.problem() {
+            return Err(invalid(key, problem));
+        }
         let mut ids = HashSet::new();
         for (i, d) in self.deployments.iter().enumerate() {
             let key = format!("deployments[{i}]");
@@ -475,6 +484,13 @@ impl Config {
                     "is the admin token; use another",
                 ));
             }
+        }
+        if self.observability.require_key && self.api_keys.is_empty() && self.admin.token.is_none()
+        {
+            return Err(invalid(
+                "observability.require_key",
+                "needs [[api_keys]] or an [admin] token to accept",
+            ));
         }
         if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(invalid("admin.token", "must be at least 16 characters"));

@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::net::TcpListener;
 
 use crate::admission::{DeploymentAdmission, FairQueue};
 use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError, CredentialsConfig};
+use crate::edge::{self, HttpConfig};
 use crate::health::DeploymentHealth;
 use crate::metrics::Metrics;
 use crate::policy::{
@@ -58,6 +61,7 @@ pub enum Upstreams {
 pub struct Gateway {
     state: Arc<AppState>,
     max_body_bytes: usize,
+    http: HttpConfig,
 }
 
 impl Gateway {
@@ -188,6 +192,7 @@ impl Gateway {
                 reloading: tokio::sync::Mutex::new(()),
             }),
             max_body_bytes: config.limits.max_body_bytes,
+            http: config.http.clone(),
         })
     }
 
@@ -280,11 +285,17 @@ impl Gateway {
         })
     }
 
-    /// Serves on `listener` until the process is stopped, reloading the
-    /// config on SIGHUP.
-    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+    /// Serves on `listener` until `shutdown` resolves, then drains within
+    /// `[http] shutdown_grace_ms` (see [`edge::serve`]); reloads the config
+    /// on SIGHUP meanwhile. Returns how many connections the drain had to
+    /// cut (0: every request and stream finished).
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<usize> {
         #[cfg(unix)]
-        {
+        let reloader = {
             let state = self.state.clone();
             let mut hangup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -295,9 +306,12 @@ impl Gateway {
                         Err(e) => tracing::error!(error = %e, "config reload on SIGHUP failed"),
                     }
                 }
-            });
-        }
-        axum::serve(listener, self.app()).await
+            })
+        };
+        let cut = edge::serve(listener, self.app(), &self.http, shutdown).await;
+        #[cfg(unix)]
+        reloader.abort();
+        Ok(cut)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Switchyard: a gateway in front of AWS Bedrock whose routing decisions are
 //! sandboxed, hot-swappable WebAssembly policies.
 //!
-//! The request path: [`api`] parses and checks a request, [`router`] runs the
+//! The request path: [`edge`] accepts and times connections, [`api`] parses and checks a request, [`router`] runs the
 //! attempt loop, [`policy`] answers selection / cooldown / fallback questions,
 //! [`upstream`] calls Bedrock through the AWS SDK, and [`health`] keeps what
 //! happened. [`sim`] is a Bedrock simulator speaking the real wire protocol, and
@@ -13,6 +13,7 @@ pub mod api;
 pub mod authoring;
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod gateway;
 pub mod health;
 pub mod lab;

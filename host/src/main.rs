@@ -12,7 +12,6 @@ use switchyard::config::{Config, PolicyRef};
 use switchyard::gateway::{Gateway, Upstreams};
 use switchyard::policy::PolicyKind;
 use switchyard::sim::{SimConfig, Simulator};
-use tokio::net::TcpListener;
 
 /// A gateway in front of AWS Bedrock whose routing decisions are sandboxed,
 /// hot-swappable WebAssembly policies.
@@ -299,12 +298,42 @@ async fn serve(
         tracing::info!("admin API off (no [admin] token in the config)");
     }
     let addr = listen.unwrap_or(config.listen);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener =
+        switchyard::edge::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, groups = config.model_groups.len(), deployments = config.deployments.len(), "switchyard serving");
-    gateway.serve(listener).await?;
+    let cut = gateway.serve(listener, shutdown_requested()).await?;
+    if cut > 0 {
+        tracing::warn!(
+            connections = cut,
+            "stopped with connections cut at the end of the shutdown grace"
+        );
+    } else {
+        tracing::info!("stopped: every request finished");
+    }
     Ok(())
+}
+
+/// Resolves on SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn shutdown_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT; stop the gateway with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn sim(config_path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::admission::{DeploymentAdmission, Refusal, Ticket};
+use crate::admission::{DeploymentAdmission, Permit, Refusal, Ticket};
 use crate::clock::SharedClock;
 use crate::config::DeploymentConfig;
 use crate::health::breaker::BreakerState;
@@ -519,11 +519,14 @@ impl Router {
     }
 
     /// Runs the attempt loop for `request` on group `group_name`, calling
-    /// `attempt` once per deployment tried.
+    /// `attempt` once per deployment tried. `slot` is the request's place
+    /// in the fair queue: it is given back while the request waits for a
+    /// deployment's capacity, and taken again before the next pass.
     pub async fn route<T, F, Fut>(
         &self,
         group_name: &str,
         request: &RouteRequest,
+        slot: &mut Permit,
         attempt: F,
     ) -> Result<Routed<T>, RouteError>
     where
@@ -536,7 +539,7 @@ impl Router {
             request_id = %request.request_id,
             group = %group_name
         );
-        self.route_in_span(group_name, request, attempt)
+        self.route_in_span(group_name, request, slot, attempt)
             .instrument(span)
             .await
     }
@@ -545,6 +548,7 @@ impl Router {
         &self,
         group_name: &str,
         request: &RouteRequest,
+        slot: &mut Permit,
         attempt: F,
     ) -> Result<Routed<T>, RouteError>
     where
@@ -607,19 +611,27 @@ impl Router {
             }
             tracing::debug!(wait_ms, for_a_slot, "waiting for capacity");
             let wake = wake.min(request.deadline);
-            if for_a_slot {
-                let freed = futures::future::select_all(
-                    group
-                        .members
-                        .iter()
-                        .map(|d| Box::pin(d.admission.capacity_freed())),
-                );
-                tokio::select! {
-                    _ = freed => {}
-                    _ = tokio::time::sleep_until(wake) => {}
+            let capacity = async {
+                if for_a_slot {
+                    let freed = futures::future::select_all(
+                        group
+                            .members
+                            .iter()
+                            .map(|d| Box::pin(d.admission.capacity_freed())),
+                    );
+                    tokio::select! {
+                        _ = freed => {}
+                        _ = tokio::time::sleep_until(wake) => {}
+                    }
+                } else {
+                    tokio::time::sleep_until(wake).await;
                 }
-            } else {
-                tokio::time::sleep_until(wake).await;
+            };
+            if let Err(e) = slot.step_aside_while(capacity, request.deadline).await {
+                tracing::info!(error = %e, "no turn in the queue again after waiting for capacity");
+                return Err(RouteError::NothingAvailable {
+                    retry_after_ms: 1_000,
+                });
             }
         }
     }

@@ -127,3 +127,34 @@ async fn a_config_with_a_short_or_repeated_key_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn with_require_key_the_stats_need_a_client_key_or_the_admin_token() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(vec![sim_model("model-a", None)], clock.clone()).await;
+    let config = format!(
+        "[observability]\nrequire_key = true\n[admin]\ntoken = \"{ADMIN}\"\n[[api_keys]]\nkey = \"{ALICE}\"\nuser = \"alice\"\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = start_gateway(&config, clock).await;
+    for path in [
+        "/",
+        "/metrics",
+        "/model_stats",
+        "/cooldowns",
+        "/queue_stats",
+        "/state_stats",
+    ] {
+        let raw = raw_get(gw.addr, path).await;
+        assert_eq!(raw.status, 401, "{path}");
+        assert_eq!(raw.json()["code"], "observer_key_required", "{path}");
+        for key in [ALICE, ADMIN] {
+            let bearer = format!("Bearer {key}");
+            let raw = raw_request(gw.addr, "GET", path, &[("authorization", &bearer)], b"").await;
+            assert_eq!(raw.status, 200, "{path} with a key");
+        }
+    }
+    // Probes stay open for orchestrators.
+    assert_eq!(raw_get(gw.addr, "/healthz").await.status, 200);
+    assert_eq!(raw_get(gw.addr, "/readyz").await.status, 200);
+}

@@ -14,7 +14,7 @@ use switchyard::config::Config;
 use switchyard::gateway::{Gateway, Upstreams};
 use switchyard::sim::{SimConfig, SimHandle, SimModelConfig, Simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// Where the build script put the compiled policy components.
@@ -97,11 +97,14 @@ pub async fn start_gateway(config_toml: &str, clock: SharedClock) -> TestGateway
     }
     let gateway =
         Arc::new(Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = switchyard::edge::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = gateway.app();
+    let serving = gateway.clone();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        serving
+            .serve(listener, std::future::pending())
+            .await
+            .unwrap();
     });
     TestGateway {
         addr,
@@ -403,4 +406,65 @@ pub fn command_output(out: &std::process::Output) -> String {
 pub fn succeeded(out: std::process::Output) -> std::process::Output {
     assert!(out.status.success(), "{}", command_output(&out));
     out
+}
+
+/// The real `switchyard serve` in its own process, on a free loopback port.
+/// Dropping it kills the process and removes its config.
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl GatewayProcess {
+    /// Starts it with `config` (no `listen`: the port is chosen here) and
+    /// waits until it accepts connections.
+    pub async fn start(name: &str, config: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        };
+        let path = dir.join("switchyard.toml");
+        std::fs::write(&path, format!("listen = \"{addr}\"\n{config}")).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the gateway starts");
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(std::time::Instant::now() < until, "the gateway listens");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, addr, dir }
+    }
+
+    /// Its resident memory now, in KiB (Linux's `VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("the gateway runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
 }

@@ -33,6 +33,10 @@ pub struct QueueConfig {
     pub max_per_user: u32,
     /// Requests waiting at once; beyond, 429 at once.
     pub max_queued: u32,
+    /// Requests of one user waiting at once; beyond, 429 at once, so one
+    /// user cannot fill the queue for everyone else. Requests that name no
+    /// user share `max_queued`.
+    pub max_queued_per_user: u32,
 }
 
 impl Default for QueueConfig {
@@ -41,6 +45,7 @@ impl Default for QueueConfig {
             max_concurrent: 256,
             max_per_user: 2,
             max_queued: 1_024,
+            max_queued_per_user: 64,
         }
     }
 }
@@ -52,6 +57,12 @@ pub enum AdmitError {
     #[error("the queue is full ({queued} requests waiting)")]
     QueueFull {
         /// Requests waiting.
+        queued: u32,
+    },
+    /// Its user already has as many requests waiting as one user may.
+    #[error("this user already has {queued} requests waiting, as many as one user may")]
+    UserQueueFull {
+        /// The user's requests waiting.
         queued: u32,
     },
     /// The deadline passed while the request waited.
@@ -70,12 +81,17 @@ struct Waiter {
     priority: i32,
     tag: u64,
     enqueued: Instant,
+    /// Its wait counts in the stats: a request coming back after waiting
+    /// for a deployment's capacity was admitted once already.
+    first_admission: bool,
     wake: oneshot::Sender<Permit>,
 }
 
+/// A user with requests running or waiting; forgotten when it has neither.
 #[derive(Default)]
 struct UserState {
     running: u32,
+    queued: u32,
     /// The fair-share tag of this user's latest request.
     last_tag: u64,
 }
@@ -109,6 +125,8 @@ pub struct Permit {
     /// `None` once the slot was given back another way.
     inner: Option<Arc<Inner>>,
     user: String,
+    user_cap: u32,
+    priority: i32,
 }
 
 impl std::fmt::Debug for Permit {
@@ -123,12 +141,34 @@ impl Drop for Permit {
             return;
         };
         let mut state = inner.lock();
-        state.running -= 1;
-        if let Some(u) = state.users.get_mut(&self.user) {
-            u.running -= 1;
-            inner.report(&self.user, u.running);
-        }
+        inner.release(&mut state, &self.user);
         inner.dispatch(&mut state);
+    }
+}
+
+impl Permit {
+    /// Gives the slot back while `wait` runs (a request waiting for a
+    /// deployment's capacity must not hold a slot another model group's
+    /// request could use), then queues again for one, until `deadline`.
+    pub async fn step_aside_while<T>(
+        &mut self,
+        wait: impl std::future::Future<Output = T>,
+        deadline: Instant,
+    ) -> Result<T, AdmitError> {
+        let Some(inner) = self.inner.take() else {
+            return Ok(wait.await);
+        };
+        {
+            let mut state = inner.lock();
+            inner.release(&mut state, &self.user);
+            inner.dispatch(&mut state);
+        }
+        let out = wait.await;
+        let queue = FairQueue { inner };
+        *self = queue
+            .enqueue(&self.user, self.user_cap, self.priority, deadline, false)
+            .await?;
+        Ok(out)
     }
 }
 
@@ -150,6 +190,7 @@ pub struct QueueStats {
     pub max_concurrent: u32,
     pub max_per_user: u32,
     pub max_queued: u32,
+    pub max_queued_per_user: u32,
     pub users: Vec<UserQueueStats>,
     /// Waits of the requests admitted recently, in ms.
     pub wait_ms: crate::admission::stats::WaitSummary,
@@ -175,6 +216,16 @@ impl Inner {
         }
     }
 
+    /// Gives back one running slot of `user`.
+    fn release(&self, state: &mut State, user: &str) {
+        state.running -= 1;
+        if let Some(u) = state.users.get_mut(user) {
+            u.running -= 1;
+            self.report(user, u.running);
+        }
+        forget_if_idle(state, user);
+    }
+
     /// Starts as many waiting requests as the caps allow, best first.
     fn dispatch(self: &Arc<Self>, state: &mut State) {
         while state.running < self.config.max_concurrent {
@@ -196,27 +247,30 @@ impl Inner {
             };
             let waiter = state.waiting.swap_remove(i);
             state.running += 1;
-            let user = state.users.entry(waiter.user.clone()).or_default();
-            user.running += 1;
-            self.report(&waiter.user, user.running);
+            // A waiting request's user always has an entry.
+            if let Some(user) = state.users.get_mut(&waiter.user) {
+                user.running += 1;
+                user.queued -= 1;
+                self.report(&waiter.user, user.running);
+            }
             state.virtual_time = state.virtual_time.max(waiter.tag);
-            state
-                .waits
-                .record(waiter.enqueued.elapsed().as_millis() as u64);
+            if waiter.first_admission {
+                state
+                    .waits
+                    .record(waiter.enqueued.elapsed().as_millis() as u64);
+            }
             let permit = Permit {
                 inner: Some(self.clone()),
                 user: waiter.user,
+                user_cap: waiter.user_cap,
+                priority: waiter.priority,
             };
             // A waiter that gave up (deadline) has dropped its receiver: the
             // permit comes back, and its slot is freed here (its drop would
             // take the lock this function holds).
             if let Err(mut permit) = waiter.wake.send(permit) {
                 permit.inner = None;
-                state.running -= 1;
-                if let Some(u) = state.users.get_mut(&permit.user) {
-                    u.running -= 1;
-                    self.report(&permit.user, u.running);
-                }
+                self.release(state, &permit.user);
             }
         }
     }
@@ -283,13 +337,36 @@ impl FairQueue {
             Some(user) => (user, user_cap.unwrap_or(self.inner.config.max_per_user)),
             None => (ANONYMOUS, self.inner.config.max_concurrent),
         };
+        self.enqueue(user, user_cap, priority, deadline, true).await
+    }
+
+    async fn enqueue(
+        &self,
+        user: &str,
+        user_cap: u32,
+        priority: i32,
+        deadline: Instant,
+        first_admission: bool,
+    ) -> Result<Permit, AdmitError> {
+        let config = &self.inner.config;
+        let user_queue_cap = if user == ANONYMOUS {
+            config.max_queued
+        } else {
+            config.max_queued_per_user
+        };
         let enqueued = Instant::now();
         let (wake, woken) = oneshot::channel();
         let id = {
             let mut state = self.inner.lock();
-            if state.waiting.len() as u32 >= self.inner.config.max_queued {
+            if state.waiting.len() as u32 >= config.max_queued {
                 return Err(AdmitError::QueueFull {
                     queued: state.waiting.len() as u32,
+                });
+            }
+            let user_queued = state.users.get(user).map_or(0, |u| u.queued);
+            if user_queued >= user_queue_cap {
+                return Err(AdmitError::UserQueueFull {
+                    queued: user_queued,
                 });
             }
             let id = state.next_id;
@@ -298,6 +375,7 @@ impl FairQueue {
             let user_state = state.users.entry(user.to_owned()).or_default();
             let tag = user_state.last_tag.max(virtual_time) + 1;
             user_state.last_tag = tag;
+            user_state.queued += 1;
             state.waiting.push(Waiter {
                 id,
                 user: user.to_owned(),
@@ -305,6 +383,7 @@ impl FairQueue {
                 priority,
                 tag,
                 enqueued,
+                first_admission,
                 wake,
             });
             self.inner.dispatch(&mut state);
@@ -315,7 +394,15 @@ impl FairQueue {
             Ok(Err(_)) => unreachable!("the queue drops a waiter's sender only after sending"),
             Err(_) => {
                 let mut state = self.inner.lock();
-                state.waiting.retain(|w| w.id != id);
+                // Dispatched in the meantime: the permit went back with
+                // the receiver, and its slot was released then.
+                if let Some(i) = state.waiting.iter().position(|w| w.id == id) {
+                    state.waiting.swap_remove(i);
+                    if let Some(u) = state.users.get_mut(user) {
+                        u.queued -= 1;
+                    }
+                    forget_if_idle(&mut state, user);
+                }
                 Err(AdmitError::DeadlineInQueue {
                     waited_ms: enqueued.elapsed().as_millis() as u64,
                 })
@@ -323,38 +410,65 @@ impl FairQueue {
         }
     }
 
-    /// The queue now.
+    /// The queue now. One pass over the users and one over the waiting
+    /// requests, so a long queue of many users is cheap to look at.
     pub fn stats(&self) -> QueueStats {
         let state = self.inner.lock();
         let now = Instant::now();
+        let mut oldest: HashMap<&str, Instant> = HashMap::with_capacity(state.users.len());
+        for w in &state.waiting {
+            let at = oldest.entry(w.user.as_str()).or_insert(w.enqueued);
+            *at = (*at).min(w.enqueued);
+        }
         let mut users: Vec<UserQueueStats> = state
             .users
             .iter()
-            .filter_map(|(user, u)| {
-                let waiting: Vec<&Waiter> =
-                    state.waiting.iter().filter(|w| &w.user == user).collect();
-                (u.running > 0 || !waiting.is_empty()).then(|| UserQueueStats {
-                    user: user.clone(),
-                    running: u.running,
-                    queued: waiting.len() as u32,
-                    oldest_wait_ms: waiting
-                        .iter()
-                        .map(|w| now.duration_since(w.enqueued).as_millis() as u64)
-                        .max()
-                        .unwrap_or(0),
-                })
+            .filter(|(_, u)| u.running > 0 || u.queued > 0)
+            .map(|(user, u)| UserQueueStats {
+                user: user.clone(),
+                running: u.running,
+                queued: u.queued,
+                oldest_wait_ms: oldest
+                    .get(user.as_str())
+                    .map_or(0, |at| now.duration_since(*at).as_millis() as u64),
             })
             .collect();
+        let (running, queued, waits) = (
+            state.running,
+            state.waiting.len() as u32,
+            state.waits.summary(),
+        );
+        drop(state);
         users.sort_by(|a, b| a.user.cmp(&b.user));
+        let config = &self.inner.config;
         QueueStats {
-            running: state.running,
-            queued: state.waiting.len() as u32,
-            max_concurrent: self.inner.config.max_concurrent,
-            max_per_user: self.inner.config.max_per_user,
-            max_queued: self.inner.config.max_queued,
+            running,
+            queued,
+            max_concurrent: config.max_concurrent,
+            max_per_user: config.max_per_user,
+            max_queued: config.max_queued,
+            max_queued_per_user: config.max_queued_per_user,
             users,
-            wait_ms: state.waits.summary(),
+            wait_ms: waits,
         }
+    }
+
+    /// How many users the queue keeps an entry for (those with requests
+    /// running or waiting).
+    pub fn users_tracked(&self) -> usize {
+        self.inner.lock().users.len()
+    }
+}
+
+/// Drops `user`'s entry once it has nothing running or waiting, so the
+/// queue's memory follows its load, not the number of names ever seen.
+fn forget_if_idle(state: &mut State, user: &str) {
+    if state
+        .users
+        .get(user)
+        .is_some_and(|u| u.running == 0 && u.queued == 0)
+    {
+        state.users.remove(user);
     }
 }
 
@@ -368,6 +482,7 @@ mod tests {
             max_concurrent,
             max_per_user,
             max_queued,
+            max_queued_per_user: max_queued,
         })
     }
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -17,26 +18,32 @@ use super::AppState;
 use crate::policy::{PolicyKind, SlotError};
 use crate::swap::{SwapError, Swapper};
 
+/// Largest body of the small admin calls (activate, params, rollback, reload).
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+/// Runs before every `/admin` handler, so a caller without the token is
+/// refused before a byte of its body is read.
+pub async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match authorize(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Checks the bearer token in constant time.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.admin_token.as_deref() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "admin_disabled",
-            "the admin API is off; set [admin] token in the config to turn it on",
-        ));
-    };
+    // The routes are mounted only with a token; without one, refuse all.
+    let expected = state.admin_token.as_deref().unwrap_or_default();
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let same = given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+    let same = !expected.is_empty() && super::auth::same_secret(given, expected);
     if same {
         Ok(())
     } else if state.api_keys.is_client_key(given) {
@@ -67,16 +74,6 @@ fn kind(name: &str) -> Result<PolicyKind, ApiError> {
         })
 }
 
-/// The token check and the slot kind every `/admin/policies/{group}/{kind}` route needs.
-fn authorized_kind(
-    state: &AppState,
-    headers: &HeaderMap,
-    name: &str,
-) -> Result<PolicyKind, ApiError> {
-    authorize(state, headers)?;
-    kind(name)
-}
-
 fn swap_error(error: SwapError) -> ApiError {
     let message = error.to_string();
     match error {
@@ -103,10 +100,7 @@ fn swapper(state: &AppState) -> Swapper<'_> {
 }
 
 /// `GET /admin/policies`: every slot of every group, with its versions.
-pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
-        return e.into_response();
-    }
+pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let mut groups: Vec<_> = state.router.groups().collect();
     groups.sort_by(|a, b| a.name.cmp(&b.name));
     let groups: Vec<_> = groups
@@ -152,18 +146,15 @@ pub async fn upload(
     State(state): State<Arc<AppState>>,
     Path((group, kind_name)): Path<(String, String)>,
     Query(query): Query<UploadQuery>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let kind = match authorized_kind(&state, &headers, &kind_name) {
+    let kind = match kind(&kind_name) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
     let body = match body {
         Ok(b) => b,
-        Err(r) => {
-            return ApiError::new(r.status(), "unreadable_body", r.body_text()).into_response()
-        }
+        Err(r) => return ApiError::unreadable_body(&r).into_response(),
     };
     let params = match query
         .params
@@ -208,19 +199,15 @@ pub struct Activate {
 pub async fn activate(
     State(state): State<Arc<AppState>>,
     Path((group, kind_name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Result<Json<Activate>, JsonRejection>,
 ) -> Response {
-    let kind = match authorized_kind(&state, &headers, &kind_name) {
+    let kind = match kind(&kind_name) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
     let Json(req) = match body {
         Ok(b) => b,
-        Err(r) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", r.body_text())
-                .into_response()
-        }
+        Err(r) => return ApiError::unreadable_json(&r).into_response(),
     };
     match swapper(&state).activate(&group, kind, req.version) {
         Ok(()) => Json(json!({ "active": req.version })).into_response(),
@@ -232,9 +219,8 @@ pub async fn activate(
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
     Path((group, kind_name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    let kind = match authorized_kind(&state, &headers, &kind_name) {
+    let kind = match kind(&kind_name) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
@@ -248,10 +234,9 @@ pub async fn rollback(
 pub async fn params(
     State(state): State<Arc<AppState>>,
     Path((group, kind_name)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Response {
-    let kind = match authorized_kind(&state, &headers, &kind_name) {
+    let kind = match kind(&kind_name) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
@@ -265,10 +250,7 @@ pub async fn params(
             )
             .into_response()
         }
-        Err(r) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", r.body_text())
-                .into_response()
-        }
+        Err(r) => return ApiError::unreadable_json(&r).into_response(),
     };
     let worker_state = state.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -288,10 +270,7 @@ pub async fn params(
 }
 
 /// `POST /admin/reload`: re-read the config file and apply its policy changes.
-pub async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
-        return e.into_response();
-    }
+pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
     match crate::gateway::reload(&state).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => ApiError::new(

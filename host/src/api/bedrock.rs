@@ -34,17 +34,7 @@ fn read_body(
     body: Result<Bytes, BytesRejection>,
     operation: Operation,
 ) -> Result<(Bytes, u32), ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the request body is larger than limits.max_body_bytes",
-            )
-        } else {
-            ApiError::new(rejection.status(), "unreadable_body", rejection.body_text())
-        }
-    })?;
+    let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
     let json: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -274,21 +264,27 @@ fn stream_through(admitted: Admitted<crate::upstream::OpenStream>) -> Response {
         permit,
     } = admitted;
     let finished = stream.finished;
-    let frames = stream.frames;
-    let mut response = Response::new(Body::from_stream(futures::StreamExt::map(
-        frames,
-        Ok::<_, std::io::Error>,
-    )));
+    let mut response = Response::new(Body::from_stream(receiver_stream(stream.frames)));
     response.headers_mut().insert(
         "content-type",
         HeaderValue::from_static("application/vnd.amazon.eventstream"),
     );
     routed_headers(&mut response, &request_id, &deployment, attempts.len() + 1);
-    // The stream holds its place in the queue until it ends. Its
+    // The stream holds its place in the queue until it ends, or until the
+    // client leaves (dropping the body closes the upstream stream). Its
     // usage is not read from the frames: the token reservation stays.
     tokio::spawn(async move {
         completion.finish_when_ended(finished).await;
         drop(permit);
     });
     response
+}
+
+/// A bounded channel's receiver as a body stream.
+pub(super) fn receiver_stream<T: Send + 'static>(
+    receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    })
 }

@@ -72,12 +72,26 @@ pub fn identify(
             priority: Some(caller.priority),
             max_concurrent: caller.max_concurrent,
         },
-        None => Identity {
-            user: header_user(headers).or_else(|| fallback_user.map(str::to_owned)),
-            ..Identity::default()
-        },
+        None => {
+            let user = header_user(headers).or_else(|| fallback_user.map(str::to_owned));
+            if user.as_ref().is_some_and(|u| u.len() > MAX_USER_BYTES) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "user_name_too_long",
+                    format!("a user name may be at most {MAX_USER_BYTES} bytes"),
+                ));
+            }
+            Identity {
+                user,
+                ..Identity::default()
+            }
+        }
     })
 }
+
+/// Longest user name a request may give: the fair queue keeps one entry per
+/// user, so names are bounded like any other client-controlled key.
+pub const MAX_USER_BYTES: usize = 256;
 
 /// The user a request names in the `x-switchyard-user` header.
 pub fn header_user(headers: &HeaderMap) -> Option<String> {
@@ -113,7 +127,7 @@ where
         deadline: tokio::time::Instant::now() + std::time::Duration::from_millis(max_wait_ms),
     };
     let group = incoming.group;
-    let permit = admit(
+    let mut permit = admit(
         state,
         &group,
         headers,
@@ -122,7 +136,11 @@ where
         incoming.max_concurrent,
     )
     .await?;
-    match state.router.route(&group, &request, attempt).await {
+    match state
+        .router
+        .route(&group, &request, &mut permit, attempt)
+        .await
+    {
         Err(e) => {
             let e = route_error(e);
             state.router.metrics().request(&group, e.code);
@@ -289,6 +307,11 @@ async fn admit(
                 AdmitError::QueueFull { .. } => {
                     (StatusCode::TOO_MANY_REQUESTS, "queue_full", Some(1_000))
                 }
+                AdmitError::UserQueueFull { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "user_queue_full",
+                    Some(1_000),
+                ),
                 AdmitError::DeadlineInQueue { .. } => {
                     (StatusCode::GATEWAY_TIMEOUT, "deadline_in_queue", None)
                 }

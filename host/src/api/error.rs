@@ -2,6 +2,7 @@
 //! `message`, plus Bedrock's `x-amzn-errortype` header so AWS SDK clients see
 //! the exception they expect (ThrottlingException on 429, and so on).
 
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -40,6 +41,40 @@ impl ApiError {
 
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// A body that could not be read: 413 `body_too_large` past the
+    /// route's limit, 408 `body_timeout` when the client was too slow to
+    /// send it (`[http] body_read_timeout_ms`), else 400 `unreadable_body`.
+    pub fn unreadable_body(rejection: &BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than this route accepts (limits.max_body_bytes for model calls)",
+            );
+        }
+        if crate::edge::is_body_timeout(rejection) {
+            return Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive within http.body_read_timeout_ms",
+            );
+        }
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable_body",
+            rejection.body_text(),
+        )
+    }
+
+    /// A JSON body that could not be read ([`unreadable_body`](Self::unreadable_body))
+    /// or parsed (400 `invalid_json`).
+    pub fn unreadable_json(rejection: &JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::BytesRejection(bytes) => Self::unreadable_body(bytes),
+            other => Self::new(StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
+        }
     }
 
     /// The Bedrock exception an AWS SDK client should see for this status.

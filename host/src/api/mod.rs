@@ -7,7 +7,7 @@ mod bedrock;
 pub mod dispatch;
 mod error;
 mod openai;
-mod stats;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -86,20 +86,36 @@ async fn status_page() -> Response {
 
 /// The gateway's routes.
 pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
+    let small = || DefaultBodyLimit::max(admin::SMALL_BODY_BYTES);
     let admin = HttpRouter::new()
         .route("/admin/policies", get(admin::list))
-        .route("/admin/policies/{group}/{kind}", post(admin::upload))
+        .route(
+            "/admin/policies/{group}/{kind}",
+            post(admin::upload).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+        )
         .route(
             "/admin/policies/{group}/{kind}/activate",
-            post(admin::activate),
+            post(admin::activate).layer(small()),
         )
         .route(
             "/admin/policies/{group}/{kind}/rollback",
-            post(admin::rollback),
+            post(admin::rollback).layer(small()),
         )
-        .route("/admin/policies/{group}/{kind}/params", put(admin::params))
-        .route("/admin/reload", post(admin::reload))
-        .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES));
+        .route(
+            "/admin/policies/{group}/{kind}/params",
+            put(admin::params).layer(small()),
+        )
+        .route("/admin/reload", post(admin::reload).layer(small()))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
+    // Without a token there is no admin API at all, not a locked one.
+    let admin = if state.admin_token.is_some() {
+        admin
+    } else {
+        HttpRouter::new()
+    };
     let api = HttpRouter::new()
         .route("/model/{model_id}/converse", post(bedrock::converse))
         .route(
@@ -114,17 +130,34 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .layer(DefaultBodyLimit::max(max_body_bytes));
-    HttpRouter::new()
-        .merge(api)
-        .merge(admin)
+    let observability = HttpRouter::new()
         .route("/", get(status_page))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(stats::readyz))
         .route("/metrics", get(metrics))
         .route("/model_stats", get(stats::model_stats))
         .route("/cooldowns", get(stats::cooldowns))
         .route("/queue_stats", get(stats::queue_stats))
-        .route("/state_stats", get(stats::state_stats))
+        .route("/state_stats", get(stats::state_stats));
+    let require_key = state
+        .running_config
+        .lock()
+        .expect("config poisoned")
+        .observability
+        .require_key;
+    let observability = if require_key {
+        observability.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            stats::require_observer,
+        ))
+    } else {
+        observability
+    };
+    HttpRouter::new()
+        .merge(api)
+        .merge(admin)
+        .merge(observability)
+        // Probes stay open: orchestrators call them without keys.
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(stats::readyz))
         .route("/v1/models", get(openai::models))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)

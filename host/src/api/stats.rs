@@ -166,6 +166,41 @@ pub async fn cooldowns(State(state): State<Arc<AppState>>) -> Response {
     Json(json!({ "cooldowns": cooldowns })).into_response()
 }
 
+/// `[observability]`: who may read the gateway's stats.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// `/metrics`, `/model_stats`, `/cooldowns`, `/queue_stats`,
+    /// `/state_stats` and the status page need a client API key or the
+    /// admin token (they name users, deployments and accounts).
+    pub require_key: bool,
+}
+
+/// Runs before the stats routes when `[observability] require_key` is on.
+pub async fn require_observer(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let allowed = super::auth::presented_key(request.headers()).is_some_and(|key| {
+        state.api_keys.is_client_key(key)
+            || state
+                .admin_token
+                .as_deref()
+                .is_some_and(|token| super::auth::same_secret(key, token))
+    });
+    if allowed {
+        next.run(request).await
+    } else {
+        super::ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "observer_key_required",
+            "this gateway's stats need a client API key or the admin token (`authorization: Bearer <key>`)",
+        )
+        .into_response()
+    }
+}
+
 /// `GET /queue_stats`: the fair queue now: requests running and waiting, per
 /// user, and how long admitted requests waited.
 pub async fn queue_stats(State(state): State<Arc<AppState>>) -> Response {

@@ -6,6 +6,7 @@
 //! configured or injected at run time. Replies are a deterministic function of
 //! the prompt so tests can check content.
 
+mod abandonable;
 mod config;
 mod converse;
 mod embed;

@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::abandonable::Abandonable;
 use super::config::{SimConfig, SimModelConfig};
 use super::converse::{
     converse_from_anthropic, parse_prompt, reply_to, stream_events, Prompt, Reply,
@@ -89,6 +90,8 @@ struct SimState {
     accept_any_model: bool,
     models: Mutex<HashMap<String, ModelState>>,
     request_ids: AtomicU64,
+    /// Streams whose client closed the connection before their end.
+    abandoned_streams: Arc<AtomicU64>,
 }
 
 /// What one call asks the simulator to produce, once read.
@@ -345,7 +348,10 @@ async fn converse_stream(
             tokio::spawn(send_converse_stream(
                 tx, prompt, reply, ttft, per_token, fault,
             ));
-            let mut response = Response::new(Body::from_stream(rx));
+            let mut response = Response::new(Body::from_stream(Abandonable::new(
+                rx,
+                state.abandoned_streams.clone(),
+            )));
             response.headers_mut().insert(
                 "content-type",
                 HeaderValue::from_static("application/vnd.amazon.eventstream"),
@@ -391,7 +397,10 @@ async fn send_converse_stream(
         if !event.is_delta {
             continue;
         }
-        if std::mem::take(&mut first_delta) {
+        if std::mem::take(&mut first_delta) && fault.is_some() {
+            // One token's time after the first delta, so a paced stream
+            // breaks after its first frames have reached the client.
+            pause(per_token).await;
             match fault {
                 Some(Fault::StreamThrottle) => {
                     let _ = tx
@@ -579,7 +588,10 @@ async fn invoke_stream(
                     pause(per_token).await;
                 }
             });
-            let mut response = Response::new(Body::from_stream(rx));
+            let mut response = Response::new(Body::from_stream(Abandonable::new(
+                rx,
+                state.abandoned_streams.clone(),
+            )));
             response.headers_mut().insert(
                 "content-type",
                 HeaderValue::from_static("application/vnd.amazon.eventstream"),
@@ -675,6 +687,7 @@ impl Simulator {
                 stall: Duration::from_millis(config.stall_ms),
                 accept_any_model: config.accept_any_model,
                 models: Mutex::new(models),
+                abandoned_streams: Arc::new(AtomicU64::new(0)),
                 request_ids: AtomicU64::new(1),
             }),
         }
@@ -745,6 +758,12 @@ impl SimHandle {
     pub fn counts(&self, model_id: &str) -> ModelCounts {
         let models = self.state.models.lock().expect("simulator state poisoned");
         models.get(model_id).map(|m| m.counts).unwrap_or_default()
+    }
+
+    /// Streams whose client (the gateway) closed the connection before the
+    /// stream's end.
+    pub fn abandoned_streams(&self) -> u64 {
+        self.state.abandoned_streams.load(Ordering::SeqCst)
     }
 
     /// Waits until the server task ends (it runs until dropped).

@@ -81,11 +81,18 @@ pub struct InvokeReply {
 /// A stream (ConverseStream or InvokeModelWithResponseStream) that has
 /// produced its first event.
 pub struct OpenStream {
-    /// The raw event-stream frames, starting with the first one.
-    pub frames: mpsc::UnboundedReceiver<Bytes>,
+    /// The raw event-stream frames, starting with the first one. Bounded:
+    /// a slow client slows the reading from Bedrock. A stream that breaks
+    /// without an exception frame (silence, a reset) ends with an `Err`, so
+    /// the client's body breaks instead of ending cleanly. Dropping it
+    /// closes the upstream stream.
+    pub frames: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
     /// Resolves when the stream ends, with how it ended.
     pub finished: tokio::task::JoinHandle<StreamEnd>,
 }
+
+/// Frames held for a client that reads slower than Bedrock sends.
+const CLIENT_BUFFER_FRAMES: usize = 32;
 
 /// How a stream that had started ended.
 #[derive(Debug, Clone)]
@@ -185,7 +192,7 @@ impl Upstream {
     /// One ConverseStream attempt. Returns once the first event has arrived,
     /// so a stream that fails before it can still fall back.
     pub async fn converse_stream(&self, body: Bytes) -> Result<OpenStream, AttemptFailure> {
-        let (tx, frames) = mpsc::unbounded();
+        let (tx, raw) = mpsc::unbounded();
         let call = self
             .client
             .converse_stream()
@@ -195,7 +202,7 @@ impl Upstream {
             .interceptor(StreamTee::new(tx))
             .send();
         let output = self.in_time(call).await?;
-        self.follow(output.stream, frames, classify::converse_stream_exception)
+        self.follow(output.stream, raw, classify::converse_stream_exception)
             .await
     }
 
@@ -215,7 +222,7 @@ impl Upstream {
     /// One InvokeModelWithResponseStream attempt. Returns once the first
     /// event has arrived, like [`converse_stream`](Self::converse_stream).
     pub async fn invoke_stream(&self, body: Bytes) -> Result<OpenStream, AttemptFailure> {
-        let (tx, frames) = mpsc::unbounded();
+        let (tx, raw) = mpsc::unbounded();
         let call = self
             .client
             .invoke_model_with_response_stream()
@@ -227,7 +234,7 @@ impl Upstream {
             .interceptor(StreamTee::new(tx))
             .send();
         let output = self.in_time(call).await?;
-        self.follow(output.body, frames, classify::invoke_stream_exception)
+        self.follow(output.body, raw, classify::invoke_stream_exception)
             .await
     }
 
@@ -237,7 +244,7 @@ impl Upstream {
     async fn follow<T, E>(
         &self,
         mut events: EventReceiver<T, E>,
-        frames: mpsc::UnboundedReceiver<Bytes>,
+        raw: mpsc::UnboundedReceiver<Bytes>,
         exception: fn(&E) -> Option<&'static str>,
     ) -> Result<OpenStream, AttemptFailure>
     where
@@ -261,32 +268,69 @@ impl Upstream {
             Ok(Ok(Some(_first))) => {}
         }
         let idle = self.stream_idle_timeout;
+        let (to_client, frames) = tokio::sync::mpsc::channel(CLIENT_BUFFER_FRAMES);
         let finished = tokio::spawn(async move {
-            loop {
-                match tokio::time::timeout(idle, events.recv()).await {
-                    Err(_) => {
-                        return StreamEnd {
-                            kind: OutcomeKind::Timeout,
-                            detail: Some("the stream went silent".into()),
-                        }
+            let mut raw = raw;
+            let end = loop {
+                // Forward what the SDK has decoded so far; waiting here for
+                // the client's room is the backpressure on Bedrock.
+                while let Ok(frame) = raw.try_recv() {
+                    if to_client.send(Ok(frame)).await.is_err() {
+                        return client_left();
                     }
+                }
+                let next = tokio::select! {
+                    () = to_client.closed() => return client_left(),
+                    next = tokio::time::timeout(idle, events.recv()) => next,
+                };
+                match next {
                     Ok(Ok(Some(_))) => continue,
                     Ok(Ok(None)) => {
+                        while let Ok(frame) = raw.try_recv() {
+                            if to_client.send(Ok(frame)).await.is_err() {
+                                return client_left();
+                            }
+                        }
                         return StreamEnd {
                             kind: OutcomeKind::Success,
                             detail: None,
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        let failure = classify::stream_error(&e, exception);
-                        return StreamEnd {
-                            kind: failure.kind,
-                            detail: Some(failure.detail),
                         };
                     }
+                    Err(_) => break AttemptFailure::timeout("the stream went silent"),
+                    Ok(Err(e)) => {
+                        let failure = classify::stream_error(&e, exception);
+                        // An exception frame came through: it is the client's error event.
+                        if matches!(e, SdkError::ServiceError(_)) {
+                            while let Ok(frame) = raw.try_recv() {
+                                let _ = to_client.send(Ok(frame)).await;
+                            }
+                            return StreamEnd {
+                                kind: failure.kind,
+                                detail: Some(failure.detail),
+                            };
+                        }
+                        break failure;
+                    }
                 }
+            };
+            // No exception frame to tell the client: break its body.
+            let _ = to_client
+                .send(Err(std::io::Error::other(end.detail.clone())))
+                .await;
+            StreamEnd {
+                kind: end.kind,
+                detail: Some(end.detail),
             }
         });
         Ok(OpenStream { frames, finished })
+    }
+}
+
+/// The client went away mid-stream: the upstream stream is dropped (its
+/// connection closes) and the deployment is not blamed.
+fn client_left() -> StreamEnd {
+    StreamEnd {
+        kind: OutcomeKind::Success,
+        detail: Some("the client left mid-stream; the upstream stream was closed".into()),
     }
 }

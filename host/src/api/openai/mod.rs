@@ -25,8 +25,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use futures::channel::mpsc;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::dispatch::{
@@ -175,14 +173,7 @@ pub(super) type Refused = Box<(ApiError, Option<String>)>;
 
 /// The body, or the error of a body too large or cut short.
 pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
-    body.map_err(|r| {
-        let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
-        } else {
-            "unreadable_body"
-        };
-        Box::new((ApiError::new(r.status(), code, r.body_text()), None))
-    })
+    body.map_err(|r| Box::new((ApiError::unreadable_body(&r), None)))
 }
 
 /// The body as a `T`, or 400 `invalid_json` / `invalid_request` saying it
@@ -275,48 +266,66 @@ fn stream_response(
             },
         permit,
     } = admitted;
-    let (tx, rx) = mpsc::unbounded::<Bytes>();
+    // Bounded: a slow client slows the translation, and through it Bedrock.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(32);
     let mut frames = stream.frames;
     let finished = stream.finished;
     tokio::spawn(async move {
-        let send = |v: &Value| {
-            let _ = tx.unbounded_send(Bytes::from(format!("data: {v}\n\n")));
+        let sse = |v: &Value| Ok(Bytes::from(format!("data: {v}\n\n")));
+        let error_event = |code: &str, message: &str| {
+            sse(&json!({ "error": { "message": message, "type": "api_error", "code": code } }))
         };
         let mut buffer = BytesMut::new();
         let mut decoder = MessageFrameDecoder::new();
-        'frames: while let Some(chunk) = frames.next().await {
+        // A failed stream ends with its error event, not with `[DONE]`.
+        let mut failed = false;
+        'frames: while let Some(chunk) = frames.recv().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(broken) => {
+                    let _ = tx
+                        .send(error_event("stream_broken", &broken.to_string()))
+                        .await;
+                    failed = true;
+                    break 'frames;
+                }
+            };
             buffer.extend_from_slice(&chunk);
             loop {
-                match decoder.decode_frame(&mut buffer) {
+                let event = match decoder.decode_frame(&mut buffer) {
                     Ok(DecodedFrame::Incomplete) => break,
-                    Ok(DecodedFrame::Complete(message)) => match event_of(&message) {
-                        StreamEvent::Event(event_type, payload) => {
-                            for c in translator.chunks(&event_type, &payload) {
-                                send(&c);
+                    Ok(DecodedFrame::Complete(message)) => event_of(&message),
+                    Err(e) => StreamEvent::Exception(
+                        "bad_stream".into(),
+                        format!("unreadable event stream: {e}"),
+                    ),
+                };
+                match event {
+                    StreamEvent::Event(event_type, payload) => {
+                        for c in translator.chunks(&event_type, &payload) {
+                            if tx.send(sse(&c)).await.is_err() {
+                                // The client left: dropping `frames` closes the upstream.
+                                break 'frames;
                             }
                         }
-                        StreamEvent::Exception(kind, message) => {
-                            send(
-                                &json!({ "error": { "message": message, "type": "api_error", "code": kind } }),
-                            );
-                            break 'frames;
-                        }
-                    },
-                    Err(e) => {
-                        send(
-                            &json!({ "error": { "message": format!("unreadable event stream: {e}"), "type": "api_error", "code": "bad_stream" } }),
-                        );
+                    }
+                    StreamEvent::Exception(kind, message) => {
+                        let _ = tx.send(error_event(&kind, &message)).await;
+                        failed = true;
                         break 'frames;
                     }
                 }
             }
         }
-        let _ = tx.unbounded_send(Bytes::from_static(b"data: [DONE]\n\n"));
+        drop(frames);
+        if !failed {
+            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+        }
         drop(tx);
         completion.finish_when_ended(finished).await;
         drop(permit);
     });
-    let mut response = Response::new(Body::from_stream(rx.map(Ok::<_, std::io::Error>)));
+    let mut response = Response::new(Body::from_stream(super::bedrock::receiver_stream(rx)));
     let headers = response.headers_mut();
     headers.insert(
         "content-type",

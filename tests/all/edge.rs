@@ -1,0 +1,252 @@
+//! The HTTP edge: clients that dribble their headers, stall their body or
+//! sit idle are cut off without slowing anyone else, `/admin` refuses a
+//! caller before reading its body, and SIGTERM drains in-flight requests
+//! and streams before the process exits 0.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard::clock::SystemClock;
+use switchyard::sim::SimHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const MODEL: &str = "model-a";
+
+async fn gateway_with(http: &str, extra: &str) -> (SimHandle, TestGateway) {
+    let sim = start_sim(vec![sim_model(MODEL, None)], SystemClock::shared()).await;
+    let config = format!(
+        "{extra}\n[http]\n{http}\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", MODEL, 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    (sim, gw)
+}
+
+/// Reads until the server closes the connection; the bytes it sent.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut seen))
+        .await
+        .expect("the server closed the connection in time")
+        .ok();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_do_not_stop_a_normal_client_and_are_cut_at_the_header_timeout() {
+    const SLOW: usize = 2_000;
+    let (_sim, gw) = gateway_with("header_read_timeout_ms = 3000", "").await;
+    let connected = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let head = format!(
+        "POST /model/g/converse HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n",
+        gw.addr
+    );
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let (addr, head) = (gw.addr, head.clone());
+        let (connected, closed) = (connected.clone(), closed.clone());
+        slow.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(addr)
+                .await
+                .expect("slow client connects");
+            connected.fetch_add(1, Ordering::SeqCst);
+            let (mut reader, mut writer) = stream.into_split();
+            let dribble = async {
+                for byte in head.bytes().cycle() {
+                    if writer.write_all(&[byte]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            };
+            let mut sink = Vec::new();
+            tokio::select! {
+                () = dribble => {}
+                _ = reader.read_to_end(&mut sink) => {}
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    while connected.load(Ordering::SeqCst) < SLOW {
+        assert!(Instant::now() < until, "the slow clients connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        closed.load(Ordering::SeqCst) < SLOW / 2,
+        "the slow clients were not cut off before their header timeout"
+    );
+    for i in 0..5 {
+        let answer = raw_request_within(
+            gw.addr,
+            "POST",
+            "/model/g/converse",
+            &[],
+            &converse_body(&format!("normal client {i}")),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body_text());
+    }
+    for task in slow {
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("every slow client was cut off by the header timeout")
+            .unwrap();
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), SLOW);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_and_a_stalled_body_gets_408() {
+    let (_sim, gw) = gateway_with(
+        "idle_timeout_ms = 300\nbody_read_timeout_ms = 300\nheader_read_timeout_ms = 5000",
+        "",
+    )
+    .await;
+
+    // A keep-alive connection answered once, then left idle.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let seen = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "kept open for the idle timeout, not closed at once"
+    );
+
+    // A body that stops after 10 of its 100 bytes.
+    let mut stalled = TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /model/g/converse HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"message",
+        )
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"body_timeout\""), "{text}");
+}
+
+#[tokio::test]
+async fn admin_refuses_a_caller_without_the_token_before_reading_its_body() {
+    let (_sim, gw) = gateway_with("", "[admin]\ntoken = \"a-long-enough-admin-secret\"\n").await;
+    let mut upload = TcpStream::connect(gw.addr).await.unwrap();
+    // Announces 10 MB and sends none of it: the answer must not wait for it.
+    upload
+        .write_all(
+            b"POST /admin/policies/g/selection HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 10000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut upload, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains("\"code\":\"unauthorized\""), "{text}");
+
+    // The small admin calls take small bodies only.
+    let big = format!("{{\"version\": 1, \"pad\": \"{}\"}}", "x".repeat(100_000));
+    let answer = raw_post(
+        gw.addr,
+        "/admin/policies/g/selection/activate",
+        &[("authorization", "Bearer a-long-enough-admin-secret")],
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.body_text());
+
+    // Without a token there is no admin API at all.
+    let (_sim, open) = gateway_with("", "").await;
+    let answer = raw_get(open.addr, "/admin/policies").await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.json()["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_and_streams_finish_then_exits_0() {
+    let mut model = sim_model(MODEL, None);
+    model.ttft_ms = 2_000;
+    model.tokens_per_s = 40;
+    let sim = start_sim(vec![model], SystemClock::shared()).await;
+    let mut gateway = GatewayProcess::start(
+        "drain",
+        &format!(
+            "[http]\nshutdown_grace_ms = 30000\n[admin]\nwatch_interval_ms = 0\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            deployment("a", MODEL, 1, &sim)
+        ),
+    )
+    .await;
+    let addr = gateway.addr;
+
+    let mut plain = Vec::new();
+    for i in 0..50 {
+        plain.push(tokio::spawn(async move {
+            raw_request_within(
+                addr,
+                "POST",
+                "/model/g/converse",
+                &[],
+                &converse_body(&format!("in flight {i}")),
+                Duration::from_secs(40),
+            )
+            .await
+        }));
+    }
+    let client = sdk_client(&format!("http://{addr}"));
+    let mut streams = Vec::new();
+    for i in 0..10 {
+        let client = client.clone();
+        streams.push(tokio::spawn(async move {
+            let mut stream = client
+                .converse_stream()
+                .model_id("g")
+                .messages(user_message(&format!("streaming {i}")))
+                .send()
+                .await
+                .expect("the stream opens")
+                .stream;
+            let mut stopped = false;
+            while let Some(event) = stream.recv().await.expect("the stream does not break") {
+                stopped |= event.is_message_stop();
+            }
+            stopped
+        }));
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while sim.counts(MODEL).calls < 60 {
+        assert!(Instant::now() < until, "all 60 calls reached the simulator");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let pid = gateway.child.id().expect("the gateway runs") as i32;
+    // SAFETY: sends a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < until, "no new connections after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for request in plain {
+        let answer = request.await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body_text());
+    }
+    for stream in streams {
+        assert!(stream.await.unwrap(), "the stream ended with messageStop");
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), gateway.child.wait())
+        .await
+        .expect("the gateway exits after draining")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+}

@@ -1,0 +1,146 @@
+//! How a stream ends when something goes wrong after its first byte: a
+//! client that leaves closes the upstream stream and frees its slots, and
+//! a stream that breaks upstream reaches the client as an error (an
+//! OpenAI error event, a broken Bedrock body), never as a clean end.
+
+use std::time::{Duration, Instant};
+
+use switchyard::clock::SystemClock;
+use switchyard::sim::{Fault, SimHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const MODEL: &str = "model-a";
+
+/// A gateway in front of a model that answers at `tokens_per_s`.
+async fn paced(tokens_per_s: u32) -> (SimHandle, TestGateway) {
+    let mut model = sim_model(MODEL, None);
+    model.tokens_per_s = tokens_per_s;
+    let sim = start_sim(vec![model], SystemClock::shared()).await;
+    let config = format!(
+        "{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", MODEL, 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    (sim, gw)
+}
+
+/// Sends `body` to `path` and returns everything read until the server
+/// closes the connection.
+async fn read_all(gw: &TestGateway, path: &str, body: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut seen))
+        .await
+        .expect("the stream ended in time");
+    seen
+}
+
+fn converse_text(text: &str) -> String {
+    String::from_utf8(converse_body(text)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_closes_the_upstream_and_frees_its_slot() {
+    // Five tokens a second: the answer takes seconds to stream.
+    let (sim, gw) = paced(5).await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let body = converse_text("tell me a long story about many things");
+    client
+        .write_all(
+            format!(
+                "POST /model/g/converse-stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Read the head and the first frame, then leave.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.len() < 200 {
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+            .await
+            .expect("the stream starts")
+            .unwrap();
+        assert!(n > 0, "the stream did not end before the client left");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(sim.abandoned_streams(), 0);
+    drop(client);
+    let left = Instant::now();
+
+    while sim.abandoned_streams() == 0 {
+        assert!(
+            left.elapsed() < Duration::from_secs(1),
+            "the simulator saw its stream closed within 1 s of the client leaving"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = raw_get(gw.addr, "/queue_stats").await.json();
+        if stats["queue"]["running"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the stream's queue slot was freed: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_broken_upstream_breaks_the_bedrock_body_and_ends_an_openai_stream_with_an_error()
+{
+    // Paced, so the break comes after the first frames, not with them.
+    let (sim, gw) = paced(50).await;
+
+    // Bedrock's route: the frames so far, then a body cut short (no last chunk).
+    sim.inject(MODEL, Fault::Reset, 1);
+    let seen = read_all(&gw, "/model/g/converse-stream", &converse_text("hello")).await;
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(
+        seen.windows(b"contentBlockDelta".len())
+            .any(|w| w == b"contentBlockDelta"),
+        "the first frames went through"
+    );
+    assert!(
+        !seen.ends_with(b"0\r\n\r\n"),
+        "the body must not end cleanly: {:?}",
+        String::from_utf8_lossy(&seen[seen.len().saturating_sub(40)..])
+    );
+
+    // OpenAI's route: the deltas so far, then an error event, and no [DONE].
+    // (A fresh gateway: the reset cooled the first one's deployment down.)
+    let (sim, gw) = paced(50).await;
+    sim.inject(MODEL, Fault::Reset, 1);
+    let chat = r#"{"model":"g","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+    let seen = read_all(&gw, "/v1/chat/completions", chat).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"delta\""), "{text}");
+    assert!(text.contains("\"error\""), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+
+    // A stream that ends well still ends with [DONE].
+    let (_sim, gw) = paced(50).await;
+    let seen = read_all(&gw, "/v1/chat/completions", chat).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("[DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+}
