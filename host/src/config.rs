@@ -217,6 +217,9 @@ pub struct DeploymentConfig {
     /// Where the credentials come from.
     #[serde(default)]
     pub credentials: CredentialsConfig,
+    /// Assume this role with `credentials` before calling Bedrock.
+    #[serde(default)]
+    pub assume_role: Option<AssumeRoleConfig>,
     /// Requests per minute this deployment is allowed (informational until
     /// admission control enforces it).
     #[serde(default)]
@@ -239,13 +242,17 @@ pub(crate) fn default_weight() -> u32 {
     1
 }
 
-/// Where a deployment's AWS credentials come from.
+/// Where a deployment's AWS credentials come from. Every source but
+/// `static` is read through aws-config and refreshed before it expires.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialsConfig {
-    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and optionally
-    /// `AWS_SESSION_TOKEN`, read once at start.
+    /// aws-config's default chain, as every AWS SDK reads it: environment,
+    /// shared config and credentials files (SSO, `role_arn`/`source_profile`,
+    /// `credential_process`), web identity (IRSA), ECS container, EC2 IMDS.
     #[default]
+    Chain,
+    /// Only `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
     Env,
     /// Keys written in the config (fine for the simulator, not for production).
     Static {
@@ -254,11 +261,31 @@ pub enum CredentialsConfig {
         #[serde(default)]
         session_token: Option<String>,
     },
-    /// A named profile from `~/.aws/credentials` (static keys only).
+    /// A named profile of the shared config and credentials files, with
+    /// anything a profile may hold (keys, SSO, a role, a process).
     Profile {
         #[serde(default = "default_profile")]
         name: String,
     },
+}
+
+/// An STS AssumeRole a deployment makes with its `credentials`, so one
+/// process can call Bedrock in several accounts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumeRoleConfig {
+    /// The role to assume.
+    pub role_arn: String,
+    /// The external id the role's trust policy asks for, if any.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// The session name CloudTrail shows.
+    #[serde(default = "default_session_name")]
+    pub session_name: String,
+}
+
+fn default_session_name() -> String {
+    "switchyard".to_owned()
 }
 
 fn default_profile() -> String {

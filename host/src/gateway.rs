@@ -203,6 +203,32 @@ impl Gateway {
         self
     }
 
+    /// Asks every deployment's credentials source once (at most 10 s
+    /// each), and names those that gave none, with why.
+    pub fn check_credentials(&self) -> impl Future<Output = Vec<(String, String)>> + 'static {
+        let mut deployments: Vec<_> = self
+            .state
+            .router
+            .groups()
+            .flat_map(|g| g.members.iter().cloned())
+            .collect();
+        deployments.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        deployments.dedup_by(|a, b| a.config.id == b.config.id);
+        async move {
+            let mut problems = Vec::new();
+            for d in deployments {
+                let check = d.upstream.credentials().get();
+                let problem = match tokio::time::timeout(Duration::from_secs(10), check).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => crate::upstream::describe_error(&e),
+                    Err(_) => "the credentials source did not answer within 10 s".to_owned(),
+                };
+                problems.push((d.config.id.clone(), problem));
+            }
+            problems
+        }
+    }
+
     /// The router, for inspection.
     pub fn router(&self) -> &Router {
         &self.state.router

@@ -270,20 +270,20 @@ async fn serve(
     } else {
         Upstreams::Aws
     };
-    let gateway = Gateway::build(&config, clock, &upstreams).map_err(|e| {
-        let hint = if matches!(
-            e,
-            switchyard::gateway::GatewayError::Upstream(
-                switchyard::upstream::UpstreamError::Credentials(_)
-            )
-        ) {
-            "\nhint: set the credentials, or run with --simulate to use the built-in Bedrock simulator"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("{e}{hint}")
-    })?
-    .with_config_path(config_path.to_owned());
+    let gateway = Gateway::build(&config, clock, &upstreams)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_config_path(config_path.to_owned());
+    if matches!(upstreams, Upstreams::Aws) {
+        // A word at start beats a failing first request; a source that is
+        // not there yet (IMDS, a role still being granted) may come later,
+        // so this only warns.
+        let check = gateway.check_credentials();
+        tokio::spawn(async move {
+            for (deployment, problem) in check.await {
+                tracing::warn!(%deployment, %problem, "no AWS credentials for this deployment yet; its calls fail over to others until there are (hint: configure its `credentials`, or run with --simulate to use the built-in Bedrock simulator)");
+            }
+        });
+    }
     let _watcher = (config.admin.watch_interval_ms > 0).then(|| {
         gateway.watch_policy_files(std::time::Duration::from_millis(
             config.admin.watch_interval_ms,

@@ -9,6 +9,7 @@ mod auth;
 mod authoring;
 mod clients;
 mod cooldown;
+mod credentials;
 mod edge;
 mod fair_queue;
 mod hot_reload;

@@ -427,6 +427,11 @@ impl GatewayProcess {
     /// Starts it with `config` (no `listen`: the port is chosen here) and
     /// waits until it accepts connections.
     pub async fn start(name: &str, config: &str) -> Self {
+        Self::start_with_env(name, config, &[]).await
+    }
+
+    /// [`start`](Self::start), with `env` set for the process.
+    pub async fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "switchyard-{name}-{}-{}",
             std::process::id(),
@@ -443,6 +448,7 @@ impl GatewayProcess {
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)

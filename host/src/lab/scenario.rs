@@ -149,6 +149,7 @@ impl LabDeployment {
             weight: self.weight,
             endpoint_url: None,
             credentials: Default::default(),
+            assume_role: None,
             rpm: None,
             tpm: None,
         }

@@ -21,3 +21,4 @@ pub use config::{SimConfig, SimModelConfig};
 pub use embed::EmbeddingFamily;
 pub use faults::Fault;
 pub use server::{ModelCounts, SimHandle, Simulator};
+pub use wire::KeyRefusal;

@@ -28,7 +28,7 @@ use super::embed::{EmbeddingFamily, EmbeddingRequest};
 use super::eventstream;
 use super::faults::Fault;
 use super::quota::RollingQuota;
-use super::wire::BedrockError;
+use super::wire::{BedrockError, KeyRefusal};
 use crate::clock::SharedClock;
 
 /// Counts of what one simulated model saw.
@@ -92,6 +92,8 @@ struct SimState {
     request_ids: AtomicU64,
     /// Streams whose client closed the connection before their end.
     abandoned_streams: Arc<AtomicU64>,
+    /// Access keys it refuses, and how.
+    refused_keys: Mutex<HashMap<String, KeyRefusal>>,
 }
 
 /// What one call asks the simulator to produce, once read.
@@ -236,6 +238,16 @@ impl SimState {
         read: impl FnOnce() -> Result<W, String>,
         streaming: bool,
     ) -> Result<Answer<W>, Response> {
+        let key = access_key(headers);
+        let refusal = self
+            .refused_keys
+            .lock()
+            .expect("simulator state poisoned")
+            .get(&key)
+            .copied();
+        if let Some(refusal) = refusal {
+            return Err(BedrockError::refused_credentials(refusal, &key).into_response());
+        }
         match self.plan(model_id, &signed_region(headers), read, streaming) {
             Plan::Answer(answer) => Ok(answer),
             Plan::Refuse(err) => Err(err.into_response()),
@@ -260,6 +272,17 @@ fn with_request_id(mut response: Response, id: &str) -> Response {
         response.headers_mut().insert("x-amzn-requestid", v);
     }
     response
+}
+
+/// The access key a call was signed with (the start of SigV4's credential scope).
+fn access_key(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|auth| auth.split("Credential=").nth(1))
+        .and_then(|scope| scope.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The region a call was signed for (SigV4's credential scope), which is
@@ -688,6 +711,7 @@ impl Simulator {
                 accept_any_model: config.accept_any_model,
                 models: Mutex::new(models),
                 abandoned_streams: Arc::new(AtomicU64::new(0)),
+                refused_keys: Mutex::new(HashMap::new()),
                 request_ids: AtomicU64::new(1),
             }),
         }
@@ -758,6 +782,16 @@ impl SimHandle {
     pub fn counts(&self, model_id: &str) -> ModelCounts {
         let models = self.state.models.lock().expect("simulator state poisoned");
         models.get(model_id).map(|m| m.counts).unwrap_or_default()
+    }
+
+    /// Refuses calls signed with `access_key` from now on, as Bedrock
+    /// refuses an expired session or a role without access.
+    pub fn refuse_access_key(&self, access_key: &str, refusal: KeyRefusal) {
+        self.state
+            .refused_keys
+            .lock()
+            .expect("simulator state poisoned")
+            .insert(access_key.to_owned(), refusal);
     }
 
     /// Streams whose client (the gateway) closed the connection before the

@@ -3,6 +3,15 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+/// Why the simulator refuses an access key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// Its session has expired.
+    Expired,
+    /// It may not call the model.
+    Denied,
+}
+
 /// A Bedrock error: status, exception name and message.
 #[derive(Debug, Clone)]
 pub struct BedrockError {
@@ -36,6 +45,27 @@ impl BedrockError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             exception: "ServiceUnavailableException",
             message: "Bedrock is unable to process your request.".to_owned(),
+            retry_after_s: None,
+        }
+    }
+
+    /// Bedrock's answer to credentials it does not take: expired
+    /// (`ExpiredTokenException`) or without access (`AccessDeniedException`).
+    pub fn refused_credentials(refusal: KeyRefusal, access_key: &str) -> Self {
+        let (exception, message) = match refusal {
+            KeyRefusal::Expired => (
+                "ExpiredTokenException",
+                format!("The security token included in the request is expired ({access_key})"),
+            ),
+            KeyRefusal::Denied => (
+                "AccessDeniedException",
+                format!("{access_key} is not authorized to perform: bedrock:InvokeModel"),
+            ),
+        };
+        Self {
+            status: StatusCode::FORBIDDEN,
+            exception,
+            message,
             retry_after_s: None,
         }
     }

@@ -44,14 +44,20 @@ pub fn kind_of_code(code: &str) -> Option<OutcomeKind> {
         "ThrottlingException" | "ModelNotReadyException" | "ServiceQuotaExceededException" => {
             OutcomeKind::Throttled
         }
-        "ServiceUnavailableException" => OutcomeKind::Unavailable,
+        // The deployment's own credentials or permissions failed: another
+        // deployment (another account or role) may well succeed.
+        "ServiceUnavailableException"
+        | "AccessDeniedException"
+        | "ExpiredTokenException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "IncompleteSignatureException"
+        | "MissingAuthenticationTokenException" => OutcomeKind::Unavailable,
         "InternalServerException" | "ModelErrorException" | "ModelStreamErrorException" => {
             OutcomeKind::ServerError
         }
         "ModelTimeoutException" => OutcomeKind::Timeout,
-        "ValidationException" | "AccessDeniedException" | "ResourceNotFoundException" => {
-            OutcomeKind::ClientError
-        }
+        "ValidationException" | "ResourceNotFoundException" => OutcomeKind::ClientError,
         _ => return None,
     })
 }
@@ -60,7 +66,8 @@ pub fn kind_of_code(code: &str) -> Option<OutcomeKind> {
 pub fn kind_of_status(status: u16) -> OutcomeKind {
     match status {
         429 => OutcomeKind::Throttled,
-        503 | 502 => OutcomeKind::Unavailable,
+        // 401/403: the deployment's credentials, not the client's request.
+        503 | 502 | 401 | 403 => OutcomeKind::Unavailable,
         408 | 504 => OutcomeKind::Timeout,
         400..=499 => OutcomeKind::ClientError,
         _ => OutcomeKind::ServerError,
@@ -201,7 +208,7 @@ where
 }
 
 /// An error and its causes, on one line.
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {
@@ -238,6 +245,9 @@ mod tests {
             kind_of_code("ModelTimeoutException"),
             Some(OutcomeKind::Timeout)
         );
+        for credentials in ["AccessDeniedException", "ExpiredTokenException"] {
+            assert_eq!(kind_of_code(credentials), Some(OutcomeKind::Unavailable));
+        }
         assert_eq!(kind_of_code("SomethingNew"), None);
     }
 
@@ -246,7 +256,8 @@ mod tests {
         assert_eq!(kind_of_status(429), OutcomeKind::Throttled);
         assert_eq!(kind_of_status(503), OutcomeKind::Unavailable);
         assert_eq!(kind_of_status(408), OutcomeKind::Timeout);
-        assert_eq!(kind_of_status(403), OutcomeKind::ClientError);
+        assert_eq!(kind_of_status(403), OutcomeKind::Unavailable);
+        assert_eq!(kind_of_status(404), OutcomeKind::ClientError);
         assert_eq!(kind_of_status(500), OutcomeKind::ServerError);
     }
 }

@@ -1,145 +1,213 @@
-//! Where a deployment's AWS credentials come from: the environment, the
-//! config itself, or a named profile in the shared credentials file.
+//! Where a deployment's AWS credentials come from: aws-config's providers,
+//! as operators hand credentials to a process (environment, the shared
+//! config and credentials files with SSO, `role_arn`/`source_profile` and
+//! `credential_process`, web identity for IRSA, the ECS container endpoint,
+//! EC2's IMDS), optionally through an STS AssumeRole of the deployment's own,
+//! so one process can rotate several accounts.
+//!
+//! Both upstream paths read one cache per deployment: the signed path asks
+//! it before every call, and the SDK client (streams) uses it as its
+//! provider. Credentials are refreshed shortly before they expire, by one
+//! caller at a time; a failure to get them is the deployment's failure.
 
-use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use aws_sdk_bedrockruntime::config::Credentials;
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::environment::EnvironmentVariableCredentialsProvider;
+use aws_config::profile::ProfileFileCredentialsProvider;
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::Region;
+use aws_credential_types::provider::{
+    error::CredentialsError, future, ProvideCredentials, SharedCredentialsProvider,
+};
+use aws_credential_types::Credentials;
+use tokio::sync::{Mutex, OnceCell};
 
-use crate::config::CredentialsConfig;
+use crate::config::{AssumeRoleConfig, CredentialsConfig};
 
-/// Why a deployment's credentials could not be found.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialsError {
-    /// An environment variable is missing.
-    #[error("deployment `{deployment}`: credentials source `env` needs {variable} to be set")]
-    MissingEnv {
-        deployment: String,
-        variable: &'static str,
-    },
-    /// The shared credentials file or profile is missing or incomplete.
-    #[error("deployment `{deployment}`: profile `{profile}` in {file}: {problem}")]
-    Profile {
-        deployment: String,
-        profile: String,
-        file: String,
-        problem: String,
-    },
+/// Credentials are renewed this long before they expire, so none is
+/// signed into a request that reaches Bedrock after its end.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
+
+/// One deployment's credentials, cached.
+#[derive(Debug, Clone)]
+pub struct DeploymentCredentials {
+    inner: Arc<Cache>,
 }
 
-/// Reads the credentials `source` names, once, at start.
-pub fn resolve(
-    source: &CredentialsConfig,
-    deployment: &str,
-) -> Result<Credentials, CredentialsError> {
-    match source {
+#[derive(Debug)]
+struct Cache {
+    source: Source,
+    current: std::sync::RwLock<Option<Credentials>>,
+    /// One refresh at a time; the others wait for its result.
+    refreshing: Mutex<()>,
+}
+
+/// The provider behind the cache, built on first use: aws-config's default
+/// chain and AssumeRole are assembled asynchronously.
+#[derive(Debug)]
+struct Source {
+    config: CredentialsConfig,
+    assume_role: Option<AssumeRoleConfig>,
+    region: String,
+    provider: OnceCell<SharedCredentialsProvider>,
+}
+
+impl DeploymentCredentials {
+    /// Credentials from `config`, through `assume_role` when set, for a
+    /// deployment in `region`. Nothing is read until the first call.
+    pub fn new(
+        config: &CredentialsConfig,
+        assume_role: Option<&AssumeRoleConfig>,
+        region: &str,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Cache {
+                source: Source {
+                    config: config.clone(),
+                    assume_role: assume_role.cloned(),
+                    region: region.to_owned(),
+                    provider: OnceCell::new(),
+                },
+                current: std::sync::RwLock::new(None),
+                refreshing: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Credentials good for a while yet: the cached ones, or fresh ones.
+    pub async fn get(&self) -> Result<Credentials, CredentialsError> {
+        if let Some(fresh) = self.cached() {
+            return Ok(fresh);
+        }
+        let _turn = self.inner.refreshing.lock().await;
+        // Another caller may have refreshed while this one waited.
+        if let Some(fresh) = self.cached() {
+            return Ok(fresh);
+        }
+        let provider = self.inner.source.provider().await;
+        let credentials = provider.provide_credentials().await?;
+        *self.inner.current.write().expect("credentials poisoned") = Some(credentials.clone());
+        Ok(credentials)
+    }
+
+    fn cached(&self) -> Option<Credentials> {
+        let current = self.inner.current.read().expect("credentials poisoned");
+        current
+            .as_ref()
+            .filter(|c| {
+                c.expiry()
+                    .is_none_or(|expiry| SystemTime::now() + REFRESH_BEFORE_EXPIRY < expiry)
+            })
+            .cloned()
+    }
+
+    /// The same cache, as a provider for the SDK's client.
+    pub fn provider(&self) -> SharedCredentialsProvider {
+        SharedCredentialsProvider::new(self.clone())
+    }
+}
+
+impl ProvideCredentials for DeploymentCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(self.get())
+    }
+}
+
+impl Source {
+    async fn provider(&self) -> &SharedCredentialsProvider {
+        self.provider
+            .get_or_init(|| async {
+                let region = Region::new(self.region.clone());
+                let base = base_provider(&self.config, region.clone()).await;
+                match &self.assume_role {
+                    None => base,
+                    Some(role) => {
+                        let mut builder = AssumeRoleProvider::builder(role.role_arn.clone())
+                            .region(region)
+                            .session_name(role.session_name.clone());
+                        if let Some(id) = &role.external_id {
+                            builder = builder.external_id(id.clone());
+                        }
+                        SharedCredentialsProvider::new(builder.build_from_provider(base).await)
+                    }
+                }
+            })
+            .await
+    }
+}
+
+async fn base_provider(config: &CredentialsConfig, region: Region) -> SharedCredentialsProvider {
+    match config {
+        CredentialsConfig::Chain => SharedCredentialsProvider::new(
+            DefaultCredentialsChain::builder()
+                .region(region)
+                .build()
+                .await,
+        ),
+        CredentialsConfig::Env => {
+            SharedCredentialsProvider::new(EnvironmentVariableCredentialsProvider::new())
+        }
+        CredentialsConfig::Profile { name } => SharedCredentialsProvider::new(
+            ProfileFileCredentialsProvider::builder()
+                .profile_name(name)
+                .build(),
+        ),
         CredentialsConfig::Static {
             access_key_id,
             secret_access_key,
             session_token,
-        } => Ok(Credentials::new(
+        } => SharedCredentialsProvider::new(Credentials::new(
             access_key_id,
             secret_access_key,
             session_token.clone(),
             None,
             "switchyard-config",
         )),
-        CredentialsConfig::Env => {
-            let var = |variable: &'static str| {
-                std::env::var(variable).map_err(|_| CredentialsError::MissingEnv {
-                    deployment: deployment.to_owned(),
-                    variable,
-                })
-            };
-            Ok(Credentials::new(
-                var("AWS_ACCESS_KEY_ID")?,
-                var("AWS_SECRET_ACCESS_KEY")?,
-                std::env::var("AWS_SESSION_TOKEN").ok(),
-                None,
-                "switchyard-env",
-            ))
-        }
-        CredentialsConfig::Profile { name } => from_profile(name, deployment),
     }
-}
-
-/// The shared credentials file: `AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`.
-pub fn shared_credentials_file() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("AWS_SHARED_CREDENTIALS_FILE") {
-        return Some(PathBuf::from(path));
-    }
-    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".aws").join("credentials"))
-}
-
-fn from_profile(profile: &str, deployment: &str) -> Result<Credentials, CredentialsError> {
-    let file = shared_credentials_file().unwrap_or_else(|| PathBuf::from("~/.aws/credentials"));
-    let error = |problem: String| CredentialsError::Profile {
-        deployment: deployment.to_owned(),
-        profile: profile.to_owned(),
-        file: file.display().to_string(),
-        problem,
-    };
-    let text = std::fs::read_to_string(&file).map_err(|e| error(e.to_string()))?;
-    let keys = parse_profile(&text, profile).ok_or_else(|| error("no such profile".into()))?;
-    let get = |k: &str| {
-        keys.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-    };
-    let id =
-        get("aws_access_key_id").ok_or_else(|| error("aws_access_key_id is missing".into()))?;
-    let secret = get("aws_secret_access_key")
-        .ok_or_else(|| error("aws_secret_access_key is missing".into()))?;
-    Ok(Credentials::new(
-        id,
-        secret,
-        get("aws_session_token"),
-        None,
-        "switchyard-profile",
-    ))
-}
-
-/// The `key = value` lines of `[profile]` in an INI credentials file.
-fn parse_profile(text: &str, profile: &str) -> Option<Vec<(String, String)>> {
-    let mut current: Option<&str> = None;
-    let mut found = None::<Vec<(String, String)>>;
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = Some(section.trim());
-            if current == Some(profile) {
-                found.get_or_insert_with(Vec::new);
-            }
-            continue;
-        }
-        if current == Some(profile) {
-            if let Some((k, v)) = line.split_once('=') {
-                found
-                    .get_or_insert_with(Vec::new)
-                    .push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-        }
-    }
-    found
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_the_named_profile_only() {
-        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n\n[other]\naws_access_key_id=C\naws_secret_access_key=D\naws_session_token=E\n";
-        let other = parse_profile(text, "other").unwrap();
+    fn config(id: &str) -> CredentialsConfig {
+        CredentialsConfig::Static {
+            access_key_id: id.into(),
+            secret_access_key: "secret".into(),
+            session_token: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn static_keys_come_back_from_the_cache() {
+        let credentials = DeploymentCredentials::new(&config("AKIDSTATIC"), None, "us-east-1");
         assert_eq!(
-            other,
-            vec![
-                ("aws_access_key_id".into(), "C".into()),
-                ("aws_secret_access_key".into(), "D".into()),
-                ("aws_session_token".into(), "E".into())
-            ]
+            credentials.get().await.unwrap().access_key_id(),
+            "AKIDSTATIC"
         );
-        assert!(parse_profile(text, "missing").is_none());
+        assert_eq!(credentials.cached().unwrap().access_key_id(), "AKIDSTATIC");
+    }
+
+    #[tokio::test]
+    async fn credentials_about_to_expire_are_not_served_from_the_cache() {
+        let credentials = DeploymentCredentials::new(&config("AKIDSTATIC"), None, "us-east-1");
+        let soon = Credentials::new(
+            "AKIDOLD",
+            "secret",
+            None,
+            Some(SystemTime::now() + Duration::from_secs(5)),
+            "test",
+        );
+        *credentials.inner.current.write().unwrap() = Some(soon);
+        assert!(credentials.cached().is_none());
+        assert_eq!(
+            credentials.get().await.unwrap().access_key_id(),
+            "AKIDSTATIC"
+        );
     }
 }

@@ -28,8 +28,8 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::Bytes;
 use futures::channel::mpsc;
 
-pub use classify::AttemptFailure;
-pub use credentials::CredentialsError;
+pub use classify::{chain as describe_error, AttemptFailure};
+pub use credentials::DeploymentCredentials;
 pub use signed::TransportError;
 
 use crate::config::{DeploymentConfig, Limits};
@@ -40,8 +40,6 @@ use signed::SignedClient;
 /// Why a deployment's client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error(transparent)]
-    Credentials(#[from] CredentialsError),
     #[error("deployment `{deployment}`: {source}")]
     Transport {
         deployment: String,
@@ -55,6 +53,7 @@ pub enum UpstreamError {
 pub struct Upstream {
     client: Client,
     signed: SignedClient,
+    credentials: DeploymentCredentials,
     model_id: String,
     attempt_timeout: Duration,
     stream_idle_timeout: Duration,
@@ -111,7 +110,11 @@ impl Upstream {
         limits: &Limits,
         endpoint_override: Option<&str>,
     ) -> Result<Self, UpstreamError> {
-        let credentials = credentials::resolve(&deployment.credentials, &deployment.id)?;
+        let credentials = DeploymentCredentials::new(
+            &deployment.credentials,
+            deployment.assume_role.as_ref(),
+            &deployment.region,
+        );
         let endpoint = endpoint_override.or(deployment.endpoint_url.as_deref());
         let signed = SignedClient::new(
             endpoint,
@@ -126,7 +129,7 @@ impl Upstream {
         let mut builder = aws_sdk_bedrockruntime::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(deployment.region.clone()))
-            .credentials_provider(credentials)
+            .credentials_provider(credentials.provider())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
@@ -140,10 +143,16 @@ impl Upstream {
         Ok(Self {
             client: Client::from_conf(builder.build()),
             signed,
+            credentials,
             model_id: deployment.model_id.clone(),
             attempt_timeout: Duration::from_millis(limits.attempt_timeout_ms),
             stream_idle_timeout: Duration::from_millis(limits.stream_idle_timeout_ms),
         })
+    }
+
+    /// Where this deployment's credentials come from.
+    pub fn credentials(&self) -> &DeploymentCredentials {
+        &self.credentials
     }
 
     /// The Bedrock model id (or inference profile) this client calls.

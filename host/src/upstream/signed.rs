@@ -10,7 +10,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -24,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::classify::{chain, kind_of_code, kind_of_status, AttemptFailure};
+use super::credentials::DeploymentCredentials;
 use crate::outcome::OutcomeKind;
 
 /// What a path label keeps unescaped: RFC 3986's unreserved characters, as
@@ -52,7 +52,7 @@ pub struct SignedClient {
     /// `scheme://host[:port]`, no trailing slash.
     endpoint: String,
     region: String,
-    identity: Identity,
+    credentials: DeploymentCredentials,
 }
 
 /// Why the client could not be built.
@@ -81,7 +81,7 @@ impl SignedClient {
     pub fn new(
         endpoint: Option<&str>,
         region: &str,
-        credentials: Credentials,
+        credentials: DeploymentCredentials,
         connect_timeout: Duration,
     ) -> Result<Self, TransportError> {
         let endpoint = endpoint
@@ -113,7 +113,7 @@ impl SignedClient {
             transport,
             endpoint,
             region: region.to_owned(),
-            identity: credentials.into(),
+            credentials,
         })
     }
 
@@ -130,7 +130,20 @@ impl SignedClient {
             self.endpoint,
             utf8_percent_encode(model_id, LABEL)
         );
-        let request = self.signed(&uri, body)?;
+        // Credentials that cannot be had are this deployment's failure:
+        // another deployment (another account or role) may have its own.
+        let identity: Identity = self
+            .credentials
+            .get()
+            .await
+            .map_err(|e| AttemptFailure {
+                kind: OutcomeKind::Unavailable,
+                status: None,
+                retry_after_ms: None,
+                detail: format!("no credentials for this deployment: {}", chain(&e)),
+            })?
+            .into();
+        let request = self.signed(&uri, body, &identity)?;
         let response = match &self.transport {
             Transport::Plain(c) => c.request(request).await,
             Transport::Tls(c) => c.request(request).await,
@@ -170,7 +183,12 @@ impl SignedClient {
     }
 
     /// The request, signed for now.
-    fn signed(&self, uri: &str, body: Bytes) -> Result<Request<Full<Bytes>>, AttemptFailure> {
+    fn signed(
+        &self,
+        uri: &str,
+        body: Bytes,
+        identity: &Identity,
+    ) -> Result<Request<Full<Bytes>>, AttemptFailure> {
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             AttemptFailure::server_error(&format!("could not sign the request ({what}): {e}"))
         };
@@ -187,7 +205,7 @@ impl SignedClient {
             SignableRequest::new("POST", uri, headers.into_iter(), SignableBody::Bytes(&body))
                 .map_err(|e| failed("uri", &e))?;
         let params = v4::SigningParams::builder()
-            .identity(&self.identity)
+            .identity(identity)
             .region(&self.region)
             .name(SERVICE)
             .time(SystemTime::now())
@@ -281,7 +299,7 @@ mod tests {
             &HeaderMap::new(),
             br#"{"__type":"com.amazon#AccessDeniedException","Message":"no"}"#,
         );
-        assert_eq!(f.kind, OutcomeKind::ClientError);
+        assert_eq!(f.kind, OutcomeKind::Unavailable);
         assert_eq!(f.detail, "AccessDeniedException: no");
         let f = error_answer(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"<html>");
         assert_eq!(f.kind, OutcomeKind::Unavailable);

@@ -1,0 +1,159 @@
+//! AWS credentials as operators provide them: a `credential_process` whose
+//! short-lived keys expire mid-run keeps requests succeeding, and a
+//! deployment whose credentials Bedrock refuses falls back to the next.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use switchyard::clock::SystemClock;
+use switchyard::sim::KeyRefusal;
+
+use crate::support::*;
+
+/// A `credential_process` that hands out a new key on every call
+/// (`AKIDROTATE1`, `AKIDROTATE2`, ...), each expiring `lifetime_s` later,
+/// and logs when it issued which.
+fn rotating_process(dir: &std::path::Path, lifetime_s: u64) -> std::path::PathBuf {
+    let script = dir.join("issue-credentials.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+set -e
+cd "{dir}"
+n=$(( $(cat counter 2>/dev/null || echo 0) + 1 ))
+echo "$n" > counter
+echo "AKIDROTATE$n $(date +%s)" >> issued
+printf '{{"Version": 1, "AccessKeyId": "AKIDROTATE%s", "SecretAccessKey": "secret-%s", "SessionToken": "token-%s", "Expiration": "%s"}}\n' \
+  "$n" "$n" "$n" "$(date -u -d "+{lifetime_s} seconds" +%Y-%m-%dT%H:%M:%SZ)"
+"#,
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Keys the process has issued, with the Unix second of each.
+fn issued(dir: &std::path::Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(dir.join("issued"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(key, at)| (key.to_owned(), at.parse().unwrap()))
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_credentials_from_a_process_are_renewed_before_bedrock_refuses_them() {
+    const LIFETIME_S: u64 = 13;
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-credentials-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = rotating_process(&dir, LIFETIME_S);
+    let aws_config = dir.join("aws-config");
+    std::fs::write(
+        &aws_config,
+        format!(
+            "[profile rotating]\ncredential_process = {}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let no_credentials_file = dir.join("no-credentials");
+    let gateway = GatewayProcess::start_with_env(
+        "credentials",
+        &format!(
+            "[admin]\nwatch_interval_ms = 0\n[[deployments]]\nid = \"a\"\nmodel_id = \"model-a\"\nendpoint_url = \"{}\"\ncredentials = {{ source = \"profile\", name = \"rotating\" }}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            sim.url()
+        ),
+        &[
+            ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                no_credentials_file.to_str().unwrap(),
+            ),
+        ],
+    )
+    .await;
+
+    // Requests for 16 s; Bedrock (the simulator) refuses each key from
+    // the moment it expires, as it refuses an expired session.
+    let started = Instant::now();
+    let mut refused = HashMap::new();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(16) {
+        let now = unix_now();
+        for (key, at) in issued(&dir) {
+            if at + LIFETIME_S <= now && !refused.contains_key(&key) {
+                sim.refuse_access_key(&key, KeyRefusal::Expired);
+                refused.insert(key, now);
+            }
+        }
+        let answer = raw_post(gateway.addr, "/model/g/converse", &[], &converse_body("hi")).await;
+        assert_eq!(
+            answer.status,
+            200,
+            "after {:?} with {refused:?} expired: {}",
+            started.elapsed(),
+            answer.body_text()
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered > 50, "{answered} requests answered");
+    assert!(
+        !refused.is_empty(),
+        "a key expired during the run: {:?}",
+        issued(&dir)
+    );
+    assert!(issued(&dir).len() >= 3, "keys renewed: {:?}", issued(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_deployment_whose_credentials_are_denied_falls_back_to_the_next() {
+    let clock = SystemClock::shared();
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        clock.clone(),
+    )
+    .await;
+    sim.refuse_access_key("AKIDDENIED", KeyRefusal::Denied);
+    let deployment = |id: &str, model: &str, priority: u32, key: &str| {
+        format!(
+            "[[deployments]]\nid = \"{id}\"\nmodel_id = \"{model}\"\npriority = {priority}\nendpoint_url = \"{}\"\ncredentials = {{ source = \"static\", access_key_id = \"{key}\", secret_access_key = \"s\" }}\n",
+            sim.url()
+        )
+    };
+    let config = format!(
+        "{}{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
+        deployment("a", "model-a", 1, "AKIDDENIED"),
+        deployment("b", "model-b", 2, "AKIDGOOD")
+    );
+    let gw = start_gateway(&config, clock).await;
+    let answer = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("hi")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    assert_eq!(answer.headers["x-switchyard-deployment"], "b");
+    assert_eq!(answer.headers["x-switchyard-attempts"], "2");
+    // The refusal counts against deployment a, as any outage of it does.
+    let stats = raw_get(gw.addr, "/model_stats").await.json();
+    let a = &stats["stats"]["models"][0];
+    assert_eq!(a["id"], "a");
+    assert_eq!(a["total_attempts"], 1, "{stats}");
+    assert_eq!(a["successful_requests"], 0, "{stats}");
+    assert_eq!(a["status"], "in_cooldown", "{stats}");
+}
