@@ -12,6 +12,7 @@ mod cooldown;
 mod credentials;
 mod edge;
 mod fair_queue;
+mod fuzz;
 mod hot_reload;
 mod lab;
 mod policy_faults;
