@@ -539,3 +539,36 @@ async fn a_config_reload_swaps_changed_policies_and_reports_the_rest() {
     assert_eq!(slot.current().params["skip_threshold_ms"], 500);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Switching back and forth forever keeps a bounded rollback history.
+#[tokio::test]
+async fn the_rollback_history_is_bounded() {
+    let (_sim, gw) = gateway_with_admin("").await;
+    assert_eq!(
+        upload(&gw, "selection", &policy_bytes("round-robin"))
+            .await
+            .status,
+        201
+    );
+    let slot = gw
+        .gateway
+        .router()
+        .group("g")
+        .unwrap()
+        .slots
+        .selection
+        .clone();
+    for _ in 0..500 {
+        slot.activate(1).unwrap();
+        slot.activate(2).unwrap();
+    }
+    let mut rollbacks = 0;
+    while slot.rollback().is_ok() {
+        rollbacks += 1;
+        assert!(rollbacks <= 1_000, "the history ended");
+    }
+    assert!(
+        (1..=16).contains(&rollbacks),
+        "{rollbacks} rollbacks kept of 1,000 activations"
+    );
+}

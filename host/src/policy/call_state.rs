@@ -22,10 +22,43 @@ pub struct CallState {
     pub(crate) request_id: Option<String>,
     /// Log lines a policy may write per call before the rest are dropped.
     pub(crate) log_budget: u32,
+    /// Bytes of log a policy may write per call; a line past it is cut.
+    pub(crate) log_bytes_left: usize,
     /// The lines it wrote, kept for the load check and `policy test`.
     pub(crate) logs: Vec<PolicyLog>,
     /// Keeps the epoch ticking for as long as the call's store lives.
     pub(crate) _ticking: CallInProgress,
+}
+
+/// Bytes of log one policy call may write in all.
+pub const LOG_BYTES_PER_CALL: usize = 4 * 1024;
+
+/// `message` as one log line: control characters (newlines included)
+/// escaped, so a policy cannot forge lines of the gateway's log, and cut
+/// to what is left of `budget`, which it spends.
+pub fn log_line(message: &str, budget: &mut usize) -> String {
+    const CUT: &str = "…(cut)";
+    let mut line = String::with_capacity(message.len().min(*budget));
+    let mut cut = false;
+    for c in message.chars() {
+        let before = line.len();
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+        if line.len() > *budget {
+            line.truncate(before);
+            cut = true;
+            break;
+        }
+    }
+    *budget -= line.len();
+    if cut {
+        line.push_str(CUT);
+        *budget = 0;
+    }
+    line
 }
 
 /// A line a policy logged during one call.
@@ -47,10 +80,11 @@ impl host::Host for CallState {
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
-        if self.log_budget == 0 {
+        if self.log_budget == 0 || self.log_bytes_left == 0 {
             return;
         }
         self.log_budget -= 1;
+        let message = log_line(&message, &mut self.log_bytes_left);
         self.logs.push(PolicyLog {
             level: match level {
                 LogLevel::Trace => "trace",
@@ -95,5 +129,23 @@ impl host::Host for CallState {
 
     fn kv_delete(&mut self, key: String) {
         self.kv.delete(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_line_cannot_break_into_several_and_stops_at_the_budget() {
+        let mut budget = 64;
+        let line = log_line("ok\nFAKE gateway line\r\u{1b}[31m", &mut budget);
+        assert_eq!(line, "ok\\nFAKE gateway line\\r\\u{1b}[31m");
+        assert!(!line.contains('\n'));
+        let long = "é".repeat(100);
+        let line = log_line(&long, &mut budget);
+        assert!(line.ends_with("…(cut)"), "{line}");
+        assert_eq!(budget, 0);
+        assert!(line.len() <= 64 + "…(cut)".len());
     }
 }

@@ -436,6 +436,7 @@ impl Policy {
             policy_name: self.name.clone(),
             request_id: options.request_id.clone(),
             log_budget: 16,
+            log_bytes_left: call_state::LOG_BYTES_PER_CALL,
             logs: Vec::new(),
             _ticking: self.shared.ticker.call_starting(),
         };

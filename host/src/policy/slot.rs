@@ -216,13 +216,21 @@ impl PolicySlot {
         }
         version.recent.lock().expect("window poisoned").clear();
         state.previous.push(current);
+        // The rollback history is bounded like the versions it points at.
+        if state.previous.len() > MAX_VERSIONS {
+            state.previous.remove(0);
+        }
         self.active.store(version);
         Ok(())
     }
 
     /// Goes back to the version that was active before the current one.
     pub fn rollback(&self) -> Result<Rollback, SlotError> {
-        let mut state = self.lock();
+        self.rollback_locked(&mut self.lock())
+    }
+
+    /// [`rollback`](Self::rollback), with the slot already locked.
+    fn rollback_locked(&self, state: &mut SlotState) -> Result<Rollback, SlotError> {
         let from = self.active.load().number;
         let to = state.previous.pop().ok_or(SlotError::NothingToRollBackTo)?;
         let version = state
@@ -252,11 +260,15 @@ impl PolicySlot {
         if !over_limit {
             return None;
         }
-        // Only the version still active, and only if it replaced another.
-        if self.active.load().number != version.number || self.lock().previous.is_empty() {
+        // Only the version still active, and only if it replaced another:
+        // checked and swapped under one lock, so an activation or another
+        // faulting call in between cannot make it roll back the wrong one.
+        let mut state = self.lock();
+        if self.active.load().number != version.number || state.previous.is_empty() {
             return None;
         }
-        let rollback = self.rollback().ok()?;
+        let rollback = self.rollback_locked(&mut state).ok()?;
+        drop(state);
         version.recent.lock().expect("window poisoned").clear();
         Some(rollback)
     }
