@@ -266,7 +266,7 @@ impl AttemptCompletion {
         finished: tokio::task::JoinHandle<crate::upstream::StreamEnd>,
     ) {
         match finished.await {
-            Ok(end) => self.finish(end.kind, end.detail, None),
+            Ok(end) => self.finish(end.kind, end.detail, end.used_tokens),
             Err(_) => self.finish(
                 OutcomeKind::ServerError,
                 Some("stream task failed".into()),

@@ -144,3 +144,34 @@ async fn a_stream_broken_upstream_breaks_the_bedrock_body_and_ends_an_openai_str
     assert!(text.contains("[DONE]"), "{text}");
     assert!(!text.contains("\"error\""), "{text}");
 }
+
+/// A stream's quota is settled with the usage of its `metadata` event, not
+/// with the pessimistic reservation (input estimate plus `maxTokens`).
+#[tokio::test]
+async fn a_finished_stream_settles_its_tokens_from_the_metadata_usage() {
+    let sim = start_sim(vec![sim_model(MODEL, None)], SystemClock::shared()).await;
+    let config = format!(
+        "{}tpm = 100000\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", MODEL, 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let body = r#"{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":8000}}"#;
+    let seen = read_all(&gw, "/model/g/converse-stream", body).await;
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = raw_get(gw.addr, "/model_stats").await.json();
+        let available = stats["stats"]["models"][0]["tpm_available"]
+            .as_u64()
+            .unwrap();
+        // The simulator's answer to "hello" is a few dozen tokens.
+        if available > 99_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{available} tokens left of 100000 after a short stream: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -271,8 +271,8 @@ fn stream_through(admitted: Admitted<crate::upstream::OpenStream>) -> Response {
     );
     routed_headers(&mut response, &request_id, &deployment, attempts.len() + 1);
     // The stream holds its place in the queue until it ends, or until the
-    // client leaves (dropping the body closes the upstream stream). Its
-    // usage is not read from the frames: the token reservation stays.
+    // client leaves (dropping the body closes the upstream stream). A
+    // ConverseStream settles its quota with its metadata event's usage.
     tokio::spawn(async move {
         completion.finish_when_ended(finished).await;
         drop(permit);

@@ -100,6 +100,9 @@ pub struct StreamEnd {
     pub kind: OutcomeKind,
     /// Bedrock's words for a failure.
     pub detail: Option<String>,
+    /// The tokens (input plus output) the stream's metadata event reported,
+    /// to settle the quota with instead of the reservation.
+    pub used_tokens: Option<u64>,
 }
 
 impl Upstream {
@@ -211,8 +214,13 @@ impl Upstream {
             .interceptor(StreamTee::new(tx))
             .send();
         let output = self.in_time(call).await?;
-        self.follow(output.stream, raw, classify::converse_stream_exception)
-            .await
+        self.follow(
+            output.stream,
+            raw,
+            classify::converse_stream_exception,
+            converse_stream_usage,
+        )
+        .await
     }
 
     /// One InvokeModel attempt: `body` goes to the model as it is, and its
@@ -243,8 +251,12 @@ impl Upstream {
             .interceptor(StreamTee::new(tx))
             .send();
         let output = self.in_time(call).await?;
-        self.follow(output.body, raw, classify::invoke_stream_exception)
-            .await
+        // Model families report usage in their own chunk JSON; the
+        // reservation settles an InvokeModel stream.
+        self.follow(output.body, raw, classify::invoke_stream_exception, |_| {
+            None
+        })
+        .await
     }
 
     /// Waits for a stream's first event (so a stream that fails before it
@@ -255,6 +267,7 @@ impl Upstream {
         mut events: EventReceiver<T, E>,
         raw: mpsc::UnboundedReceiver<Bytes>,
         exception: fn(&E) -> Option<&'static str>,
+        usage: fn(&T) -> Option<u64>,
     ) -> Result<OpenStream, AttemptFailure>
     where
         T: Send + 'static,
@@ -262,7 +275,7 @@ impl Upstream {
     {
         // The SDK pulls bytes through the tee as it decodes; the first event
         // proves the stream is good before anything reaches the client.
-        match tokio::time::timeout(self.attempt_timeout, events.recv()).await {
+        let first = match tokio::time::timeout(self.attempt_timeout, events.recv()).await {
             Err(_) => {
                 return Err(AttemptFailure::timeout(
                     "no first event within the attempt timeout",
@@ -274,12 +287,13 @@ impl Upstream {
                     "the stream ended before its first event",
                 ))
             }
-            Ok(Ok(Some(_first))) => {}
-        }
+            Ok(Ok(Some(first))) => first,
+        };
         let idle = self.stream_idle_timeout;
         let (to_client, frames) = tokio::sync::mpsc::channel(CLIENT_BUFFER_FRAMES);
         let finished = tokio::spawn(async move {
             let mut raw = raw;
+            let mut used_tokens = usage(&first);
             let end = loop {
                 // Forward what the SDK has decoded so far; waiting here for
                 // the client's room is the backpressure on Bedrock.
@@ -293,7 +307,10 @@ impl Upstream {
                     next = tokio::time::timeout(idle, events.recv()) => next,
                 };
                 match next {
-                    Ok(Ok(Some(_))) => continue,
+                    Ok(Ok(Some(event))) => {
+                        used_tokens = usage(&event).or(used_tokens);
+                        continue;
+                    }
                     Ok(Ok(None)) => {
                         while let Ok(frame) = raw.try_recv() {
                             if to_client.send(Ok(frame)).await.is_err() {
@@ -303,6 +320,7 @@ impl Upstream {
                         return StreamEnd {
                             kind: OutcomeKind::Success,
                             detail: None,
+                            used_tokens,
                         };
                     }
                     Err(_) => break AttemptFailure::timeout("the stream went silent"),
@@ -316,6 +334,7 @@ impl Upstream {
                             return StreamEnd {
                                 kind: failure.kind,
                                 detail: Some(failure.detail),
+                                used_tokens,
                             };
                         }
                         break failure;
@@ -329,6 +348,7 @@ impl Upstream {
             StreamEnd {
                 kind: end.kind,
                 detail: Some(end.detail),
+                used_tokens,
             }
         });
         Ok(OpenStream { frames, finished })
@@ -341,5 +361,16 @@ fn client_left() -> StreamEnd {
     StreamEnd {
         kind: OutcomeKind::Success,
         detail: Some("the client left mid-stream; the upstream stream was closed".into()),
+        // Unknown: the reservation settles it.
+        used_tokens: None,
     }
+}
+
+/// The tokens a ConverseStream's `metadata` event reports.
+fn converse_stream_usage(
+    event: &aws_sdk_bedrockruntime::types::ConverseStreamOutput,
+) -> Option<u64> {
+    let metadata = event.as_metadata().ok()?;
+    let total = metadata.usage()?.total_tokens();
+    u64::try_from(total).ok()
 }
