@@ -4,7 +4,7 @@
 //! Parsing is strict (unknown keys are errors) and validation names the key
 //! at fault, so a typo fails at start instead of silently routing wrong.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -200,8 +200,10 @@ pub struct DeploymentConfig {
     /// AWS region.
     #[serde(default = "default_region")]
     pub region: String,
-    /// The AWS account (or other quota owner) it runs under; spreading
-    /// strategies use it. Free text.
+    /// The AWS account (or other quota owner) it runs under. Bedrock's
+    /// quotas belong to an account, a region and a model, so deployments
+    /// that share all three share one set of `rpm`/`tpm` books. Policies
+    /// see it too, to spread load over accounts. Free text.
     #[serde(default = "default_account")]
     pub account: String,
     /// Lower is preferred; 1 is the primary.
@@ -220,13 +222,21 @@ pub struct DeploymentConfig {
     /// Assume this role with `credentials` before calling Bedrock.
     #[serde(default)]
     pub assume_role: Option<AssumeRoleConfig>,
-    /// Requests per minute this deployment is allowed (informational until
-    /// admission control enforces it).
+    /// Requests per minute its quota pool (account, region and model) is
+    /// allowed; unset: not limited by the gateway.
     #[serde(default)]
     pub rpm: Option<u32>,
-    /// Tokens per minute this deployment is allowed.
+    /// Tokens per minute its quota pool is allowed.
     #[serde(default)]
     pub tpm: Option<u32>,
+}
+
+impl DeploymentConfig {
+    /// The quota books it spends from: Bedrock keeps one quota per account,
+    /// region and model, whichever deployment (or model group) calls it.
+    pub fn quota_pool(&self) -> String {
+        format!("{}/{}/{}", self.account, self.region, self.model_id)
+    }
 }
 
 pub(crate) fn default_region() -> String {
@@ -414,6 +424,7 @@ impl Config {
             return Err(invalid(key, problem));
         }
         let mut ids = HashSet::new();
+        let mut pools: HashMap<String, &DeploymentConfig> = HashMap::new();
         for (i, d) in self.deployments.iter().enumerate() {
             let key = format!("deployments[{i}]");
             if d.id.trim().is_empty() {
@@ -433,6 +444,18 @@ impl Config {
                     return Err(invalid(
                         format!("{key}.endpoint_url"),
                         format!("`{url}` must start with http:// or https://"),
+                    ));
+                }
+            }
+            if let Some(first) = pools.insert(d.quota_pool(), d) {
+                if (first.rpm, first.tpm) != (d.rpm, d.tpm) {
+                    return Err(invalid(
+                        format!("{key}.rpm"),
+                        format!(
+                            "`{}` and `{}` share one Bedrock quota (account `{}`, region `{}`, \
+                             model `{}`) but declare different rpm/tpm; give both the same",
+                            first.id, d.id, d.account, d.region, d.model_id
+                        ),
                     ));
                 }
             }

@@ -78,6 +78,7 @@ impl Gateway {
             .iter()
             .map(|d| QuotaSpec {
                 deployment: d.id.clone(),
+                pool: d.quota_pool(),
                 rpm: d.rpm.map(u64::from),
                 tpm: d.tpm.map(u64::from),
             })

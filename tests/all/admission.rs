@@ -160,6 +160,73 @@ async fn a_spent_quota_with_no_time_to_wait_fails_at_once_with_retry_after() {
     assert_eq!(raw.status, 200);
 }
 
+/// Bedrock's quota belongs to an account, a region and a model: two
+/// deployments of one model in one account (here in two model groups)
+/// spend from the same books, while the same model in another account has
+/// its own. A config that gives one pool two different quotas is refused.
+#[tokio::test]
+async fn deployments_of_one_account_region_and_model_share_its_quota() {
+    let clock = ManualClock::new(1_000_000);
+    let sim = start_sim(vec![sim_model("model-a", None)], clock.clone()).await;
+    let config = format!(
+        "{}rpm = 2
+{}rpm = 2
+{}account = \"second\"\nrpm = 2\n\
+         [[model_groups]]\nname = \"chat\"\ndeployments = [\"a\"]\n\
+         [[model_groups]]\nname = \"agents\"\ndeployments = [\"b\", \"c\"]\n",
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-a", 1, &sim),
+        deployment("c", "model-a", 2, &sim),
+    );
+    let gw = start_gateway(&config, clock.clone()).await;
+    for _ in 0..2 {
+        let raw = raw_post(gw.addr, "/model/chat/converse", &[], &converse_body("x")).await;
+        assert_eq!(raw.status, 200);
+    }
+    // `chat` spent the pool that `b` shares: `agents` is served by `c`,
+    // the same model in the other account.
+    let raw = raw_post(gw.addr, "/model/agents/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.status, 200, "{}", raw.body_text());
+    assert_eq!(raw.headers["x-switchyard-deployment"], "c");
+    let raw = raw_post(gw.addr, "/model/agents/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.headers["x-switchyard-deployment"], "c");
+    // Now both pools are spent.
+    let raw = raw_post(gw.addr, "/model/agents/converse", &[], &converse_body("x")).await;
+    assert_eq!(raw.status, 429);
+    assert_eq!(raw.json()["code"], "no_capacity");
+    assert_eq!(sim.counts("model-a").calls, 4);
+    let stats = raw_get(gw.addr, "/model_stats").await.json();
+    let pools: HashMap<String, (String, u64)> = stats["stats"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let id = m["id"].as_str().unwrap().to_owned();
+            let pool = m["quota_pool"].as_str().unwrap().to_owned();
+            (id, (pool, m["rpm_available"].as_u64().unwrap()))
+        })
+        .collect();
+    let shared = ("default/us-east-1/model-a".to_owned(), 0);
+    let other = ("second/us-east-1/model-a".to_owned(), 0);
+    assert_eq!(
+        pools,
+        HashMap::from([
+            ("a".into(), shared.clone()),
+            ("b".into(), shared),
+            ("c".into(), other)
+        ])
+    );
+
+    let clash = config.replacen("rpm = 2", "rpm = 3", 1);
+    let error = switchyard::config::Config::parse(&clash, "clash.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("`a` and `b` share one Bedrock quota"),
+        "{error}"
+    );
+}
+
 /// Five outages in a row open a deployment's circuit: it is then skipped
 /// without being called, shown as `circuit_open`, and probed after `open_ms`.
 #[tokio::test]

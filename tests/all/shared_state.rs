@@ -269,7 +269,7 @@ async fn a_redis_outage_fails_no_request_and_shared_limits_come_back() {
     let gateways = start_linked(&config, 2).await;
 
     assert!(load(&gateways, 40, 4).await.is_empty());
-    let before = redis.hash_integer("outage:quota:primary", "rpm");
+    let before = redis.hash_integer("outage:quota:default/us-east-1/primary-model", "rpm");
     assert!(before >= 40, "spends are booked in Redis: {before}");
 
     // Redis dies while requests are in flight through both instances.
@@ -305,13 +305,15 @@ async fn a_redis_outage_fails_no_request_and_shared_limits_come_back() {
         wait_until_linked(g).await;
     }
     // The spends decided locally during the outage are booked again.
-    let resynced = redis.hash_integer("outage:quota:primary", "rpm");
+    let resynced = redis.hash_integer("outage:quota:default/us-east-1/primary-model", "rpm");
     assert!(
         resynced >= 60,
         "outage spends pushed on re-sync: {resynced}"
     );
     assert!(load(&gateways, 40, 4).await.is_empty());
-    assert!(redis.hash_integer("outage:quota:primary", "rpm") >= resynced + 40);
+    assert!(
+        redis.hash_integer("outage:quota:default/us-east-1/primary-model", "rpm") >= resynced + 40
+    );
     for g in &gateways {
         let metrics = raw_get(g.addr, "/metrics").await.body_text();
         assert!(metrics.contains("switchyard_state_degraded 0"), "{metrics}");
@@ -472,6 +474,7 @@ async fn a_token_reservation_is_settled_to_the_usage_for_every_instance() {
     };
     let quota = QuotaSpec {
         deployment: "d".into(),
+        pool: "default/us-east-1/m".into(),
         rpm: None,
         tpm: Some(10_000),
     };
@@ -504,11 +507,14 @@ async fn a_token_reservation_is_settled_to_the_usage_for_every_instance() {
             }
         }
     };
-    assert_eq!(redis.hash_integer("tpm:quota:d", "tpm"), 7_300);
+    assert_eq!(
+        redis.hash_integer("tpm:quota:default/us-east-1/m", "tpm"),
+        7_300
+    );
     // A failed attempt gives its whole reservation back.
     b.settle(&quota, second, true, 0, 0);
     let until = Instant::now() + Duration::from_secs(2);
-    while redis.hash_integer("tpm:quota:d", "tpm") != 1_300 {
+    while redis.hash_integer("tpm:quota:default/us-east-1/m", "tpm") != 1_300 {
         assert!(Instant::now() < until, "the refund never reached Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

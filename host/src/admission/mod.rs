@@ -213,6 +213,7 @@ impl DeploymentAdmission {
     pub fn local(rpm: Option<u32>, tpm: Option<u32>, config: &AdmissionConfig) -> Self {
         let quota = QuotaSpec {
             deployment: String::new(),
+            pool: String::new(),
             rpm: rpm.map(u64::from),
             tpm: tpm.map(u64::from),
         };

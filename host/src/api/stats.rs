@@ -24,6 +24,9 @@ struct ModelStats {
     model_id: String,
     region: String,
     account: String,
+    /// The quota books it spends from (`account/region/model_id`), shared
+    /// with the deployments of the same account, region and model.
+    quota_pool: String,
     priority: u32,
     /// `available`, `in_cooldown`, `circuit_open` or `circuit_half_open`.
     status: &'static str,
@@ -73,6 +76,7 @@ pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
                 model_id: d.config.model_id.clone(),
                 region: d.config.region.clone(),
                 account: d.config.account.clone(),
+                quota_pool: d.config.quota_pool(),
                 priority: d.config.priority,
                 status: match a.circuit {
                     BreakerState::Open => "circuit_open",

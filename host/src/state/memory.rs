@@ -116,7 +116,7 @@ impl MemoryState {
                 .iter()
                 .map(|q| {
                     let books = LocalQuotas::new(q, divisor, window_ms);
-                    (q.deployment.clone(), Mutex::new(books))
+                    (q.pool.clone(), Mutex::new(books))
                 })
                 .collect(),
         }
@@ -124,7 +124,7 @@ impl MemoryState {
 
     fn books(&self, quota: &QuotaSpec) -> Option<std::sync::MutexGuard<'_, LocalQuotas>> {
         self.quotas
-            .get(&quota.deployment)
+            .get(&quota.pool)
             .map(|m| m.lock().expect("quota books poisoned"))
     }
 
@@ -228,6 +228,7 @@ mod tests {
     fn spec(rpm: Option<u64>, tpm: Option<u64>) -> QuotaSpec {
         QuotaSpec {
             deployment: "a".into(),
+            pool: "default/us-east-1/a".into(),
             rpm,
             tpm,
         }

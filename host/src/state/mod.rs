@@ -97,8 +97,12 @@ pub enum BackendKind {
 /// The quotas of one deployment, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaSpec {
-    /// The deployment's id, the same on every instance.
+    /// The deployment's id, the same on every instance (its circuit's name).
     pub deployment: String,
+    /// The books its quota is kept in, the same on every instance:
+    /// deployments of one account, region and model share them, as
+    /// Bedrock's quota is theirs together.
+    pub pool: String,
     /// Requests per minute.
     pub rpm: Option<u64>,
     /// Tokens per minute.

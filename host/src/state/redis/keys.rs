@@ -15,14 +15,14 @@ impl Keys {
         }
     }
 
-    /// The sorted set of `kind` ("rpm" | "tpm") spends of a deployment.
+    /// The sorted set of `kind` ("rpm" | "tpm") spends of a quota pool.
     pub fn spends(&self, quota: &QuotaSpec, kind: &str) -> String {
-        format!("{}:spends:{kind}:{}", self.prefix, quota.deployment)
+        format!("{}:spends:{kind}:{}", self.prefix, quota.pool)
     }
 
-    /// The hash of a deployment's quota sums and reservation sequence.
+    /// The hash of a quota pool's sums and reservation sequence.
     pub fn sums(&self, quota: &QuotaSpec) -> String {
-        format!("{}:quota:{}", self.prefix, quota.deployment)
+        format!("{}:quota:{}", self.prefix, quota.pool)
     }
 
     /// The channel every change is broadcast on.

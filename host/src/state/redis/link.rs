@@ -455,7 +455,7 @@ async fn book_outage_spends(shared: &Shared, conn: &mut MultiplexedConnection) -
     let keys = &shared.keys;
     let mut pipe = redis::pipe();
     for spend in &spends {
-        let Some(quota) = shared.quotas.get(&spend.deployment) else {
+        let Some(quota) = shared.quotas.get(&spend.pool) else {
             continue;
         };
         let ago = spend.at.elapsed().as_millis() as u64;
@@ -524,9 +524,9 @@ async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<
         return Ok(());
     };
     let keys = &shared.keys;
-    let deployments: Vec<&String> = shared.quotas.keys().collect();
+    let deployments = &shared.deployments;
     let mut read = redis::pipe();
-    for d in &deployments {
+    for d in deployments {
         read.cmd("GET").arg(keys.cooldown(d));
         read.cmd("PTTL").arg(keys.cooldown(d));
         read.cmd("PTTL").arg(keys.circuit(d));
@@ -548,14 +548,14 @@ async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<
                 deployment,
                 remaining_ms,
                 ..
-            } if deployment == *d => Some(*remaining_ms),
+            } if deployment == d => Some(*remaining_ms),
             _ => None,
         });
         let mine_circuit = local_remaining(&|c| match c {
             Change::CircuitOpened {
                 deployment,
                 remaining_ms,
-            } if deployment == *d => Some(*remaining_ms),
+            } if deployment == d => Some(*remaining_ms),
             _ => None,
         });
         if remote_cooldown > mine_cooldown {
@@ -563,7 +563,7 @@ async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<
                 .and_then(|s| serde_json::from_slice::<StoredCooldown>(&s).ok())
                 .map_or(OutcomeKind::Throttled, |s| s.cause);
             sink.apply(&Change::Cooldown {
-                deployment: (*d).clone(),
+                deployment: d.clone(),
                 remaining_ms: remote_cooldown,
                 cause,
                 clear_history: false,
@@ -571,7 +571,7 @@ async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<
         } else if mine_cooldown > remote_cooldown {
             let change = local
                 .iter()
-                .find(|c| matches!(c, Change::Cooldown { deployment, .. } if deployment == *d));
+                .find(|c| matches!(c, Change::Cooldown { deployment, .. } if deployment == d));
             if let Some(change) = change {
                 add(shared, &mut push, Write::Change(change.clone()));
                 pushed += 1;
@@ -579,7 +579,7 @@ async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<
         }
         if remote_circuit > mine_circuit {
             sink.apply(&Change::CircuitOpened {
-                deployment: (*d).clone(),
+                deployment: d.clone(),
                 remaining_ms: remote_circuit,
             });
         } else if mine_circuit > remote_circuit {
@@ -587,7 +587,7 @@ async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<
                 shared,
                 &mut push,
                 Write::Change(Change::CircuitOpened {
-                    deployment: (*d).clone(),
+                    deployment: d.clone(),
                     remaining_ms: mine_circuit,
                 }),
             );

@@ -40,7 +40,8 @@ use keys::Keys;
 /// Quota taken on local books while Redis was unreachable.
 #[derive(Debug, Clone)]
 struct OutageSpend {
-    deployment: String,
+    /// The quota pool it was spent from.
+    pool: String,
     at: Instant,
     /// It took a request from an RPM quota.
     rpm: bool,
@@ -48,7 +49,7 @@ struct OutageSpend {
     tokens: Option<u64>,
 }
 
-/// The shared quota of a deployment as the last reservation saw it.
+/// A shared quota pool as the last reservation saw it.
 #[derive(Debug, Clone, Copy, Default)]
 struct SeenQuota {
     rpm_used: u64,
@@ -82,8 +83,11 @@ struct Shared {
     instances: u32,
     timeout: Duration,
     window_ms: u64,
+    /// One spec per quota pool, by pool.
     quotas: HashMap<String, QuotaSpec>,
-    /// The deployments with a quota, whose use the heartbeat reads.
+    /// Every deployment, whose cooldowns and circuits a resync merges.
+    deployments: Vec<String>,
+    /// The pools with a limit, whose use the heartbeat reads.
     limited: Vec<QuotaSpec>,
     /// The connection, while Redis answers.
     conn: ArcSwapOption<MultiplexedConnection>,
@@ -92,6 +96,7 @@ struct Shared {
     local: MemoryState,
     /// The next reservation's number on this instance.
     next_grant: AtomicU64,
+    /// By quota pool.
     seen: Mutex<HashMap<String, SeenQuota>>,
     /// Spends decided locally while degraded, to book in Redis on re-sync.
     outage_spends: Mutex<VecDeque<OutageSpend>>,
@@ -123,7 +128,7 @@ impl Shared {
     /// Records what a reservation (or a peek) saw of a quota in use.
     fn saw(&self, quota: &QuotaSpec, rpm_used: i64, tpm_used: i64) {
         let mut seen = self.seen.lock().expect("seen quotas poisoned");
-        let seen = seen.entry(quota.deployment.clone()).or_default();
+        let seen = seen.entry(quota.pool.clone()).or_default();
         seen.rpm_used = rpm_used.max(0) as u64;
         seen.tpm_used = tpm_used.max(0) as u64;
     }
@@ -171,7 +176,7 @@ impl Shared {
             spends.pop_front();
         }
         spends.push_back(OutageSpend {
-            deployment: quota.deployment.clone(),
+            pool: quota.pool.clone(),
             at: Instant::now(),
             rpm: quota.rpm.is_some(),
             tokens: quota.tpm.map(|_| tokens),
@@ -236,7 +241,7 @@ impl Shared {
                 .seen
                 .lock()
                 .expect("seen quotas poisoned")
-                .get_mut(&quota.deployment)
+                .get_mut(&quota.pool)
             {
                 seen.refused_until_ms = until;
             }
@@ -284,20 +289,19 @@ impl RedisState {
         let url = config.url.as_deref().unwrap_or_default();
         let client = redis::Client::open(url).map_err(|e| format!("state.url: {url}: {e}"))?;
         let (writes, pending) = mpsc::unbounded_channel();
+        let pools: HashMap<String, QuotaSpec> =
+            quotas.iter().map(|q| (q.pool.clone(), q.clone())).collect();
         let shared = Arc::new(Shared {
             keys: Keys::new(&config.key_prefix),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             instances: config.instances,
             timeout: Duration::from_millis(config.timeout_ms),
             window_ms,
-            quotas: quotas
-                .iter()
-                .map(|q| (q.deployment.clone(), q.clone()))
-                .collect(),
-            limited: quotas
-                .iter()
+            quotas: pools.clone(),
+            deployments: quotas.iter().map(|q| q.deployment.clone()).collect(),
+            limited: pools
+                .into_values()
                 .filter(|q| q.rpm.is_some() || q.tpm.is_some())
-                .cloned()
                 .collect(),
             conn: ArcSwapOption::empty(),
             reserve: redis::Script::new(include_str!("reserve.lua")),
@@ -381,7 +385,7 @@ impl StateBackend for RedisState {
             .seen
             .lock()
             .expect("seen quotas poisoned")
-            .get(&quota.deployment)
+            .get(&quota.pool)
             .copied()
             .unwrap_or_default();
         let permille = |used: u64, limit: Option<u64>| {
@@ -411,7 +415,7 @@ impl StateBackend for RedisState {
             .seen
             .lock()
             .expect("seen quotas poisoned")
-            .get(&quota.deployment)
+            .get(&quota.pool)
             .copied()
         else {
             return 0;
