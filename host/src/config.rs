@@ -151,7 +151,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyRuntimeConfig {
-    /// Wall-time budget of one policy call, in microseconds.
+    /// CPU-time budget of one policy call, in microseconds (time its thread
+    /// spends waiting for a core does not count, up to 100 ms).
     pub call_deadline_us: u64,
     /// Linear memory a policy instance may grow to, in MiB.
     pub memory_limit_mib: u32,

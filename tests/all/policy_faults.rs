@@ -287,3 +287,78 @@ async fn a_gateway_config_naming_a_wrong_world_component_fails_at_start() {
     );
     assert!(error.contains("it looks like a fallback policy"), "{error}");
 }
+
+/// A policy call's deadline is on the CPU it uses, not on the wall clock:
+/// a freshly started gateway answering a burst while every core is busy
+/// (its threads waiting their turn mid-call) sees no policy fault. Judged
+/// by wall time, such calls faulted with `timeout` (issue 17: the first
+/// calls after `./dev serve`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_wait_for_a_busy_core_do_not_time_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        switchyard::clock::SystemClock::shared(),
+    )
+    .await;
+    let config = format!(
+        "{}{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-b", 2, &sim),
+    );
+    let gateway = GatewayProcess::start("busy-cores", &config).await;
+
+    // Twice as many spinning threads as cores: every thread of the gateway
+    // loses its core now and then, in the middle of a call too.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners: Vec<_> = (0..cores * 2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let burst: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = gateway.addr;
+            tokio::spawn(async move {
+                let user = format!("user-{i}");
+                let headers = [("x-switchyard-user", user.as_str())];
+                raw_post(addr, "/model/g/converse", &headers, &converse_body("hi"))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in burst {
+        statuses.push(task.await.unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    let metrics = String::from_utf8(raw_get(gateway.addr, "/metrics").await.body).unwrap();
+    let calls: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_policy_calls_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        calls >= 200,
+        "a selection and a cooldown call a request: {calls}"
+    );
+    let faults: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_policy_faults_total{"))
+        .collect();
+    assert!(faults.is_empty(), "{faults:?}");
+}

@@ -6,7 +6,7 @@ use super::bindings::host::{self, LogLevel};
 use super::bindings::types::DeploymentInfo;
 use super::deployment_table::DeploymentTable;
 use super::kv::KvStore;
-use super::limits::{CallInProgress, MemoryCap};
+use super::limits::{CallInProgress, CpuWatch, MemoryCap};
 use crate::clock::SharedClock;
 
 /// The data of one call's `Store`: everything the `host` interface can reach.
@@ -26,6 +26,8 @@ pub struct CallState {
     pub(crate) log_bytes_left: usize,
     /// The lines it wrote, kept for the load check and `policy test`.
     pub(crate) logs: Vec<PolicyLog>,
+    /// Decides, at each epoch deadline, whether the call has used its time.
+    pub(crate) cpu: CpuWatch,
     /// Keeps the epoch ticking for as long as the call's store lives.
     pub(crate) _ticking: CallInProgress,
 }

@@ -1,5 +1,5 @@
-//! The limits every policy call runs under: a wall-time deadline enforced
-//! with epoch interruption, and a linear-memory cap.
+//! The limits every policy call runs under: a deadline on the CPU time it
+//! uses, enforced with epoch interruption, and a linear-memory cap.
 //!
 //! A deadline is turned into epoch ticks here and nowhere else.
 
@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::{Engine, ResourceLimiter};
+use wasmtime::{Engine, ResourceLimiter, UpdateDeadline};
 
 /// How often the epoch advances for a given call deadline: half the
 /// deadline (so a call overruns by at most half), clamped so the ticker
@@ -23,6 +23,95 @@ pub fn tick_for(deadline: Duration) -> Duration {
 pub fn ticks_for(deadline: Duration, tick: Duration) -> u64 {
     let ticks = deadline.as_nanos().div_ceil(tick.as_nanos().max(1));
     u64::try_from(ticks).unwrap_or(u64::MAX - 1) + 1
+}
+
+/// How long a call may wait for a core, in all, before it is stopped even
+/// though it has not used its CPU budget: a machine that busy is better
+/// served by the safe order than by a request that waits on a policy.
+const MAX_WAIT_FOR_CPU: Duration = Duration::from_millis(100);
+
+/// What a call may spend: `budget` of CPU time, checked every `ticks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallDeadline {
+    budget: Duration,
+    ticks: u64,
+}
+
+impl CallDeadline {
+    /// A deadline of `budget` for an engine whose epoch advances every `tick`.
+    pub fn new(budget: Duration, tick: Duration) -> Self {
+        Self {
+            budget,
+            ticks: ticks_for(budget, tick),
+        }
+    }
+
+    /// The epoch ticks from the start of a call (or the last check) to the
+    /// next check.
+    pub fn ticks(self) -> u64 {
+        self.ticks
+    }
+}
+
+/// Judges a call each time it reaches its epoch deadline. The epoch counts
+/// wall time, and a call whose thread lost its core (two cores, a burst of
+/// requests) would be stopped for the machine's business rather than its
+/// own: so a call is stopped only once it has burnt most of its budget of
+/// CPU time since the previous check. A runaway is stopped within about two
+/// budgets of wall time; a call that merely waited runs on.
+#[derive(Debug)]
+pub struct CpuWatch {
+    deadline: CallDeadline,
+    /// The thread's CPU time at the previous check (none before the first).
+    checked_at: Option<Duration>,
+    /// Checks left before the call is stopped regardless.
+    checks_left: u32,
+}
+
+impl CpuWatch {
+    /// A watch for a call that starts now.
+    pub fn new(deadline: CallDeadline) -> Self {
+        let windows = MAX_WAIT_FOR_CPU.as_nanos() / deadline.budget.as_nanos().max(1);
+        Self {
+            deadline,
+            checked_at: None,
+            checks_left: u32::try_from(windows).unwrap_or(u32::MAX).max(2),
+        }
+    }
+
+    /// The call reached its epoch deadline; its thread has used `cpu` in
+    /// all. Interrupt it, or let it run to the next check.
+    pub fn on_deadline(&mut self, cpu: Duration) -> UpdateDeadline {
+        let used = self.checked_at.map(|at| cpu.saturating_sub(at));
+        self.checked_at = Some(cpu);
+        self.checks_left = self.checks_left.saturating_sub(1);
+        // The first check has no earlier reading: the call has had at least
+        // its budget of wall time, and gets one more window to show whether
+        // it runs (a runaway) or waits.
+        let running = used.is_some_and(|u| u >= self.deadline.budget * 3 / 4);
+        if running || self.checks_left == 0 {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(self.deadline.ticks)
+        }
+    }
+}
+
+/// The CPU time the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to; the clock id is a
+    // constant every Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        // Unreadable: count the call as running, so the wall-time deadline
+        // holds as it did before this check existed.
+        return Duration::MAX;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Idle ticks after which the ticker parks: about 100 ms at the default tick.
@@ -202,6 +291,56 @@ mod tests {
             ticks_for(Duration::from_micros(10), Duration::from_micros(100)),
             2
         );
+    }
+
+    fn interrupted(update: UpdateDeadline) -> bool {
+        matches!(update, UpdateDeadline::Interrupt)
+    }
+
+    #[test]
+    fn a_call_that_burns_its_cpu_budget_is_stopped_at_the_second_check() {
+        let deadline = CallDeadline::new(Duration::from_millis(1), Duration::from_micros(500));
+        let mut watch = CpuWatch::new(deadline);
+        let ms = Duration::from_millis;
+        assert!(matches!(
+            watch.on_deadline(ms(1)),
+            UpdateDeadline::Continue(3)
+        ));
+        assert!(interrupted(watch.on_deadline(ms(2))));
+    }
+
+    #[test]
+    fn a_call_that_waits_for_a_core_runs_on_until_the_wait_cap() {
+        let deadline = CallDeadline::new(Duration::from_millis(1), Duration::from_micros(500));
+        let mut watch = CpuWatch::new(deadline);
+        let us = Duration::from_micros;
+        // 100 µs of CPU a window: it is mostly waiting.
+        let stopped_at = (1..=200)
+            .find(|i| interrupted(watch.on_deadline(us(100 * i))))
+            .unwrap();
+        assert_eq!(
+            u128::from(stopped_at as u32),
+            MAX_WAIT_FOR_CPU.as_nanos() / deadline.budget.as_nanos()
+        );
+    }
+
+    #[test]
+    fn thread_cpu_time_moves_with_work_not_with_sleep() {
+        let start = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(50));
+        let slept = thread_cpu_time() - start;
+        assert!(slept < Duration::from_millis(25), "{slept:?}");
+        // Work moves it: spinning reaches 5 ms of CPU (however busy the
+        // machine, within far less than the 10 s bound).
+        let mut x = 0u64;
+        let spin = std::time::Instant::now();
+        while thread_cpu_time() - start < Duration::from_millis(5) {
+            assert!(
+                spin.elapsed() < Duration::from_secs(10),
+                "CPU time never moved"
+            );
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
     }
 
     #[test]

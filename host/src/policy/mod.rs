@@ -185,10 +185,10 @@ impl PolicyFault {
 struct EngineShared {
     engine: Engine,
     linker: Linker<CallState>,
-    deadline_ticks: u64,
+    deadline: limits::CallDeadline,
     /// The load check's deadline: generous, since it judges what a policy
     /// does, not how fast a cold instance runs it on a busy machine.
-    load_check_ticks: u64,
+    load_check_deadline: limits::CallDeadline,
     memory_limit_bytes: usize,
     meter_fuel: bool,
     cache: Option<cache::CompileCache>,
@@ -248,8 +248,11 @@ impl PolicyRuntime {
             shared: Arc::new(EngineShared {
                 engine,
                 linker,
-                deadline_ticks: limits::ticks_for(deadline, tick),
-                load_check_ticks: limits::ticks_for(deadline.max(LOAD_CHECK_DEADLINE), tick),
+                deadline: limits::CallDeadline::new(deadline, tick),
+                load_check_deadline: limits::CallDeadline::new(
+                    deadline.max(LOAD_CHECK_DEADLINE),
+                    tick,
+                ),
                 memory_limit_bytes,
                 meter_fuel: config.meter_fuel,
                 cache,
@@ -421,7 +424,12 @@ impl Policy {
         &self.stats
     }
 
-    fn store(&self, options: &CallOptions, kv: &Arc<KvStore>, ticks: u64) -> Store<CallState> {
+    fn store(
+        &self,
+        options: &CallOptions,
+        kv: &Arc<KvStore>,
+        deadline: limits::CallDeadline,
+    ) -> Store<CallState> {
         let rng = match options.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
@@ -438,12 +446,15 @@ impl Policy {
             log_budget: 16,
             log_bytes_left: call_state::LOG_BYTES_PER_CALL,
             logs: Vec::new(),
+            cpu: limits::CpuWatch::new(deadline),
             _ticking: self.shared.ticker.call_starting(),
         };
         let mut store = Store::new(&self.shared.engine, state);
         store.limiter(|s| &mut s.memory);
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline.ticks());
+        store.epoch_deadline_callback(|mut store| {
+            Ok(store.data_mut().cpu.on_deadline(limits::thread_cpu_time()))
+        });
         if self.shared.meter_fuel {
             store
                 .set_fuel(FUEL_BUDGET)
@@ -467,7 +478,7 @@ impl Policy {
         CallEnv {
             options,
             kv: &self.kv,
-            ticks: self.shared.deadline_ticks,
+            deadline: self.shared.deadline,
         }
     }
 
@@ -523,7 +534,7 @@ impl Policy {
                 CallReport::default(),
             );
         };
-        let mut store = self.store(env.options, env.kv, env.ticks);
+        let mut store = self.store(env.options, env.kv, env.deadline);
         let result = pre
             .instantiate(&mut store)
             .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
@@ -548,7 +559,7 @@ impl Policy {
                 CallReport::default(),
             );
         };
-        let mut store = self.store(env.options, env.kv, env.ticks);
+        let mut store = self.store(env.options, env.kv, env.deadline);
         let result = pre
             .instantiate(&mut store)
             .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
@@ -574,7 +585,7 @@ impl Policy {
                 CallReport::default(),
             );
         };
-        let mut store = self.store(env.options, env.kv, env.ticks);
+        let mut store = self.store(env.options, env.kv, env.deadline);
         let result = pre
             .instantiate(&mut store)
             .map_err(|e| PolicyFault::Instantiate(format!("{e:#}")))
@@ -603,7 +614,7 @@ impl Policy {
         let env = CallEnv {
             options: &options,
             kv: &kv,
-            ticks: self.shared.load_check_ticks,
+            deadline: self.shared.load_check_deadline,
         };
         let (result, report) = match self.kind {
             PolicyKind::Selection => {
@@ -639,7 +650,7 @@ impl Policy {
 struct CallEnv<'a> {
     options: &'a CallOptions,
     kv: &'a Arc<KvStore>,
-    ticks: u64,
+    deadline: limits::CallDeadline,
 }
 
 /// A call's result with what it cost, before it is counted.
