@@ -26,6 +26,9 @@
 //! in bursts as real clients do. This is where queueing inside the gateway
 //! shows, and what the README's one-line reproduction runs.
 //!
+//! Last, a normal client's latency at 200 req/s alone and beside 2 000
+//! slowloris connections (one byte of a request head a second each).
+//!
 //! Run: `cargo bench -p switchyard --bench overhead`. Under `cargo test` it
 //! runs one short rate as a smoke test of itself.
 
@@ -295,6 +298,41 @@ fn outside_generator(
     }
 }
 
+/// Opens `conns` connections to `addr` that each send one byte of a
+/// request head a second and never finish it (slowloris). They dribble
+/// until the gateway cuts them off or the tasks are aborted.
+async fn slowloris(addr: std::net::SocketAddr, conns: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    use tokio::io::AsyncWriteExt;
+    let head = format!(
+        "POST /model/g/converse HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n"
+    );
+    let (opened, mut ready) = tokio::sync::mpsc::channel::<()>(conns);
+    let tasks = (0..conns)
+        .map(|_| {
+            let (head, opened) = (head.clone(), opened.clone());
+            tokio::spawn(async move {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                    return;
+                };
+                let _ = opened.send(()).await;
+                for byte in head.bytes().cycle() {
+                    if stream.write_all(&[byte]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        })
+        .collect();
+    drop(opened);
+    for _ in 0..conns {
+        if ready.recv().await.is_none() {
+            break;
+        }
+    }
+    tasks
+}
+
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
 }
@@ -434,6 +472,27 @@ fn main() {
         "highest rate with gateway p99 < 5 ms: {}",
         best_under_5ms.map_or("none of those tried".to_owned(), |r| format!("{r} req/s"))
     );
+    // A normal client's latency while many connections dribble their
+    // headers (issue 17's slowloris), next to the same load without them.
+    let slow_conns = if full { 2_000 } else { 200 };
+    runtime.block_on(async {
+        let rate = 200;
+        let quiet = phase(&client, &gateway_url, rate, duration).await;
+        let addr = ([127, 0, 0, 1], gateway_port).into();
+        let slow = slowloris(addr, slow_conns).await;
+        let attacked = phase(&client, &gateway_url, rate, duration).await;
+        let still_open = slow.iter().filter(|t| !t.is_finished()).count();
+        for t in slow {
+            t.abort();
+        }
+        let p = |ph: &Phase| (ph.percentile(0.5), ph.percentile(0.99), ph.errors);
+        let (q, a) = (p(&quiet), p(&attacked));
+        println!(
+            "{rate} req/s through the gateway, p50/p99 µs and errors: {:.0}/{:.0} ({}) alone, \
+             {:.0}/{:.0} ({}) beside {slow_conns} slowloris connections ({still_open} still open)",
+            q.0, q.1, q.2, a.0, a.1, a.2
+        );
+    });
     let hey_rates: &[u64] = if full { &[200, 500, 1_000] } else { &[200] };
     let hey_duration = if full {
         Duration::from_secs(15)

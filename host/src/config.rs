@@ -173,6 +173,11 @@ pub struct PolicyRuntimeConfig {
     /// costs a little on every call, and the deadline already bounds a call.
     #[serde(skip)]
     pub meter_fuel: bool,
+    /// Seeds each policy call's randomness with this number XOR the
+    /// request's sequence number in its group, so a run can be replayed
+    /// decision for decision (`policy simulate` seeds the same way, with 0).
+    /// Unset: fresh randomness for every call.
+    pub seed: Option<u64>,
 }
 
 impl Default for PolicyRuntimeConfig {
@@ -186,6 +191,7 @@ impl Default for PolicyRuntimeConfig {
             rollback_fault_ratio: 0.5,
             rollback_window_calls: 20,
             meter_fuel: false,
+            seed: None,
         }
     }
 }

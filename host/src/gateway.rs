@@ -177,7 +177,13 @@ impl Gateway {
         });
         shared.attach(&mirror);
         let metrics = Arc::new(Metrics::default());
-        let router = Router::new(groups, clock, config.limits.max_attempts, metrics);
+        let router = Router::new(
+            groups,
+            clock,
+            config.limits.max_attempts,
+            config.policy_runtime.seed,
+            metrics,
+        );
         Ok(Self {
             state: Arc::new(AppState {
                 router,

@@ -1,8 +1,8 @@
 //! Switchyard: a gateway in front of AWS Bedrock whose routing decisions are
 //! sandboxed, hot-swappable WebAssembly policies.
 //!
-//! The request path: [`edge`] accepts and times connections, [`api`] parses and checks a request, [`router`] runs the
-//! attempt loop, [`policy`] answers selection / cooldown / fallback questions,
+//! The request path: [`edge`] accepts and times connections, [`api`] parses and checks a request, [`router`] drives the
+//! attempt loop ([`attempt`] decides its steps), [`policy`] answers selection / cooldown / fallback questions,
 //! [`upstream`] calls Bedrock through the AWS SDK, and [`health`] keeps what
 //! happened. [`sim`] is a Bedrock simulator speaking the real wire protocol, and
 //! [`state`] holds what several instances share (memory or Redis).
@@ -10,6 +10,7 @@
 pub mod admin_client;
 pub mod admission;
 pub mod api;
+pub mod attempt;
 pub mod authoring;
 pub mod clock;
 pub mod config;

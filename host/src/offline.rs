@@ -2,8 +2,9 @@
 //! clock: what `switchyard policy simulate` and `switchyard lab` share.
 //!
 //! Each question is answered the way the gateway answers it, including when
-//! the policy faults: the safe order (by priority) or the safe cooldown
-//! stands in, and the fault is written down instead of failing the run.
+//! the policy faults: the safe cooldown stands in (and the attempt plan's
+//! safe order for an order), and the fault is written down instead of
+//! failing the run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -85,19 +86,20 @@ impl OfflinePolicies {
         })
     }
 
-    /// The selection policy's order of `candidates` (indices into it).
+    /// The selection policy's order of `candidates` (indices into it), or
+    /// `None` when it faulted (the attempt plan's safe order stands in).
     pub fn order(
         &self,
         req: &RequestInfo,
         candidates: &[Candidate],
         options: &CallOptions,
         faults: &mut Vec<String>,
-    ) -> Vec<usize> {
+    ) -> Option<Vec<usize>> {
         match self.selection.select(req, candidates, options) {
-            Ok((order, _)) => order,
+            Ok((order, _)) => Some(order),
             Err(fault) => {
                 faults.push(format!("selection: {fault}"));
-                safe_order(candidates, (0..candidates.len()).collect())
+                None
             }
         }
     }
@@ -124,7 +126,7 @@ impl OfflinePolicies {
     }
 
     /// The fallback policy's order of `remaining`, what is left after
-    /// `failed` (indices into `remaining`).
+    /// `failed` (indices into `remaining`), or `None` when it faulted.
     pub fn next(
         &self,
         req: &RequestInfo,
@@ -133,23 +135,16 @@ impl OfflinePolicies {
         remaining: &[Candidate],
         options: &CallOptions,
         faults: &mut Vec<String>,
-    ) -> Vec<usize> {
+    ) -> Option<Vec<usize>> {
         match self
             .fallback
             .next(req, &wit_outcome(failed), tried, remaining, options)
         {
-            Ok((next, _)) => next,
+            Ok((next, _)) => Some(next),
             Err(fault) => {
                 faults.push(format!("fallback: {fault}"));
-                safe_order(remaining, (0..remaining.len()).collect())
+                None
             }
         }
     }
-}
-
-/// The gateway's safe order: by configured priority (a stable sort, so ties
-/// keep their configured order).
-fn safe_order(candidates: &[Candidate], mut indices: Vec<usize>) -> Vec<usize> {
-    indices.sort_by_key(|&i| candidates[i].priority);
-    indices
 }

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::admission::{DeploymentAdmission, Permit, Refusal, Ticket};
+use crate::attempt::{AfterFailure, AttemptPlan};
 use crate::clock::SharedClock;
 use crate::config::DeploymentConfig;
 use crate::health::breaker::BreakerState;
@@ -125,6 +126,8 @@ pub struct ModelGroup {
     pub members: Vec<Arc<Deployment>>,
     /// Its policy slots.
     pub slots: GroupSlots,
+    /// Each member's priority, by index, for the attempt plan's safe order.
+    priorities: Vec<u32>,
     /// Where its deployments run, for `host.describe`.
     deployments: DeploymentTable,
     sequence: AtomicU64,
@@ -138,6 +141,7 @@ impl ModelGroup {
         let deployments = deployment_table(members.iter().map(|d| &d.config));
         Self {
             name,
+            priorities: members.iter().map(|d| d.config.priority).collect(),
             members,
             slots,
             deployments,
@@ -259,8 +263,8 @@ impl AttemptCompletion {
 
 impl AttemptCompletion {
     /// Records how a stream ended, once its follower task says (a task that
-    /// died is a server error). Its usage is not read from the frames: the
-    /// token reservation stays.
+    /// died is a server error), settling its tokens with the usage of the
+    /// stream's metadata event.
     pub async fn finish_when_ended(
         self,
         finished: tokio::task::JoinHandle<crate::upstream::StreamEnd>,
@@ -292,6 +296,11 @@ struct Recorder {
     observer: PolicyObserver,
     clock: SharedClock,
     started: Instant,
+    /// When it started on the gateway's clock, which its latency is
+    /// judged by (so a manual clock replays it exactly).
+    started_ms: u64,
+    /// The request's policy seed.
+    seed: Option<u64>,
     request_id: String,
     deployments: DeploymentTable,
     /// The group's affinity and the request's user, to remember a success.
@@ -330,7 +339,7 @@ impl Recorder {
         let outcome = Outcome {
             deployment: self.deployment.config.id.clone(),
             kind,
-            latency_ms: u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            latency_ms: u32::try_from(now.saturating_sub(self.started_ms)).unwrap_or(u32::MAX),
             retry_after_ms,
             at_ms: now,
             detail,
@@ -345,7 +354,7 @@ impl Recorder {
         }
         let options = CallOptions {
             request_id: Some(self.request_id.clone()),
-            seed: None,
+            seed: self.seed,
             deployments: self.deployments.clone(),
         };
         self.observer.metrics.attempt(
@@ -479,21 +488,27 @@ pub struct Router {
     groups: HashMap<String, ModelGroup>,
     clock: SharedClock,
     max_attempts: u32,
+    /// Policy calls' randomness is seeded with this XOR the request's
+    /// sequence number (None: fresh randomness).
+    seed: Option<u64>,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    /// A router over `groups`; `max_attempts` of 0 means one per deployment.
+    /// A router over `groups`; `max_attempts` of 0 means one per deployment;
+    /// `seed` fixes the policies' randomness per request.
     pub fn new(
         groups: Vec<ModelGroup>,
         clock: SharedClock,
         max_attempts: u32,
+        seed: Option<u64>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
             clock,
             max_attempts,
+            seed,
             metrics,
         }
     }
@@ -675,40 +690,29 @@ impl Router {
         };
         let options = CallOptions {
             request_id: Some(request.request_id.clone()),
-            seed: None,
+            seed: self.seed.map(|seed| seed ^ info.sequence),
             deployments: group.deployments.clone(),
         };
         let candidates: Vec<_> = group.members.iter().map(|d| candidate(d, now)).collect();
         let called = Instant::now();
         let selected = selection.policy.select(&info, &candidates, &options);
         observer.observe(&slots.selection, selection, &selected, called.elapsed());
-        let order = match selected {
-            Ok((order, _)) => order,
-            Err(_) => (0..group.members.len()).collect(),
-        };
-        if order.is_empty() {
+        let selection_order = selected.ok().map(|(order, _)| order);
+        let mut plan =
+            AttemptPlan::new(group.priorities.clone(), self.max_attempts, selection_order);
+        if plan.chose_none() {
             tracing::info!("no deployment fit to call");
             return Pass::NoCapacity(Blocked::BySelection);
         }
-        let mut queue: Vec<Arc<Deployment>> =
-            order.iter().map(|&i| group.members[i].clone()).collect();
         tracing::info!(
-            order = ?queue.iter().map(|d| d.config.id.as_str()).collect::<Vec<_>>(),
+            order = ?plan.order().map(|i| group.members[i].config.id.as_str()).collect::<Vec<_>>(),
             "request will try deployments"
         );
         let tokens = u64::from(request.estimated_tokens);
-        let mut tried: Vec<Arc<Deployment>> = Vec::new();
-        // Deployments admission refused for this pass: not attempts, and not
-        // offered to the fallback policy again.
-        let mut skipped: Vec<Arc<Deployment>> = Vec::new();
         let mut refused_for_concurrency = false;
         let mut attempts: Vec<AttemptRecord> = Vec::new();
-        let max_attempts = match self.max_attempts {
-            0 => group.members.len(),
-            n => n as usize,
-        };
-        while !queue.is_empty() && attempts.len() < max_attempts {
-            let deployment = queue.remove(0);
+        while let Some(index) = plan.next_attempt() {
+            let deployment = &group.members[index];
             let ticket = match deployment
                 .admission
                 .try_start(tokens, self.clock.now_ms())
@@ -720,11 +724,10 @@ impl Router {
                     tracing::debug!(deployment = %deployment.config.id, ?refusal, "skipped by admission");
                     self.metrics
                         .skip(&group.name, &deployment.config.id, refusal);
-                    skipped.push(deployment);
+                    plan.refused(index);
                     continue;
                 }
             };
-            tried.push(deployment.clone());
             info.attempt = attempts.len() as u32;
             tracing::info!(deployment = %deployment.config.id, attempt = info.attempt, "attempting");
             deployment.health.begin_attempt(self.clock.now_ms());
@@ -735,6 +738,8 @@ impl Router {
                 observer: observer.clone(),
                 clock: self.clock.clone(),
                 started: Instant::now(),
+                started_ms: self.clock.now_ms(),
+                seed: options.seed,
                 request_id: request.request_id.clone(),
                 deployments: group.deployments.clone(),
                 affinity: request.user.clone().map(|u| (group.affinity.clone(), u)),
@@ -784,41 +789,28 @@ impl Router {
                     attempts,
                 }));
             }
-            // What is left: the selection's order first, then deployments it
-            // left out, in the safe order, so a fallback can still reach them.
-            let mut remaining = queue.clone();
-            for d in &group.members {
-                let seen = tried.iter().chain(&skipped).any(|t| Arc::ptr_eq(t, d));
-                if !seen && !remaining.iter().any(|r| Arc::ptr_eq(r, d)) {
-                    remaining.push(d.clone());
-                }
-            }
-            if remaining.is_empty() {
+            let AfterFailure::AskFallback { tried, remaining } = plan.failed(failure.kind) else {
                 break;
-            }
+            };
             info.attempt = attempts.len() as u32;
             info.previous_deployment = Some(deployment.config.id.clone());
             let now = self.clock.now_ms();
-            let remaining_candidates: Vec<_> =
-                remaining.iter().map(|d| candidate(d, now)).collect();
-            let tried_candidates: Vec<_> = tried.iter().map(|d| candidate(d, now)).collect();
+            let candidates_of = |indices: &[usize]| -> Vec<policy::Candidate> {
+                indices
+                    .iter()
+                    .map(|&i| candidate(&group.members[i], now))
+                    .collect()
+            };
             let called = Instant::now();
             let next = fallback.policy.next(
                 &info,
                 &wit_outcome(&outcome),
-                &tried_candidates,
-                &remaining_candidates,
+                &candidates_of(&tried),
+                &candidates_of(&remaining),
                 &options,
             );
             observer.observe(&slots.fallback, fallback, &next, called.elapsed());
-            queue = match next {
-                Ok((order, _)) => order.iter().map(|&i| remaining[i].clone()).collect(),
-                Err(_) => {
-                    let mut safe = remaining;
-                    safe.sort_by_key(|d| d.config.priority);
-                    safe
-                }
-            };
+            plan.fallback(&remaining, next.ok().map(|(order, _)| order));
         }
         if attempts.is_empty() {
             return Pass::NoCapacity(Blocked::ByAdmission {

@@ -5,6 +5,7 @@
 mod admission;
 mod agent_frameworks;
 mod api_errors;
+mod attempt_engine;
 mod auth;
 mod authoring;
 mod clients;

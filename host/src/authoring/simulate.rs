@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attempt::{AfterFailure, AttemptPlan};
 use crate::clock::{ManualClock, SharedClock};
 use crate::config::{DeploymentConfig, GroupPolicies, PolicyRef};
 use crate::health::DeploymentHealth;
@@ -199,7 +200,7 @@ pub fn run(
     })?;
     let names = policies.names.clone();
 
-    let deployments: Vec<SimDeployment> = timeline
+    let mut deployments: Vec<SimDeployment> = timeline
         .deployments
         .iter()
         .map(|config| SimDeployment {
@@ -207,6 +208,9 @@ pub fn run(
             health: DeploymentHealth::default(),
         })
         .collect();
+    // In the safe order, as a gateway's model group holds them: policies
+    // see the candidates in the same order as in production.
+    deployments.sort_by_key(|d| d.config.priority);
     let mut report = SimReport {
         policies: names,
         requests: Vec::new(),
@@ -220,17 +224,18 @@ pub fn run(
     let duration_ms = timeline.duration_s * 1000;
     let table = deployment_table(deployments.iter().map(|d| &d.config));
     let offsets = (0..duration_ms).step_by(timeline.request_every_ms as usize);
+    // Where the timeline's user was last served, as the gateway remembers
+    // it for sticky policies.
+    let mut last_success = None;
     for (sequence, offset_ms) in (0u64..).zip(offsets) {
         clock.set(START_MS + offset_ms);
-        let request = simulate_request(
+        let setup = Setup {
             timeline,
-            &policies,
-            &deployments,
-            &table,
-            &mut report,
-            offset_ms,
-            sequence,
-        );
+            policies: &policies,
+            deployments: &deployments,
+            table: &table,
+        };
+        let request = simulate_request(&setup, &mut report, &mut last_success, offset_ms, sequence);
         if request.served {
             report.served += 1;
         } else {
@@ -287,15 +292,28 @@ fn scripted(
         })
 }
 
+/// What every request of a run is simulated against.
+struct Setup<'a> {
+    timeline: &'a Timeline,
+    policies: &'a OfflinePolicies,
+    /// In the safe order.
+    deployments: &'a [SimDeployment],
+    table: &'a DeploymentTable,
+}
+
 fn simulate_request(
-    timeline: &Timeline,
-    policies: &OfflinePolicies,
-    deployments: &[SimDeployment],
-    table: &DeploymentTable,
+    setup: &Setup<'_>,
     report: &mut SimReport,
+    last_success: &mut Option<policy::LastSuccess>,
     offset_ms: u64,
     sequence: u64,
 ) -> SimRequest {
+    let Setup {
+        timeline,
+        policies,
+        deployments,
+        table,
+    } = *setup;
     let now = START_MS + offset_ms;
     let options = CallOptions {
         request_id: Some(format!("sim-{sequence}")),
@@ -312,25 +330,25 @@ fn simulate_request(
         sequence,
         estimated_tokens: 0,
         previous_deployment: None,
-        user_last_success: None,
+        user_last_success: last_success.clone(),
     };
     let mut faults = Vec::new();
     let candidates: Vec<_> = (0..deployments.len()).map(snapshot).collect();
-    let mut order = policies.order(&req, &candidates, &options, &mut faults);
-    let order_ids = order
-        .iter()
-        .map(|&i| deployments[i].config.id.clone())
+    let selection = policies.order(&req, &candidates, &options, &mut faults);
+    let priorities = deployments.iter().map(|d| d.config.priority).collect();
+    let mut plan = AttemptPlan::new(priorities, 0, selection);
+    let order_ids = plan
+        .order()
+        .map(|i| deployments[i].config.id.clone())
         .collect();
-    if let Some(&first) = order.first() {
+    if let Some(first) = plan.order().next() {
         if let Some(s) = report.deployments.get_mut(&deployments[first].config.id) {
             s.first_choice += 1;
         }
     }
     let mut attempts = Vec::new();
-    let mut tried: Vec<usize> = Vec::new();
     let mut served = false;
-    while !order.is_empty() {
-        let i = order.remove(0);
+    while let Some(i) = plan.next_attempt() {
         let d = &deployments[i];
         let before = snapshot(i);
         let (kind, latency_ms, retry_after_ms) = scripted(timeline, &d.config.id, offset_ms);
@@ -357,30 +375,32 @@ fn simulate_request(
             outcome: kind,
             cooldown_ms,
         });
-        tried.push(i);
         if kind == OutcomeKind::Success {
             served = true;
+            if timeline.user.is_some() {
+                *last_success = Some(policy::LastSuccess {
+                    deployment: d.config.id.clone(),
+                    at_ms: now,
+                });
+            }
             break;
         }
-        if !kind.worth_falling_back() || order.is_empty() {
+        let AfterFailure::AskFallback { tried, remaining } = plan.failed(kind) else {
             break;
-        }
+        };
         req.attempt += 1;
         req.previous_deployment = Some(d.config.id.clone());
-        let tried_now: Vec<_> = tried.iter().map(|&t| snapshot(t)).collect();
-        let remaining: Vec<_> = order.iter().map(|&r| snapshot(r)).collect();
-        order = policies
-            .next(
-                &req,
-                &outcome,
-                &tried_now,
-                &remaining,
-                &options,
-                &mut faults,
-            )
-            .into_iter()
-            .map(|k| order[k])
-            .collect();
+        let snapshots =
+            |indices: &[usize]| indices.iter().map(|&k| snapshot(k)).collect::<Vec<_>>();
+        let next = policies.next(
+            &req,
+            &outcome,
+            &snapshots(&tried),
+            &snapshots(&remaining),
+            &options,
+            &mut faults,
+        );
+        plan.fallback(&remaining, next);
     }
     let mut cooling = BTreeMap::new();
     for d in deployments {

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use super::arrivals::Arrival;
 use super::scenario::{Contender, Scenario, ScenarioError};
+use crate::attempt::{AfterFailure, AttemptPlan};
 use crate::clock::{ManualClock, SharedClock};
 use crate::health::DeploymentHealth;
 use crate::offline::OfflinePolicies;
@@ -63,9 +64,9 @@ struct InProgress {
     user: usize,
     arrived_ms: u64,
     info: RequestInfo,
-    /// What is left to try, in order (indices into the deployments).
-    order: Vec<usize>,
-    tried: Vec<usize>,
+    /// Its attempts: what is left to try and what was tried (indices into
+    /// the deployments).
+    plan: AttemptPlan,
     /// The attempt under way: deployment, how it will end, how long it takes.
     attempt: Option<(usize, OutcomeKind, u64)>,
 }
@@ -80,6 +81,8 @@ enum Event {
 }
 
 struct Deployment {
+    /// Its place in the scenario, which the record's tables follow.
+    scenario_index: usize,
     lab: super::scenario::LabDeployment,
     config: crate::config::DeploymentConfig,
     health: DeploymentHealth,
@@ -102,16 +105,21 @@ pub fn run(
             contender: contender.name.clone(),
             message: e.to_string(),
         })?;
-    let deployments: Vec<Deployment> = scenario
+    let mut deployments: Vec<Deployment> = scenario
         .deployments
         .iter()
-        .map(|d| Deployment {
+        .enumerate()
+        .map(|(scenario_index, d)| Deployment {
+            scenario_index,
             lab: d.clone(),
             config: d.gateway_config(),
             health: DeploymentHealth::default(),
             quota: RollingQuota::new(d.rpm, d.tpm),
         })
         .collect();
+    // In the safe order, as a gateway's model group holds them: policies
+    // see the candidates in the same order as in production.
+    deployments.sort_by_key(|d| d.config.priority);
     let mut sim = Simulation {
         scenario,
         policies,
@@ -207,9 +215,9 @@ impl Simulation<'_> {
         while self.sampled_to_s < end_s {
             self.sampled_to_s += 1;
             let now = self.now(self.sampled_to_s * 1000);
-            for (i, d) in self.deployments.iter().enumerate() {
+            for d in &self.deployments {
                 if d.health.snapshot(now).cooldown_remaining_ms > 0 {
-                    self.record.cooling_ms[i] += 1000;
+                    self.record.cooling_ms[d.scenario_index] += 1000;
                 }
             }
         }
@@ -233,8 +241,7 @@ impl Simulation<'_> {
             user: arrival.user,
             arrived_ms: at_ms,
             info,
-            order: Vec::new(),
-            tried: Vec::new(),
+            plan: AttemptPlan::new(Vec::new(), 0, Some(Vec::new())),
             attempt: None,
         });
         self.record.requests += 1;
@@ -243,26 +250,24 @@ impl Simulation<'_> {
             .map(|i| self.candidate(i, at_ms))
             .collect();
         let mut faults = Vec::new();
-        let order = self.policies.order(
+        let selection = self.policies.order(
             &self.requests[index].info,
             &candidates,
             &self.options(index),
             &mut faults,
         );
         self.record.policy_faults += faults.len() as u64;
-        self.requests[index].order = order;
+        let priorities = self.deployments.iter().map(|d| d.config.priority).collect();
+        self.requests[index].plan = AttemptPlan::new(priorities, 0, selection);
         self.start_next_attempt(index, at_ms);
     }
 
     /// Starts the next attempt of `request`, or fails it when nothing is left.
     fn start_next_attempt(&mut self, request: usize, at_ms: u64) {
-        if self.requests[request].order.is_empty() {
-            self.record.failed += 1;
-            let bucket = self.bucket(at_ms);
-            self.record.failed_per_bucket[bucket] += 1;
+        let Some(i) = self.requests[request].plan.next_attempt() else {
+            self.fail(at_ms);
             return;
-        }
-        let i = self.requests[request].order.remove(0);
+        };
         let now = self.now(at_ms);
         let tokens = self.scenario.request.total_tokens();
         let d = &mut self.deployments[i];
@@ -281,6 +286,13 @@ impl Simulation<'_> {
         self.requests[request].attempt = Some((i, kind, latency_ms));
         self.events
             .push(Reverse((at_ms + latency_ms, Event::AttemptEnds(request))));
+    }
+
+    /// A request ends without an answer.
+    fn fail(&mut self, at_ms: u64) {
+        self.record.failed += 1;
+        let bucket = self.bucket(at_ms);
+        self.record.failed_per_bucket[bucket] += 1;
     }
 
     fn end_attempt(&mut self, request: usize, at_ms: u64) {
@@ -307,7 +319,6 @@ impl Simulation<'_> {
         self.deployments[i]
             .health
             .apply_cooldown(now, cooldown_ms, clear, kind);
-        self.requests[request].tried.push(i);
         if kind == OutcomeKind::Success {
             let r = &self.requests[request];
             self.record.served += 1;
@@ -317,7 +328,7 @@ impl Simulation<'_> {
                 self.record.served_by_primary += 1;
             }
             let bucket = self.bucket(at_ms);
-            self.record.answered[i][bucket] += 1;
+            self.record.answered[self.deployments[i].scenario_index][bucket] += 1;
             self.last_success.insert(
                 r.user,
                 LastSuccess {
@@ -328,25 +339,30 @@ impl Simulation<'_> {
             self.record.policy_faults += faults.len() as u64;
             return;
         }
-        if !self.requests[request].order.is_empty() {
-            let tried_ids = self.requests[request].tried.clone();
-            let tried: Vec<Candidate> = tried_ids
-                .iter()
-                .map(|&t| self.candidate(t, at_ms))
-                .collect();
-            let remaining_ids = self.requests[request].order.clone();
-            let remaining: Vec<Candidate> = remaining_ids
-                .iter()
-                .map(|&k| self.candidate(k, at_ms))
-                .collect();
-            let r = &mut self.requests[request];
-            r.info.attempt += 1;
-            r.info.previous_deployment = Some(outcome.deployment.clone());
-            let next =
-                self.policies
-                    .next(&r.info, &outcome, &tried, &remaining, &options, &mut faults);
-            r.order = next.into_iter().map(|k| remaining_ids[k]).collect();
-        }
+        let AfterFailure::AskFallback { tried, remaining } =
+            self.requests[request].plan.failed(kind)
+        else {
+            self.record.policy_faults += faults.len() as u64;
+            self.fail(at_ms);
+            return;
+        };
+        let tried: Vec<Candidate> = tried.iter().map(|&t| self.candidate(t, at_ms)).collect();
+        let remaining_candidates: Vec<Candidate> = remaining
+            .iter()
+            .map(|&k| self.candidate(k, at_ms))
+            .collect();
+        let r = &mut self.requests[request];
+        r.info.attempt += 1;
+        r.info.previous_deployment = Some(outcome.deployment.clone());
+        let next = self.policies.next(
+            &r.info,
+            &outcome,
+            &tried,
+            &remaining_candidates,
+            &options,
+            &mut faults,
+        );
+        r.plan.fallback(&remaining, next);
         self.record.policy_faults += faults.len() as u64;
         self.start_next_attempt(request, at_ms);
     }

@@ -42,6 +42,10 @@ pub struct ModelCounts {
     pub throttles: u64,
     /// Calls that ended in another injected fault.
     pub faults: u64,
+    /// The number of its latest call among all the simulator's calls
+    /// (numbered from 1; 0: never called), which tells the order in which
+    /// models were called.
+    pub last_call: u64,
 }
 
 struct ModelState {
@@ -90,6 +94,8 @@ struct SimState {
     accept_any_model: bool,
     models: Mutex<HashMap<String, ModelState>>,
     request_ids: AtomicU64,
+    /// Calls received so far, of every model.
+    calls: AtomicU64,
     /// Streams whose client closed the connection before their end.
     abandoned_streams: Arc<AtomicU64>,
     /// Access keys it refuses, and how.
@@ -161,6 +167,7 @@ impl SimState {
         }
         let model = models.get_mut(model_id).expect("inserted above");
         model.counts.calls += 1;
+        model.counts.last_call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let work = match read() {
             Ok(w) => w,
             Err(message) => return Plan::Refuse(BedrockError::validation(message)),
@@ -713,6 +720,7 @@ impl Simulator {
                 abandoned_streams: Arc::new(AtomicU64::new(0)),
                 refused_keys: Mutex::new(HashMap::new()),
                 request_ids: AtomicU64::new(1),
+                calls: AtomicU64::new(0),
             }),
         }
     }
@@ -776,6 +784,14 @@ impl SimHandle {
     /// Makes the next `count` calls to `model_id` end in `fault`.
     pub fn inject(&self, model_id: &str, fault: Fault, count: u32) {
         self.state.inject(model_id, fault, count);
+    }
+
+    /// Drops the faults injected for `model_id` that no call has met yet.
+    pub fn clear_injected(&self, model_id: &str) {
+        let mut models = self.state.models.lock().expect("simulator state poisoned");
+        if let Some(model) = models.get_mut(model_id) {
+            model.injected.clear();
+        }
     }
 
     /// What `model_id` has seen so far.
