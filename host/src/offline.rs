@@ -15,7 +15,7 @@ use crate::outcome::Outcome;
 use crate::policy::{
     CallOptions, Candidate, KvStore, Policy, PolicyKind, PolicyRuntime, RequestInfo,
 };
-use crate::router::{safe_cooldown, wit_outcome};
+use crate::router::safe_cooldown;
 use crate::swap;
 
 /// A policy that could not be found or loaded.
@@ -115,7 +115,7 @@ impl OfflinePolicies {
     ) -> (u64, bool) {
         match self
             .cooldown
-            .on_outcome(&wit_outcome(outcome), before, options)
+            .on_outcome(&crate::policy::Outcome::from(outcome), before, options)
         {
             Ok((decision, _)) => (decision.cooldown_ms, decision.clear_history),
             Err(fault) => {
@@ -136,10 +136,13 @@ impl OfflinePolicies {
         options: &CallOptions,
         faults: &mut Vec<String>,
     ) -> Option<Vec<usize>> {
-        match self
-            .fallback
-            .next(req, &wit_outcome(failed), tried, remaining, options)
-        {
+        match self.fallback.next(
+            req,
+            &crate::policy::Outcome::from(failed),
+            tried,
+            remaining,
+            options,
+        ) {
             Ok((next, _)) => Some(next),
             Err(fault) => {
                 faults.push(format!("fallback: {fault}"));
