@@ -130,8 +130,8 @@ fn valid_name(name: &str) -> bool {
 /// `to` relative to `from` (both absolute), so a crate made inside a
 /// checkout keeps building when the checkout moves.
 fn relative_path(from: &Path, to: &Path) -> PathBuf {
-    let from: Vec<Component> = from.components().collect();
-    let to_parts: Vec<Component> = to.components().collect();
+    let from: Vec<Component<'_>> = from.components().collect();
+    let to_parts: Vec<Component<'_>> = to.components().collect();
     let common = from
         .iter()
         .zip(&to_parts)
