@@ -51,7 +51,7 @@ pub struct Config {
     pub http: crate::edge::HttpConfig,
     /// `[observability]`: who may read the stats routes.
     #[serde(default)]
-    pub observability: crate::api::stats::ObservabilityConfig,
+    pub observability: ObservabilityConfig,
     /// Limits every policy call runs under.
     #[serde(default)]
     pub policy_runtime: PolicyRuntimeConfig,
@@ -196,6 +196,16 @@ impl Default for PolicyRuntimeConfig {
     }
 }
 
+/// `[observability]`: who may read the gateway's stats.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// `/metrics`, `/model_stats`, `/cooldowns`, `/queue_stats`,
+    /// `/state_stats` and the status page need a client API key or the
+    /// admin token (they name users, deployments and accounts).
+    pub require_key: bool,
+}
+
 /// One upstream target: a Bedrock model id in one region under one set of credentials.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -324,8 +334,8 @@ pub struct ModelGroupConfig {
 
 impl ModelGroupConfig {
     /// The policy configured for `kind`.
-    pub fn policies_of(&self, kind: crate::policy::PolicyKind) -> &PolicyRef {
-        use crate::policy::PolicyKind;
+    pub fn policies_of(&self, kind: crate::vocabulary::PolicyKind) -> &PolicyRef {
+        use crate::vocabulary::PolicyKind;
         match kind {
             PolicyKind::Selection => &self.policies.selection,
             PolicyKind::Cooldown => &self.policies.cooldown,

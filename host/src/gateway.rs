@@ -1,6 +1,8 @@
 //! Assembles a running gateway from a config: loads the policies, builds the
 //! client pool, serves the API, and watches policy files.
 
+mod mirror;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,10 +23,10 @@ use crate::policy::{
     KvStore, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicyVersion, RollbackRule,
 };
 use crate::router::{Deployment, GroupSlots, ModelGroup, Router};
-use crate::state::mirror::GatewayMirror;
 use crate::state::{self, ChangeSink, QuotaSpec};
 use crate::swap::{self, ReloadReport, SwapError, Swapper};
 use crate::upstream::{Upstream, UpstreamError};
+use mirror::GatewayMirror;
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +273,7 @@ impl Gateway {
 
     /// Re-reads the config file and applies its policy changes.
     pub async fn reload(&self) -> Result<ReloadReport, ConfigError> {
-        reload(&self.state).await
+        api::reload(&self.state).await
     }
 
     /// Watches the config's policy files and reloads a slot whose file
@@ -334,7 +336,7 @@ impl Gateway {
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
-                    match reload(&state).await {
+                    match api::reload(&state).await {
                         Ok(report) => tracing::info!(?report, "config reloaded on SIGHUP"),
                         Err(e) => tracing::error!(error = %e, "config reload on SIGHUP failed"),
                     }
@@ -346,31 +348,4 @@ impl Gateway {
         reloader.abort();
         Ok(cut)
     }
-}
-
-/// Re-reads the config file and applies its policy changes.
-pub(crate) async fn reload(state: &AppState) -> Result<ReloadReport, ConfigError> {
-    let _guard = state.reloading.lock().await;
-    let path = state
-        .config_path
-        .lock()
-        .expect("config path poisoned")
-        .clone()
-        .ok_or_else(|| ConfigError::Invalid {
-            key: "(config file)".into(),
-            problem: "this gateway was not started from a config file".into(),
-        })?;
-    let config = Config::load(&path)?;
-    let running = state
-        .running_config
-        .lock()
-        .expect("config poisoned")
-        .clone();
-    let swapper = Swapper {
-        router: &state.router,
-        runtime: &state.runtime,
-    };
-    let report = swapper.reload(&config, &running);
-    *state.running_config.lock().expect("config poisoned") = config;
-    Ok(report)
 }

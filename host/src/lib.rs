@@ -5,7 +5,8 @@
 //! attempt loop ([`attempt`] decides its steps), [`policy`] answers selection / cooldown / fallback questions,
 //! [`upstream`] calls Bedrock through the AWS SDK, and [`health`] keeps what
 //! happened. [`sim`] is a Bedrock simulator speaking the real wire protocol, and
-//! [`state`] holds what several instances share (memory or Redis).
+//! [`state`] holds what several instances share (memory or Redis), and
+//! [`vocabulary`] the types those layers speak, so none depends on another for them.
 
 pub mod admin_client;
 pub mod admission;
@@ -27,3 +28,4 @@ pub mod sim;
 pub mod state;
 pub mod swap;
 pub mod upstream;
+pub mod vocabulary;

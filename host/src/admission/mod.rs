@@ -12,7 +12,6 @@
 
 pub mod concurrency;
 pub mod queue;
-pub mod quota;
 pub mod stats;
 
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::health::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::outcome::OutcomeKind;
 use crate::state::memory::MemoryState;
-use crate::state::{Change, QuotaGrant, QuotaSpec, StateBackend};
+use crate::state::StateBackend;
+pub use crate::vocabulary::Refusal;
+use crate::vocabulary::{Change, QuotaGrant, QuotaSpec};
 use concurrency::AimdLimit;
 
 pub use queue::{AdmitError, FairQueue, Permit, QueueConfig, QueueStats};
@@ -90,32 +91,6 @@ impl Default for ConcurrencyConfig {
             initial: 32,
             min: 1,
             max: 256,
-        }
-    }
-}
-
-/// Why an attempt may not start on a deployment now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "reason")]
-pub enum Refusal {
-    /// Its requests-per-minute quota is spent; back in `wait_ms`.
-    RequestQuota { wait_ms: u64 },
-    /// Its tokens-per-minute quota cannot hold this request; back in `wait_ms`.
-    TokenQuota { wait_ms: u64 },
-    /// As many attempts as its concurrency limit are in flight.
-    Concurrency,
-    /// Its circuit is open; a probe goes through in `wait_ms`.
-    CircuitOpen { wait_ms: u64 },
-}
-
-impl Refusal {
-    /// When it may be worth asking again, in ms (concurrency: soon).
-    pub fn wait_ms(self) -> u64 {
-        match self {
-            Self::RequestQuota { wait_ms }
-            | Self::TokenQuota { wait_ms }
-            | Self::CircuitOpen { wait_ms } => wait_ms,
-            Self::Concurrency => 10,
         }
     }
 }

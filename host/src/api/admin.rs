@@ -271,7 +271,7 @@ pub async fn params(
 
 /// `POST /admin/reload`: re-read the config file and apply its policy changes.
 pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
-    match crate::gateway::reload(&state).await {
+    match super::reload(&state).await {
         Ok(report) => Json(report).into_response(),
         Err(e) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

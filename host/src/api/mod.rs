@@ -7,6 +7,7 @@ mod bedrock;
 pub mod dispatch;
 mod error;
 mod openai;
+mod reload;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use error::ApiError;
 use crate::config::Config;
 use crate::policy::PolicyRuntime;
 use crate::router::Router;
+pub(crate) use reload::reload;
 
 /// What every handler can reach.
 pub struct AppState {

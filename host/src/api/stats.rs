@@ -170,16 +170,6 @@ pub async fn cooldowns(State(state): State<Arc<AppState>>) -> Response {
     Json(json!({ "cooldowns": cooldowns })).into_response()
 }
 
-/// `[observability]`: who may read the gateway's stats.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ObservabilityConfig {
-    /// `/metrics`, `/model_stats`, `/cooldowns`, `/queue_stats`,
-    /// `/state_stats` and the status page need a client API key or the
-    /// admin token (they name users, deployments and accounts).
-    pub require_key: bool,
-}
-
 /// Runs before the stats routes when `[observability] require_key` is on.
 pub async fn require_observer(
     State(state): State<Arc<AppState>>,

@@ -46,49 +46,7 @@ use limits::{EpochTicker, MemoryCap};
 
 use crate::clock::SharedClock;
 use crate::config::PolicyRuntimeConfig;
-
-/// The three questions a policy can answer.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicyKind {
-    /// In which order should a new request try the deployments?
-    Selection,
-    /// How long should a deployment cool down after an attempt?
-    Cooldown,
-    /// In which order should a failed request try what is left?
-    Fallback,
-}
-
-impl PolicyKind {
-    /// Every kind.
-    pub const ALL: [PolicyKind; 3] = [Self::Selection, Self::Cooldown, Self::Fallback];
-
-    /// The WIT world a policy of this kind implements.
-    pub fn world(self) -> &'static str {
-        match self {
-            Self::Selection => "selection",
-            Self::Cooldown => "cooldown",
-            Self::Fallback => "fallback",
-        }
-    }
-
-    /// The function the world exports.
-    pub fn export(self) -> &'static str {
-        match self {
-            Self::Selection => "select",
-            Self::Cooldown => "on-outcome",
-            Self::Fallback => "next",
-        }
-    }
-}
-
-impl std::fmt::Display for PolicyKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.world())
-    }
-}
+pub use crate::vocabulary::PolicyKind;
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::quota::{Reservation, RollingQuota};
 use super::{
     BoxFuture, Change, ChangeSink, GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend,
     StateStatus,
 };
-use crate::admission::quota::{Reservation, RollingQuota};
-use crate::admission::Refusal;
+use crate::vocabulary::Refusal;
 
 /// One deployment's quotas and the reservations still open against them.
 #[derive(Debug)]

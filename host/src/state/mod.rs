@@ -19,7 +19,7 @@
 //! Redis is down.
 
 pub mod memory;
-pub mod mirror;
+pub mod quota;
 pub mod redis;
 
 use std::future::Future;
@@ -28,8 +28,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::admission::Refusal;
-use crate::outcome::OutcomeKind;
+pub(crate) use crate::vocabulary::GrantSource;
+use crate::vocabulary::Refusal;
+pub use crate::vocabulary::{Change, QuotaGrant, QuotaSpec};
 
 /// The `[state]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -94,48 +95,6 @@ pub enum BackendKind {
     Redis,
 }
 
-/// The quotas of one deployment, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaSpec {
-    /// The deployment's id, the same on every instance (its circuit's name).
-    pub deployment: String,
-    /// The books its quota is kept in, the same on every instance:
-    /// deployments of one account, region and model share them, as
-    /// Bedrock's quota is theirs together.
-    pub pool: String,
-    /// Requests per minute.
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    pub tpm: Option<u64>,
-}
-
-/// Quota an attempt holds, to be settled when it ends. It carries all
-/// that settling needs, so the backends keep no table of open grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaGrant {
-    /// Which books it is in.
-    pub(crate) source: GrantSource,
-    /// Its id in those books (shared: with the instance's id in front).
-    pub(crate) id: u64,
-    /// Its copy in this instance's local books (shared grants).
-    pub(crate) mirror: Option<u64>,
-    /// Whether it took a request from an RPM quota.
-    pub(crate) rpm: bool,
-    /// Whether it took `tokens` from a TPM quota.
-    pub(crate) tpm: bool,
-    /// The tokens reserved against the TPM quota (0 without one).
-    pub tokens: u64,
-}
-
-/// Whose books a grant is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GrantSource {
-    /// This process's.
-    Local,
-    /// The shared store's.
-    Shared,
-}
-
 /// What is known of a deployment's quotas now, without a round trip.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QuotaView {
@@ -145,35 +104,6 @@ pub struct QuotaView {
     pub tpm_available: Option<u64>,
     /// The fuller of the two, in thousandths.
     pub used_permille: u32,
-}
-
-/// A change one instance made that the others must see.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum Change {
-    /// A cooldown policy's decision (0: the cooldown ended).
-    Cooldown {
-        deployment: String,
-        remaining_ms: u64,
-        cause: OutcomeKind,
-        clear_history: bool,
-    },
-    /// A circuit breaker opened for `remaining_ms`.
-    CircuitOpened {
-        deployment: String,
-        remaining_ms: u64,
-    },
-    /// A circuit breaker closed after a successful probe.
-    CircuitClosed { deployment: String },
-    /// A policy stored an entry (`slot` is `group/kind`).
-    KvSet {
-        slot: String,
-        key: String,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-    },
-    /// A policy removed an entry.
-    KvDeleted { slot: String, key: String },
 }
 
 /// How the backend is doing, for metrics and `/state_stats`.

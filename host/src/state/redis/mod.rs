@@ -34,7 +34,7 @@ use super::{
     BoxFuture, Change, ChangeSink, GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend,
     StateConfig, StateStatus,
 };
-use crate::admission::Refusal;
+use crate::vocabulary::Refusal;
 use keys::Keys;
 
 /// Quota taken on local books while Redis was unreachable.

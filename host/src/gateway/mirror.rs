@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Change, ChangeSink};
 use crate::admission::FairQueue;
 use crate::clock::SharedClock;
 use crate::outcome::OutcomeKind;
 use crate::policy::KvStore;
 use crate::router::Deployment;
+use crate::state::{Change, ChangeSink};
 
 /// A gateway's deployments, policy stores and queue, by their shared names.
 pub struct GatewayMirror {

@@ -1,0 +1,149 @@
+//! The words several layers of the gateway speak: admission's refusals,
+//! the quota books' specs and grants, the changes instances share, and
+//! the kinds of policy. A leaf: it depends on no other module of the
+//! gateway but [`crate::outcome`], so admission, state, the policy runtime
+//! and the config can all use it without depending on one another.
+
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::OutcomeKind;
+
+/// Why an attempt may not start on a deployment now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Refusal {
+    /// Its requests-per-minute quota is spent; back in `wait_ms`.
+    RequestQuota { wait_ms: u64 },
+    /// Its tokens-per-minute quota cannot hold this request; back in `wait_ms`.
+    TokenQuota { wait_ms: u64 },
+    /// As many attempts as its concurrency limit are in flight.
+    Concurrency,
+    /// Its circuit is open; a probe goes through in `wait_ms`.
+    CircuitOpen { wait_ms: u64 },
+}
+
+impl Refusal {
+    /// When it may be worth asking again, in ms (concurrency: soon).
+    pub fn wait_ms(self) -> u64 {
+        match self {
+            Self::RequestQuota { wait_ms }
+            | Self::TokenQuota { wait_ms }
+            | Self::CircuitOpen { wait_ms } => wait_ms,
+            Self::Concurrency => 10,
+        }
+    }
+}
+
+/// The quotas of one deployment, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaSpec {
+    /// The deployment's id, the same on every instance (its circuit's name).
+    pub deployment: String,
+    /// The books its quota is kept in, the same on every instance:
+    /// deployments of one account, region and model share them, as
+    /// Bedrock's quota is theirs together.
+    pub pool: String,
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+}
+
+/// Quota an attempt holds, to be settled when it ends. It carries all
+/// that settling needs, so the backends keep no table of open grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaGrant {
+    /// Which books it is in.
+    pub(crate) source: GrantSource,
+    /// Its id in those books (shared: with the instance's id in front).
+    pub(crate) id: u64,
+    /// Its copy in this instance's local books (shared grants).
+    pub(crate) mirror: Option<u64>,
+    /// Whether it took a request from an RPM quota.
+    pub(crate) rpm: bool,
+    /// Whether it took `tokens` from a TPM quota.
+    pub(crate) tpm: bool,
+    /// The tokens reserved against the TPM quota (0 without one).
+    pub tokens: u64,
+}
+
+/// Whose books a grant is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrantSource {
+    /// This process's.
+    Local,
+    /// The shared store's.
+    Shared,
+}
+
+/// A change one instance made that the others must see.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// A cooldown policy's decision (0: the cooldown ended).
+    Cooldown {
+        deployment: String,
+        remaining_ms: u64,
+        cause: OutcomeKind,
+        clear_history: bool,
+    },
+    /// A circuit breaker opened for `remaining_ms`.
+    CircuitOpened {
+        deployment: String,
+        remaining_ms: u64,
+    },
+    /// A circuit breaker closed after a successful probe.
+    CircuitClosed { deployment: String },
+    /// A policy stored an entry (`slot` is `group/kind`).
+    KvSet {
+        slot: String,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    },
+    /// A policy removed an entry.
+    KvDeleted { slot: String, key: String },
+}
+
+/// The three questions a policy can answer.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// In which order should a new request try the deployments?
+    Selection,
+    /// How long should a deployment cool down after an attempt?
+    Cooldown,
+    /// In which order should a failed request try what is left?
+    Fallback,
+}
+
+impl PolicyKind {
+    /// Every kind.
+    pub const ALL: [PolicyKind; 3] = [Self::Selection, Self::Cooldown, Self::Fallback];
+
+    /// The WIT world a policy of this kind implements.
+    pub fn world(self) -> &'static str {
+        match self {
+            Self::Selection => "selection",
+            Self::Cooldown => "cooldown",
+            Self::Fallback => "fallback",
+        }
+    }
+
+    /// The function the world exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            Self::Selection => "select",
+            Self::Cooldown => "on-outcome",
+            Self::Fallback => "next",
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.world())
+    }
+}
