@@ -23,7 +23,7 @@ use crate::policy::{
     KvStore, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicyVersion, RollbackRule,
 };
 use crate::router::{Deployment, GroupSlots, ModelGroup, Router};
-use crate::state::{self, ChangeSink, QuotaSpec};
+use crate::state::{self, ChangeSink, QuotaSpec, StateBackend};
 use crate::swap::{self, ReloadReport, SwapError, Swapper};
 use crate::upstream::{Upstream, UpstreamError};
 use mirror::GatewayMirror;
@@ -87,89 +87,8 @@ impl Gateway {
             .collect();
         let shared = state::backend(&config.state, &quotas, config.admission.quota_window_ms())
             .map_err(GatewayError::State)?;
-        let mut deployments = HashMap::new();
-        for d in &config.deployments {
-            let mut d = d.clone();
-            let endpoint = match (upstreams, &d.endpoint_url) {
-                (Upstreams::Simulator(url), None) => {
-                    d.credentials = CredentialsConfig::Static {
-                        access_key_id: "SIMULATOR".into(),
-                        secret_access_key: "SIMULATOR".into(),
-                        session_token: None,
-                    };
-                    Some(url.as_str())
-                }
-                _ => None,
-            };
-            let upstream = Upstream::new(&d, &config.limits, endpoint)?;
-            deployments.insert(
-                d.id.clone(),
-                Arc::new(Deployment {
-                    admission: DeploymentAdmission::new(
-                        quotas
-                            .iter()
-                            .find(|q| q.deployment == d.id)
-                            .cloned()
-                            .expect("a spec per deployment"),
-                        shared.clone(),
-                        &config.admission,
-                    ),
-                    config: d,
-                    upstream,
-                    health: DeploymentHealth::default(),
-                }),
-            );
-        }
-        let rule = RollbackRule {
-            window_calls: config.policy_runtime.rollback_window_calls as usize,
-            max_fault_ratio: config.policy_runtime.rollback_fault_ratio,
-        };
-        let mut groups = Vec::new();
-        let mut kv_stores = HashMap::new();
-        for g in &config.model_groups {
-            let mut slot = |kind: PolicyKind| -> Result<Arc<PolicySlot>, GatewayError> {
-                let policy = g.policies_of(kind);
-                let error = |source: SwapError| GatewayError::Policy {
-                    group: g.name.clone(),
-                    kind,
-                    policy: policy
-                        .name
-                        .clone()
-                        .or_else(|| policy.path.as_ref().map(|p| p.display().to_string()))
-                        .unwrap_or_default(),
-                    source: Box::new(source),
-                };
-                let (source, component) = swap::resolve(kind, policy).map_err(error)?;
-                let slot_name = format!("{}/{kind}", g.name);
-                let kv = Arc::new(KvStore::shared(
-                    clock.clone(),
-                    shared.clone(),
-                    slot_name.clone(),
-                ));
-                kv_stores.insert(slot_name, kv.clone());
-                let label = source
-                    .strip_prefix("builtin:")
-                    .unwrap_or(&source)
-                    .to_owned();
-                let policy_loaded = runtime
-                    .load(kind, &label, &component, &policy.params, kv.clone())
-                    .map_err(|e| error(SwapError::Invalid(e)))?;
-                let version =
-                    PolicyVersion::new(policy_loaded, source, component, policy.params.clone());
-                Ok(Arc::new(PolicySlot::new(kind, version, kv, rule)))
-            };
-            let slots = GroupSlots {
-                selection: slot(PolicyKind::Selection)?,
-                cooldown: slot(PolicyKind::Cooldown)?,
-                fallback: slot(PolicyKind::Fallback)?,
-            };
-            let members = g
-                .deployments
-                .iter()
-                .map(|id| deployments[id].clone())
-                .collect();
-            groups.push(ModelGroup::new(g.name.clone(), members, slots));
-        }
+        let deployments = build_deployments(config, upstreams, &quotas, &shared)?;
+        let (groups, kv_stores) = load_groups(config, &runtime, &clock, &shared, &deployments)?;
         let queue = FairQueue::shared(config.admission.queue.clone(), shared.clone());
         let mirror: Arc<dyn ChangeSink> = Arc::new(GatewayMirror {
             clock: clock.clone(),
@@ -348,4 +267,113 @@ impl Gateway {
         reloader.abort();
         Ok(cut)
     }
+}
+
+/// Each configured deployment with its upstream client and admission
+/// (its quotas kept in `shared`), by id.
+fn build_deployments(
+    config: &Config,
+    upstreams: &Upstreams,
+    quotas: &[QuotaSpec],
+    shared: &Arc<dyn StateBackend>,
+) -> Result<HashMap<String, Arc<Deployment>>, GatewayError> {
+    let mut deployments = HashMap::new();
+    for d in &config.deployments {
+        let mut d = d.clone();
+        let endpoint = match (upstreams, &d.endpoint_url) {
+            (Upstreams::Simulator(url), None) => {
+                d.credentials = CredentialsConfig::Static {
+                    access_key_id: "SIMULATOR".into(),
+                    secret_access_key: "SIMULATOR".into(),
+                    session_token: None,
+                };
+                Some(url.as_str())
+            }
+            _ => None,
+        };
+        let upstream = Upstream::new(&d, &config.limits, endpoint)?;
+        deployments.insert(
+            d.id.clone(),
+            Arc::new(Deployment {
+                admission: DeploymentAdmission::new(
+                    quotas
+                        .iter()
+                        .find(|q| q.deployment == d.id)
+                        .cloned()
+                        .expect("a spec per deployment"),
+                    shared.clone(),
+                    &config.admission,
+                ),
+                config: d,
+                upstream,
+                health: DeploymentHealth::default(),
+            }),
+        );
+    }
+    Ok(deployments)
+}
+
+/// Policy key-value stores by slot name (`group/kind`).
+type KvStores = HashMap<String, Arc<KvStore>>;
+
+/// Each model group with its three policy slots loaded, and every slot's
+/// key-value store by slot name (`group/kind`).
+fn load_groups(
+    config: &Config,
+    runtime: &PolicyRuntime,
+    clock: &SharedClock,
+    shared: &Arc<dyn StateBackend>,
+    deployments: &HashMap<String, Arc<Deployment>>,
+) -> Result<(Vec<ModelGroup>, KvStores), GatewayError> {
+    let rule = RollbackRule {
+        window_calls: config.policy_runtime.rollback_window_calls as usize,
+        max_fault_ratio: config.policy_runtime.rollback_fault_ratio,
+    };
+    let mut groups = Vec::new();
+    let mut kv_stores = HashMap::new();
+    for g in &config.model_groups {
+        let mut slot = |kind: PolicyKind| -> Result<Arc<PolicySlot>, GatewayError> {
+            let policy = g.policies_of(kind);
+            let error = |source: SwapError| GatewayError::Policy {
+                group: g.name.clone(),
+                kind,
+                policy: policy
+                    .name
+                    .clone()
+                    .or_else(|| policy.path.as_ref().map(|p| p.display().to_string()))
+                    .unwrap_or_default(),
+                source: Box::new(source),
+            };
+            let (source, component) = swap::resolve(kind, policy).map_err(error)?;
+            let slot_name = format!("{}/{kind}", g.name);
+            let kv = Arc::new(KvStore::shared(
+                clock.clone(),
+                shared.clone(),
+                slot_name.clone(),
+            ));
+            kv_stores.insert(slot_name, kv.clone());
+            let label = source
+                .strip_prefix("builtin:")
+                .unwrap_or(&source)
+                .to_owned();
+            let policy_loaded = runtime
+                .load(kind, &label, &component, &policy.params, kv.clone())
+                .map_err(|e| error(SwapError::Invalid(e)))?;
+            let version =
+                PolicyVersion::new(policy_loaded, source, component, policy.params.clone());
+            Ok(Arc::new(PolicySlot::new(kind, version, kv, rule)))
+        };
+        let slots = GroupSlots {
+            selection: slot(PolicyKind::Selection)?,
+            cooldown: slot(PolicyKind::Cooldown)?,
+            fallback: slot(PolicyKind::Fallback)?,
+        };
+        let members = g
+            .deployments
+            .iter()
+            .map(|id| deployments[id].clone())
+            .collect();
+        groups.push(ModelGroup::new(g.name.clone(), members, slots));
+    }
+    Ok((groups, kv_stores))
 }

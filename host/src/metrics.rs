@@ -61,25 +61,10 @@ struct SwapLabels {
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    attempts: Family<AttemptLabels, Counter>,
-    attempt_seconds: Family<DeploymentLabels, Histogram>,
-    admission_skips: Family<SkipLabels, Counter>,
-    queue_rejections: Family<RequestLabels, Counter>,
-    policy_calls: Family<PolicyLabels, Counter>,
-    policy_call_seconds: Family<PolicyLabels, Histogram>,
-    cooldown_seconds: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
-    circuit_state: Family<DeploymentLabels, Gauge>,
-    quota_used_ratio: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
-    queue_waiting: Gauge,
-    queue_running: Gauge,
-    state_degraded: Gauge,
-    state_errors: Counter,
-    state_local_decisions: Counter,
-    state_resyncs: Counter,
-    state_changes_received: Counter,
-    policy_faults: Family<PolicyFaultLabels, Counter>,
-    policy_swaps: Family<SwapLabels, Counter>,
+    requests: RequestMetrics,
+    policies: PolicyMetrics,
+    deployments: DeploymentMetrics,
+    shared: StateMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,6 +93,33 @@ fn outcome_label(kind: OutcomeKind) -> String {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("switchyard");
+        let requests = RequestMetrics::register(&mut registry);
+        let policies = PolicyMetrics::register(&mut registry);
+        let deployments = DeploymentMetrics::register(&mut registry);
+        let shared = StateMetrics::register(&mut registry);
+        Self {
+            registry,
+            requests,
+            policies,
+            deployments,
+            shared,
+        }
+    }
+}
+
+/// What clients asked and what it took: requests, attempts, admission and the queue.
+struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
+    attempt_seconds: Family<DeploymentLabels, Histogram>,
+    admission_skips: Family<SkipLabels, Counter>,
+    queue_rejections: Family<RequestLabels, Counter>,
+    queue_waiting: Gauge,
+    queue_running: Gauge,
+}
+
+impl RequestMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -140,6 +152,40 @@ impl Default for Metrics {
             "Requests the fair queue turned away (queue_full, deadline_in_queue)",
             queue_rejections.clone(),
         );
+        let queue_waiting = Gauge::default();
+        registry.register(
+            "queue_waiting",
+            "Requests waiting in the fair queue",
+            queue_waiting.clone(),
+        );
+        let queue_running = Gauge::default();
+        registry.register(
+            "queue_running",
+            "Requests admitted by the fair queue and still running",
+            queue_running.clone(),
+        );
+        Self {
+            requests,
+            attempts,
+            attempt_seconds,
+            admission_skips,
+            queue_rejections,
+            queue_waiting,
+            queue_running,
+        }
+    }
+}
+
+/// Policy calls, their faults and the versions swapped in.
+struct PolicyMetrics {
+    policy_calls: Family<PolicyLabels, Counter>,
+    policy_call_seconds: Family<PolicyLabels, Histogram>,
+    policy_faults: Family<PolicyFaultLabels, Counter>,
+    policy_swaps: Family<SwapLabels, Counter>,
+}
+
+impl PolicyMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let policy_calls = Family::<PolicyLabels, Counter>::default();
         registry.register(
             "policy_calls",
@@ -154,6 +200,36 @@ impl Default for Metrics {
             "Time of a policy call, instantiation included (the decision latency)",
             policy_call_seconds.clone(),
         );
+        let policy_faults = Family::<PolicyFaultLabels, Counter>::default();
+        registry.register(
+            "policy_faults",
+            "Policy calls that faulted (the safe order was used instead)",
+            policy_faults.clone(),
+        );
+        let policy_swaps = Family::<SwapLabels, Counter>::default();
+        registry.register(
+            "policy_swaps",
+            "Policy versions activated at run time, by reason (activate, rollback, auto_rollback, reload)",
+            policy_swaps.clone(),
+        );
+        Self {
+            policy_calls,
+            policy_call_seconds,
+            policy_faults,
+            policy_swaps,
+        }
+    }
+}
+
+/// Each deployment's cooldown, circuit and quota use.
+struct DeploymentMetrics {
+    cooldown_seconds: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+    circuit_state: Family<DeploymentLabels, Gauge>,
+    quota_used_ratio: Family<DeploymentLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl DeploymentMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let cooldown_seconds = Family::<DeploymentLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "deployment_cooldown_seconds",
@@ -172,18 +248,25 @@ impl Default for Metrics {
             "Share of each deployment's fuller quota (RPM or TPM) in use",
             quota_used_ratio.clone(),
         );
-        let queue_waiting = Gauge::default();
-        registry.register(
-            "queue_waiting",
-            "Requests waiting in the fair queue",
-            queue_waiting.clone(),
-        );
-        let queue_running = Gauge::default();
-        registry.register(
-            "queue_running",
-            "Requests admitted by the fair queue and still running",
-            queue_running.clone(),
-        );
+        Self {
+            cooldown_seconds,
+            circuit_state,
+            quota_used_ratio,
+        }
+    }
+}
+
+/// The shared state backend's link.
+struct StateMetrics {
+    state_degraded: Gauge,
+    state_errors: Counter,
+    state_local_decisions: Counter,
+    state_resyncs: Counter,
+    state_changes_received: Counter,
+}
+
+impl StateMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let state_degraded = Gauge::default();
         registry.register(
             "state_degraded",
@@ -214,39 +297,12 @@ impl Default for Metrics {
             "Cooldown, circuit and policy entry changes received from sibling instances",
             state_changes_received.clone(),
         );
-        let policy_faults = Family::<PolicyFaultLabels, Counter>::default();
-        registry.register(
-            "policy_faults",
-            "Policy calls that faulted (the safe order was used instead)",
-            policy_faults.clone(),
-        );
-        let policy_swaps = Family::<SwapLabels, Counter>::default();
-        registry.register(
-            "policy_swaps",
-            "Policy versions activated at run time, by reason (activate, rollback, auto_rollback, reload)",
-            policy_swaps.clone(),
-        );
         Self {
-            registry,
-            requests,
-            attempts,
-            attempt_seconds,
-            admission_skips,
-            queue_rejections,
-            policy_calls,
-            policy_call_seconds,
-            cooldown_seconds,
-            circuit_state,
-            quota_used_ratio,
-            queue_waiting,
-            queue_running,
             state_degraded,
             state_errors,
             state_local_decisions,
             state_resyncs,
             state_changes_received,
-            policy_faults,
-            policy_swaps,
         }
     }
 }
@@ -268,7 +324,8 @@ impl Metrics {
             crate::admission::Refusal::Concurrency => "concurrency",
             crate::admission::Refusal::CircuitOpen { .. } => "circuit_open",
         };
-        self.admission_skips
+        self.requests
+            .admission_skips
             .get_or_create(&SkipLabels {
                 group: group.to_owned(),
                 deployment: deployment.to_owned(),
@@ -279,7 +336,8 @@ impl Metrics {
 
     /// The fair queue turned a request for `group` away, for `reason`.
     pub fn queue_rejection(&self, group: &str, reason: &str) {
-        self.queue_rejections
+        self.requests
+            .queue_rejections
             .get_or_create(&RequestLabels {
                 group: group.to_owned(),
                 outcome: reason.to_owned(),
@@ -290,6 +348,7 @@ impl Metrics {
     /// A request ended; `outcome` is `success` or an error code.
     pub fn request(&self, group: &str, outcome: &str) {
         self.requests
+            .requests
             .get_or_create(&RequestLabels {
                 group: group.to_owned(),
                 outcome: outcome.to_owned(),
@@ -299,14 +358,16 @@ impl Metrics {
 
     /// An attempt ended.
     pub fn attempt(&self, group: &str, deployment: &str, kind: OutcomeKind, seconds: f64) {
-        self.attempts
+        self.requests
+            .attempts
             .get_or_create(&AttemptLabels {
                 group: group.to_owned(),
                 deployment: deployment.to_owned(),
                 outcome: outcome_label(kind),
             })
             .inc();
-        self.attempt_seconds
+        self.requests
+            .attempt_seconds
             .get_or_create(&DeploymentLabels {
                 deployment: deployment.to_owned(),
             })
@@ -326,12 +387,14 @@ impl Metrics {
             group: group.to_owned(),
             kind: kind.to_string(),
         };
-        self.policy_calls.get_or_create(&labels).inc();
-        self.policy_call_seconds
+        self.policies.policy_calls.get_or_create(&labels).inc();
+        self.policies
+            .policy_call_seconds
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
         if let Some(fault) = fault {
-            self.policy_faults
+            self.policies
+                .policy_faults
                 .get_or_create(&PolicyFaultLabels {
                     group: group.to_owned(),
                     kind: kind.to_string(),
@@ -354,42 +417,46 @@ impl Metrics {
         let labels = DeploymentLabels {
             deployment: deployment.to_owned(),
         };
-        self.cooldown_seconds
+        self.deployments
+            .cooldown_seconds
             .get_or_create(&labels)
             .set(cooldown_remaining_ms as f64 / 1000.0);
-        self.circuit_state
+        self.deployments
+            .circuit_state
             .get_or_create(&labels)
             .set(match circuit {
                 BreakerState::Closed => 0,
                 BreakerState::HalfOpen => 1,
                 BreakerState::Open => 2,
             });
-        self.quota_used_ratio
+        self.deployments
+            .quota_used_ratio
             .get_or_create(&labels)
             .set(f64::from(quota_used_permille) / 1000.0);
     }
 
     /// Sets the fair queue's gauges, at scrape time.
     pub fn queue_state(&self, waiting: u32, running: u32) {
-        self.queue_waiting.set(i64::from(waiting));
-        self.queue_running.set(i64::from(running));
+        self.requests.queue_waiting.set(i64::from(waiting));
+        self.requests.queue_running.set(i64::from(running));
     }
 
     /// Sets the shared state's metrics from its status, at scrape time.
     pub fn shared_state(&self, status: &crate::state::StateStatus) {
-        self.state_degraded.set(i64::from(status.degraded));
+        self.shared.state_degraded.set(i64::from(status.degraded));
         let catch_up = |counter: &Counter, total: u64| {
             counter.inc_by(total.saturating_sub(counter.get()));
         };
-        catch_up(&self.state_errors, status.errors);
-        catch_up(&self.state_local_decisions, status.local_decisions);
-        catch_up(&self.state_resyncs, status.resyncs);
-        catch_up(&self.state_changes_received, status.changes_received);
+        catch_up(&self.shared.state_errors, status.errors);
+        catch_up(&self.shared.state_local_decisions, status.local_decisions);
+        catch_up(&self.shared.state_resyncs, status.resyncs);
+        catch_up(&self.shared.state_changes_received, status.changes_received);
     }
 
     /// A slot's active version changed.
     pub fn policy_swap(&self, group: &str, kind: PolicyKind, reason: &str) {
-        self.policy_swaps
+        self.policies
+            .policy_swaps
             .get_or_create(&SwapLabels {
                 group: group.to_owned(),
                 kind: kind.to_string(),

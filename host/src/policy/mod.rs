@@ -12,6 +12,7 @@ pub mod builtin;
 mod cache;
 mod call_state;
 mod deployment_table;
+mod error;
 mod kv;
 mod limits;
 mod load_check;
@@ -34,6 +35,7 @@ pub use bindings::types::{
 pub use cache::sha256_hex;
 pub use call_state::PolicyLog;
 pub use deployment_table::DeploymentTable;
+pub use error::{LoadError, PolicyFault};
 pub use kv::KvStore;
 pub use slot::{PolicySlot, PolicyVersion, Rollback, RollbackRule, SlotError, VersionInfo};
 pub use world::{WorldMismatch, PACKAGE, VERSION};
@@ -47,45 +49,6 @@ use limits::{EpochTicker, MemoryCap};
 use crate::clock::SharedClock;
 use crate::config::PolicyRuntimeConfig;
 pub use crate::vocabulary::PolicyKind;
-
-/// Why a component could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The bytes are not a valid component.
-    #[error("not a valid WebAssembly component: {0}")]
-    Invalid(String),
-    /// The component implements another world or version.
-    #[error(transparent)]
-    World(#[from] WorldMismatch),
-    /// Linking failed although the names matched (types differ).
-    #[error("component does not match world `{world}` of {PACKAGE}@{VERSION}: {message}")]
-    Link {
-        world: &'static str,
-        message: String,
-    },
-    /// The load check (one call on synthetic input) faulted.
-    #[error("the load check call failed: {fault}{}", logged(.logs))]
-    LoadCheck {
-        fault: PolicyFault,
-        logs: Vec<PolicyLog>,
-    },
-    /// The engine could not be set up.
-    #[error("policy engine: {0}")]
-    Engine(String),
-}
-
-fn logged(logs: &[PolicyLog]) -> String {
-    let lines: Vec<String> = logs
-        .iter()
-        .filter(|l| l.level == "error" || l.level == "warn")
-        .map(|l| format!("{}: {}", l.level, l.message))
-        .collect();
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!("; the policy logged: {}", lines.join(" | "))
-    }
-}
 
 /// The request id of the load check, the one call every policy gets when it
 /// is loaded, on synthetic candidates. Documented in the WIT.
@@ -105,39 +68,6 @@ const FUEL_BUDGET: u64 = u64::MAX / 2;
 
 /// The least time the load check call is given.
 const LOAD_CHECK_DEADLINE: Duration = Duration::from_secs(1);
-
-/// How a policy call went wrong. None of these fail the client's request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyFault {
-    /// The policy trapped (panic, unreachable, bad memory access...).
-    #[error("trap: {0}")]
-    Trap(String),
-    /// The call ran past its deadline.
-    #[error("deadline exceeded")]
-    Timeout,
-    /// The policy tried to grow its memory past the cap.
-    #[error("out of memory")]
-    OutOfMemory,
-    /// The policy returned indices that are out of range or repeated.
-    #[error("invalid result: {0}")]
-    BadResult(String),
-    /// No instance could be made (for example, the pool is exhausted).
-    #[error("instantiation failed: {0}")]
-    Instantiate(String),
-}
-
-impl PolicyFault {
-    /// A short stable name, for metrics and logs.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Trap(_) => "trap",
-            Self::Timeout => "timeout",
-            Self::OutOfMemory => "out_of_memory",
-            Self::BadResult(_) => "bad_result",
-            Self::Instantiate(_) => "instantiate",
-        }
-    }
-}
 
 /// What the engine is shared between: every loaded policy keeps it alive.
 struct EngineShared {
