@@ -23,7 +23,7 @@ use crate::policy::{
     KvStore, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicyVersion, RollbackRule,
 };
 use crate::router::{Deployment, GroupSlots, ModelGroup, Router};
-use crate::state::{self, ChangeSink, QuotaSpec, StateBackend};
+use crate::state::{self, ChangeSink, QuotaSpec, SlotId, StateBackend};
 use crate::swap::{self, ReloadReport, SwapError, Swapper};
 use crate::upstream::{Upstream, UpstreamError};
 use mirror::GatewayMirror;
@@ -314,7 +314,7 @@ fn build_deployments(
 }
 
 /// Policy key-value stores by slot name (`group/kind`).
-type KvStores = HashMap<String, Arc<KvStore>>;
+type KvStores = HashMap<SlotId, Arc<KvStore>>;
 
 /// Each model group with its three policy slots loaded, and every slot's
 /// key-value store by slot name (`group/kind`).
@@ -345,17 +345,14 @@ fn load_groups(
                 source: Box::new(source),
             };
             let (source, component) = swap::resolve(kind, policy).map_err(error)?;
-            let slot_name = format!("{}/{kind}", g.name);
+            let slot_name = SlotId::new(&g.name, kind);
             let kv = Arc::new(KvStore::shared(
                 clock.clone(),
                 shared.clone(),
                 slot_name.clone(),
             ));
             kv_stores.insert(slot_name, kv.clone());
-            let label = source
-                .strip_prefix("builtin:")
-                .unwrap_or(&source)
-                .to_owned();
+            let label = source.label();
             let policy_loaded = runtime
                 .load(kind, &label, &component, &policy.params, kv.clone())
                 .map_err(|e| error(SwapError::Invalid(e)))?;

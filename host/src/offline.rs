@@ -64,11 +64,11 @@ impl OfflinePolicies {
             let error = |message: String| OfflineLoadError { kind, message };
             let (source, bytes) =
                 swap::resolve(kind, policy_ref).map_err(|e| error(e.to_string()))?;
-            names.insert(kind.world().to_owned(), source.clone());
+            names.insert(kind.world().to_owned(), source.to_string());
             runtime
                 .load(
                     kind,
-                    &source,
+                    &source.to_string(),
                     &bytes,
                     &policy_ref.params,
                     Arc::new(KvStore::new(clock.clone())),

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::config::{Config, PolicyRef};
 use crate::policy::{
-    builtin, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicyVersion, SlotError,
+    builtin, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicySource, PolicyVersion,
+    SlotError,
 };
 use crate::router::Router;
 
@@ -42,7 +43,10 @@ pub enum SwapError {
 }
 
 /// The component and label a config's policy reference names.
-pub fn resolve(kind: PolicyKind, policy: &PolicyRef) -> Result<(String, Arc<[u8]>), SwapError> {
+pub fn resolve(
+    kind: PolicyKind,
+    policy: &PolicyRef,
+) -> Result<(PolicySource, Arc<[u8]>), SwapError> {
     match (&policy.name, &policy.path) {
         (Some(name), _) => {
             let b = builtin::find(kind, name).ok_or_else(|| SwapError::UnknownBuiltin {
@@ -50,14 +54,17 @@ pub fn resolve(kind: PolicyKind, policy: &PolicyRef) -> Result<(String, Arc<[u8]
                 name: name.clone(),
                 known: builtin::names(kind).join(", "),
             })?;
-            Ok((format!("builtin:{}", b.name), Arc::from(b.component)))
+            Ok((
+                PolicySource::Builtin(b.name.to_owned()),
+                Arc::from(b.component),
+            ))
         }
         (None, Some(path)) => {
             let bytes = std::fs::read(path).map_err(|source| SwapError::File {
                 path: path.display().to_string(),
                 source,
             })?;
-            Ok((path.display().to_string(), Arc::from(bytes)))
+            Ok((PolicySource::File(path.clone()), Arc::from(bytes)))
         }
         (None, None) => unreachable!("config validation requires a name or a path"),
     }
@@ -67,14 +74,11 @@ pub fn resolve(kind: PolicyKind, policy: &PolicyRef) -> Result<(String, Arc<[u8]
 pub fn load_version(
     runtime: &PolicyRuntime,
     slot: &PolicySlot,
-    source: String,
+    source: PolicySource,
     component: Arc<[u8]>,
     params: serde_json::Value,
 ) -> Result<PolicyVersion, LoadError> {
-    let label = source
-        .strip_prefix("builtin:")
-        .unwrap_or(&source)
-        .to_owned();
+    let label = source.label();
     let policy = runtime.load(slot.kind(), &label, &component, &params, slot.kv().clone())?;
     Ok(PolicyVersion::new(policy, source, component, params))
 }
@@ -133,7 +137,7 @@ impl Swapper<'_> {
         let version = load_version(
             self.runtime,
             slot,
-            "upload".into(),
+            PolicySource::Upload,
             component.into(),
             params,
         )?;
@@ -217,7 +221,7 @@ impl Swapper<'_> {
                     PolicyKind::Cooldown => &group.policies.cooldown,
                     PolicyKind::Fallback => &group.policies.fallback,
                 };
-                let key = format!("{}/{kind}", group.name);
+                let key = crate::vocabulary::SlotId::new(&group.name, kind).to_string();
                 match self.reload_slot(&group.name, kind, policy) {
                     Ok(true) => report.swapped.push(key),
                     Ok(false) => {}

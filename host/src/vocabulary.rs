@@ -94,15 +94,15 @@ pub enum Change {
     },
     /// A circuit breaker closed after a successful probe.
     CircuitClosed { deployment: String },
-    /// A policy stored an entry (`slot` is `group/kind`).
+    /// A policy stored an entry.
     KvSet {
-        slot: String,
+        slot: SlotId,
         key: String,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     },
     /// A policy removed an entry.
-    KvDeleted { slot: String, key: String },
+    KvDeleted { slot: SlotId, key: String },
 }
 
 /// The three questions a policy can answer.
@@ -145,5 +145,68 @@ impl PolicyKind {
 impl std::fmt::Display for PolicyKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.world())
+    }
+}
+
+/// A policy slot: one model group's policy of one kind. Written
+/// `group/kind` in logs, Redis keys and shared changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct SlotId {
+    pub group: String,
+    pub kind: PolicyKind,
+}
+
+impl SlotId {
+    /// The slot of `group`'s `kind` policy.
+    pub fn new(group: impl Into<String>, kind: PolicyKind) -> Self {
+        Self {
+            group: group.into(),
+            kind,
+        }
+    }
+}
+
+impl std::fmt::Display for SlotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.group, self.kind)
+    }
+}
+
+impl From<SlotId> for String {
+    fn from(slot: SlotId) -> Self {
+        slot.to_string()
+    }
+}
+
+impl TryFrom<String> for SlotId {
+    type Error = String;
+
+    /// `group/kind`; the group may itself hold a `/`.
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let (group, kind) = text
+            .rsplit_once('/')
+            .ok_or_else(|| format!("`{text}` is not a policy slot (group/kind)"))?;
+        let kind = PolicyKind::ALL
+            .into_iter()
+            .find(|k| k.world() == kind)
+            .ok_or_else(|| format!("`{kind}` in `{text}` is not a policy kind"))?;
+        Ok(Self::new(group, kind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_id_is_written_and_read_as_group_slash_kind() {
+        let slot = SlotId::new("claude/fast", PolicyKind::Cooldown);
+        assert_eq!(slot.to_string(), "claude/fast/cooldown");
+        assert_eq!(SlotId::try_from(slot.to_string()), Ok(slot.clone()));
+        let json = serde_json::to_string(&slot).unwrap();
+        assert_eq!(json, "\"claude/fast/cooldown\"");
+        assert!(SlotId::try_from("claude".to_owned()).is_err());
+        assert!(SlotId::try_from("claude/nope".to_owned()).is_err());
     }
 }

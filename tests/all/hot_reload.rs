@@ -312,7 +312,10 @@ async fn a_changed_policy_file_is_reloaded_and_a_broken_one_is_refused() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(slot.current().source, policy_file.display().to_string());
+    assert_eq!(
+        slot.current().source,
+        switchyard::policy::PolicySource::File(policy_file.clone())
+    );
     watcher.abort();
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -521,7 +524,7 @@ async fn a_config_reload_swaps_changed_policies_and_reports_the_rest() {
     let report = gateway.reload().await.unwrap();
     assert_eq!(report.swapped, vec!["g/selection".to_owned()]);
     assert_eq!(report.needs_restart, vec!["deployments".to_owned()]);
-    assert_eq!(slot.current().source, "builtin:round-robin");
+    assert_eq!(slot.current().source.to_string(), "builtin:round-robin");
     assert_eq!(slot.current().params["skip_threshold_ms"], 500);
 
     // A broken one is refused and the active one stays.

@@ -10,14 +10,14 @@ use crate::clock::SharedClock;
 use crate::outcome::OutcomeKind;
 use crate::policy::KvStore;
 use crate::router::Deployment;
-use crate::state::{Change, ChangeSink};
+use crate::state::{Change, ChangeSink, SlotId};
 
 /// A gateway's deployments, policy stores and queue, by their shared names.
 pub struct GatewayMirror {
     pub clock: SharedClock,
     pub deployments: HashMap<String, Arc<Deployment>>,
-    /// Policy stores by slot name (`group/kind`).
-    pub kv: HashMap<String, Arc<KvStore>>,
+    /// Policy stores by slot.
+    pub kv: HashMap<SlotId, Arc<KvStore>>,
     pub queue: FairQueue,
 }
 
@@ -96,7 +96,7 @@ impl ChangeSink for GatewayMirror {
         self.queue.recheck();
     }
 
-    fn kv_slots(&self) -> Vec<String> {
+    fn kv_slots(&self) -> Vec<SlotId> {
         self.kv.keys().cloned().collect()
     }
 }

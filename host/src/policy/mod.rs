@@ -37,7 +37,9 @@ pub use call_state::PolicyLog;
 pub use deployment_table::DeploymentTable;
 pub use error::{LoadError, PolicyFault};
 pub use kv::KvStore;
-pub use slot::{PolicySlot, PolicyVersion, Rollback, RollbackRule, SlotError, VersionInfo};
+pub use slot::{
+    PolicySlot, PolicySource, PolicyVersion, Rollback, RollbackRule, SlotError, VersionInfo,
+};
 pub use world::{WorldMismatch, PACKAGE, VERSION};
 
 use bindings::cooldown::CooldownPre;

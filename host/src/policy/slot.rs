@@ -33,6 +33,39 @@ impl Default for RollbackRule {
     }
 }
 
+/// Where a policy version came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A built-in policy, by name.
+    Builtin(String),
+    /// A component file (as the config names it).
+    File(std::path::PathBuf),
+    /// A component uploaded through the admin API.
+    Upload,
+}
+
+impl PolicySource {
+    /// The name its calls are logged and counted under: the built-in's
+    /// name, the file's path, or `upload`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Builtin(name) => name.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// `builtin:NAME`, the file's path, or `upload`.
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Builtin(name) => write!(f, "builtin:{name}"),
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Upload => f.write_str("upload"),
+        }
+    }
+}
+
 /// One loaded version of a slot's policy.
 #[derive(Debug)]
 pub struct PolicyVersion {
@@ -40,8 +73,8 @@ pub struct PolicyVersion {
     pub number: u32,
     /// The linked policy.
     pub policy: Policy,
-    /// Where it came from: `builtin:NAME`, a file path, or `upload`.
-    pub source: String,
+    /// Where it came from.
+    pub source: PolicySource,
     /// SHA-256 of the component, hex.
     pub sha256: String,
     /// The component, kept so that new params can be applied to it.
@@ -57,7 +90,7 @@ impl PolicyVersion {
     /// A version of `policy` loaded from `component`.
     pub fn new(
         policy: Policy,
-        source: String,
+        source: PolicySource,
         component: Arc<[u8]>,
         params: serde_json::Value,
     ) -> Self {
@@ -283,7 +316,7 @@ impl PolicySlot {
             .map(|v| VersionInfo {
                 version: v.number,
                 active: v.number == active,
-                source: v.source.clone(),
+                source: v.source.to_string(),
                 sha256: v.sha256.clone(),
                 bytes: v.component.len(),
                 loaded_at_ms: v.loaded_at_ms,

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use crate::vocabulary::GrantSource;
 use crate::vocabulary::Refusal;
-pub use crate::vocabulary::{Change, QuotaGrant, QuotaSpec};
+pub use crate::vocabulary::{Change, QuotaGrant, QuotaSpec, SlotId};
 
 /// The `[state]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -133,7 +133,7 @@ pub trait ChangeSink: Send + Sync {
     /// Other instances' in-flight counts changed: let waiting requests re-check.
     fn running_elsewhere_changed(&self);
     /// The names of its policy key-value stores (`group/kind`).
-    fn kv_slots(&self) -> Vec<String>;
+    fn kv_slots(&self) -> Vec<SlotId>;
 }
 
 /// A future the backend answers later.

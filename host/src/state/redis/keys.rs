@@ -1,6 +1,6 @@
 //! The names of every key and channel, under the configured prefix.
 
-use super::super::QuotaSpec;
+use super::super::{QuotaSpec, SlotId};
 
 /// Key names for one fleet (one prefix).
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ impl Keys {
     }
 
     /// A policy slot's key-value entry.
-    pub fn kv(&self, slot: &str, key: &str) -> String {
+    pub fn kv(&self, slot: &SlotId, key: &str) -> String {
         format!("{}:kv:{slot}:{key}", self.prefix)
     }
 
