@@ -118,6 +118,13 @@ impl Gateway {
                 running_config: std::sync::Mutex::new(config.clone()),
                 config_path: std::sync::Mutex::new(None),
                 reloading: tokio::sync::Mutex::new(()),
+                coalescer: api::coalesce::Coalescer::default(),
+                coalescing_groups: config
+                    .model_groups
+                    .iter()
+                    .filter(|g| g.coalesce)
+                    .map(|g| g.name.clone())
+                    .collect(),
             }),
             max_body_bytes: config.limits.max_body_bytes,
             http: config.http.clone(),

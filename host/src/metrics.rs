@@ -14,6 +14,11 @@ use crate::outcome::OutcomeKind;
 use crate::policy::PolicyKind;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     group: String,
     outcome: String,
@@ -114,6 +119,7 @@ struct RequestMetrics {
     attempt_seconds: Family<DeploymentLabels, Histogram>,
     admission_skips: Family<SkipLabels, Counter>,
     queue_rejections: Family<RequestLabels, Counter>,
+    coalesced: Family<GroupLabels, Counter>,
     queue_waiting: Gauge,
     queue_running: Gauge,
 }
@@ -152,6 +158,12 @@ impl RequestMetrics {
             "Requests the fair queue turned away (queue_full, deadline_in_queue)",
             queue_rejections.clone(),
         );
+        let coalesced = Family::<GroupLabels, Counter>::default();
+        registry.register(
+            "coalesced_requests",
+            "Requests answered with an identical request's answer instead of an upstream call of their own",
+            coalesced.clone(),
+        );
         let queue_waiting = Gauge::default();
         registry.register(
             "queue_waiting",
@@ -170,6 +182,7 @@ impl RequestMetrics {
             attempt_seconds,
             admission_skips,
             queue_rejections,
+            coalesced,
             queue_waiting,
             queue_running,
         }
@@ -341,6 +354,16 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 group: group.to_owned(),
                 outcome: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A request was answered with an identical request's answer.
+    pub fn coalesced(&self, group: &str) {
+        self.requests
+            .coalesced
+            .get_or_create(&GroupLabels {
+                group: group.to_owned(),
             })
             .inc();
     }

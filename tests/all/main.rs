@@ -9,6 +9,7 @@ mod attempt_engine;
 mod auth;
 mod authoring;
 mod clients;
+mod coalescing;
 mod cooldown;
 mod credentials;
 mod edge;

@@ -8,8 +8,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
 use serde_json::Value;
 
+use super::coalesce;
 use super::dispatch::{
     dispatch, estimate_tokens, group_for, identify, request_id, routed_headers, used_tokens,
     with_id, Admitted, Incoming,
@@ -113,6 +115,38 @@ where
 pub async fn converse(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
+    mut headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let group = group_for(&state, &model_id).ok();
+    let (Some(group), Ok(bytes)) = (group, &body) else {
+        return converse_alone(state, model_id, headers, body).await;
+    };
+    if !state.coalesces(&group, &headers) {
+        return converse_alone(state, model_id, headers, body).await;
+    }
+    let key = coalesce::key("converse", &group, bytes);
+    let body = Ok(bytes.clone());
+    // The call may answer others too: it runs under this request's id.
+    let request_id = request_id(&headers);
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", id);
+    }
+    let call = {
+        let state = state.clone();
+        move || converse_alone(state, model_id, headers, body).boxed()
+    };
+    let (response, shared) = state.coalescer.answer(key, &request_id, call).await;
+    if shared {
+        state.router.metrics().coalesced(&group);
+    }
+    response
+}
+
+/// A Converse request that shares no call.
+async fn converse_alone(
+    state: Arc<AppState>,
+    model_id: String,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

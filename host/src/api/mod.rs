@@ -4,6 +4,7 @@
 mod admin;
 pub mod auth;
 mod bedrock;
+pub mod coalesce;
 pub mod dispatch;
 mod error;
 mod openai;
@@ -48,6 +49,18 @@ pub struct AppState {
     pub config_path: Mutex<Option<PathBuf>>,
     /// One reload or file-triggered swap at a time.
     pub reloading: tokio::sync::Mutex<()>,
+    /// Identical requests in flight, sharing one upstream call.
+    pub coalescer: coalesce::Coalescer,
+    /// The model groups that coalesce every non-streaming request.
+    pub coalescing_groups: std::collections::HashSet<String>,
+}
+
+impl AppState {
+    /// Whether a request to `group` with `headers` shares an identical
+    /// request's upstream call.
+    pub fn coalesces(&self, group: &str, headers: &axum::http::HeaderMap) -> bool {
+        self.coalescing_groups.contains(group) || coalesce::asked(headers)
+    }
 }
 
 /// Largest component `/admin` accepts.

@@ -332,6 +332,11 @@ pub struct ModelGroupConfig {
     /// The group's policies; each defaults to the built-in one.
     #[serde(default)]
     pub policies: GroupPolicies,
+    /// Identical non-streaming requests in flight at once share one
+    /// upstream call (a request can also ask with `x-switchyard-coalesce:
+    /// true`). A change needs a restart.
+    #[serde(default)]
+    pub coalesce: bool,
 }
 
 impl ModelGroupConfig {

@@ -27,6 +27,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use serde_json::{json, Value};
 
+use futures::FutureExt;
+
+use super::coalesce;
 use super::dispatch::{
     dispatch, estimate_tokens, group_for, identify, request_id, routed_headers, used_tokens,
     Admitted, Incoming,
@@ -128,11 +131,68 @@ pub async fn chat_completions(
             Err(e) => openai_error(e, &request_id, None),
             Ok(admitted) => stream_response(admitted, translator),
         }
+    } else if state.coalesces(&incoming.group, &headers) {
+        // Identical when the Converse body, the model named and the JSON
+        // mode are: the answer is built from those alone.
+        let route = format!("chat\0{}\0{json_mode}", chat.model);
+        let key = coalesce::key(&route, &incoming.group, &incoming.body);
+        let group = incoming.group.clone();
+        let call = {
+            let (state, request_id) = (state.clone(), request_id.clone());
+            move || {
+                async move {
+                    let answer = Completion {
+                        id,
+                        created,
+                        model: chat.model,
+                        json_mode,
+                    };
+                    answer
+                        .complete(&state, &headers, &request_id, incoming)
+                        .await
+                }
+                .boxed()
+            }
+        };
+        let (response, shared) = state.coalescer.answer(key, &request_id, call).await;
+        if shared {
+            state.router.metrics().coalesced(&group);
+        }
+        response
     } else {
+        let answer = Completion {
+            id,
+            created,
+            model: chat.model,
+            json_mode,
+        };
+        answer
+            .complete(&state, &headers, &request_id, incoming)
+            .await
+    }
+}
+
+/// How a non-streaming chat completion is answered.
+struct Completion {
+    id: String,
+    created: u64,
+    model: String,
+    json_mode: bool,
+}
+
+impl Completion {
+    /// Routes `incoming` and answers in the chat completion's shape.
+    async fn complete(
+        self,
+        state: &AppState,
+        headers: &HeaderMap,
+        request_id: &str,
+        incoming: Incoming,
+    ) -> Response {
         let admitted = dispatch(
-            &state,
-            &headers,
-            &request_id,
+            state,
+            headers,
+            request_id,
             incoming,
             |upstream, body| async move { upstream.converse(body).await },
         )
@@ -142,15 +202,15 @@ pub async fn chat_completions(
             routed,
             permit,
         } = match admitted {
-            Err(e) => return openai_error(e, &request_id, None),
+            Err(e) => return openai_error(e, request_id, None),
             Ok(a) => a,
         };
         let converse: Value = serde_json::from_slice(&routed.value.body).unwrap_or(Value::Null);
         let mut response = axum::Json(answer::completion(
-            &id,
-            created,
-            &chat.model,
-            json_mode,
+            &self.id,
+            self.created,
+            &self.model,
+            self.json_mode,
             &converse,
         ))
         .into_response();

@@ -1,0 +1,157 @@
+//! Request coalescing: identical requests in flight at once share one
+//! upstream call, and each gets the answer.
+
+use std::sync::Arc;
+
+use switchyard::clock::SystemClock;
+use switchyard::sim::SimModelConfig;
+
+use crate::support::*;
+
+/// A simulator whose model takes a second to answer, so that requests sent
+/// together are in flight together, behind a gateway with a coalescing
+/// group `shared` and an ordinary group `own` over the same model.
+async fn slow_model_gateway() -> (switchyard::sim::SimHandle, TestGateway) {
+    let slow = SimModelConfig {
+        ttft_ms: 1_000,
+        ..SimModelConfig::unlimited("model-a")
+    };
+    let sim = start_sim(vec![slow], SystemClock::shared()).await;
+    let config = format!(
+        "{}[[model_groups]]\nname = \"shared\"\ndeployments = [\"a\"]\ncoalesce = true\n\
+         [[model_groups]]\nname = \"own\"\ndeployments = [\"a\"]\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    (sim, gw)
+}
+
+async fn together(
+    gw: &Arc<TestGateway>,
+    group: &str,
+    n: usize,
+    body: impl Fn(usize) -> Vec<u8>,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<RawResponse> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let gw = gw.clone();
+            let path = format!("/model/{group}/converse");
+            let body = body(i);
+            tokio::spawn(async move { raw_post(gw.addr, &path, headers, &body).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_identical_requests_share_one_upstream_call() {
+    let (sim, gw) = slow_model_gateway().await;
+    let gw = Arc::new(gw);
+    // The same request, spelled with its keys in two orders.
+    let spelled = |i: usize| {
+        if i.is_multiple_of(2) {
+            r#"{"messages":[{"role":"user","content":[{"text":"same"}]}],"inferenceConfig":{"maxTokens":50}}"#.as_bytes().to_vec()
+        } else {
+            r#"{"inferenceConfig":{"maxTokens":50},"messages":[{"content":[{"text":"same"}],"role":"user"}]}"#.as_bytes().to_vec()
+        }
+    };
+    let answers = together(&gw, "shared", 50, spelled, &[]).await;
+    assert!(
+        answers.iter().all(|a| a.status == 200),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    let first = &answers[0].body;
+    assert!(
+        answers.iter().all(|a| &a.body == first),
+        "every waiter gets the same answer"
+    );
+    assert_eq!(
+        sim.counts("model-a").calls,
+        1,
+        "one upstream call for all 50"
+    );
+    let shared = answers
+        .iter()
+        .filter(|a| a.headers.get("x-switchyard-coalesced").map(String::as_str) == Some("true"))
+        .count();
+    assert_eq!(shared, 49);
+    // Each answer names its own request.
+    let ids: std::collections::HashSet<&String> =
+        answers.iter().map(|a| &a.headers["x-request-id"]).collect();
+    assert_eq!(ids.len(), 50);
+    let metrics = String::from_utf8(raw_get(gw.addr, "/metrics").await.body).unwrap();
+    assert!(
+        metrics.contains(r#"switchyard_coalesced_requests_total{group="shared"} 49"#),
+        "{metrics}"
+    );
+
+    // Once answered, the same request makes a call of its own.
+    let again = raw_post(gw.addr, "/model/shared/converse", &[], &spelled(0)).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(sim.counts("model-a").calls, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_identical_opted_in_requests_share() {
+    let (sim, gw) = slow_model_gateway().await;
+    let gw = Arc::new(gw);
+    // Different bodies: a call each.
+    let distinct = together(
+        &gw,
+        "shared",
+        3,
+        |i| converse_body(&format!("question {i}")),
+        &[],
+    )
+    .await;
+    assert!(distinct.iter().all(|a| a.status == 200));
+    assert_eq!(sim.counts("model-a").calls, 3);
+    // A group that does not coalesce: a call each, unless the request asks.
+    let own = together(&gw, "own", 3, |_| converse_body("same"), &[]).await;
+    assert!(own.iter().all(|a| a.status == 200));
+    assert_eq!(sim.counts("model-a").calls, 6);
+    let asked = together(
+        &gw,
+        "own",
+        3,
+        |_| converse_body("same"),
+        &[("x-switchyard-coalesce", "true")],
+    )
+    .await;
+    assert!(asked.iter().all(|a| a.status == 200));
+    assert_eq!(sim.counts("model-a").calls, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_openai_chat_completions_share_one_upstream_call() {
+    let (sim, gw) = slow_model_gateway().await;
+    let gw = Arc::new(gw);
+    let chat =
+        r#"{"model":"shared","messages":[{"role":"user","content":"same"}],"max_tokens":40}"#;
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                raw_post(gw.addr, "/v1/chat/completions", &[], chat.as_bytes()).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let answer = t.await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body_text());
+        assert_eq!(answer.json()["object"], "chat.completion");
+    }
+    assert_eq!(sim.counts("model-a").calls, 1);
+    // A stream never shares.
+    let stream =
+        r#"{"model":"shared","stream":true,"messages":[{"role":"user","content":"same"}]}"#;
+    let answer = raw_post(gw.addr, "/v1/chat/completions", &[], stream.as_bytes()).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(sim.counts("model-a").calls, 2);
+}
