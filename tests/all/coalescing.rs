@@ -155,3 +155,45 @@ async fn identical_openai_chat_completions_share_one_upstream_call() {
     assert_eq!(answer.status, 200);
     assert_eq!(sim.counts("model-a").calls, 2);
 }
+
+/// Sharing is no way around the API keys: a request without a valid key is
+/// refused even while an identical, authorised one is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_valid_key_shares_no_answer() {
+    const KEY: &str = "sk-coalesce-0123456789";
+    let slow = SimModelConfig {
+        ttft_ms: 1_000,
+        ..SimModelConfig::unlimited("model-a")
+    };
+    let sim = start_sim(vec![slow], SystemClock::shared()).await;
+    let config = format!(
+        "[[api_keys]]\nkey = \"{KEY}\"\nuser = \"alice\"\n{}[[model_groups]]\nname = \"shared\"\ndeployments = [\"a\"]\ncoalesce = true\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let addr = gw.addr;
+    let authorised = tokio::spawn(async move {
+        let bearer = format!("Bearer {KEY}");
+        let headers = [("authorization", bearer.as_str())];
+        raw_post(
+            addr,
+            "/model/shared/converse",
+            &headers,
+            &converse_body("same"),
+        )
+        .await
+    });
+    // While it is in flight, the same request without a valid key.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let headers = [("authorization", "Bearer sk-wrong-0123456789")];
+    let refused = raw_post(
+        addr,
+        "/model/shared/converse",
+        &headers,
+        &converse_body("same"),
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{}", refused.body_text());
+    assert_eq!(authorised.await.unwrap().status, 200);
+    assert_eq!(sim.counts("model-a").calls, 1);
+}

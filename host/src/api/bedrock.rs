@@ -125,6 +125,10 @@ pub async fn converse(
     if !state.coalesces(&group, &headers) {
         return converse_alone(state, model_id, headers, body).await;
     }
+    // Only a client the gateway would serve may share an answer.
+    if let Err(e) = identify(&state, &headers, None) {
+        return with_id(e, &request_id(&headers));
+    }
     let key = coalesce::key("converse", &group, bytes);
     let body = Ok(bytes.clone());
     // The call may answer others too: it runs under this request's id.
