@@ -13,6 +13,7 @@
 //! in the safe order (by priority, ties in configured order).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::outcome::OutcomeKind;
 
@@ -43,8 +44,9 @@ pub enum AfterFailure {
 /// tried and what admission refused.
 #[derive(Debug, Clone)]
 pub struct AttemptPlan {
-    /// Each member's priority, by index: the safe order sorts by it.
-    priorities: Vec<u32>,
+    /// Each member's priority, by index: the safe order sorts by it
+    /// (shared: the group's, made once).
+    priorities: Arc<[u32]>,
     queue: VecDeque<usize>,
     tried: Vec<usize>,
     /// Refused by admission in this pass: not attempts, and not offered to
@@ -58,7 +60,12 @@ impl AttemptPlan {
     /// `max_attempts` attempts (0: one per member). `selection` is the
     /// selection policy's order, or `None` when it faulted (the safe order
     /// over every member stands in).
-    pub fn new(priorities: Vec<u32>, max_attempts: u32, selection: Option<Vec<usize>>) -> Self {
+    pub fn new(
+        priorities: impl Into<Arc<[u32]>>,
+        max_attempts: u32,
+        selection: Option<Vec<usize>>,
+    ) -> Self {
+        let priorities = priorities.into();
         let members = priorities.len();
         let order = selection.unwrap_or_else(|| safe_order(&priorities, (0..members).collect()));
         Self {
@@ -102,11 +109,6 @@ impl AttemptPlan {
             self.tried.pop();
         }
         self.refused.push(deployment);
-    }
-
-    /// The deployments attempted so far, in order.
-    pub fn tried(&self) -> &[usize] {
-        &self.tried
     }
 
     /// The last attempt failed as `kind`. What is left for the fallback
@@ -196,7 +198,6 @@ mod tests {
         assert_eq!(plan.next_attempt(), Some(0));
         plan.refused(0);
         assert_eq!(plan.next_attempt(), Some(1));
-        assert_eq!(plan.tried(), [1]);
         assert_eq!(
             plan.failed(OutcomeKind::ServerError),
             AfterFailure::AskFallback {

@@ -68,7 +68,7 @@ impl OfflinePolicies {
             runtime
                 .load(
                     kind,
-                    &source.to_string(),
+                    &source.label(),
                     &bytes,
                     &policy_ref.params,
                     Arc::new(KvStore::new(clock.clone())),

@@ -118,33 +118,28 @@ pub async fn converse(
     mut headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let group = group_for(&state, &model_id).ok();
-    let (Some(group), Ok(bytes)) = (group, &body) else {
+    // A model id that names no group is refused on the ordinary path.
+    let shares = state.router.group(&model_id).is_some() && state.coalesces(&model_id, &headers);
+    let (true, Ok(bytes)) = (shares, &body) else {
         return converse_alone(state, model_id, headers, body).await;
     };
-    if !state.coalesces(&group, &headers) {
-        return converse_alone(state, model_id, headers, body).await;
-    }
     // Only a client the gateway would serve may share an answer.
     if let Err(e) = identify(&state, &headers, None) {
         return with_id(e, &request_id(&headers));
     }
-    let key = coalesce::key("converse", &group, bytes);
+    let key = coalesce::key("converse", &model_id, bytes);
     let body = Ok(bytes.clone());
     // The call may answer others too: it runs under this request's id.
     let request_id = request_id(&headers);
     if let Ok(id) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", id);
     }
+    let group = model_id.clone();
     let call = {
         let state = state.clone();
         move || converse_alone(state, model_id, headers, body).boxed()
     };
-    let (response, shared) = state.coalescer.answer(key, &request_id, call).await;
-    if shared {
-        state.router.metrics().coalesced(&group);
-    }
-    response
+    state.answer_coalesced(&group, key, &request_id, call).await
 }
 
 /// A Converse request that shares no call.

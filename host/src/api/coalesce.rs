@@ -188,9 +188,4 @@ impl Coalescer {
         let answer = pending.await;
         (answer.respond(request_id, shared), shared)
     }
-
-    /// Identical requests in flight now.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.lock().expect("coalescer poisoned").len()
-    }
 }

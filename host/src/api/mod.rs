@@ -61,6 +61,22 @@ impl AppState {
     pub fn coalesces(&self, group: &str, headers: &axum::http::HeaderMap) -> bool {
         self.coalescing_groups.contains(group) || coalesce::asked(headers)
     }
+
+    /// The answer to the request `key` names, shared with an identical one
+    /// in flight or made by `call`; a shared answer is counted for `group`.
+    pub async fn answer_coalesced(
+        &self,
+        group: &str,
+        key: [u8; 32],
+        request_id: &str,
+        call: impl FnOnce() -> futures::future::BoxFuture<'static, Response>,
+    ) -> Response {
+        let (response, shared) = self.coalescer.answer(key, request_id, call).await;
+        if shared {
+            self.router.metrics().coalesced(group);
+        }
+        response
+    }
 }
 
 /// Largest component `/admin` accepts.

@@ -33,6 +33,7 @@
 //! Attempts take no simulated time; their latency only feeds the statistics.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -223,18 +224,20 @@ pub fn run(
     };
     let duration_ms = timeline.duration_s * 1000;
     let table = deployment_table(deployments.iter().map(|d| &d.config));
+    let priorities: Arc<[u32]> = deployments.iter().map(|d| d.config.priority).collect();
     let offsets = (0..duration_ms).step_by(timeline.request_every_ms as usize);
     // Where the timeline's user was last served, as the gateway remembers
     // it for sticky policies.
     let mut last_success = None;
+    let setup = Setup {
+        timeline,
+        policies: &policies,
+        deployments: &deployments,
+        table: &table,
+        priorities: &priorities,
+    };
     for (sequence, offset_ms) in (0u64..).zip(offsets) {
         clock.set(START_MS + offset_ms);
-        let setup = Setup {
-            timeline,
-            policies: &policies,
-            deployments: &deployments,
-            table: &table,
-        };
         let request = simulate_request(&setup, &mut report, &mut last_success, offset_ms, sequence);
         if request.served {
             report.served += 1;
@@ -299,6 +302,8 @@ struct Setup<'a> {
     /// In the safe order.
     deployments: &'a [SimDeployment],
     table: &'a DeploymentTable,
+    /// The deployments' priorities, for the attempt plan's safe order.
+    priorities: &'a Arc<[u32]>,
 }
 
 fn simulate_request(
@@ -313,6 +318,7 @@ fn simulate_request(
         policies,
         deployments,
         table,
+        ..
     } = *setup;
     let now = START_MS + offset_ms;
     let options = CallOptions {
@@ -335,8 +341,7 @@ fn simulate_request(
     let mut faults = Vec::new();
     let candidates: Vec<_> = (0..deployments.len()).map(snapshot).collect();
     let selection = policies.order(&req, &candidates, &options, &mut faults);
-    let priorities = deployments.iter().map(|d| d.config.priority).collect();
-    let mut plan = AttemptPlan::new(priorities, 0, selection);
+    let mut plan = AttemptPlan::new(setup.priorities.clone(), 0, selection);
     let order_ids = plan
         .order()
         .map(|i| deployments[i].config.id.clone())

@@ -17,6 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use super::arrivals::Arrival;
 use super::scenario::{Contender, Scenario, ScenarioError};
@@ -124,6 +125,7 @@ pub fn run(
         scenario,
         policies,
         table: deployment_table(deployments.iter().map(|d| &d.config)),
+        priorities: deployments.iter().map(|d| d.config.priority).collect(),
         deployments,
         best_priority: scenario
             .deployments
@@ -168,6 +170,8 @@ struct Simulation<'a> {
     scenario: &'a Scenario,
     policies: OfflinePolicies,
     deployments: Vec<Deployment>,
+    /// Each deployment's priority, for the attempt plans' safe order.
+    priorities: Arc<[u32]>,
     /// Where they run, for `host.describe`.
     table: DeploymentTable,
     best_priority: u32,
@@ -195,9 +199,14 @@ impl Simulation<'_> {
         }
     }
 
+    /// The id of the `request`-th request.
+    fn request_id(request: usize) -> String {
+        format!("lab-{request}")
+    }
+
     fn options(&self, request: usize) -> CallOptions {
         CallOptions {
-            request_id: Some(self.requests[request].info.request_id.clone()),
+            request_id: Some(Self::request_id(request)),
             // Per request, so every contender sees the same randomness for
             // the same request.
             seed: Some(self.scenario.seed ^ request as u64),
@@ -227,7 +236,7 @@ impl Simulation<'_> {
         let index = self.requests.len();
         let user = &self.scenario.users[arrival.user];
         let info = RequestInfo {
-            request_id: format!("lab-{index}"),
+            request_id: Self::request_id(index),
             user: Some(user.name.clone()),
             model_group: "lab".into(),
             attempt: 0,
@@ -237,28 +246,23 @@ impl Simulation<'_> {
             previous_deployment: None,
             user_last_success: self.last_success.get(&arrival.user).cloned(),
         };
-        self.requests.push(InProgress {
-            user: arrival.user,
-            arrived_ms: at_ms,
-            info,
-            plan: AttemptPlan::new(Vec::new(), 0, Some(Vec::new())),
-            attempt: None,
-        });
         self.record.requests += 1;
         self.record.per_user[arrival.user].0 += 1;
         let candidates: Vec<Candidate> = (0..self.deployments.len())
             .map(|i| self.candidate(i, at_ms))
             .collect();
         let mut faults = Vec::new();
-        let selection = self.policies.order(
-            &self.requests[index].info,
-            &candidates,
-            &self.options(index),
-            &mut faults,
-        );
+        let selection = self
+            .policies
+            .order(&info, &candidates, &self.options(index), &mut faults);
         self.record.policy_faults += faults.len() as u64;
-        let priorities = self.deployments.iter().map(|d| d.config.priority).collect();
-        self.requests[index].plan = AttemptPlan::new(priorities, 0, selection);
+        self.requests.push(InProgress {
+            user: arrival.user,
+            arrived_ms: at_ms,
+            info,
+            plan: AttemptPlan::new(self.priorities.clone(), 0, selection),
+            attempt: None,
+        });
         self.start_next_attempt(index, at_ms);
     }
 

@@ -30,19 +30,23 @@ pub fn ticks_for(deadline: Duration, tick: Duration) -> u64 {
 /// served by the safe order than by a request that waits on a policy.
 const MAX_WAIT_FOR_CPU: Duration = Duration::from_millis(100);
 
-/// What a call may spend: `budget` of CPU time, checked every `ticks`.
+/// What a call may spend: `budget` of CPU time, checked every `ticks`,
+/// at most `max_checks` times (the wait cap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallDeadline {
     budget: Duration,
     ticks: u64,
+    max_checks: u32,
 }
 
 impl CallDeadline {
     /// A deadline of `budget` for an engine whose epoch advances every `tick`.
     pub fn new(budget: Duration, tick: Duration) -> Self {
+        let windows = MAX_WAIT_FOR_CPU.as_nanos() / budget.as_nanos().max(1);
         Self {
             budget,
             ticks: ticks_for(budget, tick),
+            max_checks: u32::try_from(windows).unwrap_or(u32::MAX).max(2),
         }
     }
 
@@ -71,17 +75,21 @@ pub struct CpuWatch {
 impl CpuWatch {
     /// A watch for a call that starts now.
     pub fn new(deadline: CallDeadline) -> Self {
-        let windows = MAX_WAIT_FOR_CPU.as_nanos() / deadline.budget.as_nanos().max(1);
         Self {
             deadline,
             checked_at: None,
-            checks_left: u32::try_from(windows).unwrap_or(u32::MAX).max(2),
+            checks_left: deadline.max_checks,
         }
     }
 
     /// The call reached its epoch deadline; its thread has used `cpu` in
-    /// all. Interrupt it, or let it run to the next check.
-    pub fn on_deadline(&mut self, cpu: Duration) -> UpdateDeadline {
+    /// all (`None`: unreadable). Interrupt it, or let it run to the next
+    /// check.
+    pub fn on_deadline(&mut self, cpu: Option<Duration>) -> UpdateDeadline {
+        // Without the thread's CPU time, the wall-time deadline holds.
+        let Some(cpu) = cpu else {
+            return UpdateDeadline::Interrupt;
+        };
         let used = self.checked_at.map(|at| cpu.saturating_sub(at));
         self.checked_at = Some(cpu);
         self.checks_left = self.checks_left.saturating_sub(1);
@@ -97,8 +105,8 @@ impl CpuWatch {
     }
 }
 
-/// The CPU time the calling thread has used.
-pub fn thread_cpu_time() -> Duration {
+/// The CPU time the calling thread has used, if the kernel says.
+pub fn thread_cpu_time() -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -107,11 +115,11 @@ pub fn thread_cpu_time() -> Duration {
     // constant every Linux supports.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {
-        // Unreadable: count the call as running, so the wall-time deadline
-        // holds as it did before this check existed.
-        return Duration::MAX;
+        return None;
     }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    Some(Duration::new(secs, nanos))
 }
 
 /// Idle ticks after which the ticker parks: about 100 ms at the default tick.
@@ -303,10 +311,16 @@ mod tests {
         let mut watch = CpuWatch::new(deadline);
         let ms = Duration::from_millis;
         assert!(matches!(
-            watch.on_deadline(ms(1)),
+            watch.on_deadline(Some(ms(1))),
             UpdateDeadline::Continue(3)
         ));
-        assert!(interrupted(watch.on_deadline(ms(2))));
+        assert!(interrupted(watch.on_deadline(Some(ms(2)))));
+    }
+
+    #[test]
+    fn without_the_threads_cpu_time_the_wall_time_deadline_holds() {
+        let deadline = CallDeadline::new(Duration::from_millis(1), Duration::from_micros(500));
+        assert!(interrupted(CpuWatch::new(deadline).on_deadline(None)));
     }
 
     #[test]
@@ -316,7 +330,7 @@ mod tests {
         let us = Duration::from_micros;
         // 100 µs of CPU a window: it is mostly waiting.
         let stopped_at = (1..=200)
-            .find(|i| interrupted(watch.on_deadline(us(100 * i))))
+            .find(|i| interrupted(watch.on_deadline(Some(us(100 * i)))))
             .unwrap();
         assert_eq!(
             u128::from(stopped_at as u32),
@@ -326,15 +340,16 @@ mod tests {
 
     #[test]
     fn thread_cpu_time_moves_with_work_not_with_sleep() {
-        let start = thread_cpu_time();
+        let cpu = || thread_cpu_time().expect("Linux reports a thread's CPU time");
+        let start = cpu();
         std::thread::sleep(Duration::from_millis(50));
-        let slept = thread_cpu_time() - start;
+        let slept = cpu() - start;
         assert!(slept < Duration::from_millis(25), "{slept:?}");
         // Work moves it: spinning reaches 5 ms of CPU (however busy the
         // machine, within far less than the 10 s bound).
         let mut x = 0u64;
         let spin = std::time::Instant::now();
-        while thread_cpu_time() - start < Duration::from_millis(5) {
+        while cpu() - start < Duration::from_millis(5) {
             assert!(
                 spin.elapsed() < Duration::from_secs(10),
                 "CPU time never moved"

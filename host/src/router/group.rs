@@ -107,7 +107,7 @@ pub struct ModelGroup {
     /// Its policy slots.
     pub slots: GroupSlots,
     /// Each member's priority, by index, for the attempt plan's safe order.
-    pub(super) priorities: Vec<u32>,
+    pub(super) priorities: Arc<[u32]>,
     /// Where its deployments run, for `host.describe`.
     pub(super) deployments: DeploymentTable,
     pub(super) sequence: AtomicU64,

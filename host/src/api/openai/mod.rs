@@ -127,26 +127,27 @@ pub async fn chat_completions(
             |upstream, body| async move { upstream.converse_stream(body).await },
         )
         .await;
-        match admitted {
+        return match admitted {
             Err(e) => openai_error(e, &request_id, None),
             Ok(admitted) => stream_response(admitted, translator),
-        }
-    } else if state.coalesces(&incoming.group, &headers) {
+        };
+    }
+    let answer = Completion {
+        id,
+        created,
+        model: chat.model,
+        json_mode,
+    };
+    if state.coalesces(&incoming.group, &headers) {
         // Identical when the Converse body, the model named and the JSON
         // mode are: the answer is built from those alone.
-        let route = format!("chat\0{}\0{json_mode}", chat.model);
+        let route = format!("chat\0{}\0{json_mode}", answer.model);
         let key = coalesce::key(&route, &incoming.group, &incoming.body);
         let group = incoming.group.clone();
         let call = {
             let (state, request_id) = (state.clone(), request_id.clone());
             move || {
                 async move {
-                    let answer = Completion {
-                        id,
-                        created,
-                        model: chat.model,
-                        json_mode,
-                    };
                     answer
                         .complete(&state, &headers, &request_id, incoming)
                         .await
@@ -154,18 +155,8 @@ pub async fn chat_completions(
                 .boxed()
             }
         };
-        let (response, shared) = state.coalescer.answer(key, &request_id, call).await;
-        if shared {
-            state.router.metrics().coalesced(&group);
-        }
-        response
+        state.answer_coalesced(&group, key, &request_id, call).await
     } else {
-        let answer = Completion {
-            id,
-            created,
-            model: chat.model,
-            json_mode,
-        };
         answer
             .complete(&state, &headers, &request_id, incoming)
             .await
