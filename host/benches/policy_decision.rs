@@ -164,7 +164,11 @@ fn main() {
             candidates(8),
         ));
     }
-    let constant = std::fs::read(concat!(env!("SWITCHYARD_POLICY_DIR"), "/garbage.wasm")).unwrap();
+    let constant = std::fs::read(format!(
+        "{}/garbage.wasm",
+        switchyard::policy::builtin::COMPILED_DIR
+    ))
+    .unwrap();
     let mut empty_ids = candidates(8);
     for c in &mut empty_ids {
         c.deployment.clear();

@@ -15,8 +15,11 @@ pub enum PushError {
     #[error("invalid gateway URL `{0}` (expected http://HOST:PORT)")]
     Url(String),
     /// The gateway could not be reached.
-    #[error("cannot reach the gateway: {0}")]
-    Connect(String),
+    #[error("cannot reach the gateway")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    /// The gateway's answer broke off.
+    #[error("the gateway's answer broke off")]
+    Answer(#[source] hyper::Error),
     /// The gateway refused, with its error body.
     #[error("the gateway refused ({status}): {body}")]
     Refused { status: u16, body: String },
@@ -59,16 +62,13 @@ pub async fn push(
         .body(Full::new(Bytes::from(component)))
         .map_err(|_| PushError::Url(gateway.to_owned()))?;
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| PushError::Connect(e.to_string()))?;
+    let response = client.request(request).await.map_err(PushError::Connect)?;
     let status = response.status().as_u16();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| PushError::Connect(e.to_string()))?
+        .map_err(PushError::Answer)?
         .to_bytes();
     if !(200..300).contains(&status) {
         return Err(PushError::Refused {

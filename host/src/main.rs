@@ -258,7 +258,7 @@ async fn serve(
     let clock = SystemClock::shared();
     let mut _simulator = None;
     let upstreams = if simulate {
-        let sim_config = config.simulator.clone().unwrap_or_default();
+        let sim_config = read_sim_config(config_path)?;
         let sim = Simulator::new(&sim_config, clock.clone())
             .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
@@ -270,9 +270,8 @@ async fn serve(
     } else {
         Upstreams::Aws
     };
-    let gateway = Gateway::build(&config, clock, &upstreams)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_config_path(config_path.to_owned());
+    let gateway =
+        Gateway::build(&config, clock, &upstreams)?.with_config_path(config_path.to_owned());
     if matches!(upstreams, Upstreams::Aws) {
         // A word at start beats a failing first request; a source that is
         // not there yet (IMDS, a role still being granted) may come later,

@@ -17,16 +17,6 @@ fn shared_policy_target() -> PathBuf {
     repo().join("target").join("policies")
 }
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "switchyard-authoring-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// Runs `switchyard ARGS` with the walkthrough's admin token, for at most `limit`.
 async fn switchyard(args: &[&str], limit: Duration) -> Output {
     switchyard_with_env(args, &[("SWITCHYARD_ADMIN_TOKEN", TOKEN)], limit).await
@@ -199,7 +189,7 @@ async fn check_runs_the_load_gate() {
 
 #[tokio::test]
 async fn the_cooldown_and_fallback_templates_build_and_pass_their_fixtures() {
-    let work = tempdir();
+    let work = ScratchDir::new("authoring");
     let target = shared_policy_target();
     for kind in ["cooldown", "fallback"] {
         let dir = work.join(format!("my-{kind}"));
@@ -237,7 +227,6 @@ async fn the_cooldown_and_fallback_templates_build_and_pass_their_fixtures() {
         assert!(stdout.contains(&format!("{kind} policy")), "{stdout}");
         assert!(stdout.contains(" 0 failed"), "{stdout}");
     }
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// The worked example, as it stands in `examples/custom-policy/`: it builds
@@ -245,7 +234,7 @@ async fn the_cooldown_and_fallback_templates_build_and_pass_their_fixtures() {
 #[tokio::test]
 async fn the_custom_policy_example_builds_and_passes_its_fixtures() {
     let example = repo().join("examples/custom-policy");
-    let work = tempdir();
+    let work = ScratchDir::new("authoring");
     let component = work.join("cheapest-first.wasm");
     succeeded(
         switchyard(
@@ -271,7 +260,6 @@ async fn the_custom_policy_example_builds_and_passes_its_fixtures() {
         "{}",
         command_output(&out)
     );
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// The walkthrough of `examples/custom-policy/README.md`, step by step:
@@ -279,7 +267,7 @@ async fn the_custom_policy_example_builds_and_passes_its_fixtures() {
 /// test it, and push it to a running gateway, where it routes requests.
 #[tokio::test]
 async fn the_walkthrough_from_scaffold_to_a_live_policy() {
-    let work = tempdir();
+    let work = ScratchDir::new("authoring");
     let dir = work.join("cheapest-first");
     let dir_s = dir.to_str().unwrap();
     let target = shared_policy_target();
@@ -452,5 +440,4 @@ async fn the_walkthrough_from_scaffold_to_a_live_policy() {
     assert_eq!((calls(SONNET), calls(HAIKU)), (2, 1));
 
     drop(gw);
-    let _ = std::fs::remove_dir_all(&work);
 }

@@ -57,12 +57,7 @@ fn unix_now() -> u64 {
 async fn short_lived_credentials_from_a_process_are_renewed_before_bedrock_refuses_them() {
     const LIFETIME_S: u64 = 13;
     let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
-    let dir = std::env::temp_dir().join(format!(
-        "switchyard-credentials-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("credentials");
     let script = rotating_process(&dir, LIFETIME_S);
     let aws_config = dir.join("aws-config");
     std::fs::write(
@@ -121,7 +116,6 @@ async fn short_lived_credentials_from_a_process_are_renewed_before_bedrock_refus
         issued(&dir)
     );
     assert!(issued(&dir).len() >= 3, "keys renewed: {:?}", issued(&dir));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ async fn gateway_with_admin(extra: &str) -> (switchyard::sim::SimHandle, TestGat
         clock.clone(),
     )
     .await;
-    let cache = tempdir();
+    let cache = ScratchDir::new("module-cache");
     let config = format!(
         "[admin]\ntoken = \"{TOKEN}\"\n[policy_runtime]\ncache_dir = \"{}\"\nrollback_window_calls = 10\n{extra}\n{}{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\", \"c\"]\n",
         cache.display(),
@@ -30,7 +30,7 @@ async fn gateway_with_admin(extra: &str) -> (switchyard::sim::SimHandle, TestGat
         deployment("b", "model-b", 2, &sim),
         deployment("c", "model-c", 3, &sim),
     );
-    let gw = start_gateway(&config, clock).await;
+    let gw = start_gateway(&config, clock).await.keeping(cache);
     (sim, gw)
 }
 
@@ -258,16 +258,6 @@ async fn activate_rollback_and_params_switch_versions() {
     );
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "switchyard-test-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn a_changed_policy_file_is_reloaded_and_a_broken_one_is_refused() {
     let clock = ManualClock::new(1_000_000);
@@ -276,7 +266,7 @@ async fn a_changed_policy_file_is_reloaded_and_a_broken_one_is_refused() {
         clock.clone(),
     )
     .await;
-    let dir = tempdir();
+    let dir = ScratchDir::new("hot-reload");
     let policy_file = dir.join("selection.wasm");
     std::fs::write(&policy_file, policy_bytes("priority")).unwrap();
     let config = format!(
@@ -317,7 +307,6 @@ async fn a_changed_policy_file_is_reloaded_and_a_broken_one_is_refused() {
         switchyard::policy::PolicySource::File(policy_file.clone())
     );
     watcher.abort();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The acceptance test of hot swapping: steady load while the selection
@@ -485,7 +474,7 @@ async fn a_config_reload_swaps_changed_policies_and_reports_the_rest() {
         clock.clone(),
     )
     .await;
-    let dir = tempdir();
+    let dir = ScratchDir::new("hot-reload");
     let path = dir.join("switchyard.toml");
     let write = |selection: &str, extra_deployment: bool| {
         let mut text = format!(
@@ -540,7 +529,6 @@ async fn a_config_reload_swaps_changed_policies_and_reports_the_rest() {
         "{report:?}"
     );
     assert_eq!(slot.current().params["skip_threshold_ms"], 500);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Switching back and forth forever keeps a bounded rollback history.

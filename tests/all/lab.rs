@@ -32,7 +32,7 @@ fn after(series: &Value, from: usize) -> Vec<u64> {
 
 #[tokio::test]
 async fn the_lab_reproduces_the_field_story() {
-    let out_dir = std::env::temp_dir().join(format!("switchyard-lab-{}", std::process::id()));
+    let out_dir = ScratchDir::new("lab");
     let path = scenario("primary-throttled.toml");
     let out = succeeded(
         switchyard_with_env(
@@ -91,7 +91,6 @@ async fn the_lab_reproduces_the_field_story() {
     )
     .unwrap();
     assert_eq!(saved, report);
-    let _ = std::fs::remove_dir_all(&out_dir);
 }
 
 #[test]
@@ -116,14 +115,12 @@ fn the_same_scenario_gives_the_same_figures() {
     assert_eq!(first, second);
 }
 
-fn write_scenario(text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "switchyard-lab-{}-{}.toml",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
+/// `text` in a scenario file, in a folder that goes when the first is dropped.
+fn write_scenario(text: &str) -> (ScratchDir, std::path::PathBuf) {
+    let dir = ScratchDir::new("lab-scenario");
+    let path = dir.join("scenario.toml");
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 /// A primary and a second deployment with the given RPM quotas, and users
@@ -139,10 +136,8 @@ fn two_deployments(duration_s: u64, rpm: [u32; 2], users: usize, per_min: u32) -
     for u in 1..=users {
         text += &format!("[[users]]\nname = \"u{u}\"\nsteady = {{ per_min = {per_min} }}\n");
     }
-    let path = write_scenario(&text);
-    let scenario = Scenario::load(&path).unwrap();
-    let _ = std::fs::remove_file(path);
-    scenario
+    let (_dir, path) = write_scenario(&text);
+    Scenario::load(&path).unwrap()
 }
 
 #[test]
@@ -177,7 +172,7 @@ fn beyond_the_quotas_the_simulated_bedrock_throttles_and_users_share_alike() {
 
 #[test]
 fn a_scenario_that_makes_no_sense_is_refused_with_the_reason() {
-    let path = write_scenario(
+    let (_dir, path) = write_scenario(
         r#"
 name = "silent"
 duration_s = 60
@@ -189,14 +184,12 @@ name = "quiet"
 name = "defaults"
 "#,
     );
-    let error = Scenario::load(&path).unwrap_err().to_string();
+    let error = switchyard::error_chain::render(&Scenario::load(&path).unwrap_err());
     assert!(error.contains("user `quiet` sends nothing"), "{error}");
-    let _ = std::fs::remove_file(path);
 
-    let path = write_scenario("name = \"x\"\nduration_s = 60\nbogus = 1\n");
-    let error = Scenario::load(&path).unwrap_err().to_string();
+    let (_dir, path) = write_scenario("name = \"x\"\nduration_s = 60\nbogus = 1\n");
+    let error = switchyard::error_chain::render(&Scenario::load(&path).unwrap_err());
     assert!(error.contains("bogus"), "{error}");
-    let _ = std::fs::remove_file(path);
 }
 
 #[test]

@@ -219,18 +219,16 @@ async fn after_a_failure_the_fallback_policy_orders_what_is_left() {
 #[test]
 fn a_component_for_another_world_is_refused_with_a_clear_message() {
     let runtime = runtime();
-    let error = load(&runtime, PolicyKind::Selection, "adaptive")
-        .unwrap_err()
-        .to_string();
+    let error = load(&runtime, PolicyKind::Selection, "adaptive").unwrap_err();
+    let error = switchyard::error_chain::render(&error);
     assert!(
         error.contains("does not implement world `switchyard:policy/selection@0.2.0`"),
         "{error}"
     );
     assert!(error.contains("cooldown policy"), "{error}");
 
-    let error = load(&runtime, PolicyKind::Selection, "future-version")
-        .unwrap_err()
-        .to_string();
+    let error = load(&runtime, PolicyKind::Selection, "future-version").unwrap_err();
+    let error = switchyard::error_chain::render(&error);
     assert!(error.contains("switchyard:policy@0.3.0"), "{error}");
     assert!(error.contains("switchyard:policy@0.2.0"), "{error}");
 
@@ -242,8 +240,8 @@ fn a_component_for_another_world_is_refused_with_a_clear_message() {
             &serde_json::json!({}),
             Arc::new(KvStore::new(ManualClock::new(0))),
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let error = switchyard::error_chain::render(&error);
     assert!(
         error.contains("not a valid WebAssembly component"),
         "{error}"
@@ -253,9 +251,8 @@ fn a_component_for_another_world_is_refused_with_a_clear_message() {
 #[test]
 fn a_policy_that_faults_on_the_load_check_is_refused_with_what_it_logged() {
     let runtime = runtime();
-    let error = load(&runtime, PolicyKind::Selection, "trap-on-load")
-        .unwrap_err()
-        .to_string();
+    let error = load(&runtime, PolicyKind::Selection, "trap-on-load").unwrap_err();
+    let error = switchyard::error_chain::render(&error);
     assert!(
         error.contains("the load check call failed: trap"),
         "{error}"
@@ -279,8 +276,8 @@ async fn a_gateway_config_naming_a_wrong_world_component_fails_at_start() {
     let error =
         switchyard::gateway::Gateway::build(&config, clock, &switchyard::gateway::Upstreams::Aws)
             .err()
-            .expect("refused")
-            .to_string();
+            .expect("refused");
+    let error = switchyard::error_chain::render(&error);
     assert!(
         error.contains("model group `g`, selection policy"),
         "{error}"

@@ -22,10 +22,7 @@ fn chromium() -> PathBuf {
 /// Runs headless Chromium on `url` with `args`, each run in a profile of
 /// its own, with the flags that keep it off the network.
 async fn headless(url: &str, args: &[String]) -> std::process::Output {
-    let profile = std::env::temp_dir().join(format!(
-        "switchyard-chromium-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let profile = ScratchDir::new("chromium-profile");
     let run = tokio::process::Command::new(chromium())
         .args([
             "--headless",
@@ -48,7 +45,6 @@ async fn headless(url: &str, args: &[String]) -> std::process::Output {
         .await
         .expect("chromium finished in time")
         .expect("chromium ran");
-    let _ = std::fs::remove_dir_all(&profile);
     out
 }
 

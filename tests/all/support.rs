@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 /// Where the build script put the compiled policy components.
 pub fn policy_path(name: &str) -> String {
-    format!("{}/{name}.wasm", env!("SWITCHYARD_POLICY_DIR"))
+    format!("{}/{name}.wasm", switchyard::policy::builtin::COMPILED_DIR)
 }
 
 pub fn policy_bytes(name: &str) -> Vec<u8> {
@@ -52,6 +52,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     task: JoinHandle<()>,
+    /// Folders the gateway uses (a module cache), removed after it stops.
+    scratch: Vec<ScratchDir>,
 }
 
 impl Drop for TestGateway {
@@ -61,6 +63,12 @@ impl Drop for TestGateway {
 }
 
 impl TestGateway {
+    /// Keeps `dir` until the gateway is dropped.
+    pub fn keeping(mut self, dir: ScratchDir) -> Self {
+        self.scratch.push(dir);
+        self
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -110,6 +118,7 @@ pub async fn start_gateway(config_toml: &str, clock: SharedClock) -> TestGateway
         addr,
         gateway,
         task,
+        scratch: Vec::new(),
     }
 }
 
@@ -408,18 +417,49 @@ pub fn succeeded(out: std::process::Output) -> std::process::Output {
     out
 }
 
+/// A folder of the test's own under the system's temp dir, removed when
+/// dropped, also when the test fails, so test runs leave nothing behind.
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    /// A new empty folder whose name starts with `switchyard-{label}`.
+    pub fn new(label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-{label}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The real `switchyard serve` in its own process, on a free loopback port.
 /// Dropping it kills the process and removes its config.
 pub struct GatewayProcess {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
-    dir: std::path::PathBuf,
+    /// Dropped after the kill is sent (fields drop after `drop`).
+    _dir: ScratchDir,
 }
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -432,12 +472,7 @@ impl GatewayProcess {
 
     /// [`start`](Self::start), with `env` set for the process.
     pub async fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-{name}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ScratchDir::new(name);
         let addr = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap()
@@ -459,7 +494,11 @@ impl GatewayProcess {
             assert!(std::time::Instant::now() < until, "the gateway listens");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { child, addr, dir }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
     }
 
     /// Its resident memory now, in KiB (Linux's `VmRSS`).

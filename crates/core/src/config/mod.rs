@@ -1,0 +1,518 @@
+//! The gateway's one TOML file: where it listens, which deployments exist,
+//! how they are grouped, which policies route each group, and the limits.
+//!
+//! Parsing is strict (unknown keys are errors) and validation names the key
+//! at fault, so a typo fails at start instead of silently routing wrong.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has a key of the wrong type or name.
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    /// A key has a value that cannot work.
+    #[error("invalid config: `{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the gateway listens on (`--listen` overrides it).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Request and attempt limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// `[http]`: client timeouts, the connection cap, the shutdown grace.
+    #[serde(default)]
+    pub http: crate::edge::HttpConfig,
+    /// `[observability]`: who may read the stats routes.
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+    /// Limits every policy call runs under.
+    #[serde(default)]
+    pub policy_runtime: PolicyRuntimeConfig,
+    /// The upstream targets.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentConfig>,
+    /// The names clients ask for, each mapping to deployments.
+    #[serde(default)]
+    pub model_groups: Vec<ModelGroupConfig>,
+    /// The admin API (`/admin`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Admission control: the fair queue, waiting for capacity, adaptive
+    /// concurrency and circuit breakers.
+    #[serde(default)]
+    pub admission: crate::admission::AdmissionConfig,
+    /// Client API keys. With none, the gateway runs open.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// The built-in Bedrock simulator's table, used by `switchyard sim` and
+    /// `serve --simulate`. The simulator is not part of the gateway, so the
+    /// gateway keeps the table as written and the command that starts the
+    /// simulator reads it (and refuses it when it is wrong).
+    #[serde(default)]
+    pub simulator: Option<toml::Table>,
+    /// Where quotas, cooldowns, circuits, policy entries and per-user
+    /// in-flight counts live: this process, or a Redis server shared by
+    /// several instances.
+    #[serde(default)]
+    pub state: crate::state::StateConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4000))
+}
+
+/// One client API key and who it belongs to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The secret the client sends (at least 16 characters).
+    pub key: String,
+    /// The user its requests belong to (their share of the fair queue, and stats).
+    pub user: String,
+    /// Its rank in the fair queue; higher goes first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Its cap of requests running at once, instead of `admission.max_per_user`.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+/// The admin API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The bearer token `/admin` requires. Without one, `/admin` is off.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Check the policy files named in the config every this many
+    /// milliseconds, and reload one when it changes (0 = never).
+    #[serde(default = "default_watch_ms")]
+    pub watch_interval_ms: u64,
+}
+
+fn default_watch_ms() -> u64 {
+    1_000
+}
+
+/// Request-level limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most attempts one request may make (0 = one per deployment in its group).
+    pub max_attempts: u32,
+    /// Time to connect to Bedrock.
+    pub connect_timeout_ms: u64,
+    /// Time for one attempt to produce its response headers (Converse: the
+    /// whole answer; ConverseStream: the first byte).
+    pub attempt_timeout_ms: u64,
+    /// Longest silence allowed between two events of a stream.
+    pub stream_idle_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_attempts: 0,
+            connect_timeout_ms: 3_000,
+            attempt_timeout_ms: 300_000,
+            stream_idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Limits on each policy call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyRuntimeConfig {
+    /// CPU-time budget of one policy call, in microseconds (time its thread
+    /// spends waiting for a core does not count, up to 100 ms).
+    pub call_deadline_us: u64,
+    /// Linear memory a policy instance may grow to, in MiB.
+    pub memory_limit_mib: u32,
+    /// How many policy instances may exist at once (the pool's size).
+    pub max_concurrent_calls: u32,
+    /// Keep compiled policies on disk, so a restart skips compilation.
+    pub compile_cache: bool,
+    /// Where; by default `$XDG_CACHE_HOME/switchyard/policies` or
+    /// `~/.cache/switchyard/policies`.
+    pub cache_dir: Option<PathBuf>,
+    /// A version activated at run time is rolled back when more than this
+    /// share of its last `rollback_window_calls` calls faulted.
+    pub rollback_fault_ratio: f64,
+    /// The calls the fault share is measured over.
+    pub rollback_window_calls: u32,
+    /// Count the WebAssembly instructions (fuel) each call executes, as
+    /// `switchyard policy test` reports them. Not a gateway setting: counting
+    /// costs a little on every call, and the deadline already bounds a call.
+    #[serde(skip)]
+    pub meter_fuel: bool,
+    /// Seeds each policy call's randomness with this number XOR the
+    /// request's sequence number in its group, so a run can be replayed
+    /// decision for decision (`policy simulate` seeds the same way, with 0).
+    /// Unset: fresh randomness for every call.
+    pub seed: Option<u64>,
+}
+
+impl Default for PolicyRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            call_deadline_us: 1_000,
+            memory_limit_mib: 16,
+            max_concurrent_calls: 256,
+            compile_cache: true,
+            cache_dir: None,
+            rollback_fault_ratio: 0.5,
+            rollback_window_calls: 20,
+            meter_fuel: false,
+            seed: None,
+        }
+    }
+}
+
+/// `[observability]`: who may read the gateway's stats.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilityConfig {
+    /// `/metrics`, `/model_stats`, `/cooldowns`, `/queue_stats`,
+    /// `/state_stats` and the status page need a client API key or the
+    /// admin token (they name users, deployments and accounts).
+    pub require_key: bool,
+}
+
+/// One upstream target: a Bedrock model id in one region under one set of credentials.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// Unique name, used in stats, headers and policies.
+    pub id: String,
+    /// Bedrock model id or inference profile.
+    pub model_id: String,
+    /// AWS region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The AWS account (or other quota owner) it runs under. Bedrock's
+    /// quotas belong to an account, a region and a model, so deployments
+    /// that share all three share one set of `rpm`/`tpm` books. Policies
+    /// see it too, to spread load over accounts. Free text.
+    #[serde(default = "default_account")]
+    pub account: String,
+    /// Lower is preferred; 1 is the primary.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Weight for weighted strategies.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Where Bedrock is; unset means AWS's own endpoint for the region (or
+    /// the in-process simulator under `serve --simulate`).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Where the credentials come from.
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
+    /// Assume this role with `credentials` before calling Bedrock.
+    #[serde(default)]
+    pub assume_role: Option<AssumeRoleConfig>,
+    /// Requests per minute its quota pool (account, region and model) is
+    /// allowed; unset: not limited by the gateway.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute its quota pool is allowed.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+}
+
+impl DeploymentConfig {
+    /// The quota books it spends from: Bedrock keeps one quota per account,
+    /// region and model, whichever deployment (or model group) calls it.
+    pub fn quota_pool(&self) -> String {
+        format!("{}/{}/{}", self.account, self.region, self.model_id)
+    }
+}
+
+// A deployment's defaults, public so that the lab's scenarios declare
+// deployments with the same ones.
+
+/// The region a deployment without `region` calls.
+pub fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+/// The account a deployment without `account` belongs to.
+pub fn default_account() -> String {
+    "default".to_owned()
+}
+/// The priority of a deployment without `priority` (1 goes first).
+pub fn default_priority() -> u32 {
+    1
+}
+/// The weight of a deployment without `weight`.
+pub fn default_weight() -> u32 {
+    1
+}
+
+/// Where a deployment's AWS credentials come from. Every source but
+/// `static` is read through aws-config and refreshed before it expires.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialsConfig {
+    /// aws-config's default chain, as every AWS SDK reads it: environment,
+    /// shared config and credentials files (SSO, `role_arn`/`source_profile`,
+    /// `credential_process`), web identity (IRSA), ECS container, EC2 IMDS.
+    #[default]
+    Chain,
+    /// Only `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    Env,
+    /// Keys written in the config (fine for the simulator, not for production).
+    Static {
+        access_key_id: String,
+        secret_access_key: String,
+        #[serde(default)]
+        session_token: Option<String>,
+    },
+    /// A named profile of the shared config and credentials files, with
+    /// anything a profile may hold (keys, SSO, a role, a process).
+    Profile {
+        #[serde(default = "default_profile")]
+        name: String,
+    },
+}
+
+/// An STS AssumeRole a deployment makes with its `credentials`, so one
+/// process can call Bedrock in several accounts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumeRoleConfig {
+    /// The role to assume.
+    pub role_arn: String,
+    /// The external id the role's trust policy asks for, if any.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// The session name CloudTrail shows.
+    #[serde(default = "default_session_name")]
+    pub session_name: String,
+}
+
+fn default_session_name() -> String {
+    "switchyard".to_owned()
+}
+
+fn default_profile() -> String {
+    "default".to_owned()
+}
+
+/// A name clients ask for, and the deployments behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelGroupConfig {
+    /// What clients put in the model id.
+    pub name: String,
+    /// Deployment ids, in any order (priority decides the safe order).
+    pub deployments: Vec<String>,
+    /// The group's policies; each defaults to the built-in one.
+    #[serde(default)]
+    pub policies: GroupPolicies,
+    /// Identical non-streaming requests in flight at once share one
+    /// upstream call (a request can also ask with `x-switchyard-coalesce:
+    /// true`). A change needs a restart.
+    #[serde(default)]
+    pub coalesce: bool,
+}
+
+impl ModelGroupConfig {
+    /// The policy configured for `kind`.
+    pub fn policies_of(&self, kind: crate::vocabulary::PolicyKind) -> &PolicyRef {
+        use crate::vocabulary::PolicyKind;
+        match kind {
+            PolicyKind::Selection => &self.policies.selection,
+            PolicyKind::Cooldown => &self.policies.cooldown,
+            PolicyKind::Fallback => &self.policies.fallback,
+        }
+    }
+}
+
+/// The three policy slots of a model group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupPolicies {
+    /// Orders the deployments for a new request.
+    pub selection: PolicyRef,
+    /// Decides how long a deployment cools down after an attempt.
+    pub cooldown: PolicyRef,
+    /// Orders what is left after a failed attempt.
+    pub fallback: PolicyRef,
+}
+
+impl Default for GroupPolicies {
+    fn default() -> Self {
+        Self {
+            selection: PolicyRef::builtin("priority"),
+            cooldown: PolicyRef::builtin("adaptive"),
+            fallback: PolicyRef::builtin("cascade"),
+        }
+    }
+}
+
+/// A built-in policy by name, or a component file by path, with its params.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRef {
+    /// Name of a built-in policy.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path of a `.wasm` component (relative to the config file).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Params handed to the policy as JSON.
+    #[serde(default = "empty_params")]
+    pub params: serde_json::Value,
+}
+
+fn empty_params() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl PolicyRef {
+    /// The built-in policy `name` with no params.
+    pub fn builtin(name: &str) -> Self {
+        Self {
+            name: Some(name.to_owned()),
+            path: None,
+            params: empty_params(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative policy paths are
+    /// resolved against the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for group in &mut config.model_groups {
+            for slot in [
+                &mut group.policies.selection,
+                &mut group.policies.cooldown,
+                &mut group.policies.fallback,
+            ] {
+                if let Some(p) = &slot.path {
+                    if p.is_relative() {
+                        slot.path = Some(base.join(p));
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Deployments by id.
+    pub fn deployments_by_id(&self) -> BTreeMap<&str, &DeploymentConfig> {
+        self.deployments
+            .iter()
+            .map(|d| (d.id.as_str(), d))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[deployments]]
+        id = "a"
+        model_id = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+
+        [[model_groups]]
+        name = "claude"
+        deployments = ["a"]
+    "#;
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_builtin_policies() {
+        let config = Config::parse(MINIMAL, "test.toml").unwrap();
+        let policies = &config.model_groups[0].policies;
+        assert_eq!(policies.selection.name.as_deref(), Some("priority"));
+        assert_eq!(policies.cooldown.name.as_deref(), Some("adaptive"));
+        assert_eq!(policies.fallback.name.as_deref(), Some("cascade"));
+        assert_eq!(config.policy_runtime.call_deadline_us, 1_000);
+        assert_eq!(config.policy_runtime.memory_limit_mib, 16);
+    }
+
+    #[test]
+    fn unknown_deployment_in_group_names_the_key() {
+        let text = MINIMAL.replace(r#"deployments = ["a"]"#, r#"deployments = ["a", "b"]"#);
+        let err = error_of(&text);
+        assert!(err.contains("model_groups[0].deployments"), "{err}");
+        assert!(err.contains("unknown deployment `b`"), "{err}");
+    }
+
+    #[test]
+    fn typo_in_key_is_rejected() {
+        let text = MINIMAL.replace("model_id", "modelid");
+        let err = error_of(&text);
+        assert!(err.contains("modelid"), "{err}");
+    }
+
+    #[test]
+    fn policy_with_name_and_path_is_rejected() {
+        let text = format!(
+            "{MINIMAL}\n[model_groups.policies.selection]\nname = \"priority\"\npath = \"x.wasm\"\n"
+        );
+        let err = error_of(&text);
+        assert!(err.contains("model_groups[0].policies.selection"), "{err}");
+    }
+
+    #[test]
+    fn zero_deadline_is_rejected() {
+        let text = format!("[policy_runtime]\ncall_deadline_us = 0\n{MINIMAL}");
+        let err = error_of(&text);
+        assert!(err.contains("policy_runtime.call_deadline_us"), "{err}");
+    }
+}

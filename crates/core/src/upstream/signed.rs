@@ -1,0 +1,317 @@
+//! Converse and InvokeModel without the SDK's orchestrator: the request is
+//! signed with SigV4 (`aws-sigv4`, the SDK's own signer) and sent over a
+//! pooled hyper client. The SDK's pipeline (runtime plugins, config bags,
+//! interceptors, throughput checks) cost about a quarter of the gateway's
+//! CPU per request under load (BENCHMARKS.md, "Overhead under many
+//! connections"), and a pass-through needs none of it: the body goes out as
+//! the client sent it and Bedrock's bytes come back unchanged.
+//!
+//! Streams keep the SDK's event-stream decoding (`super::Upstream`).
+
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use super::classify::{kind_of_code, kind_of_status, AttemptFailure};
+use super::credentials::DeploymentCredentials;
+use crate::error_chain::render;
+use crate::outcome::OutcomeKind;
+
+/// What a path label keeps unescaped: RFC 3986's unreserved characters, as
+/// the SDK encodes `{modelId}` (`:` and `/` of ids and ARNs are escaped).
+const LABEL: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Bedrock's signing name.
+const SERVICE: &str = "bedrock";
+
+/// The connection pool: TLS for Bedrock, plain HTTP for a local endpoint
+/// (the simulator).
+#[derive(Debug, Clone)]
+enum Transport {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+/// A signed HTTP client for one deployment's endpoint and credentials.
+#[derive(Debug, Clone)]
+pub struct SignedClient {
+    transport: Transport,
+    /// `scheme://host[:port]`, no trailing slash.
+    endpoint: String,
+    region: String,
+    credentials: DeploymentCredentials,
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("endpoint `{0}` is not an http:// or https:// URL")]
+    BadEndpoint(String),
+    #[error("no TLS root certificates could be loaded for {endpoint} (install the ca-certificates package)")]
+    NoRoots {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A successful answer: its body and content type.
+#[derive(Debug)]
+pub struct Answer {
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    pub input_tokens: Option<u64>,
+}
+
+impl SignedClient {
+    /// A client for `endpoint` (Bedrock's regional one when `None`).
+    pub fn new(
+        endpoint: Option<&str>,
+        region: &str,
+        credentials: DeploymentCredentials,
+        connect_timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let endpoint = endpoint
+            .map(|e| e.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let builder = Client::builder(TokioExecutor::new());
+        let transport = if endpoint.starts_with("http://") {
+            Transport::Plain(builder.build(http))
+        } else if endpoint.starts_with("https://") {
+            http.enforce_http(false);
+            let provider = rustls::crypto::aws_lc_rs::default_provider();
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|source| TransportError::NoRoots {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?
+                .https_only()
+                .enable_http1()
+                .wrap_connector(http);
+            Transport::Tls(builder.build(https))
+        } else {
+            return Err(TransportError::BadEndpoint(endpoint));
+        };
+        Ok(Self {
+            transport,
+            endpoint,
+            region: region.to_owned(),
+            credentials,
+        })
+    }
+
+    /// `POST /model/{model_id}/{operation}` with `body`; a non-2xx answer
+    /// or a failure on the way is a classified [`AttemptFailure`].
+    pub async fn post(
+        &self,
+        model_id: &str,
+        operation: &str,
+        body: Bytes,
+    ) -> Result<Answer, AttemptFailure> {
+        let uri = format!(
+            "{}/model/{}/{operation}",
+            self.endpoint,
+            utf8_percent_encode(model_id, LABEL)
+        );
+        // Credentials that cannot be had are this deployment's failure:
+        // another deployment (another account or role) may have its own.
+        let identity: Identity = self
+            .credentials
+            .get()
+            .await
+            .map_err(|e| AttemptFailure {
+                kind: OutcomeKind::Unavailable,
+                status: None,
+                retry_after_ms: None,
+                detail: format!("no credentials for this deployment: {}", render(&e)),
+            })?
+            .into();
+        let request = self.signed(&uri, body, &identity)?;
+        let response = match &self.transport {
+            Transport::Plain(c) => c.request(request).await,
+            Transport::Tls(c) => c.request(request).await,
+        }
+        .map_err(|e| AttemptFailure {
+            kind: transport_failure(&e),
+            status: None,
+            retry_after_ms: None,
+            detail: format!("could not reach Bedrock: {}", render(&e)),
+        })?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| AttemptFailure {
+                kind: OutcomeKind::Unavailable,
+                status: Some(parts.status.as_u16()),
+                retry_after_ms: None,
+                detail: format!("the answer broke off: {}", render(&e)),
+            })?
+            .to_bytes();
+        if !parts.status.is_success() {
+            return Err(error_answer(parts.status, &parts.headers, &body));
+        }
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok(Answer {
+            content_type: header("content-type"),
+            input_tokens: header("x-amzn-bedrock-input-token-count").and_then(|v| v.parse().ok()),
+            body,
+        })
+    }
+
+    /// The request, signed for now.
+    fn signed(
+        &self,
+        uri: &str,
+        body: Bytes,
+        identity: &Identity,
+    ) -> Result<Request<Full<Bytes>>, AttemptFailure> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            AttemptFailure::server_error(&format!("could not sign the request ({what}): {e}"))
+        };
+        let mut request = Request::post(uri)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(Full::new(body.clone()))
+            .map_err(|e| failed("request", &e))?;
+        let headers = [
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+        ];
+        let signable =
+            SignableRequest::new("POST", uri, headers.into_iter(), SignableBody::Bytes(&body))
+                .map_err(|e| failed("uri", &e))?;
+        let params = v4::SigningParams::builder()
+            .identity(identity)
+            .region(&self.region)
+            .name(SERVICE)
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| failed("params", &e))?
+            .into();
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| failed("signature", &e))?
+            .into_parts();
+        instructions.apply_to_request_http1x(&mut request);
+        Ok(request)
+    }
+}
+
+/// A non-2xx answer, classified like the SDK's errors: by the exception
+/// name (`x-amzn-errortype`, or the body's `__type`/`code`), else the status.
+fn error_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> AttemptFailure {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(':').next().unwrap_or(v).to_owned())
+        .or_else(|| {
+            ["__type", "code"]
+                .iter()
+                .find_map(|k| json.get(*k).and_then(|v| v.as_str()))
+                .map(|t| t.rsplit('#').next().unwrap_or(t).to_owned())
+        });
+    let message = ["message", "Message"]
+        .iter()
+        .find_map(|k| json.get(*k).and_then(|v| v.as_str()))
+        .unwrap_or("(no message)");
+    let retry_after_ms = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| *s >= 0.0)
+        .map(|s| (s * 1000.0) as u64);
+    AttemptFailure {
+        kind: code
+            .as_deref()
+            .and_then(kind_of_code)
+            .unwrap_or_else(|| kind_of_status(status.as_u16())),
+        status: Some(status.as_u16()),
+        retry_after_ms,
+        detail: format!("{}: {message}", code.as_deref().unwrap_or("UnknownError")),
+    }
+}
+
+/// A call that got no answer: the connection failed or broke (unavailable,
+/// as a reset is), unless Bedrock answered something unparseable.
+fn transport_failure(error: &(dyn std::error::Error + 'static)) -> OutcomeKind {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return OutcomeKind::ServerError;
+        }
+        cause = e.source();
+    }
+    OutcomeKind::Unavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn errors_are_classified_by_their_exception_name_then_status() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static(
+                "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            ),
+        );
+        headers.insert("retry-after", HeaderValue::from_static("2"));
+        let f = error_answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            br#"{"message":"slow down"}"#,
+        );
+        assert_eq!(f.kind, OutcomeKind::Throttled);
+        assert_eq!(f.retry_after_ms, Some(2_000));
+        assert_eq!(f.detail, "ThrottlingException: slow down");
+        let f = error_answer(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            br#"{"__type":"com.amazon#AccessDeniedException","Message":"no"}"#,
+        );
+        assert_eq!(f.kind, OutcomeKind::Unavailable);
+        assert_eq!(f.detail, "AccessDeniedException: no");
+        let f = error_answer(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"<html>");
+        assert_eq!(f.kind, OutcomeKind::Unavailable);
+    }
+
+    #[test]
+    fn model_ids_are_escaped_as_the_sdk_escapes_labels() {
+        let id = "arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.claude-3-5-sonnet-20240620-v1:0";
+        assert_eq!(
+            utf8_percent_encode(id, LABEL).to_string(),
+            "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.anthropic.claude-3-5-sonnet-20240620-v1%3A0"
+        );
+    }
+}

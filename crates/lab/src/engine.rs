@@ -1,0 +1,373 @@
+//! One contender's run: a discrete-event simulation on a manual clock.
+//!
+//! Requests arrive as scheduled. Each runs the gateway's attempt loop: the
+//! selection policy orders the deployments, each attempt goes to the
+//! simulator's own quota model (`sim::quota`, a rolling minute like
+//! Bedrock's), takes the deployment's latency or comes back throttled, the
+//! cooldown policy judges the outcome, and after a failure the fallback
+//! policy orders what is left. Health (in-flight counts, cooldowns, recent
+//! throttles, latency) is the gateway's own `health` code. Attempts take
+//! simulated time, so in-flight counts and cooldowns evolve as they would
+//! in a gateway, while a ten-minute scenario runs in well under a second.
+//!
+//! Not modelled: admission control (the fair queue, token buckets and
+//! waiting for capacity). The lab compares policies, so a request whose
+//! attempts all fail is a client-visible error, as it is for a gateway
+//! that does not know the quotas.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use super::arrivals::Arrival;
+use super::scenario::{Contender, Scenario, ScenarioError};
+use switchyard_clock::{ManualClock, SharedClock};
+use switchyard_core::attempt::{AfterFailure, AttemptPlan};
+use switchyard_core::health::DeploymentHealth;
+use switchyard_core::offline::OfflinePolicies;
+use switchyard_core::outcome::{Outcome, OutcomeKind};
+use switchyard_core::policy::{CallOptions, Candidate, DeploymentTable, LastSuccess, RequestInfo};
+use switchyard_core::router::{deployment_table, wit_candidate};
+use switchyard_sim::quota::RollingQuota;
+
+/// Where the simulated clock starts: far from zero, as a gateway's would be.
+const START_MS: u64 = 1_000_000;
+
+/// What happened in one contender's run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunRecord {
+    pub requests: u64,
+    pub served: u64,
+    /// Requests that ended in an error the client saw.
+    pub failed: u64,
+    /// Calls that reached the simulator, and those it answered with a 429.
+    pub upstream_calls: u64,
+    pub upstream_throttles: u64,
+    /// Requests answered by a deployment of the best (lowest) priority.
+    pub served_by_primary: u64,
+    /// From arrival to answer, of each served request, in ms.
+    pub latencies_ms: Vec<u64>,
+    /// Per user (scenario order): requests sent and served.
+    pub per_user: Vec<(u64, u64)>,
+    /// Per deployment (scenario order): time spent cooling down, in ms,
+    /// sampled every simulated second.
+    pub cooling_ms: Vec<u64>,
+    /// Per deployment, per chart bucket: requests it answered.
+    pub answered: Vec<Vec<u64>>,
+    /// Per chart bucket: requests that failed.
+    pub failed_per_bucket: Vec<u64>,
+    /// Policy calls that faulted (the gateway's safe answer stood in).
+    pub policy_faults: u64,
+}
+
+/// A request on its way through the attempt loop.
+struct InProgress {
+    user: usize,
+    arrived_ms: u64,
+    info: RequestInfo,
+    /// Its attempts: what is left to try and what was tried (indices into
+    /// the deployments).
+    plan: AttemptPlan,
+    /// The attempt under way: deployment, how it will end, how long it takes.
+    attempt: Option<(usize, OutcomeKind, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// The attempt under way for this request ends (before arrivals at the
+    /// same millisecond, as capacity freed then is there for them).
+    AttemptEnds(usize),
+    /// The n-th arrival.
+    Arrives(usize),
+}
+
+struct Deployment {
+    /// Its place in the scenario, which the record's tables follow.
+    scenario_index: usize,
+    lab: super::scenario::LabDeployment,
+    config: switchyard_core::config::DeploymentConfig,
+    health: DeploymentHealth,
+    quota: RollingQuota,
+}
+
+/// Runs `contender` over `arrivals`; `progress` hears the simulated
+/// milliseconds done so far. Returns where each policy came from (by world)
+/// and what happened.
+pub fn run(
+    scenario: &Scenario,
+    contender: &Contender,
+    arrivals: &[Arrival],
+    progress: &mut dyn FnMut(u64),
+) -> Result<(BTreeMap<String, String>, RunRecord), ScenarioError> {
+    let clock = ManualClock::new(START_MS);
+    let shared: SharedClock = clock.clone();
+    let policies = OfflinePolicies::load(&shared, &contender.group_policies(), &Default::default())
+        .map_err(|source| ScenarioError::Policy {
+            contender: contender.name.clone(),
+            source,
+        })?;
+    let mut deployments: Vec<Deployment> = scenario
+        .deployments
+        .iter()
+        .enumerate()
+        .map(|(scenario_index, d)| Deployment {
+            scenario_index,
+            lab: d.clone(),
+            config: d.gateway_config(),
+            health: DeploymentHealth::default(),
+            quota: RollingQuota::new(d.rpm, d.tpm),
+        })
+        .collect();
+    // In the safe order, as a gateway's model group holds them: policies
+    // see the candidates in the same order as in production.
+    deployments.sort_by_key(|d| d.config.priority);
+    let mut sim = Simulation {
+        scenario,
+        policies,
+        table: deployment_table(deployments.iter().map(|d| &d.config)),
+        priorities: deployments.iter().map(|d| d.config.priority).collect(),
+        deployments,
+        best_priority: scenario
+            .deployments
+            .iter()
+            .map(|d| d.priority)
+            .min()
+            .unwrap_or(1),
+        requests: Vec::new(),
+        last_success: HashMap::new(),
+        record: RunRecord {
+            per_user: vec![(0, 0); scenario.users.len()],
+            cooling_ms: vec![0; scenario.deployments.len()],
+            answered: vec![vec![0; buckets(scenario) as usize]; scenario.deployments.len()],
+            failed_per_bucket: vec![0; buckets(scenario) as usize],
+            ..RunRecord::default()
+        },
+        events: arrivals
+            .iter()
+            .enumerate()
+            .map(|(n, a)| Reverse((a.at_ms, Event::Arrives(n))))
+            .collect(),
+        sampled_to_s: 0,
+    };
+    while let Some(Reverse((at_ms, event))) = sim.events.pop() {
+        sim.sample_cooldowns_until(at_ms);
+        clock.set(START_MS + at_ms);
+        match event {
+            Event::Arrives(n) => sim.arrive(arrivals[n], at_ms),
+            Event::AttemptEnds(r) => sim.end_attempt(r, at_ms),
+        }
+        progress(at_ms);
+    }
+    sim.sample_cooldowns_until(scenario.duration_s * 1000);
+    Ok((sim.policies.names.clone(), sim.record))
+}
+
+fn buckets(scenario: &Scenario) -> u64 {
+    scenario.duration_s.div_ceil(scenario.bucket_s)
+}
+
+struct Simulation<'a> {
+    scenario: &'a Scenario,
+    policies: OfflinePolicies,
+    deployments: Vec<Deployment>,
+    /// Each deployment's priority, for the attempt plans' safe order.
+    priorities: Arc<[u32]>,
+    /// Where they run, for `host.describe`.
+    table: DeploymentTable,
+    best_priority: u32,
+    requests: Vec<InProgress>,
+    last_success: HashMap<usize, LastSuccess>,
+    record: RunRecord,
+    events: BinaryHeap<Reverse<(u64, Event)>>,
+    /// Cooldowns are sampled at every whole simulated second up to here.
+    sampled_to_s: u64,
+}
+
+impl Simulation<'_> {
+    fn now(&self, at_ms: u64) -> u64 {
+        START_MS + at_ms
+    }
+
+    /// What the policies see of deployment `i`: its health, and its quota
+    /// use as a gateway configured with the same quotas would know it.
+    fn candidate(&mut self, i: usize, at_ms: u64) -> Candidate {
+        let now = self.now(at_ms);
+        let d = &mut self.deployments[i];
+        Candidate {
+            quota_used_permille: d.quota.used_permille(now),
+            ..wit_candidate(&d.config, &d.health.snapshot(now))
+        }
+    }
+
+    /// The id of the `request`-th request.
+    fn request_id(request: usize) -> String {
+        format!("lab-{request}")
+    }
+
+    fn options(&self, request: usize) -> CallOptions {
+        CallOptions {
+            request_id: Some(Self::request_id(request)),
+            // Per request, so every contender sees the same randomness for
+            // the same request.
+            seed: Some(self.scenario.seed ^ request as u64),
+            deployments: self.table.clone(),
+        }
+    }
+
+    fn bucket(&self, at_ms: u64) -> usize {
+        let last = self.record.failed_per_bucket.len().saturating_sub(1);
+        ((at_ms / 1000 / self.scenario.bucket_s) as usize).min(last)
+    }
+
+    fn sample_cooldowns_until(&mut self, at_ms: u64) {
+        let end_s = (at_ms / 1000).min(self.scenario.duration_s);
+        while self.sampled_to_s < end_s {
+            self.sampled_to_s += 1;
+            let now = self.now(self.sampled_to_s * 1000);
+            for d in &self.deployments {
+                if d.health.snapshot(now).cooldown_remaining_ms > 0 {
+                    self.record.cooling_ms[d.scenario_index] += 1000;
+                }
+            }
+        }
+    }
+
+    fn arrive(&mut self, arrival: Arrival, at_ms: u64) {
+        let index = self.requests.len();
+        let user = &self.scenario.users[arrival.user];
+        let info = RequestInfo {
+            request_id: Self::request_id(index),
+            user: Some(user.name.clone()),
+            model_group: "lab".into(),
+            attempt: 0,
+            sequence: index as u64,
+            estimated_tokens: u32::try_from(self.scenario.request.total_tokens())
+                .unwrap_or(u32::MAX),
+            previous_deployment: None,
+            user_last_success: self.last_success.get(&arrival.user).cloned(),
+        };
+        self.record.requests += 1;
+        self.record.per_user[arrival.user].0 += 1;
+        let candidates: Vec<Candidate> = (0..self.deployments.len())
+            .map(|i| self.candidate(i, at_ms))
+            .collect();
+        let mut faults = Vec::new();
+        let selection = self
+            .policies
+            .order(&info, &candidates, &self.options(index), &mut faults);
+        self.record.policy_faults += faults.len() as u64;
+        self.requests.push(InProgress {
+            user: arrival.user,
+            arrived_ms: at_ms,
+            info,
+            plan: AttemptPlan::new(self.priorities.clone(), 0, selection),
+            attempt: None,
+        });
+        self.start_next_attempt(index, at_ms);
+    }
+
+    /// Starts the next attempt of `request`, or fails it when nothing is left.
+    fn start_next_attempt(&mut self, request: usize, at_ms: u64) {
+        let Some(i) = self.requests[request].plan.next_attempt() else {
+            self.fail(at_ms);
+            return;
+        };
+        let now = self.now(at_ms);
+        let tokens = self.scenario.request.total_tokens();
+        let d = &mut self.deployments[i];
+        d.health.begin_attempt(now);
+        self.record.upstream_calls += 1;
+        let (kind, latency_ms) = match d.quota.try_admit(now, tokens) {
+            Ok(()) => (
+                OutcomeKind::Success,
+                d.lab.latency_ms(&self.scenario.request),
+            ),
+            Err(_) => {
+                self.record.upstream_throttles += 1;
+                (OutcomeKind::Throttled, self.scenario.throttle_latency_ms)
+            }
+        };
+        self.requests[request].attempt = Some((i, kind, latency_ms));
+        self.events
+            .push(Reverse((at_ms + latency_ms, Event::AttemptEnds(request))));
+    }
+
+    /// A request ends without an answer.
+    fn fail(&mut self, at_ms: u64) {
+        self.record.failed += 1;
+        let bucket = self.bucket(at_ms);
+        self.record.failed_per_bucket[bucket] += 1;
+    }
+
+    fn end_attempt(&mut self, request: usize, at_ms: u64) {
+        let Some((i, kind, latency_ms)) = self.requests[request].attempt.take() else {
+            return;
+        };
+        let now = self.now(at_ms);
+        let outcome = Outcome {
+            deployment: self.deployments[i].config.id.clone(),
+            kind,
+            latency_ms: u32::try_from(latency_ms).unwrap_or(u32::MAX),
+            retry_after_ms: None,
+            at_ms: now,
+            detail: None,
+            upstream_status: None,
+        };
+        let before = self.candidate(i, at_ms);
+        self.deployments[i].health.end_attempt(&outcome);
+        let mut faults = Vec::new();
+        let options = self.options(request);
+        let (cooldown_ms, clear) = self
+            .policies
+            .judge(&outcome, &before, &options, &mut faults);
+        self.deployments[i]
+            .health
+            .apply_cooldown(now, cooldown_ms, clear, kind);
+        if kind == OutcomeKind::Success {
+            let r = &self.requests[request];
+            self.record.served += 1;
+            self.record.per_user[r.user].1 += 1;
+            self.record.latencies_ms.push(at_ms - r.arrived_ms);
+            if self.deployments[i].lab.priority == self.best_priority {
+                self.record.served_by_primary += 1;
+            }
+            let bucket = self.bucket(at_ms);
+            self.record.answered[self.deployments[i].scenario_index][bucket] += 1;
+            self.last_success.insert(
+                r.user,
+                LastSuccess {
+                    deployment: outcome.deployment,
+                    at_ms: now,
+                },
+            );
+            self.record.policy_faults += faults.len() as u64;
+            return;
+        }
+        let AfterFailure::AskFallback { tried, remaining } =
+            self.requests[request].plan.failed(kind)
+        else {
+            self.record.policy_faults += faults.len() as u64;
+            self.fail(at_ms);
+            return;
+        };
+        let tried: Vec<Candidate> = tried.iter().map(|&t| self.candidate(t, at_ms)).collect();
+        let remaining_candidates: Vec<Candidate> = remaining
+            .iter()
+            .map(|&k| self.candidate(k, at_ms))
+            .collect();
+        let r = &mut self.requests[request];
+        r.info.attempt += 1;
+        r.info.previous_deployment = Some(outcome.deployment.clone());
+        let next = self.policies.next(
+            &r.info,
+            &outcome,
+            &tried,
+            &remaining_candidates,
+            &options,
+            &mut faults,
+        );
+        r.plan.fallback(&remaining, next);
+        self.record.policy_faults += faults.len() as u64;
+        self.start_next_attempt(request, at_ms);
+    }
+}
