@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::authoring;
 use switchyard::clock::SystemClock;
-use switchyard::config::{Config, PolicyRef};
+use switchyard::config::{self, Config, PolicyRef, Preset};
 use switchyard::gateway::{Gateway, Upstreams};
 use switchyard::policy::PolicyKind;
 use switchyard::sim::{SimConfig, Simulator};
@@ -18,9 +18,9 @@ use switchyard::sim::{SimConfig, Simulator};
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about, long_about = None)]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Log format [default: the config's `logging.format`, else text].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +31,20 @@ enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective config: the built-in defaults, then the preset,
+    /// then the file, with where each value came from. Secrets are redacted.
+    Show {
+        /// The gateway's TOML config.
+        #[arg(long, short, default_value = "switchyard.toml")]
+        config: PathBuf,
+        /// The preset `serve --preset` would start from.
+        #[arg(long)]
+        preset: Option<Preset>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,7 +64,16 @@ enum Command {
         /// Send deployments without an `endpoint_url` to an in-process simulator.
         #[arg(long)]
         simulate: bool,
+        /// Start from a preset's defaults for admission, timeouts and logging
+        /// (development, single-user, production-low, production-high)
+        /// instead of the config's `preset`; keys the config sets still win.
+        /// `switchyard config show` prints the result.
+        #[arg(long)]
+        preset: Option<Preset>,
     },
+    /// Inspect a gateway config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run the Bedrock simulator on its own.
     ///
     /// It reads the `[simulator]` table of the given TOML file (a gateway
@@ -226,9 +249,14 @@ impl From<KindArg> for switchyard::policy::PolicyKind {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Starts logging: `RUST_LOG` wins over `level`, `--log-format` over `format`.
+fn init_logging(flag: Option<LogFormat>, logging: &config::LoggingConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&logging.level));
+    let format = flag.unwrap_or(match logging.format {
+        config::LogFormat::Text => LogFormat::Text,
+        config::LogFormat::Json => LogFormat::Json,
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -249,12 +277,27 @@ fn read_sim_config(path: &Path) -> anyhow::Result<SimConfig> {
     }
 }
 
-async fn serve(
-    config_path: &Path,
+/// How `switchyard serve` was asked to run.
+struct ServeArgs {
     listen: Option<SocketAddr>,
     simulate: bool,
-) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+    preset: Option<Preset>,
+    log_format: Option<LogFormat>,
+}
+
+async fn serve(config_path: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        listen,
+        simulate,
+        preset,
+        log_format,
+    } = args;
+    let config = Config::load_with(config_path, preset)?;
+    // After the config: its preset and `[logging]` say how to log.
+    init_logging(log_format, &config.logging);
+    if let Some(preset) = config.preset {
+        tracing::info!(%preset, "defaults from the preset; `switchyard config show` prints the effective config");
+    }
     let clock = SystemClock::shared();
     let mut _simulator = None;
     let upstreams = if simulate {
@@ -533,13 +576,29 @@ fn lab(path: &Path, out: &Path, json: bool) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(cli.log_format, &config::LoggingConfig::default());
+    }
     let result = match cli.command {
         Command::Serve {
             config,
             listen,
             simulate,
-        } => serve(&config, listen, simulate).await,
+            preset,
+        } => {
+            let args = ServeArgs {
+                listen,
+                simulate,
+                preset,
+                log_format: cli.log_format,
+            };
+            serve(&config, args).await
+        }
+        Command::Config(ConfigCommand::Show { config, preset }) => {
+            config::show::show(&config, preset)
+                .map(|text| print!("{text}"))
+                .map_err(Into::into)
+        }
         Command::Sim { config, listen } => sim(config.as_deref(), listen).await,
         Command::Policy(command) => policy(command).await,
         Command::Lab {

@@ -19,6 +19,7 @@ mod hot_reload;
 mod lab;
 mod policy_faults;
 mod policy_library;
+mod presets;
 mod redis_server;
 mod routing;
 mod shared_state;

@@ -472,6 +472,12 @@ impl GatewayProcess {
 
     /// [`start`](Self::start), with `env` set for the process.
     pub async fn start_with_env(name: &str, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(name, config, &[], env).await
+    }
+
+    /// [`start`](Self::start), with `args` after `serve --config FILE` and
+    /// `env` set for the process.
+    pub async fn start_with(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = ScratchDir::new(name);
         let addr = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -482,6 +488,7 @@ impl GatewayProcess {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--config"])
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())

@@ -35,7 +35,7 @@ pub use queue::{AdmitError, FairQueue, Permit, QueueConfig, QueueStats};
 const QUOTA_WINDOW_MS: u64 = 60_000;
 
 /// The `[admission]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdmissionConfig {
     /// The fair queue's caps.
@@ -74,7 +74,7 @@ impl Default for AdmissionConfig {
 }
 
 /// Bounds of the AIMD concurrency limit of each deployment.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConcurrencyConfig {
     /// The limit a deployment starts with.

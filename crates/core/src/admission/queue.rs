@@ -24,7 +24,7 @@ use tokio::time::Instant;
 pub const ANONYMOUS: &str = "anonymous";
 
 /// The queue's limits.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Requests running at once, across all users.

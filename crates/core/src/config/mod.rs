@@ -4,13 +4,17 @@
 //! Parsing is strict (unknown keys are errors) and validation names the key
 //! at fault, so a typo fails at start instead of silently routing wrong.
 
+pub mod preset;
+pub mod show;
 mod validate;
+
+pub use preset::Preset;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +41,16 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 }
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The preset whose defaults this config starts from (`--preset`
+    /// overrides it); keys written here win over the preset's.
+    #[serde(default)]
+    pub preset: Option<Preset>,
+    /// `[logging]`: level and format.
+    #[serde(default)]
+    pub logging: LoggingConfig,
     /// Address the gateway listens on (`--listen` overrides it).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -89,7 +100,7 @@ fn default_listen() -> SocketAddr {
 }
 
 /// One client API key and who it belongs to.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// The secret the client sends (at least 16 characters).
@@ -104,8 +115,40 @@ pub struct ApiKeyConfig {
     pub max_concurrent: Option<u32>,
 }
 
+/// `[logging]`: what the gateway logs and how. `RUST_LOG` wins over
+/// `level` and `--log-format` over `format`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// A tracing filter: a level (`info`) or directives
+    /// (`warn,switchyard_core=debug`).
+    pub level: String,
+    /// `text`, or `json`: one object a line.
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// For people: one line an event.
+    #[default]
+    Text,
+    /// For log pipelines: one JSON object a line.
+    Json,
+}
+
 /// The admin API.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// The bearer token `/admin` requires. Without one, `/admin` is off.
@@ -122,7 +165,7 @@ fn default_watch_ms() -> u64 {
 }
 
 /// Request-level limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request body accepted, in bytes.
@@ -151,7 +194,7 @@ impl Default for Limits {
 }
 
 /// Limits on each policy call.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyRuntimeConfig {
     /// CPU-time budget of one policy call, in microseconds (time its thread
@@ -200,7 +243,7 @@ impl Default for PolicyRuntimeConfig {
 }
 
 /// `[observability]`: who may read the gateway's stats.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
     /// `/metrics`, `/model_stats`, `/cooldowns`, `/queue_stats`,
@@ -210,7 +253,7 @@ pub struct ObservabilityConfig {
 }
 
 /// One upstream target: a Bedrock model id in one region under one set of credentials.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
     /// Unique name, used in stats, headers and policies.
@@ -281,7 +324,7 @@ pub fn default_weight() -> u32 {
 
 /// Where a deployment's AWS credentials come from. Every source but
 /// `static` is read through aws-config and refreshed before it expires.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialsConfig {
     /// aws-config's default chain, as every AWS SDK reads it: environment,
@@ -308,7 +351,7 @@ pub enum CredentialsConfig {
 
 /// An STS AssumeRole a deployment makes with its `credentials`, so one
 /// process can call Bedrock in several accounts.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssumeRoleConfig {
     /// The role to assume.
@@ -330,7 +373,7 @@ fn default_profile() -> String {
 }
 
 /// A name clients ask for, and the deployments behind it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelGroupConfig {
     /// What clients put in the model id.
@@ -360,7 +403,7 @@ impl ModelGroupConfig {
 }
 
 /// The three policy slots of a model group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupPolicies {
     /// Orders the deployments for a new request.
@@ -382,7 +425,7 @@ impl Default for GroupPolicies {
 }
 
 /// A built-in policy by name, or a component file by path, with its params.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRef {
     /// Name of a built-in policy.
@@ -415,11 +458,14 @@ impl Config {
     /// Reads, parses and validates a config file. Relative policy paths are
     /// resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config = Self::parse(&text, &path.display().to_string())?;
+        Self::load_with(path, None)
+    }
+
+    /// [`load`](Self::load), starting from `preset` instead of the one the
+    /// file names (if any).
+    pub fn load_with(path: &Path, preset: Option<Preset>) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        let mut config = Self::parse_with(&text, &path.display().to_string(), preset)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for group in &mut config.model_groups {
             for slot in [
@@ -439,10 +485,33 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with(text, origin, None)
+    }
+
+    /// [`parse`](Self::parse), starting from `preset` instead of the one the
+    /// text names (if any). The text's keys win over the preset's.
+    pub fn parse_with(
+        text: &str,
+        origin: &str,
+        preset: Option<Preset>,
+    ) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let file: toml::Table = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        let config: Config = match preset.map_or_else(|| named_preset(&file), |p| Ok(Some(p))) {
+            Err(unknown) => return Err(parse_error(unknown.to_string())),
+            // Straight from the text, so errors keep their line and column.
+            Ok(None) => toml::from_str(text).map_err(|e| parse_error(e.to_string()))?,
+            Ok(Some(preset)) => {
+                let mut layered = preset::layer(preset.values(), &file);
+                layered.insert("preset".into(), preset.name().into());
+                toml::Value::Table(layered)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| parse_error(e.to_string()))?
+            }
+        };
         config.validate()?;
         Ok(config)
     }
@@ -453,6 +522,23 @@ impl Config {
             .iter()
             .map(|d| (d.id.as_str(), d))
             .collect()
+    }
+}
+
+/// The text of the config file at `path`.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The preset a config file names with `preset = "..."`, if any.
+fn named_preset(file: &toml::Table) -> Result<Option<Preset>, preset::UnknownPreset> {
+    match file.get("preset") {
+        None => Ok(None),
+        Some(toml::Value::String(name)) => name.parse().map(Some),
+        Some(other) => Err(preset::UnknownPreset(other.to_string())),
     }
 }
 
@@ -472,6 +558,45 @@ mod tests {
 
     fn error_of(text: &str) -> String {
         Config::parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_preset_makes_a_valid_config() {
+        for preset in Preset::ALL {
+            let config = Config::parse_with(MINIMAL, "test.toml", Some(preset))
+                .unwrap_or_else(|e| panic!("{preset}: {e}"));
+            assert_eq!(config.preset, Some(preset));
+        }
+    }
+
+    #[test]
+    fn a_preset_sits_between_the_defaults_and_the_file() {
+        let text =
+            format!("preset = \"production-high\"\n[admission]\nmax_wait_ms = 1234\n{MINIMAL}");
+        let config = Config::parse(&text, "test.toml").unwrap();
+        assert_eq!(config.admission.max_wait_ms, 1234, "the file wins");
+        assert_eq!(config.admission.queue.max_queued, 16_384, "the preset");
+        assert_eq!(config.logging.format, LogFormat::Json, "the preset");
+        assert_eq!(config.limits.max_attempts, 0, "the default");
+
+        // The command line's preset wins over the file's.
+        let config = Config::parse_with(&text, "test.toml", Some(Preset::Development)).unwrap();
+        assert_eq!(config.preset, Some(Preset::Development));
+        assert_eq!(config.logging.level, "debug");
+        assert_eq!(config.admission.max_wait_ms, 1234, "the file still wins");
+
+        // Without a preset, the defaults.
+        let config = Config::parse(MINIMAL, "test.toml").unwrap();
+        assert_eq!(config.preset, None);
+        assert_eq!(config.logging, LoggingConfig::default());
+        assert_eq!(config.admission.max_wait_ms, 30_000);
+    }
+
+    #[test]
+    fn an_unknown_preset_is_refused_with_the_known_ones() {
+        let error = error_of(&format!("preset = \"fast\"\n{MINIMAL}"));
+        assert!(error.contains("no preset `fast`"), "{error}");
+        assert!(error.contains("production-high"), "{error}");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `[http]`: how long a client may take, and how many may be connected.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The HTTP edge's limits. Every timeout is in milliseconds; 0 turns it off.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Time a client has to send a request's headers: from the connection's

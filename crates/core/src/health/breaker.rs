@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::outcome::OutcomeKind;
 
 /// When a breaker opens and how it recovers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Open after this many failures in a row.

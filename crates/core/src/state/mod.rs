@@ -33,7 +33,7 @@ use crate::vocabulary::Refusal;
 pub use crate::vocabulary::{Change, QuotaGrant, QuotaSpec, SlotId};
 
 /// The `[state]` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// `memory` (this process only) or `redis` (shared by every instance
