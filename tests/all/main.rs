@@ -8,6 +8,7 @@ mod api_errors;
 mod attempt_engine;
 mod auth;
 mod authoring;
+mod budgets;
 mod clients;
 mod coalescing;
 mod cooldown;

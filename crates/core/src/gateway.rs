@@ -290,6 +290,12 @@ fn build_deployments(
 ) -> Result<HashMap<String, Arc<Deployment>>, GatewayError> {
     let mut deployments = HashMap::new();
     for d in &config.deployments {
+        let budget = config
+            .accounts
+            .iter()
+            .find(|a| a.name == d.account)
+            .map(|a| a.budget())
+            .unwrap_or_default();
         let mut d = d.clone();
         let endpoint = match (upstreams, &d.endpoint_url) {
             (Upstreams::Simulator(url), None) => {
@@ -314,7 +320,8 @@ fn build_deployments(
                         .expect("a spec per deployment"),
                     shared.clone(),
                     &config.admission,
-                ),
+                )
+                .with_budget(budget),
                 config: d,
                 upstream,
                 health: DeploymentHealth::default(),

@@ -149,7 +149,7 @@ impl RequestMetrics {
         let admission_skips = Family::<SkipLabels, Counter>::default();
         registry.register(
             "admission_skips",
-            "Deployments skipped for an attempt without calling Bedrock, by reason (request_quota, token_quota, concurrency, circuit_open)",
+            "Deployments skipped for an attempt without calling Bedrock, by reason (request_quota, token_quota, concurrency, circuit_open, budget)",
             admission_skips.clone(),
         );
         let queue_rejections = Family::<RequestLabels, Counter>::default();
@@ -336,6 +336,7 @@ impl Metrics {
             crate::admission::Refusal::TokenQuota { .. } => "token_quota",
             crate::admission::Refusal::Concurrency => "concurrency",
             crate::admission::Refusal::CircuitOpen { .. } => "circuit_open",
+            crate::admission::Refusal::Budget { .. } => "budget",
         };
         self.requests
             .admission_skips

@@ -20,6 +20,8 @@ pub enum Refusal {
     Concurrency,
     /// Its circuit is open; a probe goes through in `wait_ms`.
     CircuitOpen { wait_ms: u64 },
+    /// Its account's daily or weekly budget is spent; it renews in `wait_ms`.
+    Budget { wait_ms: u64 },
 }
 
 impl Refusal {
@@ -28,7 +30,8 @@ impl Refusal {
         match self {
             Self::RequestQuota { wait_ms }
             | Self::TokenQuota { wait_ms }
-            | Self::CircuitOpen { wait_ms } => wait_ms,
+            | Self::CircuitOpen { wait_ms }
+            | Self::Budget { wait_ms } => wait_ms,
             Self::Concurrency => 10,
         }
     }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::health::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::outcome::OutcomeKind;
 use crate::state::memory::MemoryState;
-use crate::state::StateBackend;
+use crate::state::{BudgetGrant, BudgetSpec, BudgetUse, StateBackend};
 pub use crate::vocabulary::Refusal;
 use crate::vocabulary::{Change, QuotaGrant, QuotaSpec};
 use concurrency::AimdLimit;
@@ -100,13 +100,19 @@ impl Default for ConcurrencyConfig {
 #[derive(Debug)]
 pub struct Ticket {
     grant: QuotaGrant,
+    /// What it took from its account's budgets, when the account has any.
+    budget: Option<BudgetGrant>,
 }
 
 /// What admission knows of one deployment now, for policies and stats.
 #[derive(Debug, Clone, Serialize)]
 pub struct AdmissionSnapshot {
-    /// The fuller of its RPM and TPM quotas, in thousandths.
+    /// The fullest of its RPM and TPM quotas and its account's daily and
+    /// weekly budgets, in thousandths: what policies see, so those that
+    /// spread by quota use also rotate accounts by budget use.
     pub quota_used_permille: u32,
+    /// Its account's budgets and what is spent of them, when it has any.
+    pub budget: Option<BudgetUse>,
     pub rpm_limit: Option<u64>,
     pub rpm_available: Option<u64>,
     pub tpm_limit: Option<u64>,
@@ -154,6 +160,8 @@ struct Limits {
 /// which may share them with other instances.
 pub struct DeploymentAdmission {
     quota: QuotaSpec,
+    /// Its account's budgets beyond a minute, if it has any.
+    budget: Option<BudgetSpec>,
     state: Arc<dyn StateBackend>,
     limits: Mutex<Limits>,
     /// Signalled when an attempt gives its slot back or the circuit closes:
@@ -175,6 +183,7 @@ impl DeploymentAdmission {
         let c = &config.concurrency;
         Self {
             quota,
+            budget: None,
             state,
             limits: Mutex::new(Limits {
                 concurrency: AimdLimit::new(c.initial, c.min, c.max),
@@ -198,6 +207,13 @@ impl DeploymentAdmission {
             config.quota_window_ms(),
         ));
         Self::new(quota, state, config)
+    }
+
+    /// Also holds its attempts to `budget` (its account's, shared with the
+    /// account's other deployments through the state backend).
+    pub fn with_budget(mut self, budget: BudgetSpec) -> Self {
+        self.budget = budget.is_limited().then_some(budget);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Limits> {
@@ -235,14 +251,32 @@ impl DeploymentAdmission {
                 return Err(refusal);
             }
         };
+        let budget = match &self.budget {
+            None => None,
+            Some(spec) => match self.state.take_budget(spec, tokens, now_ms).await {
+                Ok(taken) => Some(taken),
+                Err(refusal) => {
+                    self.state.settle(&self.quota, grant, false, 0, now_ms);
+                    slot.return_quietly();
+                    return Err(refusal);
+                }
+            },
+        };
         if !self.lock().breaker.try_pass(now_ms) {
             self.state.settle(&self.quota, grant, false, 0, now_ms);
+            self.settle_budget(budget, false, 0);
             slot.return_quietly();
             // Half-open with its probes out: a probe's end frees the way.
             return Err(Refusal::Concurrency);
         }
         slot.held = false;
-        Ok(Ticket { grant })
+        Ok(Ticket { grant, budget })
+    }
+
+    fn settle_budget(&self, taken: Option<BudgetGrant>, request: bool, used_tokens: u64) {
+        if let (Some(spec), Some(taken)) = (&self.budget, taken) {
+            self.state.settle_budget(spec, taken, request, used_tokens);
+        }
     }
 
     /// Resolves when capacity may have come back: an attempt on it ended or
@@ -260,6 +294,10 @@ impl DeploymentAdmission {
         let reserved = ticket.grant.tokens;
         self.state
             .settle(&self.quota, ticket.grant, true, reserved, now_ms);
+        if let Some(taken) = ticket.budget {
+            let reserved = taken.tokens;
+            self.settle_budget(Some(taken), true, reserved);
+        }
         let mut l = self.lock();
         l.concurrency.release();
         l.breaker.record(OutcomeKind::ClientError, now_ms);
@@ -279,6 +317,15 @@ impl DeploymentAdmission {
         };
         self.state
             .settle(&self.quota, ticket.grant, true, actual, now_ms);
+        if let Some(taken) = ticket.budget {
+            // Without a TPM quota the grant reserved no tokens: the
+            // budget's own reservation is the estimate to fall back on.
+            let actual = match kind {
+                OutcomeKind::Success => used_tokens.unwrap_or(taken.tokens),
+                _ => used_tokens.unwrap_or(0),
+            };
+            self.settle_budget(Some(taken), true, actual);
+        }
         let mut l = self.lock();
         match kind {
             OutcomeKind::Success => l.concurrency.on_success(),
@@ -322,16 +369,27 @@ impl DeploymentAdmission {
     /// Milliseconds until an attempt of `tokens` could start (0: now).
     pub fn wait_ms(&self, tokens: u64, now_ms: u64) -> u64 {
         let quota = self.state.quota_wait_ms(&self.quota, tokens, now_ms);
+        let budget = self
+            .budget
+            .as_ref()
+            .map_or(0, |spec| self.state.budget_use(spec, now_ms).wait_ms);
         let open = self.lock().breaker.open_remaining_ms(now_ms);
-        quota.max(open)
+        quota.max(budget).max(open)
     }
 
     /// Its state now.
     pub fn snapshot(&self, now_ms: u64) -> AdmissionSnapshot {
         let quota = self.state.quota_view(&self.quota, now_ms);
+        let budget = self
+            .budget
+            .as_ref()
+            .map(|spec| self.state.budget_use(spec, now_ms));
         let mut l = self.lock();
         AdmissionSnapshot {
-            quota_used_permille: quota.used_permille,
+            quota_used_permille: quota
+                .used_permille
+                .max(budget.map_or(0, |b| b.used_permille)),
+            budget,
             rpm_limit: quota.rpm_limit,
             rpm_available: quota.rpm_available,
             tpm_limit: quota.tpm_limit,

@@ -51,6 +51,9 @@ struct ModelStats {
     concurrency_limit: u32,
     circuit: BreakerState,
     circuit_open_remaining_ms: u64,
+    /// Its account's daily and weekly budgets and what is spent of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<crate::state::BudgetUse>,
 }
 
 /// Every deployment once, by id (groups may share deployments).
@@ -105,6 +108,7 @@ pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
                 concurrency_limit: a.concurrency_limit,
                 circuit: a.circuit,
                 circuit_open_remaining_ms: a.circuit_open_remaining_ms,
+                budget: a.budget,
             }
         })
         .collect();

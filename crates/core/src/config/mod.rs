@@ -82,6 +82,10 @@ pub struct Config {
     /// Client API keys. With none, the gateway runs open.
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// `[[accounts]]`: budgets beyond a minute for the deployments that
+    /// share an `account`.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
     /// The built-in Bedrock simulator's table, used by `switchyard sim` and
     /// `serve --simulate`. The simulator is not part of the gateway, so the
     /// gateway keeps the table as written and the command that starts the
@@ -113,6 +117,37 @@ pub struct ApiKeyConfig {
     /// Its cap of requests running at once, instead of `admission.max_per_user`.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+}
+
+/// An account's budgets beyond Bedrock's per-minute quotas: what all the
+/// deployments naming it with `account` may spend together in a UTC day and
+/// in a week (from Monday 00:00 UTC). A budget left out is unlimited.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The account, as deployments name it.
+    pub name: String,
+    #[serde(default)]
+    pub daily_tokens: Option<u64>,
+    #[serde(default)]
+    pub weekly_tokens: Option<u64>,
+    #[serde(default)]
+    pub daily_requests: Option<u64>,
+    #[serde(default)]
+    pub weekly_requests: Option<u64>,
+}
+
+impl AccountConfig {
+    /// Its budgets, as the state backends keep them.
+    pub fn budget(&self) -> crate::state::BudgetSpec {
+        crate::state::BudgetSpec {
+            account: self.name.clone(),
+            daily_tokens: self.daily_tokens,
+            weekly_tokens: self.weekly_tokens,
+            daily_requests: self.daily_requests,
+            weekly_requests: self.weekly_requests,
+        }
+    }
 }
 
 /// `[logging]`: what the gateway logs and how. `RUST_LOG` wins over
@@ -543,101 +578,4 @@ fn named_preset(file: &toml::Table) -> Result<Option<Preset>, preset::UnknownPre
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
-        [[deployments]]
-        id = "a"
-        model_id = "anthropic.claude-3-5-sonnet-20240620-v1:0"
-
-        [[model_groups]]
-        name = "claude"
-        deployments = ["a"]
-    "#;
-
-    fn error_of(text: &str) -> String {
-        Config::parse(text, "test.toml").unwrap_err().to_string()
-    }
-
-    #[test]
-    fn every_preset_makes_a_valid_config() {
-        for preset in Preset::ALL {
-            let config = Config::parse_with(MINIMAL, "test.toml", Some(preset))
-                .unwrap_or_else(|e| panic!("{preset}: {e}"));
-            assert_eq!(config.preset, Some(preset));
-        }
-    }
-
-    #[test]
-    fn a_preset_sits_between_the_defaults_and_the_file() {
-        let text =
-            format!("preset = \"production-high\"\n[admission]\nmax_wait_ms = 1234\n{MINIMAL}");
-        let config = Config::parse(&text, "test.toml").unwrap();
-        assert_eq!(config.admission.max_wait_ms, 1234, "the file wins");
-        assert_eq!(config.admission.queue.max_queued, 16_384, "the preset");
-        assert_eq!(config.logging.format, LogFormat::Json, "the preset");
-        assert_eq!(config.limits.max_attempts, 0, "the default");
-
-        // The command line's preset wins over the file's.
-        let config = Config::parse_with(&text, "test.toml", Some(Preset::Development)).unwrap();
-        assert_eq!(config.preset, Some(Preset::Development));
-        assert_eq!(config.logging.level, "debug");
-        assert_eq!(config.admission.max_wait_ms, 1234, "the file still wins");
-
-        // Without a preset, the defaults.
-        let config = Config::parse(MINIMAL, "test.toml").unwrap();
-        assert_eq!(config.preset, None);
-        assert_eq!(config.logging, LoggingConfig::default());
-        assert_eq!(config.admission.max_wait_ms, 30_000);
-    }
-
-    #[test]
-    fn an_unknown_preset_is_refused_with_the_known_ones() {
-        let error = error_of(&format!("preset = \"fast\"\n{MINIMAL}"));
-        assert!(error.contains("no preset `fast`"), "{error}");
-        assert!(error.contains("production-high"), "{error}");
-    }
-
-    #[test]
-    fn minimal_config_gets_builtin_policies() {
-        let config = Config::parse(MINIMAL, "test.toml").unwrap();
-        let policies = &config.model_groups[0].policies;
-        assert_eq!(policies.selection.name.as_deref(), Some("priority"));
-        assert_eq!(policies.cooldown.name.as_deref(), Some("adaptive"));
-        assert_eq!(policies.fallback.name.as_deref(), Some("cascade"));
-        assert_eq!(config.policy_runtime.call_deadline_us, 1_000);
-        assert_eq!(config.policy_runtime.memory_limit_mib, 16);
-    }
-
-    #[test]
-    fn unknown_deployment_in_group_names_the_key() {
-        let text = MINIMAL.replace(r#"deployments = ["a"]"#, r#"deployments = ["a", "b"]"#);
-        let err = error_of(&text);
-        assert!(err.contains("model_groups[0].deployments"), "{err}");
-        assert!(err.contains("unknown deployment `b`"), "{err}");
-    }
-
-    #[test]
-    fn typo_in_key_is_rejected() {
-        let text = MINIMAL.replace("model_id", "modelid");
-        let err = error_of(&text);
-        assert!(err.contains("modelid"), "{err}");
-    }
-
-    #[test]
-    fn policy_with_name_and_path_is_rejected() {
-        let text = format!(
-            "{MINIMAL}\n[model_groups.policies.selection]\nname = \"priority\"\npath = \"x.wasm\"\n"
-        );
-        let err = error_of(&text);
-        assert!(err.contains("model_groups[0].policies.selection"), "{err}");
-    }
-
-    #[test]
-    fn zero_deadline_is_rejected() {
-        let text = format!("[policy_runtime]\ncall_deadline_us = 0\n{MINIMAL}");
-        let err = error_of(&text);
-        assert!(err.contains("policy_runtime.call_deadline_us"), "{err}");
-    }
-}
+mod tests;

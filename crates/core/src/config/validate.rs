@@ -14,6 +14,7 @@ impl Config {
             return Err(invalid(key, problem));
         }
         let ids = self.validate_deployments()?;
+        self.validate_accounts()?;
         self.validate_model_groups(&ids)?;
         self.validate_access()?;
         self.validate_runtime()
@@ -60,6 +61,50 @@ impl Config {
             }
         }
         Ok(ids)
+    }
+
+    /// Accounts are named once, each by some deployment, and their budgets
+    /// are above zero.
+    fn validate_accounts(&self) -> Result<(), ConfigError> {
+        let used: HashSet<&str> = self
+            .deployments
+            .iter()
+            .map(|d| d.account.as_str())
+            .collect();
+        let mut named = HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            let key = format!("accounts[{i}]");
+            if !named.insert(a.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("account `{}` is listed twice", a.name),
+                ));
+            }
+            if !used.contains(a.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "no deployment has account = \"{}\" (accounts of deployments: {})",
+                        a.name,
+                        sorted(&used)
+                    ),
+                ));
+            }
+            for (field, budget) in [
+                ("daily_tokens", a.daily_tokens),
+                ("weekly_tokens", a.weekly_tokens),
+                ("daily_requests", a.daily_requests),
+                ("weekly_requests", a.weekly_requests),
+            ] {
+                if budget == Some(0) {
+                    return Err(invalid(
+                        format!("{key}.{field}"),
+                        "must be at least 1 (leave it out for no budget)",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Groups are named once, list known deployments once each, and name
@@ -196,4 +241,11 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `names`, sorted and quoted, for a message.
+fn sorted(names: &HashSet<&str>) -> String {
+    let mut names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    names.sort();
+    names.join(", ")
 }

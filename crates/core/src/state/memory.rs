@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::budget::BudgetBook;
 use super::quota::{Reservation, RollingQuota};
 use super::{
-    BoxFuture, Change, ChangeSink, GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend,
-    StateStatus,
+    BoxFuture, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeSink, GrantSource, QuotaGrant,
+    QuotaSpec, QuotaView, StateBackend, StateStatus,
 };
 use crate::vocabulary::Refusal;
 
@@ -103,6 +104,9 @@ impl LocalQuotas {
 #[derive(Debug)]
 pub struct MemoryState {
     quotas: HashMap<String, Mutex<LocalQuotas>>,
+    /// By account, made at its first request.
+    budgets: Mutex<HashMap<String, BudgetBook>>,
+    divisor: u64,
 }
 
 impl MemoryState {
@@ -119,7 +123,50 @@ impl MemoryState {
                     (q.pool.clone(), Mutex::new(books))
                 })
                 .collect(),
+            budgets: Mutex::new(HashMap::new()),
+            divisor,
         }
+    }
+
+    /// Runs `f` on the books of `budget`'s account (each budget divided by
+    /// the divisor, as quotas are).
+    fn with_budget<R>(&self, budget: &BudgetSpec, f: impl FnOnce(&mut BudgetBook) -> R) -> R {
+        let mut books = self.budgets.lock().expect("budget books poisoned");
+        let book = books
+            .entry(budget.account.clone())
+            .or_insert_with(|| BudgetBook::new(budget.share(self.divisor)));
+        f(book)
+    }
+
+    /// Takes from `budget`'s account at once, or says why not.
+    pub fn take_budget_now(
+        &self,
+        budget: &BudgetSpec,
+        tokens: u64,
+        now_ms: u64,
+    ) -> Result<BudgetGrant, Refusal> {
+        self.with_budget(budget, |b| b.take(tokens, now_ms))
+    }
+
+    /// Books a budget spend made through another store.
+    pub fn record_budget_spend(&self, budget: &BudgetSpec, tokens: u64, now_ms: u64) {
+        self.with_budget(budget, |b| b.force_take(tokens, now_ms));
+    }
+
+    /// Settles `grant` in these books.
+    pub fn settle_budget_local(
+        &self,
+        budget: &BudgetSpec,
+        grant: &BudgetGrant,
+        request: bool,
+        used_tokens: u64,
+    ) {
+        self.with_budget(budget, |b| b.settle(grant, request, used_tokens));
+    }
+
+    /// `budget`'s account in these books.
+    pub fn budget_use_local(&self, budget: &BudgetSpec, now_ms: u64) -> BudgetUse {
+        self.with_budget(budget, |b| b.usage(now_ms))
     }
 
     fn books(&self, quota: &QuotaSpec) -> Option<std::sync::MutexGuard<'_, LocalQuotas>> {
@@ -189,6 +236,31 @@ impl StateBackend for MemoryState {
         now_ms: u64,
     ) {
         self.settle_local(quota, grant.id, request, used_tokens, now_ms);
+    }
+
+    fn take_budget<'a>(
+        &'a self,
+        budget: &'a BudgetSpec,
+        tokens: u64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<BudgetGrant, Refusal>> {
+        Box::pin(std::future::ready(
+            self.take_budget_now(budget, tokens, now_ms),
+        ))
+    }
+
+    fn settle_budget(
+        &self,
+        budget: &BudgetSpec,
+        grant: BudgetGrant,
+        request: bool,
+        used_tokens: u64,
+    ) {
+        self.settle_budget_local(budget, &grant, request, used_tokens);
+    }
+
+    fn budget_use(&self, budget: &BudgetSpec, now_ms: u64) -> BudgetUse {
+        self.budget_use_local(budget, now_ms)
     }
 
     fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView {

@@ -18,6 +18,7 @@
 //! degradation, and re-syncs when Redis is back. No request fails because
 //! Redis is down.
 
+pub mod budget;
 pub mod memory;
 pub mod quota;
 pub mod redis;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use crate::vocabulary::GrantSource;
 use crate::vocabulary::Refusal;
 pub use crate::vocabulary::{Change, QuotaGrant, QuotaSpec, SlotId};
+pub use budget::{BudgetGrant, BudgetSpec, BudgetUse};
 
 /// The `[state]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
@@ -161,6 +163,28 @@ pub trait StateBackend: Send + Sync + 'static {
         used_tokens: u64,
         now_ms: u64,
     );
+
+    /// Takes a request and `tokens` from the budgets of `budget`'s account,
+    /// or says which is spent and until when. At most one round trip.
+    fn take_budget<'a>(
+        &'a self,
+        budget: &'a BudgetSpec,
+        tokens: u64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<BudgetGrant, Refusal>>;
+
+    /// The attempt holding `grant` is over: it counted as a request or not
+    /// and used `used_tokens` of the tokens it took.
+    fn settle_budget(
+        &self,
+        budget: &BudgetSpec,
+        grant: BudgetGrant,
+        request: bool,
+        used_tokens: u64,
+    );
+
+    /// `budget`'s account as last seen, without a round trip.
+    fn budget_use(&self, budget: &BudgetSpec, now_ms: u64) -> BudgetUse;
 
     /// `quota` as last seen, without a round trip.
     fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView;

@@ -1,5 +1,6 @@
 //! The names of every key and channel, under the configured prefix.
 
+use super::super::budget::Window;
 use super::super::{QuotaSpec, SlotId};
 
 /// Key names for one fleet (one prefix).
@@ -23,6 +24,15 @@ impl Keys {
     /// The hash of a quota pool's sums and reservation sequence.
     pub fn sums(&self, quota: &QuotaSpec) -> String {
         format!("{}:quota:{}", self.prefix, quota.pool)
+    }
+
+    /// The hash of an account's sums in one day or week (`period`).
+    pub fn budget(&self, account: &str, window: Window, period: u64) -> String {
+        format!(
+            "{}:budget:{account}:{}:{period}",
+            self.prefix,
+            window.name()
+        )
     }
 
     /// The channel every change is broadcast on.

@@ -161,6 +161,7 @@ async fn session(
 async fn load_scripts(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<()> {
     shared.reserve.load_async(conn).await?;
     SETTLE.load_async(conn).await?;
+    super::budget::SETTLE.load_async(conn).await?;
     SPEND.load_async(conn).await?;
     Ok(())
 }
@@ -279,6 +280,23 @@ fn add(shared: &Shared, pipe: &mut redis::Pipeline, write: Write) {
             pipe.cmd("PUBLISH")
                 .arg(keys.changes())
                 .arg(payload)
+                .ignore();
+        }
+        Write::SettleBudget {
+            account,
+            day,
+            week,
+            tokens,
+            requests,
+        } => {
+            use crate::state::budget::Window;
+            pipe.cmd("EVALSHA")
+                .arg(super::budget::SETTLE.get_hash())
+                .arg(2)
+                .arg(keys.budget(&account, Window::Day, day))
+                .arg(keys.budget(&account, Window::Week, week))
+                .arg(tokens)
+                .arg(requests)
                 .ignore();
         }
         Write::Running { user, running } => {

@@ -17,6 +17,7 @@
 //! an outage never lets an instance spend more than its share. Those spends
 //! are pushed to Redis when it returns ([`link`]).
 
+mod budget;
 mod keys;
 mod link;
 
@@ -31,8 +32,8 @@ use tokio::sync::mpsc;
 
 use super::memory::MemoryState;
 use super::{
-    BoxFuture, Change, ChangeSink, GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend,
-    StateConfig, StateError, StateStatus,
+    BoxFuture, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeSink, GrantSource, QuotaGrant,
+    QuotaSpec, QuotaView, StateBackend, StateConfig, StateError, StateStatus,
 };
 use crate::vocabulary::Refusal;
 use keys::Keys;
@@ -74,6 +75,14 @@ enum Write {
         user: String,
         running: u32,
     },
+    /// An account's day and week sums, corrected once an attempt is over.
+    SettleBudget {
+        account: String,
+        day: u64,
+        week: u64,
+        tokens: i64,
+        requests: i64,
+    },
 }
 
 /// What the request path and the link task share.
@@ -98,6 +107,8 @@ struct Shared {
     next_grant: AtomicU64,
     /// By quota pool.
     seen: Mutex<HashMap<String, SeenQuota>>,
+    /// By account.
+    seen_budgets: Mutex<HashMap<String, budget::SeenBudget>>,
     /// Spends decided locally while degraded, to book in Redis on re-sync.
     outage_spends: Mutex<VecDeque<OutageSpend>>,
     /// The gateway attached its mirror: pull the siblings' state into it.
@@ -311,6 +322,7 @@ impl RedisState {
             local: MemoryState::new(quotas, config.instances, window_ms),
             next_grant: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
+            seen_budgets: Mutex::new(HashMap::new()),
             outage_spends: Mutex::new(VecDeque::new()),
             resync_wanted: AtomicBool::new(false),
             degraded: AtomicBool::new(true),
@@ -376,6 +388,42 @@ impl StateBackend for RedisState {
                 }
             }
         }
+    }
+
+    fn take_budget<'a>(
+        &'a self,
+        budget: &'a BudgetSpec,
+        tokens: u64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<BudgetGrant, Refusal>> {
+        Box::pin(self.shared.take_budget_shared(budget, tokens, now_ms))
+    }
+
+    fn settle_budget(
+        &self,
+        budget: &BudgetSpec,
+        grant: BudgetGrant,
+        request: bool,
+        used_tokens: u64,
+    ) {
+        let s = &self.shared;
+        s.local
+            .settle_budget_local(budget, &grant, request, used_tokens);
+        let tokens = used_tokens as i64 - grant.tokens as i64;
+        let requests = if request { 0 } else { -1 };
+        if grant.shared && (tokens != 0 || requests != 0) {
+            let _ = s.writes.send(Write::SettleBudget {
+                account: budget.account.clone(),
+                day: grant.day,
+                week: grant.week,
+                tokens,
+                requests,
+            });
+        }
+    }
+
+    fn budget_use(&self, budget: &BudgetSpec, now_ms: u64) -> BudgetUse {
+        self.shared.budget_seen(budget, now_ms)
     }
 
     fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView {
