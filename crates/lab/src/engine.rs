@@ -10,10 +10,13 @@
 //! simulated time, so in-flight counts and cooldowns evolve as they would
 //! in a gateway, while a ten-minute scenario runs in well under a second.
 //!
-//! Not modelled: admission control (the fair queue, token buckets and
-//! waiting for capacity). The lab compares policies, so a request whose
-//! attempts all fail is a client-visible error, as it is for a gateway
-//! that does not know the quotas.
+//! Accounts' daily and weekly budgets are enforced as the gateway's
+//! admission does (a spent budget skips the deployment; policies see the
+//! budget's use in `quota-used-permille`), with the gateway's own books.
+//! Not modelled: the rest of admission control (the fair queue, token
+//! buckets and waiting for capacity). The lab compares policies, so a
+//! request whose attempts all fail is a client-visible error, as it is for
+//! a gateway that does not know the quotas.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -28,10 +31,13 @@ use switchyard_core::offline::OfflinePolicies;
 use switchyard_core::outcome::{Outcome, OutcomeKind};
 use switchyard_core::policy::{CallOptions, Candidate, DeploymentTable, LastSuccess, RequestInfo};
 use switchyard_core::router::{deployment_table, wit_candidate};
+use switchyard_core::state::budget::{BudgetBook, BudgetGrant};
 use switchyard_sim::quota::RollingQuota;
 
-/// Where the simulated clock starts: far from zero, as a gateway's would be.
-const START_MS: u64 = 1_000_000;
+/// Where the simulated clock starts: Monday 1970-01-05 00:00 UTC, far
+/// from zero as a gateway's clock would be, and where a budget week begins,
+/// so a week-long scenario is one budget week (days and weeks are UTC).
+const START_MS: u64 = 345_600_000;
 
 /// What happened in one contender's run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -58,6 +64,26 @@ pub struct RunRecord {
     pub failed_per_bucket: Vec<u64>,
     /// Policy calls that faulted (the gateway's safe answer stood in).
     pub policy_faults: u64,
+    /// Per account (in the order deployments first name them).
+    pub per_account: Vec<AccountUse>,
+}
+
+/// What one account's deployments were asked for.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AccountUse {
+    pub account: String,
+    /// Calls its deployments took, and the tokens those used.
+    pub requests: u64,
+    pub tokens: u64,
+    /// The most spent in any one day and in any one week.
+    pub peak_day_tokens: u64,
+    pub peak_day_requests: u64,
+    pub peak_week_tokens: u64,
+    pub peak_week_requests: u64,
+    /// The fullest its budgets were, in thousandths (0 without budgets).
+    pub peak_budget_permille: u32,
+    /// Attempts its spent budgets turned away.
+    pub budget_skips: u64,
 }
 
 /// A request on its way through the attempt loop.
@@ -68,8 +94,18 @@ struct InProgress {
     /// Its attempts: what is left to try and what was tried (indices into
     /// the deployments).
     plan: AttemptPlan,
-    /// The attempt under way: deployment, how it will end, how long it takes.
-    attempt: Option<(usize, OutcomeKind, u64)>,
+    /// The attempt under way.
+    attempt: Option<Attempt>,
+}
+
+/// An attempt under way.
+struct Attempt {
+    deployment: usize,
+    /// How it will end, and when.
+    kind: OutcomeKind,
+    latency_ms: u64,
+    /// What it took from its account's budgets, if they are limited.
+    budget: Option<BudgetGrant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,6 +124,8 @@ struct Deployment {
     config: switchyard_core::config::DeploymentConfig,
     health: DeploymentHealth,
     quota: RollingQuota,
+    /// Its account's place in the record's `per_account`.
+    account: usize,
 }
 
 /// Runs `contender` over `arrivals`; `progress` hears the simulated
@@ -101,6 +139,7 @@ pub fn run(
 ) -> Result<(BTreeMap<String, String>, RunRecord), ScenarioError> {
     let clock = ManualClock::new(START_MS);
     let shared: SharedClock = clock.clone();
+    let accounts = scenario.account_names();
     let policies = OfflinePolicies::load(&shared, &contender.group_policies(), &Default::default())
         .map_err(|source| ScenarioError::Policy {
             contender: contender.name.clone(),
@@ -116,6 +155,22 @@ pub fn run(
             config: d.gateway_config(),
             health: DeploymentHealth::default(),
             quota: RollingQuota::new(d.rpm, d.tpm),
+            account: accounts
+                .iter()
+                .position(|a| *a == d.account)
+                .expect("every deployment's account is listed"),
+        })
+        .collect();
+    let books = accounts
+        .iter()
+        .map(|name| {
+            scenario
+                .accounts
+                .iter()
+                .find(|a| a.name == *name)
+                .map(|a| a.budget())
+                .filter(|b| b.is_limited())
+                .map(BudgetBook::new)
         })
         .collect();
     // In the safe order, as a gateway's model group holds them: policies
@@ -127,6 +182,7 @@ pub fn run(
         table: deployment_table(deployments.iter().map(|d| &d.config)),
         priorities: deployments.iter().map(|d| d.config.priority).collect(),
         deployments,
+        books,
         best_priority: scenario
             .deployments
             .iter()
@@ -140,6 +196,13 @@ pub fn run(
             cooling_ms: vec![0; scenario.deployments.len()],
             answered: vec![vec![0; buckets(scenario) as usize]; scenario.deployments.len()],
             failed_per_bucket: vec![0; buckets(scenario) as usize],
+            per_account: accounts
+                .iter()
+                .map(|account| AccountUse {
+                    account: account.clone(),
+                    ..AccountUse::default()
+                })
+                .collect(),
             ..RunRecord::default()
         },
         events: arrivals
@@ -170,6 +233,9 @@ struct Simulation<'a> {
     scenario: &'a Scenario,
     policies: OfflinePolicies,
     deployments: Vec<Deployment>,
+    /// Each account's budget books (by its place in `per_account`), when it
+    /// has budgets.
+    books: Vec<Option<BudgetBook>>,
     /// Each deployment's priority, for the attempt plans' safe order.
     priorities: Arc<[u32]>,
     /// Where they run, for `host.describe`.
@@ -193,8 +259,11 @@ impl Simulation<'_> {
     fn candidate(&mut self, i: usize, at_ms: u64) -> Candidate {
         let now = self.now(at_ms);
         let d = &mut self.deployments[i];
+        let budget = self.books[d.account]
+            .as_mut()
+            .map_or(0, |book| book.usage(now).used_permille);
         Candidate {
-            quota_used_permille: d.quota.used_permille(now),
+            quota_used_permille: d.quota.used_permille(now).max(budget),
             ..wit_candidate(&d.config, &d.health.snapshot(now))
         }
     }
@@ -268,12 +337,26 @@ impl Simulation<'_> {
 
     /// Starts the next attempt of `request`, or fails it when nothing is left.
     fn start_next_attempt(&mut self, request: usize, at_ms: u64) {
-        let Some(i) = self.requests[request].plan.next_attempt() else {
-            self.fail(at_ms);
-            return;
-        };
         let now = self.now(at_ms);
         let tokens = self.scenario.request.total_tokens();
+        // As the gateway's admission: a spent budget skips the deployment.
+        let (i, budget) = loop {
+            let Some(i) = self.requests[request].plan.next_attempt() else {
+                self.fail(at_ms);
+                return;
+            };
+            let account = self.deployments[i].account;
+            let Some(book) = self.books[account].as_mut() else {
+                break (i, None);
+            };
+            match book.take(tokens, now) {
+                Ok(grant) => break (i, Some(grant)),
+                Err(_) => {
+                    self.record.per_account[account].budget_skips += 1;
+                    self.requests[request].plan.refused(i);
+                }
+            }
+        };
         let d = &mut self.deployments[i];
         d.health.begin_attempt(now);
         self.record.upstream_calls += 1;
@@ -287,9 +370,40 @@ impl Simulation<'_> {
                 (OutcomeKind::Throttled, self.scenario.throttle_latency_ms)
             }
         };
-        self.requests[request].attempt = Some((i, kind, latency_ms));
+        self.requests[request].attempt = Some(Attempt {
+            deployment: i,
+            kind,
+            latency_ms,
+            budget,
+        });
         self.events
             .push(Reverse((at_ms + latency_ms, Event::AttemptEnds(request))));
+    }
+
+    /// Books an attempt on deployment `i` that ended as `kind` with its
+    /// account, and settles what it took from the budgets.
+    fn account_used(&mut self, i: usize, kind: OutcomeKind, taken: Option<BudgetGrant>, now: u64) {
+        let account = self.deployments[i].account;
+        let used = if kind == OutcomeKind::Success {
+            self.scenario.request.total_tokens()
+        } else {
+            0
+        };
+        let record = &mut self.record.per_account[account];
+        record.requests += 1;
+        record.tokens += used;
+        let Some(book) = self.books[account].as_mut() else {
+            return;
+        };
+        if let Some(taken) = taken {
+            book.settle(&taken, true, used);
+        }
+        let usage = book.usage(now);
+        record.peak_day_tokens = record.peak_day_tokens.max(usage.day.tokens);
+        record.peak_day_requests = record.peak_day_requests.max(usage.day.requests);
+        record.peak_week_tokens = record.peak_week_tokens.max(usage.week.tokens);
+        record.peak_week_requests = record.peak_week_requests.max(usage.week.requests);
+        record.peak_budget_permille = record.peak_budget_permille.max(usage.used_permille);
     }
 
     /// A request ends without an answer.
@@ -300,10 +414,17 @@ impl Simulation<'_> {
     }
 
     fn end_attempt(&mut self, request: usize, at_ms: u64) {
-        let Some((i, kind, latency_ms)) = self.requests[request].attempt.take() else {
+        let Some(Attempt {
+            deployment: i,
+            kind,
+            latency_ms,
+            budget,
+        }) = self.requests[request].attempt.take()
+        else {
             return;
         };
         let now = self.now(at_ms);
+        self.account_used(i, kind, budget, now);
         let outcome = Outcome {
             deployment: self.deployments[i].config.id.clone(),
             kind,

@@ -55,6 +55,7 @@ pub fn run(scenario: &Scenario, show_progress: bool) -> Result<LabReport, Scenar
         duration_s: scenario.duration_s,
         bucket_s: scenario.bucket_s,
         deployments: scenario.deployments.iter().map(|d| d.id.clone()).collect(),
+        accounts: scenario.account_names(),
         users: scenario.users.iter().map(|u| u.name.clone()).collect(),
         capacity: scenario.capacity(),
         offered: arrivals.len() as u64,

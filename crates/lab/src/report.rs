@@ -26,6 +26,10 @@ pub struct ContenderReport {
     pub latency_p99_ms: u64,
     /// Jain's fairness index over the users' success rates (1 = all alike).
     pub jain_index: f64,
+    /// The Gini coefficient of the tokens the accounts' deployments used
+    /// (0 = spread evenly, toward 1 = one account used all); `None` with
+    /// fewer than two accounts.
+    pub account_gini: Option<f64>,
     /// Time each deployment spent cooling down, in seconds (scenario order).
     pub cooldown_s: Vec<f64>,
     /// Everything counted, for charts and further analysis.
@@ -39,6 +43,8 @@ pub struct LabReport {
     pub duration_s: u64,
     pub bucket_s: u64,
     pub deployments: Vec<String>,
+    /// The accounts deployments name.
+    pub accounts: Vec<String>,
     pub users: Vec<String>,
     /// Requests the quotas allow over the run.
     pub capacity: Option<u64>,
@@ -77,6 +83,10 @@ impl ContenderReport {
             latency_p50_ms: percentile(&sorted, 0.50),
             latency_p99_ms: percentile(&sorted, 0.99),
             jain_index: jain(&user_rates),
+            account_gini: (record.per_account.len() >= 2).then(|| {
+                let tokens: Vec<f64> = record.per_account.iter().map(|a| a.tokens as f64).collect();
+                gini(&tokens)
+            }),
             cooldown_s: record
                 .cooling_ms
                 .iter()
@@ -104,6 +114,21 @@ pub fn jain(xs: &[f64]) -> f64 {
         return 1.0;
     }
     sum * sum / (xs.len() as f64 * squares)
+}
+
+/// The Gini coefficient: Σᵢ Σⱼ |xᵢ − xⱼ| / (2 n² x̄); 0 when every x is
+/// equal, (n − 1) / n when one has everything.
+pub fn gini(xs: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    let sum: f64 = xs.iter().sum();
+    if sum == 0.0 {
+        return 0.0;
+    }
+    let differences: f64 = xs
+        .iter()
+        .map(|a| xs.iter().map(|b| (a - b).abs()).sum::<f64>())
+        .sum();
+    differences / (2.0 * n * sum)
 }
 
 impl LabReport {
@@ -159,7 +184,41 @@ impl LabReport {
             "\nprimary: {primary}; cooling (s) per deployment: {}",
             self.deployments.join("/")
         );
+        if self.accounts.len() >= 2 {
+            self.render_accounts(&mut out);
+        }
         out
+    }
+
+    /// Tokens each account's deployments used, the fullest its budgets got,
+    /// and the Gini coefficient of the use.
+    fn render_accounts(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\nuse by account: tokens (fullest budget); Gini 0 = even"
+        );
+        for c in &self.contenders {
+            let accounts: Vec<String> = c
+                .record
+                .per_account
+                .iter()
+                .map(|a| {
+                    let budget = if a.peak_budget_permille > 0 {
+                        format!(" ({:.0}%)", f64::from(a.peak_budget_permille) / 10.0)
+                    } else {
+                        String::new()
+                    };
+                    format!("{} {}{budget}", a.account, a.tokens)
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<34} {}  Gini {:.3}",
+                truncate(&c.name, 34),
+                accounts.join("  "),
+                c.account_gini.unwrap_or(0.0)
+            );
+        }
     }
 }
 
@@ -192,6 +251,13 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), 99);
         assert_eq!(percentile(&[7], 0.99), 7);
         assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn gini_is_zero_when_equal_and_n_minus_one_over_n_when_one_has_all() {
+        assert!(gini(&[5.0, 5.0, 5.0]).abs() < 1e-12);
+        assert!((gini(&[9.0, 0.0, 0.0]) - 2.0 / 3.0).abs() < 1e-12);
+        assert!((gini(&[1.0, 3.0]) - 0.25).abs() < 1e-12);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use switchyard_core::config::{DeploymentConfig, GroupPolicies, PolicyRef};
+use switchyard_core::config::{AccountConfig, DeploymentConfig, GroupPolicies, PolicyRef};
 use switchyard_core::offline::OfflineLoadError;
 use switchyard_core::policy::PolicyKind;
 
@@ -34,6 +34,10 @@ pub struct Scenario {
     pub throttle_latency_ms: u64,
     /// The model group's deployments, as Bedrock serves them.
     pub deployments: Vec<LabDeployment>,
+    /// Budgets beyond a minute of the accounts deployments name, as the
+    /// gateway's `[[accounts]]` (enforced as the gateway's admission does).
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
     /// Who sends requests, and when.
     pub users: Vec<LabUser>,
     /// The policy combinations to compare, each run on the same arrivals.
@@ -307,6 +311,51 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// Each `[[accounts]]` entry names an account of a deployment, once,
+    /// with budgets above zero.
+    fn validate_accounts(&self) -> Result<(), ScenarioError> {
+        let used: std::collections::HashSet<&str> = self
+            .deployments
+            .iter()
+            .map(|d| d.account.as_str())
+            .collect();
+        let mut named = std::collections::HashSet::new();
+        for a in &self.accounts {
+            let problem = if !named.insert(a.name.as_str()) {
+                "is listed twice"
+            } else if !used.contains(a.name.as_str()) {
+                "is the account of no deployment"
+            } else if [
+                a.daily_tokens,
+                a.weekly_tokens,
+                a.daily_requests,
+                a.weekly_requests,
+            ]
+            .contains(&Some(0))
+            {
+                "has a budget of 0 (leave it out for none)"
+            } else {
+                continue;
+            };
+            return Err(ScenarioError::Invalid(format!(
+                "account `{}` {problem}",
+                a.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The accounts deployments name, in the order of their first deployment.
+    pub fn account_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for d in &self.deployments {
+            if !names.contains(&d.account) {
+                names.push(d.account.clone());
+            }
+        }
+        names
+    }
+
     /// Checks what TOML's types cannot.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let invalid = |m: String| Err(ScenarioError::Invalid(m));
@@ -325,6 +374,7 @@ impl Scenario {
                 return invalid(format!("deployment `{}` is listed twice", d.id));
             }
         }
+        self.validate_accounts()?;
         if self.users.is_empty() {
             return invalid("no [[users]]".into());
         }
