@@ -844,8 +844,8 @@ async fn a_gateway_config_with_a_bad_param_fails_at_start_naming_it() {
     let error =
         switchyard::gateway::Gateway::build(&config, clock, &switchyard::gateway::Upstreams::Aws)
             .err()
-            .expect("refused")
-            .to_string();
+            .expect("refused");
+    let error = switchyard::error_chain::render(&error);
     assert!(error.contains("model group `g`"), "{error}");
     assert!(error.contains("selection policy"), "{error}");
     assert!(error.contains("`skip_threshold_ms`"), "{error}");
