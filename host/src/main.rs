@@ -1,5 +1,7 @@
 //! The `switchyard` command: run the gateway, run the Bedrock simulator.
 
+mod jobs_command;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -90,6 +92,9 @@ enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Async jobs of a running gateway: list, show, cancel.
+    #[command(subcommand)]
+    Jobs(jobs_command::JobsCommand),
     /// The policy lab: compare policy combinations on a scenario.
     ///
     /// Runs each `[[policies]]` entry of the scenario over the same arrivals
@@ -410,7 +415,7 @@ async fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 .map(|p| serde_json::from_str(&p))
                 .transpose()
                 .context("--params is not valid JSON")?;
-            let answer = switchyard::admin_client::push(
+            let answer = switchyard::gateway_client::push(
                 &gateway,
                 &token,
                 &group,
@@ -606,6 +611,7 @@ async fn main() -> ExitCode {
             out,
             json,
         } => lab(&scenario, &out, json),
+        Command::Jobs(command) => jobs_command::run(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

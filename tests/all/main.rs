@@ -17,6 +17,7 @@ mod edge;
 mod fair_queue;
 mod fuzz;
 mod hot_reload;
+mod jobs;
 mod lab;
 mod policy_faults;
 mod policy_library;

@@ -48,6 +48,9 @@ pub enum GatewayError {
     /// The shared state backend could not start.
     #[error("the shared state backend could not start")]
     State(#[source] StateError),
+    /// The job store could not be opened.
+    #[error("async jobs could not start")]
+    Jobs(#[source] crate::jobs::StoreError),
 }
 
 /// Where deployments without an `endpoint_url` go.
@@ -97,6 +100,10 @@ impl Gateway {
             queue: queue.clone(),
         });
         shared.attach(&mirror);
+        let jobs = match &config.jobs {
+            Some(jobs) => Some(crate::jobs::Jobs::open(jobs).map_err(GatewayError::Jobs)?),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let router = Router::new(
             groups,
@@ -105,7 +112,7 @@ impl Gateway {
             config.policy_runtime.seed,
             metrics,
         );
-        Ok(Self {
+        let gateway = Self {
             state: Arc::new(AppState {
                 router,
                 api_keys: crate::api::auth::ApiKeys::new(&config.api_keys),
@@ -125,10 +132,15 @@ impl Gateway {
                     .filter(|g| g.coalesce)
                     .map(|g| g.name.clone())
                     .collect(),
+                jobs,
             }),
             max_body_bytes: config.limits.max_body_bytes,
             http: config.http.clone(),
-        })
+        };
+        if let Some(jobs) = &gateway.state.jobs {
+            jobs.start(Arc::downgrade(&gateway.state));
+        }
+        Ok(gateway)
     }
 
     /// Remembers the file the config came from, so `/admin/reload` and

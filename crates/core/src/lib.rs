@@ -19,6 +19,7 @@ pub mod edge;
 pub mod error_chain;
 pub mod gateway;
 pub mod health;
+pub mod jobs;
 pub mod metrics;
 pub mod offline;
 pub mod outcome;

@@ -66,6 +66,9 @@ pub fn identify(
     headers: &HeaderMap,
     fallback_user: Option<&str>,
 ) -> Result<Identity, ApiError> {
+    if let Some(identity) = job_identity(state, headers) {
+        return Ok(identity);
+    }
     Ok(match state.api_keys.authenticate(headers)? {
         Some(caller) => Identity {
             user: Some(caller.user),
@@ -86,6 +89,22 @@ pub fn identify(
                 ..Identity::default()
             }
         }
+    })
+}
+
+/// The submitter a job's in-process request speaks for, when it carries
+/// this process's job token (a client cannot know it: it never leaves the
+/// process).
+fn job_identity(state: &AppState, headers: &HeaderMap) -> Option<Identity> {
+    let token = headers.get(crate::jobs::JOB_TOKEN_HEADER)?.to_str().ok()?;
+    if !state.jobs.as_ref()?.is_own(token) {
+        return None;
+    }
+    let text = |name: &str| headers.get(name)?.to_str().ok();
+    Some(Identity {
+        user: header_user(headers),
+        priority: text(PRIORITY_HEADER).and_then(|v| v.parse().ok()),
+        max_concurrent: text(crate::jobs::JOB_MAX_CONCURRENT_HEADER).and_then(|v| v.parse().ok()),
     })
 }
 

@@ -7,6 +7,7 @@ mod bedrock;
 pub mod coalesce;
 pub mod dispatch;
 mod error;
+mod jobs;
 mod openai;
 mod reload;
 pub mod stats;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub coalescer: coalesce::Coalescer,
     /// The model groups that coalesce every non-streaming request.
     pub coalescing_groups: std::collections::HashSet<String>,
+    /// Async jobs, when `[jobs]` is configured.
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
 }
 
 impl AppState {
@@ -160,6 +163,9 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         )
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route("/task_status/{id}", get(jobs::task_status))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     let observability = HttpRouter::new()
         .route("/", get(status_page))

@@ -82,6 +82,9 @@ pub struct Config {
     /// Client API keys. With none, the gateway runs open.
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// `[jobs]`: async jobs (`/v1/jobs`); without the table they are off.
+    #[serde(default)]
+    pub jobs: Option<crate::jobs::JobsConfig>,
     /// `[[accounts]]`: budgets beyond a minute for the deployments that
     /// share an `account`.
     #[serde(default)]

@@ -13,6 +13,9 @@ impl Config {
         if let Some((key, problem)) = self.http.problem() {
             return Err(invalid(key, problem));
         }
+        if let Some((key, problem)) = self.jobs.as_ref().and_then(|j| j.problem()) {
+            return Err(invalid(key, problem));
+        }
         let ids = self.validate_deployments()?;
         self.validate_accounts()?;
         self.validate_model_groups(&ids)?;

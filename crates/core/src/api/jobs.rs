@@ -1,0 +1,235 @@
+//! `/v1/jobs`: submit a request now, fetch its answer later; and
+//! `/task_status/{id}`, the same job in the shape of the field's task queue.
+//!
+//! A job is the submitter's: with API keys, only the key's user sees or
+//! cancels it.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::dispatch::{identify, Identity};
+use super::{ApiError, AppState};
+use crate::jobs::{now_ms, Job, JobRoute, JobStatus, Jobs, StoreError};
+
+/// What `POST /v1/jobs` takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submission {
+    /// `converse` or `chat_completions`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The model group (`converse`; a chat completion names it in `body`).
+    #[serde(default)]
+    model: Option<String>,
+    /// The request's body, as the synchronous route takes it.
+    body: Value,
+}
+
+fn jobs(state: &AppState) -> Result<&Arc<Jobs>, ApiError> {
+    state.jobs.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "jobs_disabled",
+            "async jobs are off on this gateway: add a [jobs] table to its config",
+        )
+    })
+}
+
+fn store_error(e: &StoreError) -> ApiError {
+    let message = crate::error_chain::render(e);
+    tracing::error!(error = %message, "the job store failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "job_store_unavailable",
+        message,
+    )
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_job", message)
+}
+
+/// The route `submission` names, checked against the gateway's groups.
+fn route_of(state: &AppState, submission: &Submission) -> Result<JobRoute, ApiError> {
+    if !submission.body.is_object() {
+        return Err(invalid(
+            "`body` must be a JSON object: the synchronous route's body",
+        ));
+    }
+    let (route, group) = match submission.kind.as_str() {
+        "converse" => {
+            let model = submission
+                .model
+                .clone()
+                .ok_or_else(|| invalid("a converse job needs `model`: the model group"))?;
+            (
+                JobRoute::Converse {
+                    model: model.clone(),
+                },
+                model,
+            )
+        }
+        "chat_completions" => {
+            if submission.model.is_some() {
+                return Err(invalid("a chat_completions job names its model in `body`"));
+            }
+            if submission.body.get("stream") == Some(&Value::Bool(true)) {
+                return Err(invalid(
+                    "a job's answer is kept whole: `stream` must not be true",
+                ));
+            }
+            let model = submission.body.get("model").and_then(Value::as_str);
+            let model = model.ok_or_else(|| invalid("`body.model` must name a model group"))?;
+            (JobRoute::ChatCompletions, model.to_owned())
+        }
+        other => {
+            return Err(invalid(format!(
+                "no job type `{other}`: use converse or chat_completions"
+            )))
+        }
+    };
+    if state.router.group(&group).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_model",
+            format!("no model group `{group}`"),
+        ));
+    }
+    Ok(route)
+}
+
+/// `POST /v1/jobs`: 202 with the job's id once it is stored.
+pub async fn submit(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let answer = async {
+        let jobs = jobs(&state)?;
+        let who = identify(&state, &headers, None)?;
+        let body = body.map_err(|e| ApiError::unreadable_body(&e))?;
+        let submission: Submission = serde_json::from_slice(&body)
+            .map_err(|e| invalid(format!("the body is not a job: {e}")))?;
+        let route = route_of(&state, &submission)?;
+        let priority = jobs.config().priority.min(who.priority.unwrap_or(i32::MAX));
+        let job = Job {
+            id: format!("job_{}", uuid::Uuid::new_v4().simple()),
+            status: JobStatus::Queued,
+            route,
+            body: submission.body,
+            user: who.user,
+            priority,
+            max_concurrent: who.max_concurrent,
+            runs: 0,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            not_before_ms: 0,
+            answer: None,
+        };
+        let job = jobs.submit(job).await.map_err(|e| store_error(&e))?;
+        let mut response = (
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": job.id, "object": "job", "status": job.status })),
+        )
+            .into_response();
+        if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+            response.headers_mut().insert("location", location);
+        }
+        Ok::<_, ApiError>(response)
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The caller's job `id` (404 for another user's).
+async fn own_job(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Job, ApiError> {
+    let jobs = jobs(state)?;
+    let who = identify(state, headers, None)?;
+    let job = jobs.get(id).await.map_err(|e| store_error(&e))?;
+    job.filter(|job| visible(&who, state, job)).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_job",
+            format!("no job `{id}`"),
+        )
+    })
+}
+
+/// With API keys a job is its submitter's; an open gateway shows every job.
+fn visible(who: &Identity, state: &AppState, job: &Job) -> bool {
+    !state.api_keys.enabled() || who.user == job.user
+}
+
+/// `GET /v1/jobs/{id}`: its status, runs, timestamps and, once it has
+/// ended, the answer as the synchronous route returned it.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    match own_job(&state, &headers, &id).await {
+        Ok(job) => Json(job.view()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /task_status/{id}`: the same job as the field's task queue showed
+/// one (`state`: PENDING, STARTED, SUCCESS, FAILURE or REVOKED).
+pub async fn task_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    match own_job(&state, &headers, &id).await {
+        Ok(job) => Json(job.task_status()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels it (409 `job_ended` once it has ended).
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let answer = async {
+        let job = own_job(&state, &headers, &id).await?;
+        if job.status.is_final() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_ended",
+                format!("job `{id}` has ended ({:?}); nothing to cancel", job.status),
+            ));
+        }
+        let jobs = jobs(&state)?;
+        let job = jobs.cancel(&id).await.map_err(|e| store_error(&e))?;
+        Ok(Json(job.map(|j| j.view())).into_response())
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v1/jobs`: the caller's jobs, newest first (at most 100).
+pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let answer = async {
+        let jobs = jobs(&state)?;
+        let who = identify(&state, &headers, None)?;
+        let all = jobs.all().await.map_err(|e| store_error(&e))?;
+        let data: Vec<Value> = all
+            .iter()
+            .rev()
+            .filter(|job| visible(&who, &state, job))
+            .take(100)
+            .map(Job::view)
+            .collect();
+        Ok::<_, ApiError>(Json(json!({ "object": "list", "data": data })).into_response())
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,111 @@
+//! Jobs on disk: one redb file, one table of jobs by id (JSON). Every
+//! change is a committed (fsynced) transaction, so a job accepted with 202
+//! survives the process being killed the next instant.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::record::Job;
+
+const JOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("jobs");
+
+/// Why the job store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The folder or the file could not be made or opened.
+    #[error("cannot open the job store {}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A read or a write failed.
+    #[error("the job store failed")]
+    Io(#[source] Box<redb::Error>),
+}
+
+impl<E: Into<redb::Error>> From<E> for StoreError {
+    fn from(e: E) -> Self {
+        Self::Io(Box::new(e.into()))
+    }
+}
+
+/// The job store of one gateway.
+#[derive(Debug)]
+pub struct JobStore {
+    db: Database,
+}
+
+impl JobStore {
+    /// Opens (or makes) `jobs.redb` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("jobs.redb");
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_error(Box::new(e)))?;
+        let db = Database::create(&path).map_err(|e| open_error(Box::new(e)))?;
+        let store = Self { db };
+        // The table exists from the start, so reads never miss it.
+        let txn = store.db.begin_write()?;
+        txn.open_table(JOBS)?;
+        txn.commit()?;
+        Ok(store)
+    }
+
+    /// Writes `job` (new or changed).
+    pub fn put(&self, job: &Job) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(job).expect("a job serializes");
+        let txn = self.db.begin_write()?;
+        txn.open_table(JOBS)?
+            .insert(job.id.as_str(), bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The job `id`, if there is one.
+    pub fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        let job = table.get(id)?.and_then(|v| decode(v.value()));
+        Ok(job)
+    }
+
+    /// Every job, oldest first.
+    pub fn all(&self) -> Result<Vec<Job>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        let mut jobs = Vec::new();
+        for entry in table.iter()? {
+            let (_, value) = entry?;
+            jobs.extend(decode(value.value()));
+        }
+        jobs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(jobs)
+    }
+
+    /// Removes the jobs that ended before `before_ms`. Returns how many.
+    pub fn forget_ended_before(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut table = txn.open_table(JOBS)?;
+            table.retain(|_, value| {
+                let expired = decode(value).is_some_and(|job| {
+                    job.status.is_final() && job.finished_ms.is_some_and(|f| f < before_ms)
+                });
+                removed += usize::from(expired);
+                !expired
+            })?;
+        }
+        txn.commit()?;
+        Ok(removed)
+    }
+}
+
+/// A stored job; one that no longer parses (a future version's) is skipped.
+fn decode(bytes: &[u8]) -> Option<Job> {
+    serde_json::from_slice(bytes).ok()
+}
