@@ -393,3 +393,65 @@ async fn a_job_belongs_to_the_key_that_submitted_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A job's callback URL gets the ended job, tried again after a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_job_is_posted_to_its_callback_until_taken() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let taken = received.clone();
+    let app = axum::Router::new().route(
+        "/done",
+        axum::routing::post(move |axum::Json(job): axum::Json<Value>| {
+            let taken = taken.clone();
+            async move {
+                let mut taken = taken.lock().unwrap();
+                taken.push(job);
+                // The first try fails: the gateway tries again.
+                if taken.len() == 1 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let dir = ScratchDir::new("jobs");
+    let gw = start_gateway(&jobs_config(&sim, &dir, 1), SystemClock::shared()).await;
+    let mut job = converse_job("call me");
+    job["callback_url"] = json!(format!("http://{hook}/done"));
+    let id = submit(gw.addr, &job).await;
+
+    let until = Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let shown = raw_get(gw.addr, &format!("/v1/jobs/{id}")).await.json();
+        if shown["callback"]["delivered"] == true {
+            break shown;
+        }
+        assert!(Instant::now() < until, "callback not delivered: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(shown["callback"]["tries"], 2, "{shown}");
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[1]["id"], id.as_str());
+    assert_eq!(received[1]["status"], "succeeded");
+    assert_eq!(received[1]["answer"]["status"], 200);
+
+    let bad = raw_post(
+        gw.addr,
+        "/v1/jobs",
+        &[],
+        json!({ "type": "converse", "model": "g", "body": {}, "callback_url": "ftp://x" })
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body_text());
+    server.abort();
+}

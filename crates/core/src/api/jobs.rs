@@ -31,6 +31,9 @@ struct Submission {
     model: Option<String>,
     /// The request's body, as the synchronous route takes it.
     body: Value,
+    /// Where to POST the job when it ends.
+    #[serde(default)]
+    callback_url: Option<String>,
 }
 
 fn jobs(state: &AppState) -> Result<&Arc<Jobs>, ApiError> {
@@ -119,6 +122,13 @@ pub async fn submit(
         let submission: Submission = serde_json::from_slice(&body)
             .map_err(|e| invalid(format!("the body is not a job: {e}")))?;
         let route = route_of(&state, &submission)?;
+        if let Some(url) = &submission.callback_url {
+            if !crate::jobs::callback::valid_url(url) {
+                return Err(invalid(format!(
+                    "callback_url `{url}` must be an http:// or https:// URL"
+                )));
+            }
+        }
         let priority = jobs.config().priority.min(who.priority.unwrap_or(i32::MAX));
         let job = Job {
             id: format!("job_{}", uuid::Uuid::new_v4().simple()),
@@ -134,6 +144,8 @@ pub async fn submit(
             finished_ms: None,
             not_before_ms: 0,
             answer: None,
+            callback_url: submission.callback_url,
+            callback: None,
         };
         let job = jobs.submit(job).await.map_err(|e| store_error(&e))?;
         let mut response = (

@@ -9,6 +9,7 @@
 //! running when the process died is queued again when it starts (it runs
 //! once more); a job that ended is never run again.
 
+pub mod callback;
 pub mod record;
 pub mod store;
 

@@ -96,6 +96,12 @@ pub struct Job {
     pub not_before_ms: u64,
     /// What the route answered, once the job has ended (not when cancelled).
     pub answer: Option<JobAnswer>,
+    /// Where to POST the job when it ends.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// How that went.
+    #[serde(default)]
+    pub callback: Option<super::callback::CallbackState>,
 }
 
 impl Job {
@@ -112,6 +118,8 @@ impl Job {
             "started_ms": self.started_ms,
             "finished_ms": self.finished_ms,
             "answer": self.answer,
+            "callback_url": self.callback_url,
+            "callback": self.callback,
         })
     }
 

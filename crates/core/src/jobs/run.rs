@@ -77,11 +77,13 @@ impl Jobs {
         };
         job.finished_ms = Some(now_ms());
         job.answer = Some(answer);
-        self.save(&job).await;
+        if self.save(&job).await {
+            self.call_back(&job);
+        }
     }
 
     /// Writes `job`; a failure is logged (the job stays as it was stored).
-    async fn save(self: &Arc<Self>, job: &Job) -> bool {
+    pub(super) async fn save(self: &Arc<Self>, job: &Job) -> bool {
         let copy = job.clone();
         match self.blocking(move |store| store.put(&copy)).await {
             Ok(()) => true,
