@@ -455,3 +455,51 @@ async fn an_ended_job_is_posted_to_its_callback_until_taken() {
     assert_eq!(bad.status, 400, "{}", bad.body_text());
     server.abort();
 }
+
+/// With the shared state on Redis, jobs live there: any instance runs any
+/// job, and a job whose instance is killed mid-run is claimed and finished
+/// by another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_another_instance_finishes_a_killed_instances_job() {
+    let redis = crate::redis_server::RedisServer::start();
+    let sim = start_sim(
+        vec![SimModelConfig {
+            ttft_ms: 2_000,
+            ..sim_model("model-a", None)
+        }],
+        SystemClock::shared(),
+    )
+    .await;
+    let config = format!(
+        "[state]\nbackend = \"redis\"\nurl = \"{}\"\ninstances = 2\nkey_prefix = \"jobs-{}\"\n[jobs]\nworkers = 1\nclaim_after_ms = 1500\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        redis.url(),
+        uuid::Uuid::new_v4().simple(),
+        deployment("a", "model-a", 1, &sim),
+    );
+    let mut one = GatewayProcess::start("jobs-one", &config).await;
+    let two = GatewayProcess::start("jobs-two", &config).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(submit(one.addr, &converse_job(&format!("shared {n}"))).await);
+    }
+    // Each instance runs one (one worker each): then one of them dies.
+    let until = Instant::now() + Duration::from_secs(30);
+    while sim.counts("model-a").calls < 2 {
+        assert!(Instant::now() < until, "both instances started a job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    one.child.kill().await.unwrap();
+    drop(one);
+
+    let mut runs = 0;
+    for id in &ids {
+        let job = ended(two.addr, id, Duration::from_secs(60)).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        runs += job["runs"].as_u64().unwrap();
+    }
+    assert_eq!(
+        runs, 5,
+        "the killed instance's job ran again on the other, no other job did"
+    );
+    assert_eq!(sim.counts("model-a").calls, 5);
+}

@@ -101,7 +101,9 @@ impl Gateway {
         });
         shared.attach(&mirror);
         let jobs = match &config.jobs {
-            Some(jobs) => Some(crate::jobs::Jobs::open(jobs).map_err(GatewayError::Jobs)?),
+            Some(jobs) => {
+                Some(crate::jobs::Jobs::open(jobs, &config.state).map_err(GatewayError::Jobs)?)
+            }
             None => None,
         };
         let metrics = Arc::new(Metrics::default());

@@ -233,7 +233,7 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
     let answer = async {
         let jobs = jobs(&state)?;
         let who = identify(&state, &headers, None)?;
-        let all = jobs.all().await.map_err(|e| store_error(&e))?;
+        let all = jobs.recent().await.map_err(|e| store_error(&e))?;
         let data: Vec<Value> = all
             .iter()
             .rev()

@@ -13,7 +13,11 @@ impl Config {
         if let Some((key, problem)) = self.http.problem() {
             return Err(invalid(key, problem));
         }
-        if let Some((key, problem)) = self.jobs.as_ref().and_then(|j| j.problem()) {
+        if let Some((key, problem)) = self
+            .jobs
+            .as_ref()
+            .and_then(|j| j.problem(self.state.backend == crate::state::BackendKind::Redis))
+        {
             return Err(invalid(key, problem));
         }
         let ids = self.validate_deployments()?;

@@ -5,12 +5,15 @@
 //! fallbacks, at a lower rank in the queue than interactive requests; the
 //! answer is kept, exactly as the route returned it, for `result_ttl_s`.
 //!
-//! One machine's jobs live in a redb file under `data_dir`. A job that was
-//! running when the process died is queued again when it starts (it runs
-//! once more); a job that ended is never run again.
+//! One machine's jobs live in a redb file under `data_dir`. With
+//! `[state] backend = "redis"` they live in Redis, shared by every instance
+//! ([`redis`]): any instance runs any job, and one whose instance died is
+//! claimed by another. Either way a job that was running when its process
+//! died runs once more, and a job that ended never runs again.
 
 pub mod callback;
 pub mod record;
+pub mod redis;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +29,7 @@ pub use record::{Job, JobAnswer, JobRoute, JobStatus};
 pub use store::{JobStore, StoreError};
 
 use crate::api::AppState;
+use crate::state::{BackendKind, StateConfig};
 
 /// Header carrying the secret that lets a job's in-process request speak
 /// for its submitter (user, priority, cap) without their API key.
@@ -50,6 +54,9 @@ pub struct JobsConfig {
     pub max_runs: u32,
     /// How long an ended job and its answer are kept, in seconds.
     pub result_ttl_s: u64,
+    /// With Redis: a job whose instance has not said it still runs it for
+    /// this long (it died) is taken by another instance, in ms.
+    pub claim_after_ms: u64,
 }
 
 impl Default for JobsConfig {
@@ -60,6 +67,7 @@ impl Default for JobsConfig {
             priority: -10,
             max_runs: 3,
             result_ttl_s: 86_400,
+            claim_after_ms: 30_000,
         }
     }
 }
@@ -77,15 +85,19 @@ impl JobsConfig {
         })
     }
 
-    /// The key that makes this table unusable, and why.
-    pub fn problem(&self) -> Option<(&'static str, String)> {
+    /// The key that makes this table unusable, and why (`on_redis`: the
+    /// jobs live in Redis, so no folder is needed).
+    pub fn problem(&self, on_redis: bool) -> Option<(&'static str, String)> {
+        if self.claim_after_ms < 300 {
+            return Some(("jobs.claim_after_ms", "must be at least 300".into()));
+        }
         if self.workers == 0 {
             return Some(("jobs.workers", "must be at least 1".into()));
         }
         if self.max_runs == 0 {
             return Some(("jobs.max_runs", "must be at least 1".into()));
         }
-        if self.dir().is_none() {
+        if !on_redis && self.dir().is_none() {
             return Some((
                 "jobs.data_dir",
                 "needed: neither XDG_DATA_HOME nor HOME is set".into(),
@@ -95,12 +107,28 @@ impl JobsConfig {
     }
 }
 
-/// The jobs of one gateway: the store, the queue of job ids, the workers.
+/// Where jobs and their queue live.
+enum Backend {
+    /// This machine: a redb file, and the queue in memory.
+    Local {
+        store: Arc<JobStore>,
+        queue: Mutex<VecDeque<String>>,
+        ready: Notify,
+    },
+    /// A Redis server every instance shares.
+    Redis(redis::RedisJobs),
+}
+
+/// A job a worker took: its id, and its stream entry on Redis.
+pub(crate) struct Delivery {
+    pub(crate) id: String,
+    entry: Option<redis::Entry>,
+}
+
+/// The jobs of one gateway: where they live, and the workers.
 pub struct Jobs {
-    store: JobStore,
+    backend: Backend,
     config: JobsConfig,
-    queue: Mutex<VecDeque<String>>,
-    ready: Notify,
     running: Mutex<HashMap<String, AbortHandle>>,
     /// The secret of [`JOB_TOKEN_HEADER`], made afresh by every process.
     token: String,
@@ -123,9 +151,30 @@ pub fn now_ms() -> u64 {
 }
 
 impl Jobs {
-    /// Opens the store and queues again what was waiting or running when
-    /// the last process stopped.
-    pub fn open(config: &JobsConfig) -> Result<Arc<Self>, StoreError> {
+    /// Opens where the jobs live: Redis when the shared state is there,
+    /// else the store under `data_dir`, queueing again what was waiting or
+    /// running when the last process stopped.
+    pub fn open(config: &JobsConfig, state: &StateConfig) -> Result<Arc<Self>, StoreError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let backend = match (state.backend, state.url.as_deref()) {
+            (BackendKind::Redis, Some(url)) => Backend::Redis(redis::RedisJobs::new(
+                url,
+                &state.key_prefix,
+                format!("instance-{token}"),
+                config.claim_after_ms,
+                config.result_ttl_s,
+            )?),
+            _ => Self::open_local(config)?,
+        };
+        Ok(Arc::new(Self {
+            backend,
+            config: config.clone(),
+            running: Mutex::new(HashMap::new()),
+            token,
+        }))
+    }
+
+    fn open_local(config: &JobsConfig) -> Result<Backend, StoreError> {
         let dir = config.dir().expect("checked by JobsConfig::problem");
         let store = JobStore::open(&dir)?;
         let mut queue = VecDeque::new();
@@ -141,14 +190,11 @@ impl Jobs {
                 _ => {}
             }
         }
-        Ok(Arc::new(Self {
-            store,
-            config: config.clone(),
+        Ok(Backend::Local {
+            store: Arc::new(store),
             queue: Mutex::new(queue),
             ready: Notify::new(),
-            running: Mutex::new(HashMap::new()),
-            token: uuid::Uuid::new_v4().simple().to_string(),
-        }))
+        })
     }
 
     /// Its config.
@@ -156,33 +202,62 @@ impl Jobs {
         &self.config
     }
 
-    /// Whether `headers` carry this process's job token.
+    /// Whether `token` is this process's job token.
     pub fn is_own(&self, token: &str) -> bool {
         token == self.token
     }
 
     /// Stores `job` and queues it.
     pub async fn submit(self: &Arc<Self>, job: Job) -> Result<Job, StoreError> {
-        let id = job.id.clone();
-        let job = self
-            .blocking(move |store| store.put(&job).map(|()| job))
-            .await?;
-        self.enqueue(id);
-        Ok(job)
+        match &self.backend {
+            Backend::Local { store, .. } => {
+                let id = job.id.clone();
+                let job = blocking(store, move |store| store.put(&job).map(|()| job)).await?;
+                self.enqueue(id).await?;
+                Ok(job)
+            }
+            Backend::Redis(redis) => redis.submit(&job).await.map(|()| job),
+        }
     }
 
     /// The job `id`.
     pub async fn get(self: &Arc<Self>, id: &str) -> Result<Option<Job>, StoreError> {
-        let id = id.to_owned();
-        self.blocking(move |store| store.get(&id)).await
+        match &self.backend {
+            Backend::Local { store, .. } => {
+                let id = id.to_owned();
+                blocking(store, move |store| store.get(&id)).await
+            }
+            Backend::Redis(redis) => redis.get(id).await,
+        }
     }
 
-    /// Every job kept, oldest first.
-    pub async fn all(self: &Arc<Self>) -> Result<Vec<Job>, StoreError> {
-        self.blocking(JobStore::all).await
+    /// The 100 most recent jobs kept, oldest first.
+    pub async fn recent(self: &Arc<Self>) -> Result<Vec<Job>, StoreError> {
+        match &self.backend {
+            Backend::Local { store, .. } => {
+                blocking(store, |store| {
+                    let all = store.all()?;
+                    Ok(all[all.len().saturating_sub(100)..].to_vec())
+                })
+                .await
+            }
+            Backend::Redis(redis) => redis.recent(100).await,
+        }
     }
 
-    /// Cancels job `id` unless it has ended. Returns it as it is after.
+    /// Writes `job` (new or changed).
+    async fn put(self: &Arc<Self>, job: &Job) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Local { store, .. } => {
+                let job = job.clone();
+                blocking(store, move |store| store.put(&job)).await
+            }
+            Backend::Redis(redis) => redis.put(job).await,
+        }
+    }
+
+    /// Cancels job `id` unless it has ended. Returns it as it is after. A
+    /// job running on another instance ends its run, whose answer is dropped.
     pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<Option<Job>, StoreError> {
         let Some(mut job) = self.get(id).await? else {
             return Ok(None);
@@ -192,73 +267,128 @@ impl Jobs {
         }
         job.status = JobStatus::Cancelled;
         job.finished_ms = Some(now_ms());
-        let job = self
-            .blocking(move |store| store.put(&job).map(|()| job))
-            .await?;
+        self.put(&job).await?;
         if let Some(run) = self.running.lock().expect("jobs poisoned").remove(id) {
             run.abort();
         }
         Ok(Some(job))
     }
 
-    /// Starts the workers and the sweeper of ended jobs. They stop when the
-    /// gateway's state is gone.
+    /// Starts the workers (and, on this machine, the sweeper of ended
+    /// jobs; Redis expires them itself). They stop with the gateway.
     pub fn start(self: &Arc<Self>, state: Weak<AppState>) {
         for _ in 0..self.config.workers {
             let (jobs, state) = (self.clone(), state.clone());
             tokio::spawn(async move {
+                let mut conn = None;
                 loop {
-                    let id = jobs.next().await;
+                    let delivery = jobs.next(&mut conn).await;
                     let Some(state) = state.upgrade() else {
                         return;
                     };
-                    jobs.run(&state, &id).await;
+                    jobs.run(&state, &delivery).await;
+                    jobs.done(&delivery).await;
                 }
             });
         }
-        let jobs = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                every.tick().await;
-                let Some(jobs) = jobs.upgrade() else {
-                    return;
-                };
-                let before = now_ms().saturating_sub(jobs.config.result_ttl_s * 1000);
-                if let Err(e) = jobs.blocking(move |s| s.forget_ended_before(before)).await {
-                    let error = crate::error_chain::render(&e);
-                    tracing::warn!(%error, "could not forget expired jobs");
-                }
-            }
-        });
-    }
-
-    fn enqueue(&self, id: String) {
-        self.queue.lock().expect("jobs poisoned").push_back(id);
-        self.ready.notify_one();
-    }
-
-    /// The next queued job's id, when there is one.
-    async fn next(&self) -> String {
-        loop {
-            let ready = self.ready.notified();
-            if let Some(id) = self.queue.lock().expect("jobs poisoned").pop_front() {
-                return id;
-            }
-            ready.await;
+        if let Backend::Local { store, .. } = &self.backend {
+            sweep(Arc::downgrade(store), self.config.result_ttl_s);
         }
     }
 
-    /// Runs `f` on the store off the async threads (a write waits for fsync).
-    async fn blocking<R: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&JobStore) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let jobs = self.clone();
-        tokio::task::spawn_blocking(move || f(&jobs.store))
-            .await
-            .expect("a job store call does not panic")
+    /// Queues job `id` (again).
+    async fn enqueue(self: &Arc<Self>, id: String) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Local { queue, ready, .. } => {
+                queue.lock().expect("jobs poisoned").push_back(id);
+                ready.notify_one();
+                Ok(())
+            }
+            Backend::Redis(redis) => redis.enqueue(&id).await,
+        }
     }
+
+    /// The next job to run, when there is one. On Redis `conn` is the
+    /// worker's own connection (its reads block), made again after a failure.
+    async fn next(&self, conn: &mut Option<::redis::aio::MultiplexedConnection>) -> Delivery {
+        match &self.backend {
+            Backend::Local { queue, ready, .. } => loop {
+                let notified = ready.notified();
+                if let Some(id) = queue.lock().expect("jobs poisoned").pop_front() {
+                    return Delivery { id, entry: None };
+                }
+                notified.await;
+            },
+            Backend::Redis(redis) => loop {
+                let read = match conn.as_mut() {
+                    Some(c) => redis.next(c).await,
+                    None => match redis.connect().await {
+                        Ok(c) => {
+                            *conn = Some(c);
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match read {
+                    Ok(Some(entry)) => {
+                        return Delivery {
+                            id: entry.job.clone(),
+                            entry: Some(entry),
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let error = crate::error_chain::render(&e);
+                        tracing::warn!(%error, "cannot read the job queue on Redis; trying again in 1 s");
+                        *conn = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            },
+        }
+    }
+
+    /// A worker is done with `delivery` (on Redis: its entry is acknowledged).
+    async fn done(&self, delivery: &Delivery) {
+        if let (Backend::Redis(redis), Some(entry)) = (&self.backend, &delivery.entry) {
+            if let Err(e) = redis.done(entry).await {
+                let error = crate::error_chain::render(&e);
+                tracing::warn!(job = %delivery.id, %error, "cannot acknowledge a job on Redis; another instance may run it again");
+            }
+        }
+    }
+}
+
+/// Runs `f` on this machine's store off the async threads (a write waits
+/// for fsync).
+async fn blocking<R: Send + 'static>(
+    store: &Arc<JobStore>,
+    f: impl FnOnce(&JobStore) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .expect("a job store call does not panic")
+}
+
+/// Forgets this machine's ended jobs past their TTL, every minute, while
+/// the store is open.
+fn sweep(store: Weak<JobStore>, ttl_s: u64) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            let before = now_ms().saturating_sub(ttl_s * 1000);
+            if let Err(e) = blocking(&store, move |s| s.forget_ended_before(before)).await {
+                let error = crate::error_chain::render(&e);
+                tracing::warn!(%error, "could not forget expired jobs");
+            }
+        }
+    });
 }
 
 mod run;

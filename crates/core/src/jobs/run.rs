@@ -7,7 +7,10 @@ use std::time::Duration;
 use axum::body::Body;
 use tower::ServiceExt;
 
-use super::{now_ms, Job, JobAnswer, JobStatus, Jobs, JOB_MAX_CONCURRENT_HEADER, JOB_TOKEN_HEADER};
+use super::{
+    now_ms, Backend, Delivery, Job, JobAnswer, JobStatus, Jobs, JOB_MAX_CONCURRENT_HEADER,
+    JOB_TOKEN_HEADER,
+};
 use crate::api::dispatch::{PRIORITY_HEADER, USER_HEADER};
 use crate::api::AppState;
 
@@ -17,10 +20,12 @@ fn try_later(status: u16) -> bool {
 }
 
 impl Jobs {
-    /// Runs job `id` once, if it is still queued.
-    pub(super) async fn run(self: &Arc<Self>, state: &Arc<AppState>, id: &str) {
+    /// Runs the job of `delivery` once, unless it has ended (a job still
+    /// marked running was interrupted: its process died).
+    pub(super) async fn run(self: &Arc<Self>, state: &Arc<AppState>, delivery: &Delivery) {
+        let id = delivery.id.as_str();
         let job = match self.get(id).await {
-            Ok(Some(job)) if job.status == JobStatus::Queued => job,
+            Ok(Some(job)) if !job.status.is_final() => job,
             Ok(_) => return,
             Err(e) => {
                 let error = crate::error_chain::render(&e);
@@ -28,10 +33,18 @@ impl Jobs {
                 return;
             }
         };
+        // On Redis the worker keeps the entry (and says so) while it runs
+        // or waits; here a waiting job goes back to the queue for later.
+        let _keep = self.keep_claim(delivery);
         let wait_ms = job.not_before_ms.saturating_sub(now_ms());
         if wait_ms > 0 {
-            self.requeue_after(job.id, wait_ms);
-            return;
+            match &self.backend {
+                Backend::Local { .. } => {
+                    self.requeue_after(job.id, wait_ms);
+                    return;
+                }
+                Backend::Redis(_) => tokio::time::sleep(Duration::from_millis(wait_ms)).await,
+            }
         }
         let mut job = job;
         job.status = JobStatus::Running;
@@ -84,8 +97,7 @@ impl Jobs {
 
     /// Writes `job`; a failure is logged (the job stays as it was stored).
     pub(super) async fn save(self: &Arc<Self>, job: &Job) -> bool {
-        let copy = job.clone();
-        match self.blocking(move |store| store.put(&copy)).await {
+        match self.put(job).await {
             Ok(()) => true,
             Err(e) => {
                 let error = crate::error_chain::render(&e);
@@ -95,14 +107,60 @@ impl Jobs {
         }
     }
 
+    /// Queues job `id` again for a run after `wait_ms`: here, when the
+    /// wait is over; on Redis at once (whichever instance takes it waits,
+    /// so a wait outlives this instance).
     fn requeue_after(self: &Arc<Self>, id: String, wait_ms: u64) {
         let jobs = Arc::downgrade(self);
+        let wait = match self.backend {
+            Backend::Local { .. } => Duration::from_millis(wait_ms),
+            Backend::Redis(_) => Duration::ZERO,
+        };
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            if let Some(jobs) = jobs.upgrade() {
-                jobs.enqueue(id);
+            tokio::time::sleep(wait).await;
+            let Some(jobs) = jobs.upgrade() else {
+                return;
+            };
+            if let Err(e) = jobs.enqueue(id.clone()).await {
+                let error = crate::error_chain::render(&e);
+                tracing::error!(job = %id, %error, "cannot queue a job again; it stays queued in the store");
             }
         });
+    }
+
+    /// On Redis, tells the group every so often that this instance still
+    /// has `delivery`, until the returned guard is dropped.
+    fn keep_claim(self: &Arc<Self>, delivery: &Delivery) -> Option<AbortOnDrop> {
+        let (Backend::Redis(redis), Some(entry)) = (&self.backend, &delivery.entry) else {
+            return None;
+        };
+        let every = redis.keep_every();
+        let entry = entry.clone();
+        let jobs = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(jobs) = jobs.upgrade() else {
+                    return;
+                };
+                if let Backend::Redis(redis) = &jobs.backend {
+                    if let Err(e) = redis.keep(&entry).await {
+                        let error = crate::error_chain::render(&e);
+                        tracing::warn!(job = %entry.job, %error, "cannot renew a job's claim on Redis");
+                    }
+                }
+            }
+        });
+        Some(AbortOnDrop(task.abort_handle()))
+    }
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

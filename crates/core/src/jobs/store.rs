@@ -23,6 +23,9 @@ pub enum StoreError {
     /// A read or a write failed.
     #[error("the job store failed")]
     Io(#[source] Box<redb::Error>),
+    /// A call to the Redis server that keeps the jobs failed.
+    #[error("the job store on Redis failed")]
+    Redis(#[source] Box<::redis::RedisError>),
 }
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
