@@ -325,14 +325,7 @@ impl Scenario {
                 "is listed twice"
             } else if !used.contains(a.name.as_str()) {
                 "is the account of no deployment"
-            } else if [
-                a.daily_tokens,
-                a.weekly_tokens,
-                a.daily_requests,
-                a.weekly_requests,
-            ]
-            .contains(&Some(0))
-            {
+            } else if a.zero_budget().is_some() {
                 "has a budget of 0 (leave it out for none)"
             } else {
                 continue;

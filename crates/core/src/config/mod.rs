@@ -141,6 +141,19 @@ pub struct AccountConfig {
 }
 
 impl AccountConfig {
+    /// The first budget set to 0, which no request could fit (a budget is
+    /// left out for none).
+    pub fn zero_budget(&self) -> Option<&'static str> {
+        [
+            ("daily_tokens", self.daily_tokens),
+            ("weekly_tokens", self.weekly_tokens),
+            ("daily_requests", self.daily_requests),
+            ("weekly_requests", self.weekly_requests),
+        ]
+        .into_iter()
+        .find_map(|(field, budget)| (budget == Some(0)).then_some(field))
+    }
+
     /// Its budgets, as the state backends keep them.
     pub fn budget(&self) -> crate::state::BudgetSpec {
         crate::state::BudgetSpec {

@@ -95,3 +95,23 @@ fn zero_deadline_is_rejected() {
     let err = error_of(&text);
     assert!(err.contains("policy_runtime.call_deadline_us"), "{err}");
 }
+
+#[test]
+fn accounts_name_a_deployments_account_once_with_budgets_above_zero() {
+    let with = |accounts: &str| format!("{MINIMAL}\n{accounts}");
+    let ok = with("[[accounts]]\nname = \"default\"\nweekly_tokens = 1000\n");
+    let config = Config::parse(&ok, "test.toml").unwrap();
+    assert_eq!(config.accounts[0].budget().weekly_tokens, Some(1000));
+
+    let error = error_of(&with("[[accounts]]\nname = \"other\"\n"));
+    assert!(
+        error.contains("accounts[0].name") && error.contains("`default`"),
+        "{error}"
+    );
+    let error = error_of(&with(
+        "[[accounts]]\nname = \"default\"\ndaily_requests = 0\n",
+    ));
+    assert!(error.contains("accounts[0].daily_requests"), "{error}");
+    let twice = "[[accounts]]\nname = \"default\"\n[[accounts]]\nname = \"default\"\n";
+    assert!(error_of(&with(twice)).contains("twice"));
+}

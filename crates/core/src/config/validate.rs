@@ -97,18 +97,11 @@ impl Config {
                     ),
                 ));
             }
-            for (field, budget) in [
-                ("daily_tokens", a.daily_tokens),
-                ("weekly_tokens", a.weekly_tokens),
-                ("daily_requests", a.daily_requests),
-                ("weekly_requests", a.weekly_requests),
-            ] {
-                if budget == Some(0) {
-                    return Err(invalid(
-                        format!("{key}.{field}"),
-                        "must be at least 1 (leave it out for no budget)",
-                    ));
-                }
+            if let Some(field) = a.zero_budget() {
+                return Err(invalid(
+                    format!("{key}.{field}"),
+                    "must be at least 1 (leave it out for no budget)",
+                ));
             }
         }
         Ok(())
