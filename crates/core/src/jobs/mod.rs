@@ -281,8 +281,12 @@ impl Jobs {
             let (jobs, state) = (self.clone(), state.clone());
             tokio::spawn(async move {
                 let mut conn = None;
-                loop {
-                    let delivery = jobs.next(&mut conn).await;
+                // `next` gives up now and then, so the workers of a gateway
+                // that is gone stop.
+                while state.strong_count() > 0 {
+                    let Some(delivery) = jobs.next(&mut conn).await else {
+                        continue;
+                    };
                     let Some(state) = state.upgrade() else {
                         return;
                     };
@@ -308,44 +312,51 @@ impl Jobs {
         }
     }
 
-    /// The next job to run, when there is one. On Redis `conn` is the
-    /// worker's own connection (its reads block), made again after a failure.
-    async fn next(&self, conn: &mut Option<::redis::aio::MultiplexedConnection>) -> Delivery {
+    /// The next job to run, if one comes within a second or two. On Redis
+    /// `conn` is the worker's own connection (its reads block), made again
+    /// after a failure.
+    async fn next(
+        &self,
+        conn: &mut Option<::redis::aio::MultiplexedConnection>,
+    ) -> Option<Delivery> {
         match &self.backend {
-            Backend::Local { queue, ready, .. } => loop {
-                let notified = ready.notified();
-                if let Some(id) = queue.lock().expect("jobs poisoned").pop_front() {
-                    return Delivery { id, entry: None };
-                }
-                notified.await;
-            },
-            Backend::Redis(redis) => loop {
+            Backend::Local { queue, ready, .. } => {
+                let wait = async {
+                    loop {
+                        let notified = ready.notified();
+                        if let Some(id) = queue.lock().expect("jobs poisoned").pop_front() {
+                            return Delivery { id, entry: None };
+                        }
+                        notified.await;
+                    }
+                };
+                // Cancel-safe: a job is taken only when returned.
+                tokio::time::timeout(Duration::from_secs(1), wait)
+                    .await
+                    .ok()
+            }
+            Backend::Redis(redis) => {
                 let read = match conn.as_mut() {
                     Some(c) => redis.next(c).await,
                     None => match redis.connect().await {
-                        Ok(c) => {
-                            *conn = Some(c);
-                            continue;
-                        }
+                        Ok(c) => redis.next(conn.insert(c)).await,
                         Err(e) => Err(e),
                     },
                 };
                 match read {
-                    Ok(Some(entry)) => {
-                        return Delivery {
-                            id: entry.job.clone(),
-                            entry: Some(entry),
-                        }
-                    }
-                    Ok(None) => {}
+                    Ok(entry) => entry.map(|entry| Delivery {
+                        id: entry.job.clone(),
+                        entry: Some(entry),
+                    }),
                     Err(e) => {
                         let error = crate::error_chain::render(&e);
                         tracing::warn!(%error, "cannot read the job queue on Redis; trying again in 1 s");
                         *conn = None;
                         tokio::time::sleep(Duration::from_secs(1)).await;
+                        None
                     }
                 }
-            },
+            }
         }
     }
 
