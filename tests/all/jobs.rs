@@ -422,7 +422,35 @@ async fn an_ended_job_is_posted_to_its_callback_until_taken() {
 
     let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
     let dir = ScratchDir::new("jobs");
-    let gw = start_gateway(&jobs_config(&sim, &dir, 1), SystemClock::shared()).await;
+    // The hook listens on loopback, which callbacks may reach only when
+    // allowed; first, not allowed.
+    let refused = start_gateway(&jobs_config(&sim, &dir, 1), SystemClock::shared()).await;
+    let mut job = converse_job("call me");
+    job["callback_url"] = json!(format!("http://{hook}/done"));
+    let id = submit(refused.addr, &job).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = raw_get(refused.addr, &format!("/v1/jobs/{id}"))
+            .await
+            .json();
+        if let Some(error) = shown["callback"]["last_error"].as_str() {
+            assert!(error.contains("inside the network"), "{shown}");
+            assert_eq!(shown["callback"]["delivered"], false);
+            break;
+        }
+        assert!(Instant::now() < until, "no callback try: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "nothing reached the hook"
+    );
+    drop(refused);
+
+    let dir = ScratchDir::new("jobs");
+    let config =
+        jobs_config(&sim, &dir, 1).replace("[jobs]\n", "[jobs]\nprivate_callbacks = true\n");
+    let gw = start_gateway(&config, SystemClock::shared()).await;
     let mut job = converse_job("call me");
     job["callback_url"] = json!(format!("http://{hook}/done"));
     let id = submit(gw.addr, &job).await;

@@ -198,6 +198,13 @@ impl Swapper<'_> {
         if config.deployments != running.deployments {
             report.needs_restart.push("deployments".into());
         }
+        // Budgets and jobs are set up at start (their books and workers).
+        if config.accounts != running.accounts {
+            report.needs_restart.push("accounts".into());
+        }
+        if config.jobs != running.jobs {
+            report.needs_restart.push("jobs".into());
+        }
         for group in &config.model_groups {
             let Some(live) = self.router.group(&group.name) else {
                 report

@@ -124,6 +124,30 @@ pub struct AdmissionSnapshot {
     pub circuit_open_remaining_ms: u64,
 }
 
+/// Quota `try_start` reserved, given back on drop unless the attempt
+/// goes ahead.
+struct QuotaHold<'a> {
+    admission: &'a DeploymentAdmission,
+    grant: Option<QuotaGrant>,
+    now_ms: u64,
+}
+
+impl QuotaHold<'_> {
+    /// The attempt goes ahead with it.
+    fn keep(mut self) -> QuotaGrant {
+        self.grant.take().expect("held until kept or dropped")
+    }
+}
+
+impl Drop for QuotaHold<'_> {
+    fn drop(&mut self) {
+        if let Some(grant) = self.grant.take() {
+            let a = self.admission;
+            a.state.settle(&a.quota, grant, false, 0, self.now_ms);
+        }
+    }
+}
+
 /// A concurrency slot taken by `try_start`, given back on drop unless the
 /// attempt went ahead.
 struct ConcurrencySlot<'a> {
@@ -251,17 +275,25 @@ impl DeploymentAdmission {
                 return Err(refusal);
             }
         };
+        // Dropped while the budget is asked (the client left) or refused by
+        // it: the quota goes back, counting no request.
+        let held = QuotaHold {
+            admission: self,
+            grant: Some(grant),
+            now_ms,
+        };
         let budget = match &self.budget {
             None => None,
             Some(spec) => match self.state.take_budget(spec, tokens, now_ms).await {
                 Ok(taken) => Some(taken),
                 Err(refusal) => {
-                    self.state.settle(&self.quota, grant, false, 0, now_ms);
+                    drop(held);
                     slot.return_quietly();
                     return Err(refusal);
                 }
             },
         };
+        let grant = held.keep();
         if !self.lock().breaker.try_pass(now_ms) {
             self.state.settle(&self.quota, grant, false, 0, now_ms);
             self.settle_budget(budget, false, 0);
@@ -369,10 +401,10 @@ impl DeploymentAdmission {
     /// Milliseconds until an attempt of `tokens` could start (0: now).
     pub fn wait_ms(&self, tokens: u64, now_ms: u64) -> u64 {
         let quota = self.state.quota_wait_ms(&self.quota, tokens, now_ms);
-        let budget = self
-            .budget
-            .as_ref()
-            .map_or(0, |spec| self.state.budget_use(spec, now_ms).wait_ms);
+        let budget = self.budget.as_ref().map_or(0, |spec| {
+            let used = self.state.budget_use(spec, now_ms);
+            crate::state::budget::wait_for(spec, used.day, used.week, tokens, now_ms)
+        });
         let open = self.lock().breaker.open_remaining_ms(now_ms);
         quota.max(budget).max(open)
     }

@@ -146,6 +146,7 @@ pub async fn submit(
             answer: None,
             callback_url: submission.callback_url,
             callback: None,
+            owner: None,
         };
         let job = jobs.submit(job).await.map_err(|e| store_error(&e))?;
         let mut response = (

@@ -57,6 +57,9 @@ pub struct JobsConfig {
     /// With Redis: a job whose instance has not said it still runs it for
     /// this long (it died) is taken by another instance, in ms.
     pub claim_after_ms: u64,
+    /// Whether callbacks may go to addresses inside the network (loopback,
+    /// private, link-local); off, so clients cannot probe through the gateway.
+    pub private_callbacks: bool,
 }
 
 impl Default for JobsConfig {
@@ -68,6 +71,7 @@ impl Default for JobsConfig {
             max_runs: 3,
             result_ttl_s: 86_400,
             claim_after_ms: 30_000,
+            private_callbacks: false,
         }
     }
 }
@@ -125,6 +129,17 @@ pub(crate) struct Delivery {
     entry: Option<redis::Entry>,
 }
 
+/// What one worker keeps between jobs: on Redis, its own connection (its
+/// reads block) and where it is among the entries it may claim.
+#[derive(Default)]
+struct Worker {
+    conn: Option<::redis::aio::MultiplexedConnection>,
+    cursor: redis::Cursor,
+}
+
+/// A change of a stored job: returns false to leave it as it is.
+pub(crate) type Change = Arc<dyn Fn(&mut Job) -> bool + Send + Sync>;
+
 /// The jobs of one gateway: where they live, and the workers.
 pub struct Jobs {
     backend: Backend,
@@ -132,6 +147,8 @@ pub struct Jobs {
     running: Mutex<HashMap<String, AbortHandle>>,
     /// The secret of [`JOB_TOKEN_HEADER`], made afresh by every process.
     token: String,
+    /// This instance's name as a job's runner (and a Redis consumer).
+    owner: String,
 }
 
 impl std::fmt::Debug for Jobs {
@@ -156,11 +173,12 @@ impl Jobs {
     /// running when the last process stopped.
     pub fn open(config: &JobsConfig, state: &StateConfig) -> Result<Arc<Self>, StoreError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
+        let owner = format!("instance-{}", uuid::Uuid::new_v4().simple());
         let backend = match (state.backend, state.url.as_deref()) {
             (BackendKind::Redis, Some(url)) => Backend::Redis(redis::RedisJobs::new(
                 url,
                 &state.key_prefix,
-                format!("instance-{token}"),
+                owner.clone(),
                 config.claim_after_ms,
                 config.result_ttl_s,
             )?),
@@ -171,6 +189,7 @@ impl Jobs {
             config: config.clone(),
             running: Mutex::new(HashMap::new()),
             token,
+            owner,
         }))
     }
 
@@ -202,9 +221,11 @@ impl Jobs {
         &self.config
     }
 
-    /// Whether `token` is this process's job token.
+    /// Whether `token` is this process's job token (compared in time
+    /// that does not depend on where they differ).
     pub fn is_own(&self, token: &str) -> bool {
-        token == self.token
+        let (a, b) = (token.as_bytes(), self.token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
     }
 
     /// Stores `job` and queues it.
@@ -231,47 +252,54 @@ impl Jobs {
         }
     }
 
-    /// The 100 most recent jobs kept, oldest first.
+    /// The most recent jobs kept (on Redis the newest 1 000), oldest first.
     pub async fn recent(self: &Arc<Self>) -> Result<Vec<Job>, StoreError> {
         match &self.backend {
-            Backend::Local { store, .. } => {
-                blocking(store, |store| {
-                    let all = store.all()?;
-                    Ok(all[all.len().saturating_sub(100)..].to_vec())
-                })
-                .await
-            }
-            Backend::Redis(redis) => redis.recent(100).await,
+            Backend::Local { store, .. } => blocking(store, JobStore::all).await,
+            Backend::Redis(redis) => redis.recent(1_000).await,
         }
     }
 
-    /// Writes `job` (new or changed).
-    async fn put(self: &Arc<Self>, job: &Job) -> Result<(), StoreError> {
+    /// Reads job `id`, lets `change` alter it, and writes it with nothing
+    /// else written in between. Returns the job as stored after, and
+    /// whether `change` changed it.
+    pub(crate) async fn update(
+        self: &Arc<Self>,
+        id: &str,
+        change: Change,
+    ) -> Result<(Option<Job>, bool), StoreError> {
         match &self.backend {
             Backend::Local { store, .. } => {
-                let job = job.clone();
-                blocking(store, move |store| store.put(&job)).await
+                let id = id.to_owned();
+                blocking(store, move |store| store.update(&id, |job| change(job))).await
             }
-            Backend::Redis(redis) => redis.put(job).await,
+            Backend::Redis(redis) => redis.update(id, &*change).await,
         }
     }
 
     /// Cancels job `id` unless it has ended. Returns it as it is after. A
     /// job running on another instance ends its run, whose answer is dropped.
     pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<Option<Job>, StoreError> {
-        let Some(mut job) = self.get(id).await? else {
-            return Ok(None);
-        };
-        if job.status.is_final() {
-            return Ok(Some(job));
+        let (job, cancelled) = self
+            .update(
+                id,
+                Arc::new(|job: &mut Job| {
+                    if job.status.is_final() {
+                        return false;
+                    }
+                    job.status = JobStatus::Cancelled;
+                    job.finished_ms = Some(now_ms());
+                    job.owner = None;
+                    true
+                }),
+            )
+            .await?;
+        if cancelled {
+            if let Some(run) = self.running.lock().expect("jobs poisoned").remove(id) {
+                run.abort();
+            }
         }
-        job.status = JobStatus::Cancelled;
-        job.finished_ms = Some(now_ms());
-        self.put(&job).await?;
-        if let Some(run) = self.running.lock().expect("jobs poisoned").remove(id) {
-            run.abort();
-        }
-        Ok(Some(job))
+        Ok(job)
     }
 
     /// Starts the workers (and, on this machine, the sweeper of ended
@@ -280,18 +308,19 @@ impl Jobs {
         for _ in 0..self.config.workers {
             let (jobs, state) = (self.clone(), state.clone());
             tokio::spawn(async move {
-                let mut conn = None;
+                let mut worker = Worker::default();
                 // `next` gives up now and then, so the workers of a gateway
                 // that is gone stop.
                 while state.strong_count() > 0 {
-                    let Some(delivery) = jobs.next(&mut conn).await else {
+                    let Some(delivery) = jobs.next(&mut worker).await else {
                         continue;
                     };
                     let Some(state) = state.upgrade() else {
                         return;
                     };
-                    jobs.run(&state, &delivery).await;
-                    jobs.done(&delivery).await;
+                    if jobs.run(&state, &delivery).await {
+                        jobs.done(&delivery).await;
+                    }
                 }
             });
         }
@@ -315,10 +344,7 @@ impl Jobs {
     /// The next job to run, if one comes within a second or two. On Redis
     /// `conn` is the worker's own connection (its reads block), made again
     /// after a failure.
-    async fn next(
-        &self,
-        conn: &mut Option<::redis::aio::MultiplexedConnection>,
-    ) -> Option<Delivery> {
+    async fn next(&self, worker: &mut Worker) -> Option<Delivery> {
         match &self.backend {
             Backend::Local { queue, ready, .. } => {
                 let wait = async {
@@ -336,10 +362,11 @@ impl Jobs {
                     .ok()
             }
             Backend::Redis(redis) => {
+                let Worker { conn, cursor } = worker;
                 let read = match conn.as_mut() {
-                    Some(c) => redis.next(c).await,
+                    Some(c) => redis.next(c, cursor).await,
                     None => match redis.connect().await {
-                        Ok(c) => redis.next(conn.insert(c)).await,
+                        Ok(c) => redis.next(conn.insert(c), cursor).await,
                         Err(e) => Err(e),
                     },
                 };
@@ -351,7 +378,7 @@ impl Jobs {
                     Err(e) => {
                         let error = crate::error_chain::render(&e);
                         tracing::warn!(%error, "cannot read the job queue on Redis; trying again in 1 s");
-                        *conn = None;
+                        worker.conn = None;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         None
                     }

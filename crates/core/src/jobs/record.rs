@@ -102,6 +102,11 @@ pub struct Job {
     /// How that went.
     #[serde(default)]
     pub callback: Option<super::callback::CallbackState>,
+    /// The worker running it (an instance's id), while it runs: a run
+    /// that has lost the job to another (its instance was thought dead)
+    /// cannot overwrite what the other writes.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl Job {

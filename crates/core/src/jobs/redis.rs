@@ -5,14 +5,37 @@
 //! answering (the instance died) is claimed by another after
 //! `jobs.claim_after_ms`, while a live runner keeps its claim fresh.
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 
 use super::record::Job;
 use super::store::StoreError;
 
 const GROUP: &str = "workers";
+
+static CAS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("job_cas.lua")));
+
+/// How long a connection may take to open, and a call to answer (the
+/// blocking read asks for 2 s; it gets that on top).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a change of one job is tried again when others changed
+/// it meanwhile.
+const CAS_TRIES: u32 = 5;
+
+/// Where a worker is in the stream of pending entries it may claim.
+#[derive(Debug)]
+pub struct Cursor(String);
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Self("0-0".into())
+    }
+}
 
 /// A job taken from the stream.
 #[derive(Debug, Clone)]
@@ -30,7 +53,8 @@ pub struct RedisJobs {
     /// connection of its own.
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     prefix: String,
-    /// This instance's name in the consumer group.
+    /// This instance's name in the consumer group (random; never the job
+    /// token, which Redis would show to whoever reads it).
     consumer: String,
     claim_after_ms: u64,
     result_ttl_ms: u64,
@@ -87,9 +111,12 @@ impl RedisJobs {
 
     /// A new connection, with the consumer group made if it is not yet.
     pub async fn connect(&self) -> Result<MultiplexedConnection, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(CALL_TIMEOUT);
         let mut conn = self
             .client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(redis_error)?;
         let made: Result<(), _> = redis::cmd("XGROUP")
@@ -121,35 +148,57 @@ impl RedisJobs {
         result.map_err(redis_error)
     }
 
-    /// Writes `job`; an ended job's record expires after the result TTL.
-    pub async fn put(&self, job: &Job) -> Result<(), StoreError> {
-        let json = serde_json::to_string(job).expect("a job serializes");
-        let (key, index, ttl) = (self.record(&job.id), self.index(), self.result_ttl_ms);
-        self.with_conn(async |conn| {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            if job.status.is_final() {
-                pipe.cmd("SET")
-                    .arg(&key)
-                    .arg(&json)
-                    .arg("PX")
-                    .arg(ttl.max(1));
-            } else {
-                pipe.cmd("SET").arg(&key).arg(&json);
+    /// Reads job `id`, lets `change` alter it, and writes it only if nobody
+    /// wrote it meanwhile (else reads again and retries); `change` returns
+    /// false to leave it as it is. Returns the job as stored after, and
+    /// whether it was changed.
+    pub async fn update(
+        &self,
+        id: &str,
+        change: &(dyn Fn(&mut Job) -> bool + Send + Sync),
+    ) -> Result<(Option<Job>, bool), StoreError> {
+        let key = self.record(id);
+        for _ in 0..CAS_TRIES {
+            let read: Option<String> = self.with_conn(async |conn| conn.get(&key).await).await?;
+            let Some(read) = read else {
+                return Ok((None, false));
+            };
+            let mut job: Job =
+                serde_json::from_str(&read).map_err(|_| StoreError::Unreadable(id.to_owned()))?;
+            if !change(&mut job) {
+                return Ok((Some(job), false));
             }
-            pipe.cmd("ZADD")
-                .arg(&index)
-                .arg(job.created_ms)
-                .arg(&job.id);
-            pipe.query_async::<()>(conn).await
-        })
-        .await
+            let json = serde_json::to_string(&job).expect("a job serializes");
+            let ttl = if job.status.is_final() {
+                self.result_ttl_ms.max(1)
+            } else {
+                0
+            };
+            let written: i64 = self
+                .with_conn(async |conn| {
+                    CAS.key(&key)
+                        .arg(&read)
+                        .arg(&json)
+                        .arg(ttl)
+                        .invoke_async(conn)
+                        .await
+                })
+                .await?;
+            if written == 1 {
+                return Ok((Some(job), true));
+            }
+        }
+        Err(StoreError::Contended(id.to_owned()))
     }
 
-    /// Writes a new `job` and queues it, together.
+    /// Writes a new `job` and queues it, together; forgets index entries of
+    /// jobs that must have expired.
     pub async fn submit(&self, job: &Job) -> Result<(), StoreError> {
         let json = serde_json::to_string(job).expect("a job serializes");
         let (key, index, stream) = (self.record(&job.id), self.index(), self.stream());
+        let expired_before = job
+            .created_ms
+            .saturating_sub(self.result_ttl_ms + 86_400_000);
         // The group is made before the first entry, so none is missed.
         self.conn().await?;
         self.with_conn(async |conn| {
@@ -167,6 +216,10 @@ impl RedisJobs {
                 .arg("*")
                 .arg("job")
                 .arg(&job.id)
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(format!("({expired_before}"))
                 .query_async::<()>(conn)
                 .await
         })
@@ -186,7 +239,8 @@ impl RedisJobs {
     pub async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let key = self.record(id);
         let json: Option<String> = self.with_conn(async |conn| conn.get(&key).await).await?;
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+        json.map(|j| serde_json::from_str(&j).map_err(|_| StoreError::Unreadable(id.to_owned())))
+            .transpose()
     }
 
     /// The `limit` most recent jobs, oldest first; forgets index entries
@@ -205,8 +259,10 @@ impl RedisJobs {
         let mut jobs = Vec::new();
         let mut gone = Vec::new();
         for (id, record) in ids.iter().zip(records) {
-            match record.and_then(|r| serde_json::from_str::<Job>(&r).ok()) {
-                Some(job) => jobs.push(job),
+            match record.map(|r| serde_json::from_str::<Job>(&r)) {
+                Some(Ok(job)) => jobs.push(job),
+                // Another version's record: not shown, not forgotten.
+                Some(Err(_)) => {}
                 None => gone.push(id.clone()),
             }
         }
@@ -223,18 +279,22 @@ impl RedisJobs {
     pub async fn next(
         &self,
         conn: &mut MultiplexedConnection,
+        cursor: &mut Cursor,
     ) -> Result<Option<Entry>, StoreError> {
+        // The cursor walks the pending entries across calls (each call
+        // looks at a few), back to the start when it reaches the end.
         let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(self.stream())
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(self.claim_after_ms)
-            .arg("0-0")
+            .arg(&cursor.0)
             .arg("COUNT")
             .arg(1)
             .query_async(conn)
             .await
             .map_err(redis_error)?;
+        cursor.0 = claimed.next_stream_id.clone();
         if let Some(entry) = claimed.claimed.first().and_then(entry_of) {
             tracing::warn!(job = %entry.job, "claimed a job whose instance stopped answering; it runs again");
             return Ok(Some(entry));

@@ -8,8 +8,8 @@ use axum::body::Body;
 use tower::ServiceExt;
 
 use super::{
-    now_ms, Backend, Delivery, Job, JobAnswer, JobStatus, Jobs, JOB_MAX_CONCURRENT_HEADER,
-    JOB_TOKEN_HEADER,
+    now_ms, Backend, Change, Delivery, Job, JobAnswer, JobStatus, Jobs, StoreError,
+    JOB_MAX_CONCURRENT_HEADER, JOB_TOKEN_HEADER,
 };
 use crate::api::dispatch::{PRIORITY_HEADER, USER_HEADER};
 use crate::api::AppState;
@@ -20,110 +20,176 @@ fn try_later(status: u16) -> bool {
 }
 
 impl Jobs {
-    /// Runs the job of `delivery` once, unless it has ended (a job still
-    /// marked running was interrupted: its process died).
-    pub(super) async fn run(self: &Arc<Self>, state: &Arc<AppState>, delivery: &Delivery) {
-        let id = delivery.id.as_str();
-        let job = match self.get(id).await {
-            Ok(Some(job)) if !job.status.is_final() => job,
-            Ok(_) => return,
-            Err(e) => {
-                let error = crate::error_chain::render(&e);
-                tracing::error!(job = id, %error, "cannot read a queued job; it stays queued");
-                return;
-            }
-        };
-        // On Redis the worker keeps the entry (and says so) while it runs
-        // or waits; here a waiting job goes back to the queue for later.
+    /// Runs the job of `delivery` once, unless it has ended. Returns
+    /// whether the delivery is done with: false when what became of the job
+    /// could not be stored, so the delivery comes again (on Redis its entry
+    /// stays pending and is claimed after `claim_after_ms`).
+    pub(super) async fn run(self: &Arc<Self>, state: &Arc<AppState>, delivery: &Delivery) -> bool {
+        let id = delivery.id.clone();
+        // On Redis the worker keeps the entry (and says so) while it waits
+        // and runs.
         let _keep = self.keep_claim(delivery);
-        let wait_ms = job.not_before_ms.saturating_sub(now_ms());
-        if wait_ms > 0 {
-            match &self.backend {
-                Backend::Local { .. } => {
-                    self.requeue_after(job.id, wait_ms);
-                    return;
+        match self.get(&id).await {
+            Ok(Some(job)) if !job.status.is_final() => {
+                let wait_ms = job.not_before_ms.saturating_sub(now_ms());
+                if wait_ms > 0 {
+                    match &self.backend {
+                        Backend::Local { .. } => {
+                            self.enqueue_after(id, wait_ms);
+                            return true;
+                        }
+                        Backend::Redis(_) => {
+                            tokio::time::sleep(Duration::from_millis(wait_ms)).await
+                        }
+                    }
                 }
-                Backend::Redis(_) => tokio::time::sleep(Duration::from_millis(wait_ms)).await,
             }
+            Ok(_) => return true,
+            Err(e) => return self.store_failed(&id, &e, "cannot read a queued job"),
         }
-        let mut job = job;
-        job.status = JobStatus::Running;
-        job.runs += 1;
-        job.started_ms = Some(now_ms());
-        if !self.save(&job).await {
-            return;
-        }
+        let job = match self.update(&id, self.take()).await {
+            Ok((Some(job), true)) if job.status == JobStatus::Running => job,
+            Ok((Some(job), true)) => {
+                // Interrupted too often: failed now.
+                self.call_back(&job);
+                return true;
+            }
+            Ok(_) => return true,
+            Err(e) => return self.store_failed(&id, &e, "cannot mark a job running"),
+        };
         let execution = tokio::spawn(execute(state.clone(), job.clone(), self.token.clone()));
         self.running
             .lock()
             .expect("jobs poisoned")
-            .insert(job.id.clone(), execution.abort_handle());
+            .insert(id.clone(), execution.abort_handle());
         let answer = execution.await;
-        self.running.lock().expect("jobs poisoned").remove(&job.id);
+        self.running.lock().expect("jobs poisoned").remove(&id);
         let answer = match answer {
             Ok(answer) => answer,
             // Cancelled: `cancel` has written the job.
-            Err(e) if e.is_cancelled() => return,
+            Err(e) if e.is_cancelled() => return true,
             Err(_) => JobAnswer {
                 status: 500,
                 body: serde_json::json!({ "code": "internal", "message": "the job's run panicked" }),
             },
         };
-        // Cancelled while its answer came: the cancel stands.
-        if matches!(self.get(&job.id).await, Ok(Some(j)) if j.status == JobStatus::Cancelled) {
-            return;
+        let again = try_later(answer.status) && job.runs < self.config.max_runs;
+        let backoff_ms = 1_000u64 << job.runs.min(6);
+        if again {
+            tracing::info!(job = %id, status = answer.status, backoff_ms, "the gateway had no capacity for a job; it runs again later");
         }
-        if try_later(answer.status) && job.runs < self.config.max_runs {
-            let backoff_ms = 1_000u64 << job.runs.min(6);
-            tracing::info!(job = %job.id, status = answer.status, backoff_ms, "the gateway had no capacity for a job; it runs again later");
-            job.status = JobStatus::Queued;
-            job.not_before_ms = now_ms() + backoff_ms;
-            if self.save(&job).await {
-                self.requeue_after(job.id, backoff_ms);
+        match self
+            .update(&id, self.end(answer, again.then_some(backoff_ms)))
+            .await
+        {
+            Ok((Some(_), true)) if again => self.requeue(id, backoff_ms).await,
+            Ok((Some(job), true)) => {
+                self.call_back(&job);
+                true
             }
-            return;
-        }
-        job.status = if (200..300).contains(&answer.status) {
-            JobStatus::Succeeded
-        } else {
-            JobStatus::Failed
-        };
-        job.finished_ms = Some(now_ms());
-        job.answer = Some(answer);
-        if self.save(&job).await {
-            self.call_back(&job);
+            // Cancelled meanwhile, or taken by another runner (this
+            // instance was thought dead): that one's state stands.
+            Ok(_) => true,
+            Err(e) => self.store_failed(&id, &e, "cannot store a job's answer"),
         }
     }
 
-    /// Writes `job`; a failure is logged (the job stays as it was stored).
-    pub(super) async fn save(self: &Arc<Self>, job: &Job) -> bool {
-        match self.put(job).await {
-            Ok(()) => true,
-            Err(e) => {
-                let error = crate::error_chain::render(&e);
-                tracing::error!(job = %job.id, %error, "cannot write a job");
-                false
+    /// The change that takes a job to run: a queued one, or one whose
+    /// runner died (it runs once more, but past `max_runs` it fails).
+    fn take(&self) -> Change {
+        let (owner, max_runs) = (self.owner.clone(), self.config.max_runs);
+        Arc::new(move |job: &mut Job| {
+            if job.status.is_final() {
+                return false;
             }
+            if job.status == JobStatus::Running && job.runs >= max_runs {
+                job.status = JobStatus::Failed;
+                job.finished_ms = Some(now_ms());
+                job.owner = None;
+                job.answer = Some(JobAnswer {
+                    status: 500,
+                    body: serde_json::json!({
+                        "code": "job_interrupted",
+                        "message": format!("the job's gateway stopped during each of its {} runs", job.runs),
+                    }),
+                });
+                return true;
+            }
+            job.status = JobStatus::Running;
+            job.runs += 1;
+            job.started_ms = Some(now_ms());
+            job.owner = Some(owner.clone());
+            true
+        })
+    }
+
+    /// The change that ends this runner's run with `answer`, or queues the
+    /// job again after `again_after_ms`; nothing when the job is no longer
+    /// this runner's (cancelled, or taken over).
+    fn end(&self, answer: JobAnswer, again_after_ms: Option<u64>) -> Change {
+        let owner = self.owner.clone();
+        Arc::new(move |job: &mut Job| {
+            if job.status != JobStatus::Running || job.owner.as_deref() != Some(owner.as_str()) {
+                return false;
+            }
+            job.owner = None;
+            match again_after_ms {
+                Some(wait_ms) => {
+                    job.status = JobStatus::Queued;
+                    job.not_before_ms = now_ms() + wait_ms;
+                }
+                None => {
+                    job.status = if (200..300).contains(&answer.status) {
+                        JobStatus::Succeeded
+                    } else {
+                        JobStatus::Failed
+                    };
+                    job.finished_ms = Some(now_ms());
+                    job.answer = Some(answer.clone());
+                }
+            }
+            true
+        })
+    }
+
+    /// Logs a store failure; returns whether the delivery is done with (on
+    /// this machine it is queued again in 5 s; on Redis its entry stays).
+    fn store_failed(self: &Arc<Self>, id: &str, e: &StoreError, what: &str) -> bool {
+        let error = crate::error_chain::render(e);
+        tracing::error!(job = id, %error, "{what}; it is tried again later");
+        match self.backend {
+            Backend::Local { .. } => {
+                self.enqueue_after(id.to_owned(), 5_000);
+                true
+            }
+            Backend::Redis(_) => false,
         }
     }
 
-    /// Queues job `id` again for a run after `wait_ms`: here, when the
-    /// wait is over; on Redis at once (whichever instance takes it waits,
-    /// so a wait outlives this instance).
-    fn requeue_after(self: &Arc<Self>, id: String, wait_ms: u64) {
+    /// Queues job `id` for a run after `wait_ms`: here, when the wait is
+    /// over; on Redis at once, awaited (whichever instance takes it waits,
+    /// so the wait outlives this instance). Returns whether it is queued.
+    async fn requeue(self: &Arc<Self>, id: String, wait_ms: u64) -> bool {
+        match &self.backend {
+            Backend::Local { .. } => {
+                self.enqueue_after(id, wait_ms);
+                true
+            }
+            Backend::Redis(_) => match self.enqueue(id.clone()).await {
+                Ok(()) => true,
+                Err(e) => self.store_failed(&id, &e, "cannot queue a job again"),
+            },
+        }
+    }
+
+    /// On this machine: queues job `id` when `wait_ms` is over.
+    fn enqueue_after(self: &Arc<Self>, id: String, wait_ms: u64) {
         let jobs = Arc::downgrade(self);
-        let wait = match self.backend {
-            Backend::Local { .. } => Duration::from_millis(wait_ms),
-            Backend::Redis(_) => Duration::ZERO,
-        };
         tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let Some(jobs) = jobs.upgrade() else {
-                return;
-            };
-            if let Err(e) = jobs.enqueue(id.clone()).await {
-                let error = crate::error_chain::render(&e);
-                tracing::error!(job = %id, %error, "cannot queue a job again; it stays queued in the store");
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            if let Some(jobs) = jobs.upgrade() {
+                // Local queueing cannot fail.
+                let _ = jobs.enqueue(id).await;
             }
         });
     }

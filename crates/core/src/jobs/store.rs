@@ -26,6 +26,13 @@ pub enum StoreError {
     /// A call to the Redis server that keeps the jobs failed.
     #[error("the job store on Redis failed")]
     Redis(#[source] Box<::redis::RedisError>),
+    /// A stored job does not parse (written by another version?): it is
+    /// left as it is, not dropped.
+    #[error("job `{0}` is stored in a form this version cannot read")]
+    Unreadable(String),
+    /// Others kept changing the job while this change was being made.
+    #[error("job `{0}` kept changing under this change; try again")]
+    Contended(String),
 }
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
@@ -72,8 +79,42 @@ impl JobStore {
     pub fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(JOBS)?;
-        let job = table.get(id)?.and_then(|v| decode(v.value()));
-        Ok(job)
+        let bytes = table.get(id)?.map(|v| v.value().to_vec());
+        bytes
+            .map(|b| decode(&b).ok_or_else(|| StoreError::Unreadable(id.to_owned())))
+            .transpose()
+    }
+
+    /// Reads job `id`, lets `change` alter it, and writes it, all in one
+    /// write transaction (so no other change comes in between); `change`
+    /// returns false to leave the job as it is. Returns the job as stored
+    /// after, and whether it was changed.
+    pub fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Job) -> bool,
+    ) -> Result<(Option<Job>, bool), StoreError> {
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut table = txn.open_table(JOBS)?;
+            let bytes = table.get(id)?.map(|v| v.value().to_vec());
+            match bytes {
+                None => (None, false),
+                Some(bytes) => {
+                    let mut job =
+                        decode(&bytes).ok_or_else(|| StoreError::Unreadable(id.to_owned()))?;
+                    if change(&mut job) {
+                        let bytes = serde_json::to_vec(&job).expect("a job serializes");
+                        table.insert(id, bytes.as_slice())?;
+                        (Some(job), true)
+                    } else {
+                        (Some(job), false)
+                    }
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(result)
     }
 
     /// Every job, oldest first.
@@ -108,7 +149,7 @@ impl JobStore {
     }
 }
 
-/// A stored job; one that no longer parses (a future version's) is skipped.
+/// A stored job, if it parses.
 fn decode(bytes: &[u8]) -> Option<Job> {
     serde_json::from_slice(bytes).ok()
 }

@@ -197,16 +197,7 @@ impl BudgetBook {
 
     /// Milliseconds until a request of `tokens` fits every budget.
     fn wait_for(&self, tokens: u64, now_ms: u64) -> u64 {
-        let mut wait = 0;
-        for (window, spent) in [(Window::Day, self.day), (Window::Week, self.week)] {
-            let (token_limit, request_limit) = self.spec.limits(window);
-            let over = token_limit.is_some_and(|l| spent.tokens + tokens > l)
-                || request_limit.is_some_and(|l| spent.requests + 1 > l);
-            if over {
-                wait = wait.max(window.end_ms(spent.period).saturating_sub(now_ms).max(1));
-            }
-        }
-        wait
+        wait_for(&self.spec, self.day, self.week, tokens, now_ms)
     }
 
     /// Starts the day or week afresh once it has turned.
@@ -221,6 +212,21 @@ impl BudgetBook {
             }
         }
     }
+}
+
+/// Milliseconds until a request of `tokens` fits `spec`'s budgets, given
+/// what is spent in the current day and week (0: it fits now).
+pub fn wait_for(spec: &BudgetSpec, day: Spent, week: Spent, tokens: u64, now_ms: u64) -> u64 {
+    let mut wait = 0;
+    for (window, spent) in [(Window::Day, day), (Window::Week, week)] {
+        let (token_limit, request_limit) = spec.limits(window);
+        let over = token_limit.is_some_and(|l| spent.tokens + tokens > l)
+            || request_limit.is_some_and(|l| spent.requests + 1 > l);
+        if over {
+            wait = wait.max(window.end_ms(spent.period).saturating_sub(now_ms).max(1));
+        }
+    }
+    wait
 }
 
 /// `spec`'s use, given what is spent in the current day and week.
