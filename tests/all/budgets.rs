@@ -107,3 +107,61 @@ async fn instances_sharing_redis_spend_one_budget_together() {
         "{stats}"
     );
 }
+
+/// Budget spent while Redis was away (decided locally) is added to Redis's
+/// sums when it is back. The restarted Redis is empty (as after a crash
+/// without persistence), so what it counts then is the outage's spends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_spent_during_a_redis_outage_is_booked_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        SystemClock::shared(),
+    )
+    .await;
+    let prefix = format!("budget-outage-{}", uuid::Uuid::new_v4().simple());
+    let state = format!(
+        "[state]\nbackend = \"redis\"\nurl = \"{}\"\ninstances = 1\nkey_prefix = \"{prefix}\"\ntimeout_ms = 2000\n",
+        redis.url()
+    );
+    let gateway = start_gateway(&config(&sim, 6, &state), SystemClock::shared()).await;
+    let linked = |degraded: bool| {
+        let addr = gateway.addr;
+        async move {
+            let until = std::time::Instant::now() + Duration::from_secs(15);
+            while raw_get(addr, "/state_stats").await.json()["state"]["degraded"] != degraded {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "degraded never became {degraded}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    linked(false).await;
+    let day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        / 86_400_000;
+    let key = format!("{prefix}:budget:team-a:day:{day}");
+    for _ in 0..2 {
+        assert_eq!(served_by(&gateway).await, "a");
+    }
+    assert_eq!(redis.hash_integer(&key, "r"), 2);
+
+    redis.kill();
+    for _ in 0..2 {
+        assert_eq!(served_by(&gateway).await, "a", "decided locally");
+    }
+    linked(true).await;
+    redis.restart();
+    linked(false).await;
+    // Booked on re-sync.
+    assert_eq!(redis.hash_integer(&key, "r"), 2, "the outage's 2 requests");
+    let mut served = Vec::new();
+    for _ in 0..5 {
+        served.push(served_by(&gateway).await);
+    }
+    assert_eq!(served, ["a", "a", "a", "a", "b"], "6 a day, 2 counted");
+}

@@ -127,6 +127,13 @@ pub struct BudgetUse {
     pub wait_ms: u64,
 }
 
+impl BudgetGrant {
+    /// When the day it was taken in began, in ms.
+    pub fn day_start_ms(&self) -> u64 {
+        self.day * DAY_MS
+    }
+}
+
 /// One account's spending in its current day and week.
 #[derive(Debug, Clone)]
 pub struct BudgetBook {

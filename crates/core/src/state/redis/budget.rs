@@ -3,6 +3,7 @@
 //! the other pending writes. While Redis is unreachable the local books,
 //! holding `budget / instances`, decide, as they do for quotas.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 
@@ -18,6 +19,79 @@ pub(super) static SETTLE: LazyLock<Script> =
 
 /// A period's hash outlives the period by a day, so late settlements land.
 const KEEP_AFTER_MS: u64 = 86_400_000;
+
+/// Budget this instance spent on its own while Redis was away, by account
+/// and period, to add to Redis's sums when the link is back.
+#[derive(Debug, Default)]
+pub(super) struct OutageBudget {
+    /// (account, day, week) → (tokens, requests, how long to keep the
+    /// day's and the week's sums, in ms).
+    spends: HashMap<(String, u64, u64), (i64, i64, u64, u64)>,
+}
+
+impl OutageBudget {
+    /// Adds a spend (or a settlement's correction) of `grant`'s periods,
+    /// made at `now_ms` on the gateway's clock.
+    pub(super) fn add(
+        &mut self,
+        account: &str,
+        grant: &BudgetGrant,
+        tokens: i64,
+        requests: i64,
+        now_ms: u64,
+    ) {
+        let keep = |window: Window, period: u64| {
+            window.end_ms(period).saturating_sub(now_ms) + KEEP_AFTER_MS
+        };
+        let entry = self
+            .spends
+            .entry((account.to_owned(), grant.day, grant.week))
+            .or_insert((
+                0,
+                0,
+                keep(Window::Day, grant.day),
+                keep(Window::Week, grant.week),
+            ));
+        entry.0 += tokens;
+        entry.1 += requests;
+    }
+
+    /// Adds every spend to `pipe`.
+    pub(super) fn book(&self, keys: &super::keys::Keys, pipe: &mut redis::Pipeline) {
+        for ((account, day, week), &(tokens, requests, keep_day, keep_week)) in &self.spends {
+            let (day, week) = (*day, *week);
+            for (key, keep) in [
+                (keys.budget(&account, Window::Day, day), keep_day),
+                (keys.budget(&account, Window::Week, week), keep_week),
+            ] {
+                pipe.cmd("HINCRBY").arg(&key).arg("t").arg(tokens).ignore();
+                pipe.cmd("HINCRBY")
+                    .arg(&key)
+                    .arg("r")
+                    .arg(requests)
+                    .ignore();
+                // A sum a take made keeps its expiry; a new one gets one.
+                pipe.cmd("PEXPIRE").arg(&key).arg(keep).arg("NX").ignore();
+            }
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.spends.is_empty()
+    }
+
+    /// Adds `other`'s spends to these (a booking that did not go through).
+    pub(super) fn merge(&mut self, other: OutageBudget) {
+        for (key, (tokens, requests, keep_day, keep_week)) in other.spends {
+            let entry = self
+                .spends
+                .entry(key)
+                .or_insert((0, 0, keep_day, keep_week));
+            entry.0 += tokens;
+            entry.1 += requests;
+        }
+    }
+}
 
 /// What was last seen of an account's day and week.
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,7 +185,12 @@ impl Shared {
         now_ms: u64,
     ) -> Result<BudgetGrant, Refusal> {
         self.local_decisions.fetch_add(1, Ordering::Relaxed);
-        self.local.take_budget_now(spec, tokens, now_ms)
+        let grant = self.local.take_budget_now(spec, tokens, now_ms)?;
+        self.outage_budget
+            .lock()
+            .expect("outage budget poisoned")
+            .add(&spec.account, &grant, tokens as i64, 1, now_ms);
+        Ok(grant)
     }
 
     /// `spec`'s account as last seen on Redis (or in the local books while

@@ -109,6 +109,8 @@ struct Shared {
     seen: Mutex<HashMap<String, SeenQuota>>,
     /// By account.
     seen_budgets: Mutex<HashMap<String, budget::SeenBudget>>,
+    /// Budget spent on local decisions during an outage, to book on re-sync.
+    outage_budget: Mutex<budget::OutageBudget>,
     /// Spends decided locally while degraded, to book in Redis on re-sync.
     outage_spends: Mutex<VecDeque<OutageSpend>>,
     /// The gateway attached its mirror: pull the siblings' state into it.
@@ -323,6 +325,7 @@ impl RedisState {
             next_grant: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
             seen_budgets: Mutex::new(HashMap::new()),
+            outage_budget: Mutex::new(budget::OutageBudget::default()),
             outage_spends: Mutex::new(VecDeque::new()),
             resync_wanted: AtomicBool::new(false),
             degraded: AtomicBool::new(true),
@@ -411,6 +414,16 @@ impl StateBackend for RedisState {
             .settle_budget_local(budget, &grant, request, used_tokens);
         let tokens = used_tokens as i64 - grant.tokens as i64;
         let requests = if request { 0 } else { -1 };
+        if !grant.shared {
+            // Decided here during an outage: its booking is corrected too.
+            s.outage_budget.lock().expect("outage budget poisoned").add(
+                &budget.account,
+                &grant,
+                tokens,
+                requests,
+                grant.day_start_ms(),
+            );
+        }
         if grant.shared && (tokens != 0 || requests != 0) {
             let _ = s.writes.send(Write::SettleBudget {
                 account: budget.account.clone(),

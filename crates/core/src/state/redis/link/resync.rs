@@ -19,6 +19,7 @@ pub(super) async fn book_outage_spends(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
 ) -> RedisResult<()> {
+    book_outage_budget(shared, conn).await?;
     let spends = std::mem::take(&mut *shared.outage_spends.lock().expect("spends poisoned"));
     if spends.is_empty() {
         return Ok(());
@@ -58,6 +59,35 @@ pub(super) async fn book_outage_spends(
         Err(e) => {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "Redis refused the outage's spends; they are not booked");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Adds to Redis's day and week sums the budget this instance spent on its
+/// own while Redis was unreachable. If the link breaks on the way they are
+/// kept to book again: a budget had rather count a spend twice than not
+/// at all.
+async fn book_outage_budget(shared: &Shared, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    let outage = std::mem::take(&mut *shared.outage_budget.lock().expect("outage budget poisoned"));
+    if outage.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    outage.book(&shared.keys, &mut pipe);
+    match pipe.query_async::<()>(conn).await {
+        Err(e) if is_link_error(&e) => {
+            shared
+                .outage_budget
+                .lock()
+                .expect("outage budget poisoned")
+                .merge(outage);
+            Err(e)
+        }
+        Err(e) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "Redis refused the budget spent during the outage; it is not booked");
             Ok(())
         }
         Ok(()) => Ok(()),
