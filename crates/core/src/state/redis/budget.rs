@@ -24,9 +24,24 @@ const KEEP_AFTER_MS: u64 = 86_400_000;
 /// and period, to add to Redis's sums when the link is back.
 #[derive(Debug, Default)]
 pub(super) struct OutageBudget {
-    /// (account, day, week) → (tokens, requests, how long to keep the
-    /// day's and the week's sums, in ms).
-    spends: HashMap<(String, u64, u64), (i64, i64, u64, u64)>,
+    spends: HashMap<Periods, OutageSpent>,
+}
+
+/// An account's day and week.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Periods {
+    account: String,
+    day: u64,
+    week: u64,
+}
+
+/// What was spent in them, and how long to keep their sums, in ms.
+#[derive(Debug, Clone, Copy)]
+struct OutageSpent {
+    tokens: i64,
+    requests: i64,
+    keep_day_ms: u64,
+    keep_week_ms: u64,
 }
 
 impl OutageBudget {
@@ -43,32 +58,43 @@ impl OutageBudget {
         let keep = |window: Window, period: u64| {
             window.end_ms(period).saturating_sub(now_ms) + KEEP_AFTER_MS
         };
-        let entry = self
-            .spends
-            .entry((account.to_owned(), grant.day, grant.week))
-            .or_insert((
-                0,
-                0,
-                keep(Window::Day, grant.day),
-                keep(Window::Week, grant.week),
-            ));
-        entry.0 += tokens;
-        entry.1 += requests;
+        let periods = Periods {
+            account: account.to_owned(),
+            day: grant.day,
+            week: grant.week,
+        };
+        let spent = self.spends.entry(periods).or_insert(OutageSpent {
+            tokens: 0,
+            requests: 0,
+            keep_day_ms: keep(Window::Day, grant.day),
+            keep_week_ms: keep(Window::Week, grant.week),
+        });
+        spent.tokens += tokens;
+        spent.requests += requests;
     }
 
     /// Adds every spend to `pipe`.
     pub(super) fn book(&self, keys: &super::keys::Keys, pipe: &mut redis::Pipeline) {
-        for ((account, day, week), &(tokens, requests, keep_day, keep_week)) in &self.spends {
-            let (day, week) = (*day, *week);
+        for (periods, spent) in &self.spends {
             for (key, keep) in [
-                (keys.budget(&account, Window::Day, day), keep_day),
-                (keys.budget(&account, Window::Week, week), keep_week),
+                (
+                    keys.budget(&periods.account, Window::Day, periods.day),
+                    spent.keep_day_ms,
+                ),
+                (
+                    keys.budget(&periods.account, Window::Week, periods.week),
+                    spent.keep_week_ms,
+                ),
             ] {
-                pipe.cmd("HINCRBY").arg(&key).arg("t").arg(tokens).ignore();
+                pipe.cmd("HINCRBY")
+                    .arg(&key)
+                    .arg("t")
+                    .arg(spent.tokens)
+                    .ignore();
                 pipe.cmd("HINCRBY")
                     .arg(&key)
                     .arg("r")
-                    .arg(requests)
+                    .arg(spent.requests)
                     .ignore();
                 // A sum a take made keeps its expiry; a new one gets one.
                 pipe.cmd("PEXPIRE").arg(&key).arg(keep).arg("NX").ignore();
@@ -82,13 +108,14 @@ impl OutageBudget {
 
     /// Adds `other`'s spends to these (a booking that did not go through).
     pub(super) fn merge(&mut self, other: OutageBudget) {
-        for (key, (tokens, requests, keep_day, keep_week)) in other.spends {
-            let entry = self
-                .spends
-                .entry(key)
-                .or_insert((0, 0, keep_day, keep_week));
-            entry.0 += tokens;
-            entry.1 += requests;
+        for (periods, spent) in other.spends {
+            let entry = self.spends.entry(periods).or_insert(OutageSpent {
+                tokens: 0,
+                requests: 0,
+                ..spent
+            });
+            entry.tokens += spent.tokens;
+            entry.requests += spent.requests;
         }
     }
 }
