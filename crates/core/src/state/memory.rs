@@ -132,10 +132,15 @@ impl MemoryState {
     /// the divisor, as quotas are).
     fn with_budget<R>(&self, budget: &BudgetSpec, f: impl FnOnce(&mut BudgetBook) -> R) -> R {
         let mut books = self.budgets.lock().expect("budget books poisoned");
-        let book = books
-            .entry(budget.account.clone())
-            .or_insert_with(|| BudgetBook::new(budget.share(self.divisor)));
-        f(book)
+        // Looked up first: this runs for every attempt and every candidate
+        // snapshot, and only an account's first request needs its name copied.
+        if !books.contains_key(&budget.account) {
+            let book = BudgetBook::new(budget.share(self.divisor));
+            books.insert(budget.account.clone(), book);
+        }
+        f(books
+            .get_mut(&budget.account)
+            .expect("inserted above when missing"))
     }
 
     /// Takes from `budget`'s account at once, or says why not.
