@@ -133,8 +133,9 @@ async fn a_deployment_whose_credentials_are_denied_falls_back_to_the_next() {
             sim.url()
         )
     };
+    // A circuit that opens on one failure shows that the refusal counted.
     let config = format!(
-        "{}{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
+        "[admission.breaker]\nconsecutive_failures = 1\n{}{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
         deployment("a", "model-a", 1, "AKIDDENIED"),
         deployment("b", "model-b", 2, "AKIDGOOD")
     );
@@ -149,5 +150,31 @@ async fn a_deployment_whose_credentials_are_denied_falls_back_to_the_next() {
     assert_eq!(a["id"], "a");
     assert_eq!(a["total_attempts"], 1, "{stats}");
     assert_eq!(a["successful_requests"], 0, "{stats}");
-    assert_eq!(a["status"], "in_cooldown", "{stats}");
+    assert_ne!(a["status"], "available", "{stats}");
+    assert_eq!(a["circuit"], "open", "{stats}");
+}
+
+/// `--simulate` sends every deployment without an endpoint to the
+/// simulator with stand-in keys; a deployment that assumes a role must not
+/// call the real STS for one (it did, and failed every request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_simulate_a_deployment_with_a_role_to_assume_is_served_by_the_simulator() {
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let config = r#"
+[[deployments]]
+id = "a"
+model_id = "model-a"
+assume_role = { role_arn = "arn:aws:iam::123456789012:role/bedrock", external_id = "x" }
+[[model_groups]]
+name = "g"
+deployments = ["a"]
+"#;
+    let gw = start_gateway_on(
+        config,
+        SystemClock::shared(),
+        &switchyard::gateway::Upstreams::Simulator(sim.url()),
+    )
+    .await;
+    let answer = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("hi")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
 }

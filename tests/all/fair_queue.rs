@@ -19,12 +19,13 @@ async fn one_user_sending_2000_requests_cannot_make_another_get_queue_full() {
     slow.ttft_ms = 100;
     let sim = start_sim(vec![slow], SystemClock::shared()).await;
     let config = format!(
-        "[admission]\nmax_concurrent = 4\nmax_per_user = 2\nmax_wait_ms = 60000\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        "[admission]\nmax_concurrent = 4\nmax_per_user = 2\nmax_queued = 100\nmax_wait_ms = 60000\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
         deployment("a", "model-a", 1, &sim)
     );
     let gw = Arc::new(start_gateway(&config, SystemClock::shared()).await);
     // 2,000 requests from 200 connections at a time: far more than the
-    // user's 2 running and 64 waiting.
+    // user's 2 running and 64 waiting, and more than the queue's 100 places,
+    // which the flood would fill without its own cap.
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut flood = Vec::new();
     for _ in 0..200 {
@@ -81,6 +82,7 @@ async fn one_user_sending_2000_requests_cannot_make_another_get_queue_full() {
     let stats = raw_get(gw.addr, "/queue_stats").await.json();
     assert_eq!(stats["queue"]["running"], 0);
     assert_eq!(stats["queue"]["users"], serde_json::json!([]), "{stats}");
+    assert_eq!(stats["queue"]["tracked_users"], 0, "{stats}");
 }
 
 #[tokio::test]
@@ -162,13 +164,13 @@ async fn waiting_for_a_deployment_leaves_the_queue_slot_to_another_group() {
     assert_eq!(waiting.await.unwrap().status, 200);
 }
 
-/// 10,000 requests from 5,000 users, three times over with new users,
-/// through an open gateway in its own process: afterwards the queue keeps
-/// no user, and what the gateway keeps of the users it has seen is each
-/// one's last success for sticky routing (`UserAffinity`, a few hundred bytes
-/// a user, bounded to 100,000 users a group), not their requests.
+/// Issue 17's acceptance: 10,000 requests from 5,000 distinct user names
+/// through an open gateway in its own process leave its RSS within 10% of
+/// the baseline, and the queue keeps no entry for any of them; two more
+/// batches of new names keep it there (what stays a user is a ~30-byte
+/// sticky-routing entry, `UserAffinity`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_leave_no_queue_state_and_a_few_hundred_bytes_each() {
+async fn five_thousand_users_leave_rss_within_ten_percent_and_no_queue_entry() {
     let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
     let gateway = GatewayProcess::start(
         "users",
@@ -212,23 +214,22 @@ async fn users_leave_no_queue_state_and_a_few_hundred_bytes_each() {
     run(10_000, 1, "warm").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = gateway.rss_kib();
-    run(10_000, 5_000, "user").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = gateway.rss_kib();
-    run(10_000, 5_000, "other").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after2 = gateway.rss_kib();
-    run(10_000, 5_000, "third").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after3 = gateway.rss_kib();
-    let stats = raw_get(addr, "/queue_stats").await.json();
-    assert_eq!(stats["queue"]["users"], serde_json::json!([]), "{stats}");
-    // Measured: 350 bytes a user (36.1 MB before, 38.9, 39.8 and 41.2 MB
-    // after each 5,000). A request's worth kept (a body, a queue entry)
-    // would be kilobytes a request, 10,000 requests a batch.
-    let per_user = after3.saturating_sub(baseline) * 1024 / 15_000;
-    assert!(
-        per_user <= 1024,
-        "{per_user} bytes kept a user: RSS {baseline} KiB before, {after}, {after2}, {after3} KiB after each 5,000 users"
-    );
+    let mut after = Vec::new();
+    for batch in ["user", "other", "third"] {
+        run(10_000, 5_000, batch).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after.push(gateway.rss_kib());
+        let stats = raw_get(addr, "/queue_stats").await.json();
+        assert_eq!(stats["queue"]["tracked_users"], 0, "{stats}");
+    }
+    // Measured: 36.1 MB before; the names kept for sticky routing took
+    // 350 bytes a user (41.2 MB after the three batches) before they
+    // became hashes.
+    eprintln!("RSS {baseline} KiB before, {after:?} KiB after each 5,000 users");
+    for rss in &after {
+        assert!(
+            *rss <= baseline + baseline / 10,
+            "RSS {baseline} KiB before, {after:?} KiB after each 5,000 users"
+        );
+    }
 }

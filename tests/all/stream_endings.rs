@@ -100,6 +100,75 @@ async fn a_client_leaving_mid_stream_closes_the_upstream_and_frees_its_slot() {
     }
 }
 
+/// A client that keeps its connection open but stops reading mid-stream
+/// is given up on once it has taken nothing for the stream idle timeout:
+/// the upstream stream is closed, and its queue slot, its deployment's
+/// in-flight count and the one slot the gateway has are free for the next
+/// request. Without that, one such client would hold them for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_frees_its_slots() {
+    let sim = start_sim(vec![sim_model(MODEL, None)], SystemClock::shared()).await;
+    let config = format!(
+        "[limits]\nstream_idle_timeout_ms = 1000\n[admission]\nmax_concurrent = 1\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", MODEL, 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    // The simulator echoes the prompt: 200,000 words stream as about as
+    // many events, far more than the sockets' buffers hold.
+    let body = converse_text(&"word ".repeat(200_000));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(gw.addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "POST /model/g/converse-stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    client.write_all(body.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut head))
+        .await
+        .expect("the stream starts")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Read nothing more, and keep the connection open.
+    let stopped = Instant::now();
+    while sim.abandoned_streams() == 0 {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "the upstream stream was closed after the client stopped reading"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let queue = raw_get(gw.addr, "/queue_stats").await.json();
+        let models = raw_get(gw.addr, "/model_stats").await.json();
+        if queue["queue"]["running"] == 0 && models["stats"]["models"][0]["in_flight"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the slots were freed: {queue} {models}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The one slot serves the next request at once.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        raw_post(gw.addr, "/model/g/converse", &[], &converse_body("hi")),
+    )
+    .await
+    .expect("the next request is served");
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    drop(client);
+}
+
 #[tokio::test]
 async fn a_stream_broken_upstream_breaks_the_bedrock_body_and_ends_an_openai_stream_with_an_error()
 {

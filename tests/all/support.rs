@@ -94,6 +94,16 @@ impl TestGateway {
 pub const TEST_CALL_DEADLINE_US: u64 = 50_000;
 
 pub async fn start_gateway(config_toml: &str, clock: SharedClock) -> TestGateway {
+    start_gateway_on(config_toml, clock, &Upstreams::Aws).await
+}
+
+/// [`start_gateway`], its deployments calling `upstreams` (`--simulate`
+/// is `Upstreams::Simulator`).
+pub async fn start_gateway_on(
+    config_toml: &str,
+    clock: SharedClock,
+    upstreams: &Upstreams,
+) -> TestGateway {
     let mut config = Config::parse(config_toml, "test config").expect("valid test config");
     if !config_toml.contains("call_deadline_us") {
         config.policy_runtime.call_deadline_us = TEST_CALL_DEADLINE_US;
@@ -103,8 +113,7 @@ pub async fn start_gateway(config_toml: &str, clock: SharedClock) -> TestGateway
     if !config_toml.contains("max_wait_ms") {
         config.admission.max_wait_ms = 0;
     }
-    let gateway =
-        Arc::new(Gateway::build(&config, clock, &Upstreams::Aws).expect("gateway builds"));
+    let gateway = Arc::new(Gateway::build(&config, clock, upstreams).expect("gateway builds"));
     let listener = switchyard::edge::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let addr = listener.local_addr().unwrap();
     let serving = gateway.clone();

@@ -313,11 +313,14 @@ fn build_deployments(
         let mut d = d.clone();
         let endpoint = match (upstreams, &d.endpoint_url) {
             (Upstreams::Simulator(url), None) => {
+                // The simulator takes any signature: no credentials, and no
+                // role to assume (that would call the real STS).
                 d.credentials = CredentialsConfig::Static {
                     access_key_id: "SIMULATOR".into(),
                     secret_access_key: "SIMULATOR".into(),
                     session_token: None,
                 };
+                d.assume_role = None;
                 Some(url.as_str())
             }
             _ => None,

@@ -191,6 +191,9 @@ pub struct QueueStats {
     pub max_per_user: u32,
     pub max_queued: u32,
     pub max_queued_per_user: u32,
+    /// User entries the queue keeps: one a user with requests running or
+    /// waiting, none for a user who has left.
+    pub tracked_users: usize,
     pub users: Vec<UserQueueStats>,
     /// Waits of the requests admitted recently, in ms.
     pub wait_ms: crate::admission::stats::WaitSummary,
@@ -433,9 +436,10 @@ impl FairQueue {
                     .map_or(0, |at| now.duration_since(*at).as_millis() as u64),
             })
             .collect();
-        let (running, queued, waits) = (
+        let (running, queued, tracked_users, waits) = (
             state.running,
             state.waiting.len() as u32,
+            state.users.len(),
             state.waits.summary(),
         );
         drop(state);
@@ -448,6 +452,7 @@ impl FairQueue {
             max_per_user: config.max_per_user,
             max_queued: config.max_queued,
             max_queued_per_user: config.max_queued_per_user,
+            tracked_users,
             users,
             wait_ms: waits,
         }

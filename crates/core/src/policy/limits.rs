@@ -122,11 +122,16 @@ pub fn thread_cpu_time() -> Option<Duration> {
     Some(Duration::new(secs, nanos))
 }
 
-/// Idle ticks after which the ticker parks: about 100 ms at the default tick.
-const IDLE_TICKS_BEFORE_PARKING: u32 = 200;
+/// Ticks without a new call after which the ticker parks (1 ms at the
+/// default tick). Short on purpose: every tick wakes a thread, and traffic
+/// comes in bursts (a client's many connections, a batch), so a ticker that
+/// kept ticking for 100 ms after each burst spent a tenth of the gateway's
+/// CPU at 1 000 req/s (BENCHMARKS.md, "Overhead under many connections").
+/// Waking a parked ticker costs the first call of a burst one `unpark`.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 2;
 
 /// A thread that advances the engine's epoch every `tick` while policy calls
-/// happen, and sleeps without waking when none have for a while: an idle
+/// happen, and parks once two ticks pass without one: an idle
 /// gateway costs no CPU, and a busy one makes no extra system call per
 /// call (a call only wakes the ticker after an idle spell).
 #[derive(Debug)]

@@ -119,6 +119,7 @@ impl ModelGroup {
     pub fn new(name: String, mut members: Vec<Arc<Deployment>>, slots: GroupSlots) -> Self {
         members.sort_by_key(|d| d.config.priority);
         let deployments = deployment_table(members.iter().map(|d| &d.config));
+        let affinity = UserAffinity::new(members.iter().map(|d| d.config.id.clone()));
         Self {
             name,
             priorities: members.iter().map(|d| d.config.priority).collect(),
@@ -126,46 +127,123 @@ impl ModelGroup {
             slots,
             deployments,
             sequence: AtomicU64::new(0),
-            affinity: Arc::new(UserAffinity::default()),
+            affinity: Arc::new(affinity),
         }
     }
 }
 
-/// Where each user's requests last succeeded, for sticky strategies. Bounded:
-/// past [`UserAffinity::MAX_USERS`] users the oldest entries are forgotten.
-#[derive(Debug, Default)]
+/// Where each user's requests last succeeded, for sticky strategies.
+///
+/// Compact on purpose: it remembers every user it has seen (up to
+/// [`UserAffinity::MAX_USERS`] a group, then the older half is forgotten),
+/// so an entry is a 64-bit keyed hash of the user's name and the index of
+/// the member that served them, about 30 bytes, where the names themselves
+/// took ~350 bytes a user. Two names whose hashes collide (odds of about
+/// 1e-10 at the bound) would share a sticky deployment, which costs nothing
+/// but a less even spread.
+#[derive(Debug)]
 pub struct UserAffinity {
-    users: std::sync::Mutex<HashMap<String, policy::LastSuccess>>,
+    /// The group's members' ids, by index.
+    members: Box<[String]>,
+    /// Keyed per process, so names chosen to collide cannot be precomputed.
+    hasher: std::collections::hash_map::RandomState,
+    users: std::sync::Mutex<HashMap<u64, Served>>,
+}
+
+/// Which member served a user last, and when.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    member: u32,
+    at_ms: u64,
 }
 
 impl UserAffinity {
     /// Most users remembered per model group.
     pub const MAX_USERS: usize = 100_000;
 
+    /// Remembers users of a group whose members have these ids.
+    pub fn new(members: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            members: members.into_iter().collect(),
+            hasher: Default::default(),
+            users: Default::default(),
+        }
+    }
+
+    fn key(&self, user: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, user)
+    }
+
     /// Where `user` last succeeded.
     pub fn last_success(&self, user: &str) -> Option<policy::LastSuccess> {
-        self.users
-            .lock()
-            .expect("affinity poisoned")
-            .get(user)
-            .cloned()
+        let key = self.key(user);
+        let served = *self.users.lock().expect("affinity poisoned").get(&key)?;
+        Some(policy::LastSuccess {
+            deployment: self.members.get(served.member as usize)?.clone(),
+            at_ms: served.at_ms,
+        })
+    }
+
+    /// How many users it remembers.
+    pub fn len(&self) -> usize {
+        self.users.lock().expect("affinity poisoned").len()
+    }
+
+    /// Whether it remembers no user.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub(super) fn record(&self, user: &str, deployment: &str, at_ms: u64) {
+        let Some(member) = self.members.iter().position(|id| id == deployment) else {
+            return;
+        };
+        let member = u32::try_from(member).expect("a group has fewer than 2^32 members");
+        let key = self.key(user);
         let mut users = self.users.lock().expect("affinity poisoned");
-        if users.len() >= Self::MAX_USERS && !users.contains_key(user) {
+        if users.len() >= Self::MAX_USERS && !users.contains_key(&key) {
             // Forget the older half: cheap, rare, and keeps memory bounded.
             let mut times: Vec<u64> = users.values().map(|s| s.at_ms).collect();
             times.sort_unstable();
             let cutoff = times[times.len() / 2];
             users.retain(|_, s| s.at_ms > cutoff);
         }
-        users.insert(
-            user.to_owned(),
-            policy::LastSuccess {
-                deployment: deployment.to_owned(),
-                at_ms,
-            },
-        );
+        users.insert(key, Served { member, at_ms });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UserAffinity;
+
+    #[test]
+    fn remembers_each_users_last_success_by_member() {
+        let affinity = UserAffinity::new(["a".to_owned(), "b".to_owned()]);
+        affinity.record("alice", "b", 10);
+        affinity.record("bob", "a", 20);
+        affinity.record("alice", "a", 30);
+        let alice = affinity.last_success("alice").unwrap();
+        assert_eq!((alice.deployment.as_str(), alice.at_ms), ("a", 30));
+        assert_eq!(affinity.last_success("bob").unwrap().deployment, "a");
+        assert!(affinity.last_success("carol").is_none());
+        // A deployment outside the group is not remembered.
+        affinity.record("carol", "elsewhere", 40);
+        assert!(affinity.last_success("carol").is_none());
+        assert_eq!(affinity.len(), 2);
+    }
+
+    #[test]
+    fn past_the_bound_the_older_half_is_forgotten() {
+        let affinity = UserAffinity::new(["a".to_owned()]);
+        for i in 0..UserAffinity::MAX_USERS as u64 {
+            affinity.record(&format!("user-{i}"), "a", i);
+        }
+        assert_eq!(affinity.len(), UserAffinity::MAX_USERS);
+        affinity.record("newcomer", "a", u64::MAX);
+        assert!(affinity.len() <= UserAffinity::MAX_USERS / 2 + 1);
+        assert!(affinity.last_success("newcomer").is_some());
+        assert!(affinity.last_success("user-0").is_none());
+        let newest = format!("user-{}", UserAffinity::MAX_USERS - 1);
+        assert!(affinity.last_success(&newest).is_some());
     }
 }
