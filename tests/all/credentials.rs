@@ -118,6 +118,115 @@ async fn short_lived_credentials_from_a_process_are_renewed_before_bedrock_refus
     assert!(issued(&dir).len() >= 3, "keys renewed: {:?}", issued(&dir));
 }
 
+/// A refresh ahead of expiry that fails (the process, STS or IMDS briefly
+/// away) keeps the keys in hand until they really expire, instead of
+/// failing requests that those keys could still sign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_keeps_the_keys_in_hand_until_they_expire() {
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let dir = ScratchDir::new("credentials");
+    // Keys for 14 s on the first call; every later call fails.
+    let script = dir.join("issue-once.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+cd "{dir}"
+echo call >> calls
+[ -e issued ] && {{ echo "the issuer is down" >&2; exit 1; }}
+touch issued
+printf '{{"Version": 1, "AccessKeyId": "AKIDONCE", "SecretAccessKey": "s", "SessionToken": "t", "Expiration": "%s"}}\n' \
+  "$(date -u -d "+14 seconds" +%Y-%m-%dT%H:%M:%SZ)"
+"#,
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let aws_config = dir.join("aws-config");
+    std::fs::write(
+        &aws_config,
+        format!(
+            "[profile once]\ncredential_process = {}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let no_credentials_file = dir.join("no-credentials");
+    let gateway = GatewayProcess::start_with_env(
+        "credentials",
+        &format!(
+            "[admin]\nwatch_interval_ms = 0\n[[deployments]]\nid = \"a\"\nmodel_id = \"model-a\"\nendpoint_url = \"{}\"\ncredentials = {{ source = \"profile\", name = \"once\" }}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            sim.url()
+        ),
+        &[
+            ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                no_credentials_file.to_str().unwrap(),
+            ),
+        ],
+    )
+    .await;
+    let first = raw_post(gateway.addr, "/model/g/converse", &[], &converse_body("hi")).await;
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    // Inside the 10 s before expiry: the gateway tries to refresh, fails,
+    // and signs with the keys it has.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let later = raw_post(gateway.addr, "/model/g/converse", &[], &converse_body("hi")).await;
+    assert_eq!(later.status, 200, "{}", later.body_text());
+    let calls = std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+    assert!(calls.lines().count() >= 2, "a refresh was tried: {calls:?}");
+}
+
+/// Credentials that cannot be had are the deployment's failure
+/// (`unavailable`, counted against it) on the streaming path too, which
+/// goes through the SDK rather than the signed pass-through, and the
+/// attempt says so (it said "could not reach Bedrock: dispatch failure").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_credentials_cannot_be_had_is_the_deployments_failure() {
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let dir = ScratchDir::new("credentials");
+    let aws_config = dir.join("aws-config");
+    std::fs::write(
+        &aws_config,
+        "[profile broken]\ncredential_process = false\n",
+    )
+    .unwrap();
+    let no_credentials_file = dir.join("no-credentials");
+    let gateway = GatewayProcess::start_with_env(
+        "credentials",
+        &format!(
+            "[admin]\nwatch_interval_ms = 0\n[[deployments]]\nid = \"a\"\nmodel_id = \"model-a\"\nendpoint_url = \"{}\"\ncredentials = {{ source = \"profile\", name = \"broken\" }}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            sim.url()
+        ),
+        &[
+            ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                no_credentials_file.to_str().unwrap(),
+            ),
+        ],
+    )
+    .await;
+    for path in ["/model/g/converse-stream", "/model/g/converse"] {
+        let answer = raw_post(gateway.addr, path, &[], &converse_body("hi")).await;
+        let json = answer.json();
+        assert_eq!(
+            json["attempts"][0]["outcome"], "unavailable",
+            "{path}: {json}"
+        );
+        assert!(
+            json["attempts"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("no credentials for this deployment"),
+            "{path}: {json}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_deployment_whose_credentials_are_denied_falls_back_to_the_next() {
     let clock = SystemClock::shared();

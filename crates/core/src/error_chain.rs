@@ -8,13 +8,19 @@
 
 use std::error::Error;
 
-/// `error`'s message followed by each of its causes, joined by ": ".
+/// `error`'s message followed by each of its causes, joined by ": ". A
+/// cause whose message is already said is left out: some libraries' errors
+/// (the AWS SDK's among them) print their source in their own message too,
+/// or wrap an error in a layer with the same words.
 pub fn render(error: &(dyn Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
+        let message = next.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
         cause = next.source();
     }
     text
@@ -33,5 +39,28 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
         let error = ReadConfig("x.toml", io);
         assert_eq!(render(&error), "cannot read config x.toml: no such file");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("an error occurred while loading credentials")]
+    struct Loading(#[source] Box<dyn Error + Send + Sync>);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no credentials: {0}")]
+    struct SaysItsSource(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_said_is_not_repeated() {
+        let inner = Loading(Box::new(std::io::Error::other("exit status 1")));
+        let twice = Loading(Box::new(inner));
+        assert_eq!(
+            render(&twice),
+            "an error occurred while loading credentials: exit status 1"
+        );
+        let io = std::io::Error::other("the issuer is down");
+        assert_eq!(
+            render(&SaysItsSource(io)),
+            "no credentials: the issuer is down"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Outcome classification: the one place that reads SDK errors.
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::types::error::{ConverseStreamOutputError, ResponseStreamError};
 
@@ -92,11 +93,33 @@ fn retry_after_ms(headers: &aws_smithy_runtime_api::http::Headers) -> Option<u64
     (seconds >= 0.0).then_some((seconds * 1000.0) as u64)
 }
 
+/// Whether the credentials provider failed somewhere in `error`'s chain.
+fn caused_by_credentials(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<CredentialsError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Classifies an error from `send()`.
 pub fn sdk_error<E>(error: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> AttemptFailure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    // As on the signed path: credentials that cannot be had are this
+    // deployment's failure, whichever stage of the SDK's call met it.
+    if caused_by_credentials(error) {
+        return AttemptFailure {
+            kind: OutcomeKind::Unavailable,
+            status: None,
+            retry_after_ms: None,
+            detail: format!("no credentials for this deployment: {}", render(error)),
+        };
+    }
     match error {
         SdkError::ServiceError(ctx) => {
             let raw = ctx.raw();

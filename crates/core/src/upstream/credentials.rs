@@ -87,18 +87,29 @@ impl DeploymentCredentials {
             return Ok(fresh);
         }
         let provider = self.inner.source.provider().await;
-        let credentials = provider.provide_credentials().await?;
+        let credentials = match provider.provide_credentials().await {
+            Ok(credentials) => credentials,
+            // A refresh ahead of expiry that fails (STS or IMDS briefly
+            // away) leaves the keys in hand, good until they expire.
+            Err(e) => return self.valid_for(Duration::ZERO).ok_or(e),
+        };
         *self.inner.current.write().expect("credentials poisoned") = Some(credentials.clone());
         Ok(credentials)
     }
 
+    /// The credentials in hand, unless they expire within the refresh margin.
     fn cached(&self) -> Option<Credentials> {
+        self.valid_for(REFRESH_BEFORE_EXPIRY)
+    }
+
+    /// The credentials in hand if they are still good `margin` from now.
+    fn valid_for(&self, margin: Duration) -> Option<Credentials> {
         let current = self.inner.current.read().expect("credentials poisoned");
         current
             .as_ref()
             .filter(|c| {
                 c.expiry()
-                    .is_none_or(|expiry| SystemTime::now() + REFRESH_BEFORE_EXPIRY < expiry)
+                    .is_none_or(|expiry| SystemTime::now() + margin < expiry)
             })
             .cloned()
     }
