@@ -148,11 +148,32 @@ async fn with_require_key_the_stats_need_a_client_key_or_the_admin_token() {
         let raw = raw_get(gw.addr, path).await;
         assert_eq!(raw.status, 401, "{path}");
         assert_eq!(raw.json()["code"], "observer_key_required", "{path}");
+        // A browser is asked for the key as a password.
+        assert_eq!(
+            raw.headers["www-authenticate"], r#"Basic realm="switchyard stats", charset="UTF-8""#,
+            "{path}"
+        );
         for key in [ALICE, ADMIN] {
             let bearer = format!("Bearer {key}");
             let raw = raw_request(gw.addr, "GET", path, &[("authorization", &bearer)], b"").await;
             assert_eq!(raw.status, 200, "{path} with a key");
+            // What a browser sends once its user typed the key (any name).
+            use base64::Engine;
+            let pair = base64::engine::general_purpose::STANDARD.encode(format!("me:{key}"));
+            let basic = format!("Basic {pair}");
+            let raw = raw_request(gw.addr, "GET", path, &[("authorization", &basic)], b"").await;
+            assert_eq!(raw.status, 200, "{path} with the key as a password");
         }
+        let wrong = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "me:nope");
+        let raw = raw_request(
+            gw.addr,
+            "GET",
+            path,
+            &[("authorization", &format!("Basic {wrong}"))],
+            b"",
+        )
+        .await;
+        assert_eq!(raw.status, 401, "{path} with a wrong password");
     }
     // Probes stay open for orchestrators.
     assert_eq!(raw_get(gw.addr, "/healthz").await.status, 200);

@@ -105,6 +105,31 @@ pub fn same_secret(given: &str, expected: &str) -> bool {
             == 0
 }
 
+/// The key a browser presents for the status page and the stats it reads:
+/// the password of HTTP Basic authentication (any user name), which the
+/// browser asks for when a page answers 401 with `www-authenticate: Basic`
+/// and then sends with the page's own requests. Otherwise as
+/// [`presented_key`].
+pub fn presented_observer_key(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .and_then(|pair| String::from_utf8(pair).ok())
+        .and_then(|pair| {
+            pair.split_once(':')
+                .map(|(_, password)| password.to_owned())
+        })
+        .filter(|k| !k.is_empty());
+    basic.or_else(|| presented_key(headers).map(str::to_owned))
+}
+
 /// The key a request presents: a bearer token, or `x-api-key`.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers

@@ -180,22 +180,31 @@ pub async fn require_observer(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let allowed = super::auth::presented_key(request.headers()).is_some_and(|key| {
-        state.api_keys.is_client_key(key)
+    let allowed = super::auth::presented_observer_key(request.headers()).is_some_and(|key| {
+        state.api_keys.is_client_key(&key)
             || state
                 .admin_token
                 .as_deref()
-                .is_some_and(|token| super::auth::same_secret(key, token))
+                .is_some_and(|token| super::auth::same_secret(&key, token))
     });
     if allowed {
         next.run(request).await
     } else {
-        super::ApiError::new(
+        let mut refused = super::ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
             "observer_key_required",
-            "this gateway's stats need a client API key or the admin token (`authorization: Bearer <key>`)",
+            "this gateway's stats need a client API key or the admin token (`authorization: Bearer <key>`; a browser asks for it as a password)",
         )
-        .into_response()
+        .into_response();
+        // A browser asks its user for the key and sends it with the
+        // status page's own requests from then on.
+        refused.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static(
+                r#"Basic realm="switchyard stats", charset="UTF-8""#,
+            ),
+        );
+        refused
     }
 }
 
