@@ -24,7 +24,9 @@
 //! outside load generator holding many connections: `hey -c RATE/10 -q 10`
 //! (100 connections at 1 000 req/s, each sending ten a second), which sends
 //! in bursts as real clients do. This is where queueing inside the gateway
-//! shows, and what the README's one-line reproduction runs.
+//! shows, and what the README's one-line reproduction runs. When nginx is
+//! installed, it runs as a reference proxy in front of the same simulator
+//! in the same run: what a lean, mature proxy adds on this machine.
 //!
 //! Last, a normal client's latency at 200 req/s alone and beside 2 000
 //! slowloris connections (one byte of a request head a second each).
@@ -239,9 +241,85 @@ fn hey_phase(url: &str, rate: u64, duration: Duration) -> Option<HeyRun> {
     Some(run)
 }
 
-/// Direct and through the gateway with `hey`, side by side at each rate.
+/// A reverse proxy to compare the gateway with: nginx, when installed, in
+/// front of the same simulator. It shows what a lean, mature proxy adds on
+/// this machine under the same load, which bounds what any proxy can.
+struct ReferenceProxy {
+    process: Process,
+    url: String,
+}
+
+/// nginx as one process (`master_process off`, so its CPU time is the
+/// process's) with keep-alive connections to the simulator, or `None` when
+/// nginx is not installed (`apt-get install nginx`).
+fn start_nginx(dir: &std::path::Path, sim_port: u16) -> Option<ReferenceProxy> {
+    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let port = free_port();
+    let dir = dir.join("nginx");
+    std::fs::create_dir_all(&dir).ok()?;
+    let d = dir.display();
+    let config = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         upstream sim {{ server 127.0.0.1:{sim_port}; keepalive 256; }}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://sim;\n\
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config).ok()?;
+    let process = Process(
+        Command::new(binary)
+            .args(["-p", &d.to_string(), "-c"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?,
+    );
+    wait_for(port);
+    Some(ReferenceProxy {
+        process,
+        url: format!("http://127.0.0.1:{port}/model/model-a/converse"),
+    })
+}
+
+/// One target's run through `hey`: its percentiles, errors and CPU a request.
+struct Measured {
+    p: [f64; 3],
+    errors: usize,
+    cpu_us: f64,
+}
+
+fn measure(url: &str, pid: Option<u32>, rate: u64, duration: Duration) -> Option<Measured> {
+    let cpu_before = pid.map(cpu_seconds);
+    let run = hey_phase(url, rate, duration)?;
+    let cpu = pid
+        .zip(cpu_before)
+        .map(|(pid, before)| cpu_seconds(pid) - before);
+    let served = run.latencies_us.len().max(1) as f64;
+    let phase = Phase {
+        latencies_us: run.latencies_us,
+        errors: run.errors,
+    };
+    Some(Measured {
+        p: [
+            phase.percentile(0.5),
+            phase.percentile(0.99),
+            phase.percentile(0.999),
+        ],
+        errors: phase.errors,
+        cpu_us: cpu.map_or(f64::NAN, |c| c * 1e6 / served),
+    })
+}
+
+/// Direct, through the reference proxy (when there is one) and through the
+/// gateway with `hey`, side by side at each rate.
 fn outside_generator(
     direct_url: &str,
+    reference: Option<&ReferenceProxy>,
     gateway_url: &str,
     gateway_pid: u32,
     rates: &[u64],
@@ -255,45 +333,36 @@ fn outside_generator(
         "outside generator: hey -z {}s -c RATE/10 -q 10 (many connections, bursts)",
         duration.as_secs()
     );
+    if reference.is_none() {
+        println!("nginx is not installed (apt-get install nginx): no reference-proxy column");
+    }
     println!(
-        "{:>7} | {:>5} | {:>26} | {:>26} | {:>24} | {:>9} | {:>6}",
+        "{:>7} | {:>5} | {:>17} | {:>27} | {:>24} | {:>9} | {:>6}",
         "rate/s",
         "conns",
-        "direct p50/p99/p99.9 µs",
-        "gateway p50/p99/p99.9 µs",
+        "direct p50/p99 µs",
+        "nginx added p50/p99, CPU µs",
         "added p50/p99/p99.9 µs",
         "CPU µs/req",
         "errors"
     );
     for &rate in rates {
-        let Some(direct) = hey_phase(direct_url, rate, duration) else {
+        let Some(direct) = measure(direct_url, None, rate, duration) else {
             return;
         };
-        let cpu_before = cpu_seconds(gateway_pid);
-        let Some(through) = hey_phase(gateway_url, rate, duration) else {
+        let nginx = reference.and_then(|r| measure(&r.url, Some(r.process.0.id()), rate, duration));
+        let Some(gateway) = measure(gateway_url, Some(gateway_pid), rate, duration) else {
             return;
         };
-        let cpu = cpu_seconds(gateway_pid) - cpu_before;
-        let served = through.latencies_us.len().max(1) as f64;
-        let p = |run: HeyRun| {
-            let phase = Phase {
-                latencies_us: run.latencies_us,
-                errors: run.errors,
-            };
-            (
-                [
-                    phase.percentile(0.5),
-                    phase.percentile(0.99),
-                    phase.percentile(0.999),
-                ],
-                phase.errors,
-            )
-        };
-        let ((d, d_errors), (g, g_errors)) = (p(direct), p(through));
+        let (d, g) = (direct.p, gateway.p);
+        let nginx = nginx.map_or_else(
+            || "-".to_owned(),
+            |n| format!("{:.0} {:.0}, {:.0}", n.p[0] - d[0], n.p[1] - d[1], n.cpu_us),
+        );
         println!(
-            "{rate:>7} | {:>5} | {:>8.0} {:>8.0} {:>8.0} | {:>8.0} {:>8.0} {:>8.0} | {:>7.0} {:>7.0} {:>8.0} | {:>9.1} | {:>3}/{:<3}",
-            rate / 10, d[0], d[1], d[2], g[0], g[1], g[2], g[0] - d[0], g[1] - d[1], g[2] - d[2],
-            cpu * 1e6 / served, d_errors, g_errors
+            "{rate:>7} | {:>5} | {:>8.0} {:>8.0} | {nginx:>27} | {:>7.0} {:>7.0} {:>8.0} | {:>9.1} | {:>3}/{:<3}",
+            rate / 10, d[0], d[1], g[0] - d[0], g[1] - d[1], g[2] - d[2],
+            gateway.cpu_us, direct.errors, gateway.errors
         );
     }
 }
@@ -499,14 +568,17 @@ fn main() {
     } else {
         Duration::from_secs(1)
     };
+    let nginx = start_nginx(&dir, sim_port);
     outside_generator(
         &direct_url,
+        nginx.as_ref(),
         &gateway_url,
         gateway_pid,
         hey_rates,
         hey_duration,
     );
     println!("gateway RSS after the run: {:.1} MiB", rss_mib(gateway_pid));
+    drop(nginx);
     drop(gateway);
     drop(sim);
     let _ = std::fs::remove_dir_all(&dir);

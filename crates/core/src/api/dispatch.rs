@@ -6,7 +6,6 @@
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::error::ApiError;
 use super::AppState;
@@ -355,8 +354,36 @@ pub struct Admitted<T> {
     pub permit: Permit,
 }
 
-/// The tokens a Converse answer says it used (`usage.totalTokens`).
+/// The tokens a Converse answer says it used (`usage.totalTokens`). Read
+/// into a struct of that one field: serde skips the rest without building
+/// it, where a `Value` of the whole answer cost 2.5% of the gateway's CPU.
 pub fn used_tokens(body: &[u8]) -> Option<u64> {
-    let json: Value = serde_json::from_slice(body).ok()?;
-    json.pointer("/usage/totalTokens").and_then(Value::as_u64)
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(rename = "totalTokens")]
+        total_tokens: Option<u64>,
+    }
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    answer.usage?.total_tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::used_tokens;
+
+    #[test]
+    fn used_tokens_reads_the_usage_total_and_nothing_else() {
+        let answer = br#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},
+            "stopReason":"end_turn","usage":{"inputTokens":3,"outputTokens":2,"totalTokens":5},
+            "metrics":{"latencyMs":1}}"#;
+        assert_eq!(used_tokens(answer), Some(5));
+        assert_eq!(used_tokens(br#"{"output":{}}"#), None);
+        assert_eq!(used_tokens(br#"{"usage":null}"#), None);
+        assert_eq!(used_tokens(br#"{"usage":{"totalTokens":"many"}}"#), None);
+        assert_eq!(used_tokens(b"not json"), None);
+    }
 }
