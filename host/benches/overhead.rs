@@ -541,6 +541,10 @@ fn main() {
         "highest rate with gateway p99 < 5 ms: {}",
         best_under_5ms.map_or("none of those tried".to_owned(), |r| format!("{r} req/s"))
     );
+    println!(
+        "gateway RSS after the open-loop rates: {:.1} MiB",
+        rss_mib(gateway_pid)
+    );
     // A normal client's latency while many connections dribble their
     // headers (issue 17's slowloris), next to the same load without them.
     let slow_conns = if full { 2_000 } else { 200 };
@@ -577,7 +581,10 @@ fn main() {
         hey_rates,
         hey_duration,
     );
-    println!("gateway RSS after the run: {:.1} MiB", rss_mib(gateway_pid));
+    println!(
+        "gateway RSS after the run (the slowloris connections' buffers included): {:.1} MiB",
+        rss_mib(gateway_pid)
+    );
     drop(nginx);
     drop(gateway);
     drop(sim);
