@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Compares builds of the gateway under Debian's `hey`, side by side in one
+# run: for each binary in turn (repeat them for A/B/A), it starts that
+# binary's simulator and gateway as separate processes, and nginx in front
+# of the same simulator when nginx is installed, then sends the same load
+# straight to the simulator, through nginx and through the gateway.
+#
+#   host/benches/hey-side-by-side.sh OLD NEW OLD NEW
+#   RATE=1000 CONNS=100 SECONDS_EACH=10 host/benches/hey-side-by-side.sh target/release/switchyard
+#
+# CONNS connections of RATE/CONNS requests a second each: hey paces every
+# connection on its own ticker, all started together, so requests arrive
+# in bursts of CONNS. It prints p50 and p99 (ms) and, for the gateway and
+# nginx, their CPU time a request (µs, from /proc/<pid>/stat).
+set -euo pipefail
+
+RATE=${RATE:-1000}
+CONNS=${CONNS:-$((RATE / 10))}
+SECONDS_EACH=${SECONDS_EACH:-10}
+[ $# -ge 1 ] || { echo "usage: $0 SWITCHYARD_BINARY [SWITCHYARD_BINARY ...]" >&2; exit 2; }
+command -v hey >/dev/null || { echo "hey is not installed: apt-get install hey" >&2; exit 2; }
+NGINX=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
+
+WORK=$(mktemp -d /tmp/switchyard-side-by-side.XXXXXX)
+PIDS=()
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+BODY='{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":16}}'
+# hey's summary: "50% in 0.0012 secs"; prints p50 and p99 in ms and the 200s.
+run_hey() {
+  local out
+  out=$(hey -z "${SECONDS_EACH}s" -c "$CONNS" -q $((RATE / CONNS)) -m POST -T application/json -d "$BODY" "$1")
+  local p50 p99 ok
+  p50=$(awk '/ 50% in/ {print $3 * 1000}' <<<"$out")
+  p99=$(awk '/ 99% in/ {print $3 * 1000}' <<<"$out")
+  ok=$(awk '/\[200\]/ {print $2}' <<<"$out")
+  echo "$p50 $p99 ${ok:-0}"
+}
+# Runs hey against $1 and reports, with the CPU a request of pid $2 (or -).
+measure() {
+  local before=0 after=0
+  [ "$2" = - ] || before=$(cpu_ticks "$2")
+  read -r p50 p99 ok < <(run_hey "$1")
+  [ "$2" = - ] || after=$(cpu_ticks "$2")
+  local cpu=-
+  [ "$2" = - ] || cpu=$(( (after - before) * 1000000 / $(getconf CLK_TCK) / (ok > 0 ? ok : 1) ))
+  printf '%-10s p50 %6.1f ms  p99 %6.1f ms  ok %6d  CPU %4s µs/req\n' "$3" "$p50" "$p99" "$ok" "$cpu"
+}
+
+echo "hey -z ${SECONDS_EACH}s -c $CONNS -q $((RATE / CONNS)): $RATE req/s in bursts of $CONNS"
+for binary in "$@"; do
+  sim_port=$(free_port); gw_port=$(free_port); nginx_port=$(free_port)
+  printf '[simulator]\naccept_any_model = true\n' >"$WORK/sim.toml"
+  cat >"$WORK/gateway.toml" <<TOML
+[[deployments]]
+id = "a"
+model_id = "model-a"
+endpoint_url = "http://127.0.0.1:$sim_port"
+credentials = { source = "static", access_key_id = "x", secret_access_key = "x" }
+[[model_groups]]
+name = "g"
+deployments = ["a"]
+[policy_runtime]
+cache_dir = "$WORK/cache"
+TOML
+  RUST_LOG=warn "$binary" sim --config "$WORK/sim.toml" --listen "127.0.0.1:$sim_port" >/dev/null 2>&1 &
+  PIDS+=($!)
+  RUST_LOG=warn "$binary" serve --config "$WORK/gateway.toml" --listen "127.0.0.1:$gw_port" >/dev/null 2>&1 &
+  gateway=$!
+  PIDS+=("$gateway")
+  nginx_pid=
+  if [ -n "$NGINX" ]; then
+    mkdir -p "$WORK/nginx"
+    cat >"$WORK/nginx/nginx.conf" <<CONF
+daemon off; master_process off; worker_processes 1;
+error_log $WORK/nginx/error.log warn; pid $WORK/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
+  upstream sim { server 127.0.0.1:$sim_port; keepalive 256; }
+  server { listen 127.0.0.1:$nginx_port;
+    location / { proxy_pass http://sim; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+CONF
+    "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >/dev/null 2>&1 &
+    nginx_pid=$!
+    PIDS+=("$nginx_pid")
+  fi
+  wait_port "$sim_port"; wait_port "$gw_port"; [ -z "$nginx_pid" ] || wait_port "$nginx_port"
+  # Warm the gateway's connection pool and policy cache.
+  hey -z 2s -c "$CONNS" -q $((RATE / CONNS)) -m POST -T application/json -d "$BODY" \
+    "http://127.0.0.1:$gw_port/model/g/converse" >/dev/null
+  echo "== $binary"
+  measure "http://127.0.0.1:$sim_port/model/model-a/converse" - direct
+  [ -z "$nginx_pid" ] || measure "http://127.0.0.1:$nginx_port/model/model-a/converse" "$nginx_pid" nginx
+  measure "http://127.0.0.1:$gw_port/model/g/converse" "$gateway" gateway
+  awk '/VmRSS/ {printf "gateway RSS %.1f MiB\n", $2 / 1024}' "/proc/$gateway/status"
+  stop_all
+done
