@@ -227,3 +227,72 @@ async fn five_thousand_users_leave_rss_within_ten_percent_and_no_queue_entry() {
         "RSS {baseline} KiB before, {after} KiB after 5,000 users"
     );
 }
+
+/// A client that gives up while its request waits in the fair queue takes
+/// its place with it: the queue does not keep a request nobody will read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_whose_client_leaves_leaves_the_queue() {
+    let mut slow = sim_model("model-a", None);
+    slow.ttft_ms = 3_000;
+    let sim = start_sim(vec![slow], SystemClock::shared()).await;
+    let config = format!(
+        "[admission]\nmax_concurrent = 1\nmax_wait_ms = 30000\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = Arc::new(start_gateway(&config, SystemClock::shared()).await);
+    let running = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            raw_post(
+                gw.addr,
+                "/model/g/converse",
+                &user("first"),
+                &converse_body("a"),
+            )
+            .await
+        })
+    };
+    let queue = |gw: Arc<TestGateway>| async move {
+        let stats = raw_get(gw.addr, "/queue_stats").await.json();
+        (
+            stats["queue"]["running"].as_u64().unwrap(),
+            stats["queue"]["queued"].as_u64().unwrap(),
+        )
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while queue(gw.clone()).await.0 == 0 {
+        assert!(std::time::Instant::now() < until, "the first request runs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The second waits behind it, then its client hangs up.
+    let body = String::from_utf8(converse_body("b")).unwrap();
+    let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut client,
+        format!(
+            "POST /model/g/converse HTTP/1.1\r\nhost: x\r\nx-switchyard-user: second\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    while queue(gw.clone()).await.1 == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the second request waits"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(client);
+    let left = std::time::Instant::now();
+    while queue(gw.clone()).await.1 != 0 {
+        assert!(
+            left.elapsed() < Duration::from_secs(1),
+            "the request of the client that left is still queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!running.is_finished(), "decided while the first still ran");
+    assert_eq!(running.await.unwrap().status, 200);
+}

@@ -392,20 +392,22 @@ impl FairQueue {
             self.inner.dispatch(&mut state);
             id
         };
+        // Leaves the queue with this future: at the deadline, and also when
+        // the request is dropped (its client hung up), so nobody's place is
+        // held for a request no one will read.
+        let place = WaitingPlace {
+            inner: &self.inner,
+            id,
+            user,
+        };
         match tokio::time::timeout_at(deadline, woken).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => {
+                place.dispatched();
+                Ok(permit)
+            }
             Ok(Err(_)) => unreachable!("the queue drops a waiter's sender only after sending"),
             Err(_) => {
-                let mut state = self.inner.lock();
-                // Dispatched in the meantime: the permit went back with
-                // the receiver, and its slot was released then.
-                if let Some(i) = state.waiting.iter().position(|w| w.id == id) {
-                    state.waiting.swap_remove(i);
-                    if let Some(u) = state.users.get_mut(user) {
-                        u.queued -= 1;
-                    }
-                    forget_if_idle(&mut state, user);
-                }
+                drop(place);
                 Err(AdmitError::DeadlineInQueue {
                     waited_ms: enqueued.elapsed().as_millis() as u64,
                 })
@@ -462,6 +464,35 @@ impl FairQueue {
     /// running or waiting).
     pub fn users_tracked(&self) -> usize {
         self.inner.lock().users.len()
+    }
+}
+
+/// A request's place among the waiting, given up when it is dropped
+/// unless the request was dispatched first (then it is no longer there,
+/// and the permit it was sent carries the slot).
+struct WaitingPlace<'a> {
+    inner: &'a Inner,
+    id: u64,
+    user: &'a str,
+}
+
+impl WaitingPlace<'_> {
+    /// The request got its turn: dispatching took it off the list already.
+    fn dispatched(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for WaitingPlace<'_> {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        if let Some(i) = state.waiting.iter().position(|w| w.id == self.id) {
+            state.waiting.swap_remove(i);
+            if let Some(u) = state.users.get_mut(self.user) {
+                u.queued -= 1;
+            }
+            forget_if_idle(&mut state, self.user);
+        }
     }
 }
 
