@@ -100,6 +100,46 @@ async fn a_client_leaving_mid_stream_closes_the_upstream_and_frees_its_slot() {
     }
 }
 
+/// An OpenAI-style stream notices a client that left between two deltas
+/// at once, not when the next delta comes: here a delta comes each second,
+/// and the upstream is closed well before the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_stream_notices_a_client_leaving_between_deltas() {
+    let (sim, gw) = paced(1).await;
+    let body = r#"{"model":"g","stream":true,"messages":[{"role":"user","content":"tell me a long story"}]}"#;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+            .await
+            .expect("the stream starts")
+            .unwrap();
+        assert!(n > 0, "the stream did not end before the client left");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    drop(client);
+    let left = Instant::now();
+    while sim.abandoned_streams() == 0 {
+        assert!(
+            left.elapsed() < Duration::from_millis(500),
+            "the simulator saw its stream closed before the next delta was due"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A client that keeps its connection open but stops reading mid-stream
 /// is given up on once it has taken nothing for the stream idle timeout:
 /// the upstream stream is closed, and its queue slot, its deployment's

@@ -333,7 +333,16 @@ fn stream_response(
         let mut decoder = MessageFrameDecoder::new();
         // A failed stream ends with its error event, not with `[DONE]`.
         let mut failed = false;
-        'frames: while let Some(chunk) = frames.recv().await {
+        'frames: loop {
+            // A client that leaves between two deltas is noticed at once,
+            // not at the next delta: dropping `frames` closes the upstream.
+            let chunk = tokio::select! {
+                () = tx.closed() => break 'frames,
+                chunk = frames.recv() => match chunk {
+                    Some(chunk) => chunk,
+                    None => break 'frames,
+                },
+            };
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(broken) => {
