@@ -1,7 +1,8 @@
 //! The HTTP edge: clients that dribble their headers, stall their body or
 //! sit idle are cut off without slowing anyone else, `/admin` refuses a
-//! caller before reading its body, and SIGTERM drains in-flight requests
-//! and streams before the process exits 0.
+//! caller before reading its body, SIGTERM and SIGINT drain in-flight
+//! requests and streams before the process exits 0, and connections past
+//! the cap wait in the backlog.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -249,4 +250,72 @@ async fn sigterm_lets_in_flight_requests_and_streams_finish_then_exits_0() {
         .expect("the gateway exits after draining")
         .unwrap();
     assert_eq!(status.code(), Some(0), "exit status {status}");
+}
+
+/// SIGINT (Ctrl-C) drains like SIGTERM: a request in flight is answered,
+/// then the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_like_sigterm() {
+    let mut model = sim_model(MODEL, None);
+    model.ttft_ms = 1_000;
+    let sim = start_sim(vec![model], SystemClock::shared()).await;
+    let mut gateway = GatewayProcess::start(
+        "drain",
+        &format!(
+            "[http]\nshutdown_grace_ms = 30000\n[admin]\nwatch_interval_ms = 0\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            deployment("a", MODEL, 1, &sim)
+        ),
+    )
+    .await;
+    let addr = gateway.addr;
+    let in_flight = tokio::spawn(async move {
+        raw_post(addr, "/model/g/converse", &[], &converse_body("in flight")).await
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while sim.counts(MODEL).calls < 1 {
+        assert!(Instant::now() < until, "the call reached the simulator");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = gateway.child.id().expect("the gateway runs") as i32;
+    // SAFETY: sends a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    let status = tokio::time::timeout(Duration::from_secs(20), gateway.child.wait())
+        .await
+        .expect("the gateway exits after draining")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+}
+
+/// Past `max_connections`, a new connection waits in the listen backlog
+/// and is served when an open one closes, instead of being refused or
+/// costing the gateway a task and buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_a_client_waits_for_a_free_connection() {
+    let (_sim, gw) = gateway_with(
+        "max_connections = 2\nheader_read_timeout_ms = 30000\nidle_timeout_ms = 30000",
+        "",
+    )
+    .await;
+    // Two connections hold the cap (one byte of a request head each).
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut held = TcpStream::connect(gw.addr).await.unwrap();
+        held.write_all(b"G").await.unwrap();
+        holders.push(held);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = gw.addr;
+    let third = tokio::spawn(async move {
+        raw_post(addr, "/model/g/converse", &[], &converse_body("third")).await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!third.is_finished(), "served past the cap of 2 connections");
+    drop(holders.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
 }
