@@ -98,11 +98,18 @@ async fn short_lived_credentials_from_a_process_are_renewed_before_bedrock_refus
                 refused.insert(key, now);
             }
         }
-        let answer = raw_post(gateway.addr, "/model/g/converse", &[], &converse_body("hi")).await;
+        // Converse goes through the signed pass-through, ConverseStream
+        // through the SDK's client: both sign with the renewed keys.
+        let path = if answered % 2 == 0 {
+            "/model/g/converse"
+        } else {
+            "/model/g/converse-stream"
+        };
+        let answer = raw_post(gateway.addr, path, &[], &converse_body("hi")).await;
         assert_eq!(
             answer.status,
             200,
-            "after {:?} with {refused:?} expired: {}",
+            "{path} after {:?} with {refused:?} expired: {}",
             started.elapsed(),
             answer.body_text()
         );
