@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use switchyard::clock::SystemClock;
-use switchyard::sim::KeyRefusal;
+use switchyard::sim::{KeyRefusal, SimHandle};
 
 use crate::support::*;
 
@@ -14,10 +14,10 @@ use crate::support::*;
 /// (`AKIDROTATE1`, `AKIDROTATE2`, ...), each expiring `lifetime_s` later,
 /// and logs when it issued which.
 fn rotating_process(dir: &std::path::Path, lifetime_s: u64) -> std::path::PathBuf {
-    let script = dir.join("issue-credentials.sh");
-    std::fs::write(
-        &script,
-        format!(
+    executable(
+        dir,
+        "issue-credentials.sh",
+        &format!(
             r#"#!/bin/sh
 set -e
 cd "{dir}"
@@ -30,8 +30,45 @@ printf '{{"Version": 1, "AccessKeyId": "AKIDROTATE%s", "SecretAccessKey": "secre
             dir = dir.display()
         ),
     )
+}
+
+/// A gateway process whose one deployment signs with a profile that gets
+/// its keys from `credential_process`, and no credentials file: nothing
+/// else on the machine is used.
+async fn gateway_with_process(
+    sim: &SimHandle,
+    dir: &std::path::Path,
+    credential_process: &str,
+) -> GatewayProcess {
+    let aws_config = dir.join("aws-config");
+    std::fs::write(
+        &aws_config,
+        format!("[profile p]\ncredential_process = {credential_process}\n"),
+    )
     .unwrap();
+    let no_credentials_file = dir.join("no-credentials");
+    GatewayProcess::start_with_env(
+        "credentials",
+        &format!(
+            "[admin]\nwatch_interval_ms = 0\n[[deployments]]\nid = \"a\"\nmodel_id = \"model-a\"\nendpoint_url = \"{}\"\ncredentials = {{ source = \"profile\", name = \"p\" }}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            sim.url()
+        ),
+        &[
+            ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                no_credentials_file.to_str().unwrap(),
+            ),
+        ],
+    )
+    .await
+}
+
+/// Writes `text` to an executable script `name` in `dir`.
+fn executable(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
+    let script = dir.join(name);
+    std::fs::write(&script, text).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
 }
@@ -59,31 +96,7 @@ async fn short_lived_credentials_from_a_process_are_renewed_before_bedrock_refus
     let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
     let dir = ScratchDir::new("credentials");
     let script = rotating_process(&dir, LIFETIME_S);
-    let aws_config = dir.join("aws-config");
-    std::fs::write(
-        &aws_config,
-        format!(
-            "[profile rotating]\ncredential_process = {}\n",
-            script.display()
-        ),
-    )
-    .unwrap();
-    let no_credentials_file = dir.join("no-credentials");
-    let gateway = GatewayProcess::start_with_env(
-        "credentials",
-        &format!(
-            "[admin]\nwatch_interval_ms = 0\n[[deployments]]\nid = \"a\"\nmodel_id = \"model-a\"\nendpoint_url = \"{}\"\ncredentials = {{ source = \"profile\", name = \"rotating\" }}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
-            sim.url()
-        ),
-        &[
-            ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                no_credentials_file.to_str().unwrap(),
-            ),
-        ],
-    )
-    .await;
+    let gateway = gateway_with_process(&sim, &dir, &script.display().to_string()).await;
 
     // Requests for 16 s; Bedrock (the simulator) refuses each key from
     // the moment it expires, as it refuses an expired session.
@@ -133,10 +146,10 @@ async fn a_failed_refresh_keeps_the_keys_in_hand_until_they_expire() {
     let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
     let dir = ScratchDir::new("credentials");
     // Keys for 14 s on the first call; every later call fails.
-    let script = dir.join("issue-once.sh");
-    std::fs::write(
-        &script,
-        format!(
+    let script = executable(
+        &dir,
+        "issue-once.sh",
+        &format!(
             r#"#!/bin/sh
 cd "{dir}"
 echo call >> calls
@@ -147,35 +160,8 @@ printf '{{"Version": 1, "AccessKeyId": "AKIDONCE", "SecretAccessKey": "s", "Sess
 "#,
             dir = dir.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let aws_config = dir.join("aws-config");
-    std::fs::write(
-        &aws_config,
-        format!(
-            "[profile once]\ncredential_process = {}\n",
-            script.display()
-        ),
-    )
-    .unwrap();
-    let no_credentials_file = dir.join("no-credentials");
-    let gateway = GatewayProcess::start_with_env(
-        "credentials",
-        &format!(
-            "[admin]\nwatch_interval_ms = 0\n[[deployments]]\nid = \"a\"\nmodel_id = \"model-a\"\nendpoint_url = \"{}\"\ncredentials = {{ source = \"profile\", name = \"once\" }}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
-            sim.url()
-        ),
-        &[
-            ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                no_credentials_file.to_str().unwrap(),
-            ),
-        ],
-    )
-    .await;
+    );
+    let gateway = gateway_with_process(&sim, &dir, &script.display().to_string()).await;
     let first = raw_post(gateway.addr, "/model/g/converse", &[], &converse_body("hi")).await;
     assert_eq!(first.status, 200, "{}", first.body_text());
     // Inside the 10 s before expiry: the gateway tries to refresh, fails,
@@ -195,28 +181,7 @@ printf '{{"Version": 1, "AccessKeyId": "AKIDONCE", "SecretAccessKey": "s", "Sess
 async fn a_stream_whose_credentials_cannot_be_had_is_the_deployments_failure() {
     let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
     let dir = ScratchDir::new("credentials");
-    let aws_config = dir.join("aws-config");
-    std::fs::write(
-        &aws_config,
-        "[profile broken]\ncredential_process = false\n",
-    )
-    .unwrap();
-    let no_credentials_file = dir.join("no-credentials");
-    let gateway = GatewayProcess::start_with_env(
-        "credentials",
-        &format!(
-            "[admin]\nwatch_interval_ms = 0\n[[deployments]]\nid = \"a\"\nmodel_id = \"model-a\"\nendpoint_url = \"{}\"\ncredentials = {{ source = \"profile\", name = \"broken\" }}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
-            sim.url()
-        ),
-        &[
-            ("AWS_CONFIG_FILE", aws_config.to_str().unwrap()),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                no_credentials_file.to_str().unwrap(),
-            ),
-        ],
-    )
-    .await;
+    let gateway = gateway_with_process(&sim, &dir, "false").await;
     for path in ["/model/g/converse-stream", "/model/g/converse"] {
         let answer = raw_post(gateway.addr, path, &[], &converse_body("hi")).await;
         let json = answer.json();

@@ -173,20 +173,41 @@ async fn admin_refuses_a_caller_without_the_token_before_reading_its_body() {
     assert_eq!(answer.json()["code"], "not_found");
 }
 
+/// A gateway process in front of `sim` that drains for up to 30 s.
+async fn draining_gateway(sim: &SimHandle) -> GatewayProcess {
+    GatewayProcess::start(
+        "drain",
+        &format!(
+            "[http]\nshutdown_grace_ms = 30000\n[admin]\nwatch_interval_ms = 0\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            deployment("a", MODEL, 1, sim)
+        ),
+    )
+    .await
+}
+
+/// Sends `signal` to the gateway process.
+fn signal(gateway: &GatewayProcess, signal: libc::c_int) {
+    let pid = gateway.child.id().expect("the gateway runs") as i32;
+    // SAFETY: sends a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// Waits for the gateway process to exit after draining; its exit code.
+async fn exit_code(gateway: &mut GatewayProcess) -> Option<i32> {
+    tokio::time::timeout(Duration::from_secs(30), gateway.child.wait())
+        .await
+        .expect("the gateway exits after draining")
+        .unwrap()
+        .code()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_requests_and_streams_finish_then_exits_0() {
     let mut model = sim_model(MODEL, None);
     model.ttft_ms = 2_000;
     model.tokens_per_s = 40;
     let sim = start_sim(vec![model], SystemClock::shared()).await;
-    let mut gateway = GatewayProcess::start(
-        "drain",
-        &format!(
-            "[http]\nshutdown_grace_ms = 30000\n[admin]\nwatch_interval_ms = 0\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
-            deployment("a", MODEL, 1, &sim)
-        ),
-    )
-    .await;
+    let mut gateway = draining_gateway(&sim).await;
     let addr = gateway.addr;
 
     let mut plain = Vec::new();
@@ -229,9 +250,7 @@ async fn sigterm_lets_in_flight_requests_and_streams_finish_then_exits_0() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let pid = gateway.child.id().expect("the gateway runs") as i32;
-    // SAFETY: sends a signal to the child this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    signal(&gateway, libc::SIGTERM);
 
     let until = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).await.is_ok() {
@@ -245,11 +264,7 @@ async fn sigterm_lets_in_flight_requests_and_streams_finish_then_exits_0() {
     for stream in streams {
         assert!(stream.await.unwrap(), "the stream ended with messageStop");
     }
-    let status = tokio::time::timeout(Duration::from_secs(30), gateway.child.wait())
-        .await
-        .expect("the gateway exits after draining")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert_eq!(exit_code(&mut gateway).await, Some(0));
 }
 
 /// SIGINT (Ctrl-C) drains like SIGTERM: a request in flight is answered,
@@ -259,14 +274,7 @@ async fn sigint_drains_like_sigterm() {
     let mut model = sim_model(MODEL, None);
     model.ttft_ms = 1_000;
     let sim = start_sim(vec![model], SystemClock::shared()).await;
-    let mut gateway = GatewayProcess::start(
-        "drain",
-        &format!(
-            "[http]\nshutdown_grace_ms = 30000\n[admin]\nwatch_interval_ms = 0\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
-            deployment("a", MODEL, 1, &sim)
-        ),
-    )
-    .await;
+    let mut gateway = draining_gateway(&sim).await;
     let addr = gateway.addr;
     let in_flight = tokio::spawn(async move {
         raw_post(addr, "/model/g/converse", &[], &converse_body("in flight")).await
@@ -276,16 +284,10 @@ async fn sigint_drains_like_sigterm() {
         assert!(Instant::now() < until, "the call reached the simulator");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let pid = gateway.child.id().expect("the gateway runs") as i32;
-    // SAFETY: sends a signal to the child this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    signal(&gateway, libc::SIGINT);
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body_text());
-    let status = tokio::time::timeout(Duration::from_secs(20), gateway.child.wait())
-        .await
-        .expect("the gateway exits after draining")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert_eq!(exit_code(&mut gateway).await, Some(0));
 }
 
 /// Past `max_connections`, a new connection waits in the listen backlog

@@ -47,26 +47,23 @@ fn converse_text(text: &str) -> String {
     String::from_utf8(converse_body(text)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_leaving_mid_stream_closes_the_upstream_and_frees_its_slot() {
-    // Five tokens a second: the answer takes seconds to stream.
-    let (sim, gw) = paced(5).await;
+/// Posts `body` to `path` on a connection of its own and reads until
+/// `enough` says so; the connection (still open) and what was read.
+async fn open_and_read_until(
+    gw: &TestGateway,
+    path: &str,
+    body: &str,
+    enough: impl Fn(&[u8]) -> bool,
+) -> (TcpStream, Vec<u8>) {
     let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    let body = converse_text("tell me a long story about many things");
-    client
-        .write_all(
-            format!(
-                "POST /model/g/converse-stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    // Read the head and the first frame, then leave.
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.len() < 200 {
+    while !enough(&seen) {
         let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
             .await
             .expect("the stream starts")
@@ -75,17 +72,34 @@ async fn a_client_leaving_mid_stream_closes_the_upstream_and_frees_its_slot() {
         seen.extend_from_slice(&buf[..n]);
     }
     assert!(seen.starts_with(b"HTTP/1.1 200"));
-    assert_eq!(sim.abandoned_streams(), 0);
-    drop(client);
-    let left = Instant::now();
+    (client, seen)
+}
 
+/// Waits until the simulator has seen a stream closed by the gateway, at
+/// most `limit` from `since`.
+async fn upstream_closed_within(sim: &SimHandle, since: Instant, limit: Duration) {
     while sim.abandoned_streams() == 0 {
         assert!(
-            left.elapsed() < Duration::from_secs(1),
-            "the simulator saw its stream closed within 1 s of the client leaving"
+            since.elapsed() < limit,
+            "the simulator saw its stream closed within {limit:?} of the client leaving"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_closes_the_upstream_and_frees_its_slot() {
+    // Five tokens a second: the answer takes seconds to stream.
+    let (sim, gw) = paced(5).await;
+    let body = converse_text("tell me a long story about many things");
+    // Read the head and the first frame, then leave.
+    let (client, _) = open_and_read_until(&gw, "/model/g/converse-stream", &body, |seen| {
+        seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() >= 200
+    })
+    .await;
+    assert_eq!(sim.abandoned_streams(), 0);
+    drop(client);
+    upstream_closed_within(&sim, Instant::now(), Duration::from_secs(1)).await;
     let until = Instant::now() + Duration::from_secs(5);
     loop {
         let stats = raw_get(gw.addr, "/queue_stats").await.json();
@@ -107,37 +121,13 @@ async fn a_client_leaving_mid_stream_closes_the_upstream_and_frees_its_slot() {
 async fn an_openai_stream_notices_a_client_leaving_between_deltas() {
     let (sim, gw) = paced(1).await;
     let body = r#"{"model":"g","stream":true,"messages":[{"role":"user","content":"tell me a long story"}]}"#;
-    let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    client
-        .write_all(
-            format!(
-                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("data: ") {
-        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
-            .await
-            .expect("the stream starts")
-            .unwrap();
-        assert!(n > 0, "the stream did not end before the client left");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    let (client, _) = open_and_read_until(&gw, "/v1/chat/completions", body, |seen| {
+        String::from_utf8_lossy(seen).contains("data: ")
+    })
+    .await;
     drop(client);
-    let left = Instant::now();
-    while sim.abandoned_streams() == 0 {
-        assert!(
-            left.elapsed() < Duration::from_millis(500),
-            "the simulator saw its stream closed before the next delta was due"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The next delta is due a second after the first.
+    upstream_closed_within(&sim, Instant::now(), Duration::from_millis(500)).await;
 }
 
 /// A client that keeps its connection open but stops reading mid-stream
@@ -177,14 +167,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_frees_its_slots() {
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
     // Read nothing more, and keep the connection open.
-    let stopped = Instant::now();
-    while sim.abandoned_streams() == 0 {
-        assert!(
-            stopped.elapsed() < Duration::from_secs(20),
-            "the upstream stream was closed after the client stopped reading"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    upstream_closed_within(&sim, Instant::now(), Duration::from_secs(20)).await;
     let until = Instant::now() + Duration::from_secs(5);
     loop {
         let queue = raw_get(gw.addr, "/queue_stats").await.json();
