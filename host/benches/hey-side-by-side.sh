@@ -18,13 +18,17 @@ RATE=${RATE:-1000}
 CONNS=${CONNS:-$((RATE / 10))}
 SECONDS_EACH=${SECONDS_EACH:-10}
 [ $# -ge 1 ] || { echo "usage: $0 SWITCHYARD_BINARY [SWITCHYARD_BINARY ...]" >&2; exit 2; }
+# hey paces each connection at a whole number of requests a second.
+if [ "$CONNS" -lt 1 ] || [ "$CONNS" -gt "$RATE" ] || [ $((RATE % CONNS)) -ne 0 ]; then
+  echo "CONNS ($CONNS) must divide RATE ($RATE)" >&2; exit 2
+fi
 command -v hey >/dev/null || { echo "hey is not installed: apt-get install hey" >&2; exit 2; }
 NGINX=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
 
 WORK=$(mktemp -d /tmp/switchyard-side-by-side.XXXXXX)
 PIDS=()
 stop_all() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   PIDS=()
 }
@@ -59,6 +63,8 @@ measure() {
 echo "hey -z ${SECONDS_EACH}s -c $CONNS -q $((RATE / CONNS)): $RATE req/s in bursts of $CONNS"
 for binary in "$@"; do
   sim_port=$(free_port); gw_port=$(free_port); nginx_port=$(free_port)
+  while [ "$gw_port" = "$sim_port" ]; do gw_port=$(free_port); done
+  while [ "$nginx_port" = "$sim_port" ] || [ "$nginx_port" = "$gw_port" ]; do nginx_port=$(free_port); done
   printf '[simulator]\naccept_any_model = true\n' >"$WORK/sim.toml"
   cat >"$WORK/gateway.toml" <<TOML
 [[deployments]]

@@ -131,65 +131,91 @@ async fn an_openai_stream_notices_a_client_leaving_between_deltas() {
 }
 
 /// A client that keeps its connection open but stops reading mid-stream
-/// is given up on once it has taken nothing for the stream idle timeout:
-/// the upstream stream is closed, and its queue slot, its deployment's
+/// is cut off once it has taken no bytes for `http.write_timeout_ms`: its
+/// connection is closed (so the body cannot end as if complete), the
+/// upstream stream is closed, and its queue slot, its deployment's
 /// in-flight count and the one slot the gateway has are free for the next
-/// request. Without that, one such client would hold them for ever.
+/// request. Without that, one such client would hold them for ever. On
+/// Bedrock's stream and on an OpenAI stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_and_frees_its_slots() {
     let sim = start_sim(vec![sim_model(MODEL, None)], SystemClock::shared()).await;
     let config = format!(
-        "[limits]\nstream_idle_timeout_ms = 1000\n[admission]\nmax_concurrent = 1\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        "[http]\nwrite_timeout_ms = 1000\n[admission]\nmax_concurrent = 1\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
         deployment("a", MODEL, 1, &sim)
     );
     let gw = start_gateway(&config, SystemClock::shared()).await;
     // The simulator echoes the prompt: 200,000 words stream as about as
     // many events, far more than the sockets' buffers hold.
-    let body = converse_text(&"word ".repeat(200_000));
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut client = socket.connect(gw.addr).await.unwrap();
-    client
-        .write_all(
-            format!(
-                "POST /model/g/converse-stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
+    let words = "word ".repeat(200_000);
+    let openai = serde_json::json!({
+        "model": "g",
+        "stream": true,
+        "messages": [{ "role": "user", "content": words }]
+    })
+    .to_string();
+    for (path, body) in [
+        ("/model/g/converse-stream", converse_text(&words)),
+        ("/v1/chat/completions", openai),
+    ] {
+        let closed_before = sim.abandoned_streams();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket.connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(body.as_bytes()).await.unwrap();
+        let mut status = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut status))
+            .await
+            .expect("the stream starts")
+            .unwrap();
+        assert_eq!(&status, b"HTTP/1.1 200", "{path}");
+        // Read nothing more, and keep the connection open.
+        let stopped = Instant::now();
+        while sim.abandoned_streams() == closed_before {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(20),
+                "{path}: the upstream stream was closed after the client stopped reading"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let queue = raw_get(gw.addr, "/queue_stats").await.json();
+            let models = raw_get(gw.addr, "/model_stats").await.json();
+            if queue["queue"]["running"] == 0 && models["stats"]["models"][0]["in_flight"] == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{path}: the slots were freed: {queue} {models}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The gateway closed the connection: what the client reads now
+        // ends without the stream's last chunk.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("the connection was closed")
+            .ok();
+        assert!(
+            !rest.ends_with(b"0\r\n\r\n"),
+            "{path}: the body ended as if complete"
+        );
+        // The one slot serves the next request at once.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            raw_post(gw.addr, "/model/g/converse", &[], &converse_body("hi")),
         )
         .await
-        .unwrap();
-    client.write_all(body.as_bytes()).await.unwrap();
-    let mut head = [0u8; 12];
-    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut head))
-        .await
-        .expect("the stream starts")
-        .unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
-    // Read nothing more, and keep the connection open.
-    upstream_closed_within(&sim, Instant::now(), Duration::from_secs(20)).await;
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let queue = raw_get(gw.addr, "/queue_stats").await.json();
-        let models = raw_get(gw.addr, "/model_stats").await.json();
-        if queue["queue"]["running"] == 0 && models["stats"]["models"][0]["in_flight"] == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "the slots were freed: {queue} {models}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        .expect("the next request is served");
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body_text());
     }
-    // The one slot serves the next request at once.
-    let answer = tokio::time::timeout(
-        Duration::from_secs(5),
-        raw_post(gw.addr, "/model/g/converse", &[], &converse_body("hi")),
-    )
-    .await
-    .expect("the next request is served");
-    assert_eq!(answer.status, 200, "{}", answer.body_text());
-    drop(client);
 }
 
 #[tokio::test]

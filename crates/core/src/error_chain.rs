@@ -9,18 +9,20 @@
 use std::error::Error;
 
 /// `error`'s message followed by each of its causes, joined by ": ". A
-/// cause whose message is already said is left out: some libraries' errors
-/// (the AWS SDK's among them) print their source in their own message too,
-/// or wrap an error in a layer with the same words.
+/// cause whose message the error just above it already says is left out:
+/// some libraries' errors (the AWS SDK's among them) print their source in
+/// their own message too, or wrap an error in a layer with the same words.
 pub fn render(error: &(dyn Error + 'static)) -> String {
     let mut text = error.to_string();
+    let mut above = text.clone();
     let mut cause = error.source();
     while let Some(next) = cause {
         let message = next.to_string();
-        if !text.contains(&message) {
+        if !above.contains(&message) {
             text.push_str(": ");
             text.push_str(&message);
         }
+        above = message;
         cause = next.source();
     }
     text
@@ -49,6 +51,10 @@ mod tests {
     #[error("no credentials: {0}")]
     struct SaysItsSource(#[source] std::io::Error);
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Link(&'static str, #[source] Option<Box<dyn Error + Send + Sync>>);
+
     #[test]
     fn a_cause_already_said_is_not_repeated() {
         let inner = Loading(Box::new(std::io::Error::other("exit status 1")));
@@ -62,5 +68,15 @@ mod tests {
             render(&SaysItsSource(io)),
             "no credentials: the issuer is down"
         );
+        // A short cause said further up the chain, but not by the error
+        // just above it, is kept.
+        let chain = Link(
+            "connecting timed out",
+            Some(Box::new(Link(
+                "retrying",
+                Some(Box::new(Link("timed out", None))),
+            ))),
+        );
+        assert_eq!(render(&chain), "connecting timed out: retrying: timed out");
     }
 }

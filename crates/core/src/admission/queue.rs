@@ -485,7 +485,12 @@ impl WaitingPlace<'_> {
 
 impl Drop for WaitingPlace<'_> {
     fn drop(&mut self) {
-        let mut state = self.inner.lock();
+        // Not `lock()`: a panic here while unwinding would abort.
+        let mut state = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(i) = state.waiting.iter().position(|w| w.id == self.id) {
             state.waiting.swap_remove(i);
             if let Some(u) = state.users.get_mut(self.user) {

@@ -14,6 +14,11 @@ pub struct HttpConfig {
     pub body_read_timeout_ms: u64,
     /// Time a keep-alive connection may sit idle between requests.
     pub idle_timeout_ms: u64,
+    /// Time a client may take no bytes of a response the gateway is
+    /// writing (it stopped reading but keeps its connection): past it the
+    /// connection is closed, which ends the request or stream and frees
+    /// its queue slot, concurrency slot and upstream stream.
+    pub write_timeout_ms: u64,
     /// Most connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// On SIGTERM or SIGINT the gateway stops accepting, lets in-flight
@@ -27,6 +32,7 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             idle_timeout_ms: 60_000,
+            write_timeout_ms: 30_000,
             max_connections: 4_096,
             shutdown_grace_ms: 30_000,
         }

@@ -142,11 +142,17 @@ async fn connection(
     tokio::pin!(conn);
     let header_read = Duration::from_millis(limits.header_read_timeout_ms);
     let idle = Duration::from_millis(limits.idle_timeout_ms);
-    // While busy there is no deadline; look again this often.
-    let recheck = header_read.max(idle).max(Duration::from_secs(1));
+    let write = Duration::from_millis(limits.write_timeout_ms);
+    // While busy there is no deadline until a write stalls; look again this
+    // often, so a stall is seen within half the write timeout of starting.
+    let recheck = if write.is_zero() {
+        header_read.max(idle).max(Duration::from_secs(1))
+    } else {
+        (write / 2).max(Duration::from_millis(100))
+    };
     let mut draining = false;
     loop {
-        let deadline = activity.deadline(header_read, idle);
+        let deadline = activity.deadline(header_read, idle, write);
         let wake = deadline.map_or_else(|| tokio::time::Instant::now() + recheck, |(at, _)| at);
         tokio::select! {
             result = conn.as_mut() => {
@@ -156,9 +162,10 @@ async fn connection(
                 return;
             }
             () = tokio::time::sleep_until(wake) => {
-                if let Some((at, why)) = activity.deadline(header_read, idle) {
+                if let Some((at, why)) = activity.deadline(header_read, idle, write) {
                     if at <= tokio::time::Instant::now() {
-                        // Nothing is in flight, so nothing is lost by closing.
+                        // Idle or owing its headers, nothing is in flight;
+                        // a stalled write's request ends with its client.
                         tracing::debug!(?why, "closing a connection");
                         return;
                     }

@@ -131,9 +131,9 @@ pub fn thread_cpu_time() -> Option<Duration> {
 const IDLE_TICKS_BEFORE_PARKING: u32 = 2;
 
 /// A thread that advances the engine's epoch every `tick` while policy calls
-/// happen, and parks once two ticks pass without one: an idle
-/// gateway costs no CPU, and a busy one makes no extra system call per
-/// call (a call only wakes the ticker after an idle spell).
+/// happen, and parks once two ticks pass without one: an idle gateway costs
+/// no CPU, and calls closer together than that make no extra system call
+/// (the first call after an idle spell wakes the ticker with an `unpark`).
 #[derive(Debug)]
 pub struct EpochTicker {
     shared: Arc<TickerState>,

@@ -30,6 +30,16 @@ use crate::config::{AssumeRoleConfig, CredentialsConfig};
 /// signed into a request that reaches Bedrock after its end.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
 
+/// While a refresh is failing, the keys in hand are still signed with
+/// until this long before they expire (a request signed later could reach
+/// Bedrock after their end).
+const LAST_USE_BEFORE_EXPIRY: Duration = Duration::from_secs(2);
+
+/// After a failed refresh, requests sign with the keys in hand for this
+/// long before the provider is asked again, so a provider that is down
+/// (STS, IMDS timing out) is not asked once per request.
+const RETRY_REFRESH_AFTER: Duration = Duration::from_secs(1);
+
 /// One deployment's credentials, cached.
 #[derive(Debug, Clone)]
 pub struct DeploymentCredentials {
@@ -40,8 +50,11 @@ pub struct DeploymentCredentials {
 struct Cache {
     source: Source,
     current: std::sync::RwLock<Option<Credentials>>,
-    /// One refresh at a time; the others wait for its result.
+    /// One refresh at a time; the others wait for its result, unless keys
+    /// in hand are still good.
     refreshing: Mutex<()>,
+    /// When a refresh last failed.
+    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The provider behind the cache, built on first use: aws-config's default
@@ -72,6 +85,7 @@ impl DeploymentCredentials {
                 },
                 current: std::sync::RwLock::new(None),
                 refreshing: Mutex::new(()),
+                failed_at: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -81,20 +95,50 @@ impl DeploymentCredentials {
         if let Some(fresh) = self.cached() {
             return Ok(fresh);
         }
-        let _turn = self.inner.refreshing.lock().await;
+        // Keys in hand that are still good sign this request while another
+        // caller refreshes, or while a failed refresh waits to be retried:
+        // a slow or failing provider must not hold requests up.
+        let in_hand = self.valid_for(LAST_USE_BEFORE_EXPIRY);
+        let _turn = match (self.inner.refreshing.try_lock(), &in_hand) {
+            (Ok(turn), _) => turn,
+            (Err(_), Some(keys)) => return Ok(keys.clone()),
+            (Err(_), None) => self.inner.refreshing.lock().await,
+        };
         // Another caller may have refreshed while this one waited.
         if let Some(fresh) = self.cached() {
             return Ok(fresh);
         }
+        if let Some(keys) = &in_hand {
+            if self.failed_within(RETRY_REFRESH_AFTER) {
+                return Ok(keys.clone());
+            }
+        }
         let provider = self.inner.source.provider().await;
-        let credentials = match provider.provide_credentials().await {
-            Ok(credentials) => credentials,
-            // A refresh ahead of expiry that fails (STS or IMDS briefly
-            // away) leaves the keys in hand, good until they expire.
-            Err(e) => return self.valid_for(Duration::ZERO).ok_or(e),
-        };
-        *self.inner.current.write().expect("credentials poisoned") = Some(credentials.clone());
-        Ok(credentials)
+        match provider.provide_credentials().await {
+            Ok(credentials) => {
+                *self.inner.current.write().expect("credentials poisoned") =
+                    Some(credentials.clone());
+                *self.inner.failed_at.lock().expect("credentials poisoned") = None;
+                Ok(credentials)
+            }
+            Err(e) => {
+                *self.inner.failed_at.lock().expect("credentials poisoned") =
+                    Some(std::time::Instant::now());
+                // A refresh ahead of expiry that fails (STS or IMDS briefly
+                // away) leaves the keys in hand, good until shortly before
+                // they expire.
+                in_hand.ok_or(e)
+            }
+        }
+    }
+
+    /// Whether a refresh failed less than `window` ago.
+    fn failed_within(&self, window: Duration) -> bool {
+        self.inner
+            .failed_at
+            .lock()
+            .expect("credentials poisoned")
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// The credentials in hand, unless they expire within the refresh margin.

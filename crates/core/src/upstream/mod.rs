@@ -12,7 +12,6 @@ mod classify;
 mod credentials;
 mod passthrough;
 mod signed;
-mod to_client;
 
 use std::time::Duration;
 
@@ -32,7 +31,6 @@ use futures::channel::mpsc;
 pub use classify::AttemptFailure;
 pub use credentials::DeploymentCredentials;
 pub use signed::TransportError;
-pub use to_client::{hand_to_client, ClientGone};
 
 use crate::config::{DeploymentConfig, Limits};
 use crate::outcome::OutcomeKind;
@@ -90,10 +88,6 @@ pub struct OpenStream {
     pub frames: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
     /// Resolves when the stream ends, with how it ended.
     pub finished: tokio::task::JoinHandle<StreamEnd>,
-    /// How long a client may take nothing while data waits for it (the
-    /// stream idle timeout): whoever re-encodes `frames` for a client gives
-    /// up on it after that, as this stream does.
-    pub client_patience: Duration,
 }
 
 /// Frames held for a client that reads slower than Bedrock sends.
@@ -304,12 +298,12 @@ impl Upstream {
                 // Forward what the SDK has decoded so far; waiting here for
                 // the client's room is the backpressure on Bedrock.
                 while let Ok(frame) = raw.try_recv() {
-                    if let Err(gone) = hand_to_client(&to_client, Ok(frame), idle).await {
-                        return client_gone(gone);
+                    if to_client.send(Ok(frame)).await.is_err() {
+                        return client_left();
                     }
                 }
                 let next = tokio::select! {
-                    () = to_client.closed() => return client_gone(ClientGone::Left),
+                    () = to_client.closed() => return client_left(),
                     next = tokio::time::timeout(idle, events.recv()) => next,
                 };
                 match next {
@@ -319,8 +313,8 @@ impl Upstream {
                     }
                     Ok(Ok(None)) => {
                         while let Ok(frame) = raw.try_recv() {
-                            if let Err(gone) = hand_to_client(&to_client, Ok(frame), idle).await {
-                                return client_gone(gone);
+                            if to_client.send(Ok(frame)).await.is_err() {
+                                return client_left();
                             }
                         }
                         return StreamEnd {
@@ -335,9 +329,7 @@ impl Upstream {
                         // An exception frame came through: it is the client's error event.
                         if matches!(e, SdkError::ServiceError(_)) {
                             while let Ok(frame) = raw.try_recv() {
-                                if hand_to_client(&to_client, Ok(frame), idle).await.is_err() {
-                                    break;
-                                }
+                                let _ = to_client.send(Ok(frame)).await;
                             }
                             return StreamEnd {
                                 kind: failure.kind,
@@ -350,28 +342,25 @@ impl Upstream {
                 }
             };
             // No exception frame to tell the client: break its body.
-            let broken = Err(std::io::Error::other(end.detail.clone()));
-            let _ = hand_to_client(&to_client, broken, idle).await;
+            let _ = to_client
+                .send(Err(std::io::Error::other(end.detail.clone())))
+                .await;
             StreamEnd {
                 kind: end.kind,
                 detail: Some(end.detail),
                 used_tokens,
             }
         });
-        Ok(OpenStream {
-            frames,
-            finished,
-            client_patience: idle,
-        })
+        Ok(OpenStream { frames, finished })
     }
 }
 
-/// The client went away mid-stream or stopped reading: the upstream stream
-/// is dropped (its connection closes) and the deployment is not blamed.
-fn client_gone(gone: ClientGone) -> StreamEnd {
+/// The client went away mid-stream: the upstream stream is dropped (its
+/// connection closes) and the deployment is not blamed.
+fn client_left() -> StreamEnd {
     StreamEnd {
         kind: OutcomeKind::Success,
-        detail: Some(gone.detail()),
+        detail: Some("the client left mid-stream; the upstream stream was closed".into()),
         // Unknown: the reservation settles it.
         used_tokens: None,
     }

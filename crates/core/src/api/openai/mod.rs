@@ -38,7 +38,6 @@ use super::error::ApiError;
 use super::AppState;
 use crate::outcome::OutcomeKind;
 use crate::router::Routed;
-use crate::upstream::hand_to_client;
 use chunks::ChunkTranslator;
 use request::ChatRequest;
 
@@ -322,8 +321,6 @@ fn stream_response(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(32);
     let mut frames = stream.frames;
     let finished = stream.finished;
-    // A client that stops reading is given up on, as the stream itself does.
-    let patience = stream.client_patience;
     tokio::spawn(async move {
         let sse = |v: &Value| Ok(Bytes::from(format!("data: {v}\n\n")));
         let error_event = |code: &str, message: &str| {
@@ -346,12 +343,9 @@ fn stream_response(
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(broken) => {
-                    let _ = hand_to_client(
-                        &tx,
-                        error_event("stream_broken", &broken.to_string()),
-                        patience,
-                    )
-                    .await;
+                    let _ = tx
+                        .send(error_event("stream_broken", &broken.to_string()))
+                        .await;
                     failed = true;
                     break 'frames;
                 }
@@ -369,15 +363,14 @@ fn stream_response(
                 match event {
                     StreamEvent::Event(event_type, payload) => {
                         for c in translator.chunks(&event_type, &payload) {
-                            if hand_to_client(&tx, sse(&c), patience).await.is_err() {
-                                // The client left or stopped reading:
-                                // dropping `frames` closes the upstream.
+                            if tx.send(sse(&c)).await.is_err() {
+                                // The client left: dropping `frames` closes the upstream.
                                 break 'frames;
                             }
                         }
                     }
                     StreamEvent::Exception(kind, message) => {
-                        let _ = hand_to_client(&tx, error_event(&kind, &message), patience).await;
+                        let _ = tx.send(error_event(&kind, &message)).await;
                         failed = true;
                         break 'frames;
                     }
@@ -386,8 +379,7 @@ fn stream_response(
         }
         drop(frames);
         if !failed {
-            let _ =
-                hand_to_client(&tx, Ok(Bytes::from_static(b"data: [DONE]\n\n")), patience).await;
+            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
         }
         drop(tx);
         completion.finish_when_ended(finished).await;
