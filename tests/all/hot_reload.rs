@@ -563,3 +563,50 @@ async fn the_rollback_history_is_bounded() {
         "{rollbacks} rollbacks kept of 1,000 activations"
     );
 }
+
+/// Many calls of a faulting version, finishing at once on several threads,
+/// roll it back once: to the version it replaced, not further. The check
+/// (is it still active?) and the swap are one critical section; were they
+/// two, a second thread could pass the check before the first swapped and
+/// roll the slot back a second time, past a version that never faulted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_racing_on_many_threads_roll_back_once() {
+    let (_sim, gw) = gateway_with_admin("").await;
+    for _ in 0..2 {
+        let answer = upload(&gw, "selection", &policy_bytes("round-robin")).await;
+        assert_eq!(answer.status, 201, "{}", answer.body_text());
+    }
+    let slot = gw
+        .gateway
+        .router()
+        .group("g")
+        .unwrap()
+        .slots
+        .selection
+        .clone();
+    for round in 0..50 {
+        // History 1 -> 2 -> 3, with 3 active and faulting.
+        slot.activate(2).unwrap();
+        slot.activate(3).unwrap();
+        let faulting = slot.current();
+        assert_eq!(faulting.number, 3);
+        let start = std::sync::Barrier::new(8);
+        let rollbacks: usize = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        (0..50)
+                            .filter(|_| slot.observe(&faulting, true).is_some())
+                            .count()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(rollbacks, 1, "round {round}: rollbacks");
+        assert_eq!(slot.current().number, 2, "round {round}: rolled back to");
+        // Back to 1 for the next round's history.
+        slot.activate(1).unwrap();
+    }
+}
