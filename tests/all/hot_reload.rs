@@ -38,6 +38,17 @@ fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
 
+/// Group `g`'s selection slot.
+fn selection_slot(gw: &TestGateway) -> Arc<switchyard::policy::PolicySlot> {
+    gw.gateway
+        .router()
+        .group("g")
+        .unwrap()
+        .slots
+        .selection
+        .clone()
+}
+
 async fn upload(gw: &TestGateway, kind: &str, bytes: &[u8]) -> RawResponse {
     let auth = bearer();
     raw_request(
@@ -277,14 +288,7 @@ async fn a_changed_policy_file_is_reloaded_and_a_broken_one_is_refused() {
     );
     let gw = start_gateway(&config, clock).await;
     let watcher = gw.gateway.watch_policy_files(Duration::from_millis(20));
-    let slot = gw
-        .gateway
-        .router()
-        .group("g")
-        .unwrap()
-        .slots
-        .selection
-        .clone();
+    let slot = selection_slot(&gw);
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // A broken file is refused; version 1 stays.
@@ -406,13 +410,7 @@ async fn swapping_under_load_fails_no_request() {
             "round-robin reached {d}: {spread:?}"
         );
     }
-    let faults: u64 = gw
-        .gateway
-        .router()
-        .group("g")
-        .unwrap()
-        .slots
-        .selection
+    let faults: u64 = selection_slot(&gw)
         .versions()
         .iter()
         .map(|v| v.faults)
@@ -541,14 +539,7 @@ async fn the_rollback_history_is_bounded() {
             .status,
         201
     );
-    let slot = gw
-        .gateway
-        .router()
-        .group("g")
-        .unwrap()
-        .slots
-        .selection
-        .clone();
+    let slot = selection_slot(&gw);
     for _ in 0..500 {
         slot.activate(1).unwrap();
         slot.activate(2).unwrap();
@@ -576,14 +567,7 @@ async fn faults_racing_on_many_threads_roll_back_once() {
         let answer = upload(&gw, "selection", &policy_bytes("round-robin")).await;
         assert_eq!(answer.status, 201, "{}", answer.body_text());
     }
-    let slot = gw
-        .gateway
-        .router()
-        .group("g")
-        .unwrap()
-        .slots
-        .selection
-        .clone();
+    let slot = selection_slot(&gw);
     for round in 0..50 {
         // History 1 -> 2 -> 3, with 3 active and faulting.
         slot.activate(2).unwrap();

@@ -194,10 +194,12 @@ impl UserAffinity {
         self.len() == 0
     }
 
-    pub(super) fn record(&self, user: &str, deployment: &str, at_ms: u64) {
-        let Some(member) = self.members.iter().position(|id| id == deployment) else {
+    /// Remembers that `user` succeeded on the group's member at index
+    /// `member` (its place in `ModelGroup::members`).
+    pub(super) fn record(&self, user: &str, member: usize, at_ms: u64) {
+        if member >= self.members.len() {
             return;
-        };
+        }
         let member = u32::try_from(member).expect("a group has fewer than 2^32 members");
         let key = self.key(user);
         let mut users = self.users.lock().expect("affinity poisoned");
@@ -219,15 +221,15 @@ mod tests {
     #[test]
     fn remembers_each_users_last_success_by_member() {
         let affinity = UserAffinity::new(["a".to_owned(), "b".to_owned()]);
-        affinity.record("alice", "b", 10);
-        affinity.record("bob", "a", 20);
-        affinity.record("alice", "a", 30);
+        affinity.record("alice", 1, 10);
+        affinity.record("bob", 0, 20);
+        affinity.record("alice", 0, 30);
         let alice = affinity.last_success("alice").unwrap();
         assert_eq!((alice.deployment.as_str(), alice.at_ms), ("a", 30));
         assert_eq!(affinity.last_success("bob").unwrap().deployment, "a");
         assert!(affinity.last_success("carol").is_none());
-        // A deployment outside the group is not remembered.
-        affinity.record("carol", "elsewhere", 40);
+        // A member the group does not have is not remembered.
+        affinity.record("carol", 2, 40);
         assert!(affinity.last_success("carol").is_none());
         assert_eq!(affinity.len(), 2);
     }
@@ -236,10 +238,10 @@ mod tests {
     fn past_the_bound_the_older_half_is_forgotten() {
         let affinity = UserAffinity::new(["a".to_owned()]);
         for i in 0..UserAffinity::MAX_USERS as u64 {
-            affinity.record(&format!("user-{i}"), "a", i);
+            affinity.record(&format!("user-{i}"), 0, i);
         }
         assert_eq!(affinity.len(), UserAffinity::MAX_USERS);
-        affinity.record("newcomer", "a", u64::MAX);
+        affinity.record("newcomer", 0, u64::MAX);
         assert!(affinity.len() <= UserAffinity::MAX_USERS / 2 + 1);
         assert!(affinity.last_success("newcomer").is_some());
         assert!(affinity.last_success("user-0").is_none());

@@ -320,10 +320,12 @@ impl Router {
         }
     }
 
-    /// What records the attempt on `deployment` that `ticket` admitted.
+    /// What records the attempt on the group's member at index `member`
+    /// (`deployment`) that `ticket` admitted.
     fn recorder(
         &self,
         pass: &PassContext<'_>,
+        member: usize,
         deployment: &Arc<Deployment>,
         request: &RouteRequest,
         ticket: crate::admission::Ticket,
@@ -340,7 +342,10 @@ impl Router {
             seed: pass.options.seed,
             request_id: request.request_id.clone(),
             deployments: group.deployments.clone(),
-            affinity: request.user.clone().map(|u| (group.affinity.clone(), u)),
+            affinity: request
+                .user
+                .clone()
+                .map(|u| (group.affinity.clone(), u, member)),
             ticket: Some(ticket),
         }
     }
@@ -390,7 +395,7 @@ impl Router {
             pass.info.attempt = attempts.len() as u32;
             tracing::info!(deployment = %deployment.config.id, attempt = pass.info.attempt, "attempting");
             deployment.health.begin_attempt(self.clock.now_ms());
-            let recorder = self.recorder(&pass, deployment, request, ticket);
+            let recorder = self.recorder(&pass, index, deployment, request, ticket);
             let attempt_span = tracing::info_span!(
                 "attempt",
                 deployment = %deployment.config.id,

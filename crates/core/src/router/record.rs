@@ -80,8 +80,9 @@ pub(super) struct Recorder {
     pub(super) seed: Option<u64>,
     pub(super) request_id: String,
     pub(super) deployments: DeploymentTable,
-    /// The group's affinity and the request's user, to remember a success.
-    pub(super) affinity: Option<(Arc<UserAffinity>, String)>,
+    /// The group's affinity, the request's user and the deployment's index
+    /// among the group's members, to remember a success.
+    pub(super) affinity: Option<(Arc<UserAffinity>, String, usize)>,
     /// What admission let the attempt take (None once recorded).
     pub(super) ticket: Option<Ticket>,
 }
@@ -125,8 +126,8 @@ impl Recorder {
         let before = candidate(&self.deployment, now);
         self.deployment.health.end_attempt(&outcome);
         if kind == OutcomeKind::Success {
-            if let Some((affinity, user)) = &self.affinity {
-                affinity.record(user, &outcome.deployment, now);
+            if let Some((affinity, user, member)) = &self.affinity {
+                affinity.record(user, *member, now);
             }
         }
         let options = CallOptions {
