@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use switchyard_core::policy::{self, DeploymentTable, PolicyKind};
+use switchyard_policy_host::policy::{self, DeploymentTable, PolicyKind};
 
 /// The clock a fixture starts at when it names none: far enough from zero
 /// that "5 s ago" is a valid time.

@@ -18,8 +18,8 @@ pub mod wasm_build;
 use std::sync::Arc;
 
 use switchyard_clock::SystemClock;
-use switchyard_core::config::PolicyRuntimeConfig;
-use switchyard_core::policy::{KvStore, LoadError, PolicyKind, PolicyRuntime};
+use switchyard_policy_host::policy::{KvStore, LoadError, PolicyKind, PolicyRuntime};
+use switchyard_policy_host::settings::PolicyRuntimeConfig;
 
 /// Runs the gateway's load gate on `bytes` with `params`: compile, world and
 /// version, link, and the load-check call. Returns the world it implements.

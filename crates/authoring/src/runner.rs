@@ -13,11 +13,11 @@ use serde::Serialize;
 
 use super::fixture::{CallInput, Decision, FixtureError, NamedFixture};
 use switchyard_clock::ManualClock;
-use switchyard_core::config::PolicyRuntimeConfig;
-use switchyard_core::error_chain::render;
-use switchyard_core::policy::{
+use switchyard_policy_host::error_chain::render;
+use switchyard_policy_host::policy::{
     CallOptions, KvStore, LoadError, PolicyKind, PolicyLog, PolicyRuntime,
 };
+use switchyard_policy_host::settings::PolicyRuntimeConfig;
 
 /// How long one fixture's call may run: generous, since a test judges what a
 /// policy decides, and fuel (not time) is what it reports.

@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use switchyard_core::policy::PolicyKind;
+use switchyard_policy_host::policy::PolicyKind;
 
 /// Where the SDK was when this binary was built: the default for crates
 /// made on the machine that has the Switchyard checkout.

@@ -38,13 +38,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use switchyard_clock::{ManualClock, SharedClock};
-use switchyard_core::attempt::{AfterFailure, AttemptPlan};
-use switchyard_core::config::{DeploymentConfig, GroupPolicies, PolicyRef};
-use switchyard_core::health::DeploymentHealth;
-use switchyard_core::offline::{OfflineLoadError, OfflinePolicies};
-use switchyard_core::outcome::{Outcome, OutcomeKind};
-use switchyard_core::policy::{self, CallOptions, DeploymentTable, PolicyKind};
-use switchyard_core::router::{deployment_table, wit_candidate};
+use switchyard_policy_host::attempt::{AfterFailure, AttemptPlan};
+use switchyard_policy_host::candidate::{deployment_table, wit_candidate};
+use switchyard_policy_host::health::DeploymentHealth;
+use switchyard_policy_host::offline::{OfflineLoadError, OfflinePolicies};
+use switchyard_policy_host::outcome::{Outcome, OutcomeKind};
+use switchyard_policy_host::policy::{self, CallOptions, DeploymentTable, PolicyKind};
+use switchyard_policy_host::settings::{DeploymentConfig, GroupPolicies, PolicyRef};
 
 /// When the simulated clock starts: far from zero, as a gateway's would be.
 const START_MS: u64 = 1_000_000;

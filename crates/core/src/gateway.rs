@@ -18,11 +18,13 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError, CredentialsConfig};
 use crate::edge::{self, HttpConfig};
 use crate::health::DeploymentHealth;
+use crate::jobs::JobRunner;
 use crate::metrics::Metrics;
 use crate::policy::{
     KvStore, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicyVersion, RollbackRule,
 };
 use crate::router::{Deployment, GroupSlots, ModelGroup, Router};
+use crate::service::Service;
 use crate::state::{self, ChangeSink, QuotaSpec, SlotId, StateBackend, StateError};
 use crate::swap::{self, ReloadReport, SwapError, Swapper};
 use crate::upstream::{Upstream, UpstreamError};
@@ -30,7 +32,7 @@ use mirror::GatewayMirror;
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
+pub enum StartError {
     /// A policy named in the config could not be loaded.
     #[error("model group `{group}`, {kind} policy `{policy}`")]
     Policy {
@@ -75,9 +77,9 @@ impl Gateway {
         config: &Config,
         clock: SharedClock,
         upstreams: &Upstreams,
-    ) -> Result<Self, GatewayError> {
+    ) -> Result<Self, StartError> {
         let runtime = PolicyRuntime::new(&config.policy_runtime, clock.clone())
-            .map_err(GatewayError::Engine)?;
+            .map_err(StartError::Engine)?;
         let quotas: Vec<QuotaSpec> = config
             .deployments
             .iter()
@@ -89,7 +91,7 @@ impl Gateway {
             })
             .collect();
         let shared = state::backend(&config.state, &quotas, config.admission.quota_window_ms())
-            .map_err(GatewayError::State)?;
+            .map_err(StartError::State)?;
         let deployments = build_deployments(config, upstreams, &quotas, &shared)?;
         let (groups, kv_stores) = load_groups(config, &runtime, &clock, &shared, &deployments)?;
         let queue = FairQueue::shared(config.admission.queue.clone(), shared.clone());
@@ -102,7 +104,7 @@ impl Gateway {
         shared.attach(&mirror);
         let jobs = match &config.jobs {
             Some(jobs) => {
-                Some(crate::jobs::Jobs::open(jobs, &config.state).map_err(GatewayError::Jobs)?)
+                Some(crate::jobs::Jobs::open(jobs, &config.state).map_err(StartError::Jobs)?)
             }
             None => None,
         };
@@ -116,12 +118,10 @@ impl Gateway {
         );
         let gateway = Self {
             state: Arc::new(AppState {
-                router,
+                service: Service::new(router, queue, config.admission.max_wait_ms),
                 api_keys: crate::api::auth::ApiKeys::new(&config.api_keys),
-                queue,
                 shared_state: shared,
                 state_mirror: mirror,
-                max_wait_ms: config.admission.max_wait_ms,
                 runtime,
                 admin_token: config.admin.token.clone(),
                 running_config: std::sync::Mutex::new(config.clone()),
@@ -140,7 +140,8 @@ impl Gateway {
             http: config.http.clone(),
         };
         if let Some(jobs) = &gateway.state.jobs {
-            jobs.start(Arc::downgrade(&gateway.state));
+            let runner: Arc<dyn JobRunner> = gateway.state.clone();
+            jobs.start(Arc::downgrade(&runner));
         }
         Ok(gateway)
     }
@@ -157,7 +158,8 @@ impl Gateway {
     pub fn check_credentials(&self) -> impl Future<Output = Vec<(String, String)>> + 'static {
         let mut deployments: Vec<_> = self
             .state
-            .router
+            .service
+            .router()
             .groups()
             .flat_map(|g| g.members.iter().cloned())
             .collect();
@@ -180,12 +182,17 @@ impl Gateway {
 
     /// The router, for inspection.
     pub fn router(&self) -> &Router {
-        &self.state.router
+        self.state.service.router()
     }
 
     /// The fair queue client requests wait in.
     pub fn queue(&self) -> &FairQueue {
-        &self.state.queue
+        self.state.service.queue()
+    }
+
+    /// Routing behind the fair queue, as every API calls it.
+    pub fn service(&self) -> &Service {
+        &self.state.service
     }
 
     /// Where its shared state lives, and how the link to it is doing.
@@ -201,7 +208,7 @@ impl Gateway {
     /// Changes policies at run time.
     pub fn swapper(&self) -> Swapper<'_> {
         Swapper {
-            router: &self.state.router,
+            router: self.state.service.router(),
             runtime: &self.state.runtime,
         }
     }
@@ -243,7 +250,7 @@ impl Gateway {
                         continue;
                     };
                     let swapper = Swapper {
-                        router: &state.router,
+                        router: state.service.router(),
                         runtime: &state.runtime,
                     };
                     match swapper.reload_slot(&group, kind, g.policies_of(kind)) {
@@ -301,7 +308,7 @@ fn build_deployments(
     upstreams: &Upstreams,
     quotas: &[QuotaSpec],
     shared: &Arc<dyn StateBackend>,
-) -> Result<HashMap<String, Arc<Deployment>>, GatewayError> {
+) -> Result<HashMap<String, Arc<Deployment>>, StartError> {
     let mut deployments = HashMap::new();
     for d in &config.deployments {
         let budget = config
@@ -359,7 +366,7 @@ fn load_groups(
     clock: &SharedClock,
     shared: &Arc<dyn StateBackend>,
     deployments: &HashMap<String, Arc<Deployment>>,
-) -> Result<(Vec<ModelGroup>, KvStores), GatewayError> {
+) -> Result<(Vec<ModelGroup>, KvStores), StartError> {
     let rule = RollbackRule {
         window_calls: config.policy_runtime.rollback_window_calls as usize,
         max_fault_ratio: config.policy_runtime.rollback_fault_ratio,
@@ -367,9 +374,9 @@ fn load_groups(
     let mut groups = Vec::new();
     let mut kv_stores = HashMap::new();
     for g in &config.model_groups {
-        let mut slot = |kind: PolicyKind| -> Result<Arc<PolicySlot>, GatewayError> {
+        let mut slot = |kind: PolicyKind| -> Result<Arc<PolicySlot>, StartError> {
             let policy = g.policies_of(kind);
-            let error = |source: SwapError| GatewayError::Policy {
+            let error = |source: SwapError| StartError::Policy {
                 group: g.name.clone(),
                 kind,
                 policy: policy

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crate::outcome::OutcomeKind;
-use crate::policy::PolicyKind;
+use crate::vocabulary::{PolicyKind, Refusal};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
@@ -330,13 +330,13 @@ impl Metrics {
     }
 
     /// Admission skipped `deployment` for an attempt.
-    pub fn skip(&self, group: &str, deployment: &str, refusal: crate::admission::Refusal) {
+    pub fn skip(&self, group: &str, deployment: &str, refusal: Refusal) {
         let reason = match refusal {
-            crate::admission::Refusal::RequestQuota { .. } => "request_quota",
-            crate::admission::Refusal::TokenQuota { .. } => "token_quota",
-            crate::admission::Refusal::Concurrency => "concurrency",
-            crate::admission::Refusal::CircuitOpen { .. } => "circuit_open",
-            crate::admission::Refusal::Budget { .. } => "budget",
+            Refusal::RequestQuota { .. } => "request_quota",
+            Refusal::TokenQuota { .. } => "token_quota",
+            Refusal::Concurrency => "concurrency",
+            Refusal::CircuitOpen { .. } => "circuit_open",
+            Refusal::Budget { .. } => "budget",
         };
         self.requests
             .admission_skips

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{Config, PolicyRef};
+use switchyard_policy_host::resolve::ResolveError;
+
 use crate::policy::{
-    builtin, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicySource, PolicyVersion,
-    SlotError,
+    LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicySource, PolicyVersion, SlotError,
 };
 use crate::router::Router;
 
@@ -27,47 +28,18 @@ pub enum SwapError {
     /// No such version, or nothing to roll back to.
     #[error(transparent)]
     Slot(#[from] SlotError),
-    /// A built-in name that does not exist.
-    #[error("no built-in {kind} policy `{name}` (built-in {kind} policies: {known})")]
-    UnknownBuiltin {
-        kind: PolicyKind,
-        name: String,
-        known: String,
-    },
-    /// A policy file could not be read.
-    #[error("cannot read {path}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    /// The reference names no component (an unknown built-in, a file
+    /// that cannot be read).
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
 }
 
-/// The component and label a config's policy reference names.
+/// The component and source a config's policy reference names.
 pub fn resolve(
     kind: PolicyKind,
     policy: &PolicyRef,
 ) -> Result<(PolicySource, Arc<[u8]>), SwapError> {
-    match (&policy.name, &policy.path) {
-        (Some(name), _) => {
-            let b = builtin::find(kind, name).ok_or_else(|| SwapError::UnknownBuiltin {
-                kind,
-                name: name.clone(),
-                known: builtin::names(kind).join(", "),
-            })?;
-            Ok((
-                PolicySource::Builtin(b.name.to_owned()),
-                Arc::from(b.component),
-            ))
-        }
-        (None, Some(path)) => {
-            let bytes = std::fs::read(path).map_err(|source| SwapError::File {
-                path: path.display().to_string(),
-                source,
-            })?;
-            Ok((PolicySource::File(path.clone()), Arc::from(bytes)))
-        }
-        (None, None) => unreachable!("config validation requires a name or a path"),
-    }
+    Ok(switchyard_policy_host::resolve::resolve(kind, policy)?)
 }
 
 /// Runs the validation gate on `component` and returns the version it makes.

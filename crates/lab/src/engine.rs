@@ -25,13 +25,15 @@ use std::sync::Arc;
 use super::arrivals::Arrival;
 use super::scenario::{Contender, Scenario, ScenarioError};
 use switchyard_clock::{ManualClock, SharedClock};
-use switchyard_core::attempt::{AfterFailure, AttemptPlan};
-use switchyard_core::health::DeploymentHealth;
-use switchyard_core::offline::OfflinePolicies;
-use switchyard_core::outcome::{Outcome, OutcomeKind};
-use switchyard_core::policy::{CallOptions, Candidate, DeploymentTable, LastSuccess, RequestInfo};
-use switchyard_core::router::{deployment_table, wit_candidate};
-use switchyard_core::state::budget::{BudgetBook, BudgetGrant};
+use switchyard_policy_host::attempt::{AfterFailure, AttemptPlan};
+use switchyard_policy_host::budget::{BudgetBook, BudgetGrant};
+use switchyard_policy_host::candidate::{deployment_table, wit_candidate};
+use switchyard_policy_host::health::DeploymentHealth;
+use switchyard_policy_host::offline::OfflinePolicies;
+use switchyard_policy_host::outcome::{Outcome, OutcomeKind};
+use switchyard_policy_host::policy::{
+    CallOptions, Candidate, DeploymentTable, LastSuccess, RequestInfo,
+};
 use switchyard_sim::quota::RollingQuota;
 
 /// Where the simulated clock starts: Monday 1970-01-05 00:00 UTC, far
@@ -121,7 +123,7 @@ struct Deployment {
     /// Its place in the scenario, which the record's tables follow.
     scenario_index: usize,
     lab: super::scenario::LabDeployment,
-    config: switchyard_core::config::DeploymentConfig,
+    config: switchyard_policy_host::settings::DeploymentConfig,
     health: DeploymentHealth,
     quota: RollingQuota,
     /// Its account's place in the record's `per_account`.

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use switchyard_core::config::{AccountConfig, DeploymentConfig, GroupPolicies, PolicyRef};
-use switchyard_core::offline::OfflineLoadError;
-use switchyard_core::policy::PolicyKind;
+use switchyard_policy_host::offline::OfflineLoadError;
+use switchyard_policy_host::policy::PolicyKind;
+use switchyard_policy_host::settings::{AccountConfig, DeploymentConfig, GroupPolicies, PolicyRef};
 
 /// A whole scenario.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,14 +86,14 @@ pub struct LabDeployment {
     pub id: String,
     #[serde(default = "default_model_id")]
     pub model_id: String,
-    #[serde(default = "switchyard_core::config::default_region")]
+    #[serde(default = "switchyard_policy_host::settings::default_region")]
     pub region: String,
-    #[serde(default = "switchyard_core::config::default_account")]
+    #[serde(default = "switchyard_policy_host::settings::default_account")]
     pub account: String,
     /// Lower is preferred (1 = primary).
-    #[serde(default = "switchyard_core::config::default_priority")]
+    #[serde(default = "switchyard_policy_host::settings::default_priority")]
     pub priority: u32,
-    #[serde(default = "switchyard_core::config::default_weight")]
+    #[serde(default = "switchyard_policy_host::settings::default_weight")]
     pub weight: u32,
     /// Bedrock's requests-per-minute quota (none: unlimited).
     #[serde(default)]

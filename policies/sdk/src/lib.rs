@@ -72,7 +72,7 @@
 //! Build it with `cargo build --release --target wasm32-unknown-unknown`, one
 //! policy package per cargo invocation (cargo unifies features across the
 //! packages of one build), and turn the core module into a component with
-//! `wit-component`; `crates/core/build.rs` does both for the built-in policies.
+//! `wit-component`; `crates/policy-host/build.rs` does both for the built-in policies.
 //!
 //! Each call runs in a fresh instance: keep state that must outlive a call in
 //! [`kv`], and take time and randomness from [`host`] only, so that tests can

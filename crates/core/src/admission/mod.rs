@@ -25,8 +25,9 @@ use crate::health::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::outcome::OutcomeKind;
 use crate::state::memory::MemoryState;
 use crate::state::{BudgetGrant, BudgetSpec, BudgetUse, StateBackend};
+use crate::state::{QuotaGrant, QuotaSpec};
+use crate::vocabulary::Change;
 pub use crate::vocabulary::Refusal;
-use crate::vocabulary::{Change, QuotaGrant, QuotaSpec};
 use concurrency::AimdLimit;
 
 pub use queue::{AdmitError, FairQueue, Permit, QueueConfig, QueueStats};

@@ -13,9 +13,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::error::ApiError;
+use super::error::{unreadable_body, unreadable_json};
 use super::AppState;
 use crate::policy::{PolicyKind, SlotError};
+use crate::service::{ErrorCode, GatewayError};
 use crate::swap::{SwapError, Swapper};
 
 /// Largest body of the small admin calls (activate, params, rollback, reload).
@@ -35,7 +36,7 @@ pub async fn require_token(
 }
 
 /// Checks the bearer token in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), GatewayError> {
     // The routes are mounted only with a token; without one, refuse all.
     let expected = state.admin_token.as_deref().unwrap_or_default();
     let given = headers
@@ -47,61 +48,56 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if same {
         Ok(())
     } else if state.api_keys.is_client_key(given) {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+        Err(GatewayError::refused(
+            ErrorCode::Forbidden,
             "a client API key cannot use the admin API; use the admin token",
         ))
     } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        Err(GatewayError::refused(
+            ErrorCode::Unauthorized,
             "missing or wrong admin token (send `authorization: Bearer <token>`)",
         ))
     }
 }
 
-fn kind(name: &str) -> Result<PolicyKind, ApiError> {
+fn kind(name: &str) -> Result<PolicyKind, GatewayError> {
     PolicyKind::ALL
         .into_iter()
         .find(|k| k.world() == name)
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_kind",
+            GatewayError::refused(
+                ErrorCode::UnknownKind,
                 format!("`{name}` is not a policy kind; use selection, cooldown or fallback"),
             )
         })
 }
 
-fn swap_error(error: SwapError) -> ApiError {
+fn swap_error(error: SwapError) -> GatewayError {
     let message = crate::error_chain::render(&error);
     match error {
-        SwapError::UnknownGroup(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_model", message)
-        }
+        SwapError::UnknownGroup(_) => GatewayError::refused(ErrorCode::UnknownModel, message),
         SwapError::Slot(SlotError::NoSuchVersion(_)) => {
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_version", message)
+            GatewayError::refused(ErrorCode::UnknownVersion, message)
         }
         SwapError::Slot(SlotError::NothingToRollBackTo) => {
-            ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back_to", message)
+            GatewayError::refused(ErrorCode::NothingToRollBackTo, message)
         }
-        SwapError::Invalid(_) | SwapError::UnknownBuiltin { .. } | SwapError::File { .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", message)
+        SwapError::Invalid(_) | SwapError::Resolve(_) => {
+            GatewayError::refused(ErrorCode::InvalidPolicy, message)
         }
     }
 }
 
 fn swapper(state: &AppState) -> Swapper<'_> {
     Swapper {
-        router: &state.router,
+        router: state.service.router(),
         runtime: &state.runtime,
     }
 }
 
 /// `GET /admin/policies`: every slot of every group, with its versions.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
-    let mut groups: Vec<_> = state.router.groups().collect();
+    let mut groups: Vec<_> = state.service.router().groups().collect();
     groups.sort_by(|a, b| a.name.cmp(&b.name));
     let groups: Vec<_> = groups
         .into_iter()
@@ -154,7 +150,7 @@ pub async fn upload(
     };
     let body = match body {
         Ok(b) => b,
-        Err(r) => return ApiError::unreadable_body(&r).into_response(),
+        Err(r) => return unreadable_body(&r).into_response(),
     };
     let params = match query
         .params
@@ -164,9 +160,8 @@ pub async fn upload(
         None => None,
         Some(Ok(params @ serde_json::Value::Object(_))) => Some(params),
         Some(_) => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_params",
+            return GatewayError::refused(
+                ErrorCode::InvalidParams,
                 "the `params` query parameter must be a JSON object",
             )
             .into_response()
@@ -181,12 +176,7 @@ pub async fn upload(
     match result {
         Ok(Ok(uploaded)) => (StatusCode::CREATED, Json(uploaded)).into_response(),
         Ok(Err(e)) => swap_error(e).into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the upload task failed: {e}"),
-        )
-        .into_response(),
+        Err(e) => GatewayError::internal(format!("the upload task failed: {e}")).into_response(),
     }
 }
 
@@ -207,7 +197,7 @@ pub async fn activate(
     };
     let Json(req) = match body {
         Ok(b) => b,
-        Err(r) => return ApiError::unreadable_json(&r).into_response(),
+        Err(r) => return unreadable_json(&r).into_response(),
     };
     match swapper(&state).activate(&group, kind, req.version) {
         Ok(()) => Json(json!({ "active": req.version })).into_response(),
@@ -243,14 +233,10 @@ pub async fn params(
     let params = match body {
         Ok(Json(p)) if p.is_object() => p,
         Ok(_) => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "params must be a JSON object",
-            )
-            .into_response()
+            return GatewayError::refused(ErrorCode::InvalidRequest, "params must be a JSON object")
+                .into_response()
         }
-        Err(r) => return ApiError::unreadable_json(&r).into_response(),
+        Err(r) => return unreadable_json(&r).into_response(),
     };
     let worker_state = state.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -260,12 +246,7 @@ pub async fn params(
     match result {
         Ok(Ok(version)) => Json(json!({ "active": version })).into_response(),
         Ok(Err(e)) => swap_error(e).into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the params task failed: {e}"),
-        )
-        .into_response(),
+        Err(e) => GatewayError::internal(format!("the params task failed: {e}")).into_response(),
     }
 }
 
@@ -273,11 +254,7 @@ pub async fn params(
 pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
     match super::reload(&state).await {
         Ok(report) => Json(report).into_response(),
-        Err(e) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_config",
-            crate::error_chain::render(&e),
-        )
-        .into_response(),
+        Err(e) => GatewayError::refused(ErrorCode::InvalidConfig, crate::error_chain::render(&e))
+            .into_response(),
     }
 }

@@ -11,22 +11,11 @@
 
 use std::collections::HashMap;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use super::error::ApiError;
 use crate::config::ApiKeyConfig;
-
-/// Who a request with a key belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The user its key names.
-    pub user: String,
-    /// Its rank in the fair queue.
-    pub priority: i32,
-    /// Its own cap of requests running at once, instead of `max_per_user`.
-    pub max_concurrent: Option<u32>,
-}
+use crate::service::{Caller, ErrorCode, GatewayError};
 
 /// The configured keys.
 #[derive(Debug, Default)]
@@ -47,11 +36,7 @@ impl ApiKeys {
                 .map(|k| {
                     (
                         digest(&k.key),
-                        Caller {
-                            user: k.user.clone(),
-                            priority: k.priority,
-                            max_concurrent: k.max_concurrent,
-                        },
+                        Caller::keyed(k.user.clone(), k.priority, k.max_concurrent),
                     )
                 })
                 .collect(),
@@ -70,14 +55,13 @@ impl ApiKeys {
 
     /// The caller of a request: `None` when the gateway runs open, the key's
     /// caller otherwise, or 401 without a key or with an unknown one.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, GatewayError> {
         if !self.enabled() {
             return Ok(None);
         }
         let Some(key) = presented_key(headers) else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_api_key",
+            return Err(GatewayError::refused(
+                ErrorCode::MissingApiKey,
                 "this gateway needs an API key: send `authorization: Bearer <key>` or `x-api-key: <key>`",
             ));
         };
@@ -86,11 +70,7 @@ impl ApiKeys {
             .cloned()
             .map(Some)
             .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_api_key",
-                    "the API key is not known",
-                )
+                GatewayError::refused(ErrorCode::InvalidApiKey, "the API key is not known")
             })
     }
 }
@@ -177,7 +157,7 @@ mod tests {
             ))
             .unwrap()
             .unwrap();
-        assert_eq!(caller.user, "alice");
+        assert_eq!(caller.user.as_deref(), Some("alice"));
         assert_eq!(caller.priority, 2);
         let by_header = keys().authenticate(&headers("x-api-key", "sk-alice-0123456789abcdef"));
         assert_eq!(by_header.unwrap().unwrap().max_concurrent, Some(4));
@@ -186,11 +166,17 @@ mod tests {
     #[test]
     fn a_missing_or_unknown_key_is_401() {
         let e = keys().authenticate(&HeaderMap::new()).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (401, "missing_api_key"));
+        assert_eq!(
+            (e.status().as_u16(), e.code()),
+            (401, ErrorCode::MissingApiKey)
+        );
         let e = keys()
             .authenticate(&headers("x-api-key", "sk-nope"))
             .unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (401, "invalid_api_key"));
+        assert_eq!(
+            (e.status().as_u16(), e.code()),
+            (401, ErrorCode::InvalidApiKey)
+        );
     }
 
     #[test]

@@ -12,52 +12,46 @@ use futures::FutureExt;
 use serde_json::Value;
 
 use super::coalesce;
-use super::dispatch::{
-    dispatch, estimate_tokens, group_for, identify, request_id, routed_headers, used_tokens,
-    with_id, Admitted, Incoming,
-};
-use super::error::ApiError;
+use super::error::{error_response, unreadable_body, ErrorBody};
+use super::extract::{routed_headers, MaxWait, RequestId};
 use super::AppState;
+use crate::jobs::JobAnswer;
 use crate::router::Routed;
-use crate::upstream::Upstream;
+use crate::service::{
+    estimate_tokens, Admitted, Caller, Converse, ConverseStream, Delivered, ErrorCode,
+    GatewayError, Invoke, InvokeStream, ModelCall, Operation,
+};
+use crate::upstream::OpenStream;
 
-/// Checks the body is a Converse request and estimates its tokens pessimistically.
-/// Which Bedrock operation a request is for: what its body must hold.
+/// What a Bedrock request's body must hold.
 #[derive(Debug, Clone, Copy)]
-enum Operation {
+pub(super) enum BodyKind {
     /// Converse and ConverseStream: a Converse request.
     Converse,
     /// InvokeModel and its stream: the model's own JSON, passed as it is.
     Invoke,
 }
 
-/// Checks the body for `operation` and estimates its tokens pessimistically.
-fn read_body(
-    body: Result<Bytes, BytesRejection>,
-    operation: Operation,
-) -> Result<(Bytes, u32), ApiError> {
-    let body = body.map_err(|rejection| ApiError::unreadable_body(&rejection))?;
+/// Checks the body for `kind` and estimates its tokens pessimistically.
+pub(super) fn read_body(body: Bytes, kind: BodyKind) -> Result<(Bytes, u32), GatewayError> {
     let json: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
+        GatewayError::refused(
+            ErrorCode::InvalidJson,
             format!("the body is not valid JSON: {e}"),
         )
     })?;
     if !json.is_object() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+        return Err(GatewayError::refused(
+            ErrorCode::InvalidRequest,
             "the body must be a JSON object",
         ));
     }
-    let max_tokens = match operation {
-        Operation::Converse => {
+    let max_tokens = match kind {
+        BodyKind::Converse => {
             let messages = json.get("messages").and_then(Value::as_array);
             if messages.is_none_or(|m| m.is_empty()) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
+                return Err(GatewayError::refused(
+                    ErrorCode::InvalidRequest,
                     "a Converse request needs a non-empty `messages` array",
                 ));
             }
@@ -65,7 +59,7 @@ fn read_body(
                 .and_then(Value::as_u64)
         }
         // The output budget, as the model families spell it.
-        Operation::Invoke => [
+        BodyKind::Invoke => [
             "/max_tokens",
             "/max_gen_len",
             "/textGenerationConfig/maxTokenCount",
@@ -74,150 +68,199 @@ fn read_body(
         .iter()
         .find_map(|p| json.pointer(p).and_then(Value::as_u64)),
     };
-    Ok((body.clone(), estimate_tokens(body.len(), max_tokens)))
+    let estimate = estimate_tokens(body.len(), max_tokens);
+    Ok((body, estimate))
 }
 
-/// Checks a Bedrock request, waits for its turn in the fair queue, routes
-/// it with `attempt` per deployment, and answers errors; a success is left
-/// to the caller to answer.
-async fn route<T, F, Fut>(
+/// The call a Bedrock request makes, once its caller and body are checked.
+pub(super) fn model_call(
     state: &AppState,
     model_id: &str,
-    headers: &HeaderMap,
+    request_id: &str,
+    caller: Result<Caller, GatewayError>,
+    max_wait: Result<MaxWait, GatewayError>,
     body: Result<Bytes, BytesRejection>,
-    operation: Operation,
-    attempt: F,
-) -> Result<Admitted<T>, Response>
-where
-    F: Fn(Upstream, Bytes) -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::upstream::AttemptFailure>>,
-{
-    let request_id = request_id(headers);
-    let checked = identify(state, headers, None).and_then(|who| {
-        let group = group_for(state, model_id)?;
-        let (body, estimated_tokens) = read_body(body, operation)?;
-        Ok(Incoming {
-            group,
-            user: who.user,
-            priority: who.priority,
-            max_concurrent: who.max_concurrent,
-            body,
-            estimated_tokens,
-        })
-    });
-    let incoming = checked.map_err(|e| with_id(e, &request_id))?;
-    dispatch(state, headers, &request_id, incoming, attempt)
+    kind: BodyKind,
+) -> Result<ModelCall, GatewayError> {
+    let caller = caller?;
+    let MaxWait(max_wait_ms) = max_wait?;
+    let group = state.service.group_for(model_id)?;
+    let body = body.map_err(|rejection| unreadable_body(&rejection))?;
+    let (body, estimated_tokens) = read_body(body, kind)?;
+    Ok(ModelCall {
+        group,
+        caller,
+        request_id: request_id.to_owned(),
+        max_wait_ms,
+        body,
+        estimated_tokens,
+    })
+}
+
+/// Routes the call of a Bedrock request with `operation`, or answers why
+/// it could not be made.
+async fn route<O: Operation>(
+    state: &AppState,
+    call: Result<ModelCall, GatewayError>,
+    request_id: &str,
+    operation: &O,
+) -> Result<Admitted<O::Reply>, Response> {
+    let call = call.map_err(|e| error_response(&e, Some(request_id)))?;
+    state
+        .service
+        .call(call, operation)
         .await
-        .map_err(|e| with_id(e, &request_id))
+        .map_err(|e| error_response(&e, Some(request_id)))
 }
 
 /// `POST /model/{modelId}/converse`
+#[allow(clippy::too_many_arguments)] // each is one extractor
 pub async fn converse(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
-    mut headers: HeaderMap,
+    RequestId(request_id): RequestId,
+    caller: Result<Caller, GatewayError>,
+    max_wait: Result<MaxWait, GatewayError>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    // A model id that names no group is refused on the ordinary path.
-    let shares = state.router.group(&model_id).is_some() && state.coalesces(&model_id, &headers);
-    let (true, Ok(bytes)) = (shares, &body) else {
-        return converse_alone(state, model_id, headers, body).await;
+    let call = model_call(
+        &state,
+        &model_id,
+        &request_id,
+        caller,
+        max_wait,
+        body,
+        BodyKind::Converse,
+    );
+    let call = match call {
+        Ok(call) if state.coalesces(&call.group, &headers) => call,
+        call => return converse_alone(state, call, request_id).await,
     };
-    // Only a client the gateway would serve may share an answer.
-    if let Err(e) = identify(&state, &headers, None) {
-        return with_id(e, &request_id(&headers));
-    }
-    let key = coalesce::key("converse", &model_id, bytes);
-    let body = Ok(bytes.clone());
+    let key = coalesce::key("converse", &call.group, &call.body);
+    let group = call.group.clone();
     // The call may answer others too: it runs under this request's id.
-    let request_id = request_id(&headers);
-    if let Ok(id) = HeaderValue::from_str(&request_id) {
-        headers.insert("x-request-id", id);
-    }
-    let group = model_id.clone();
-    let call = {
-        let state = state.clone();
-        move || converse_alone(state, model_id, headers, body).boxed()
+    let shared = {
+        let (state, request_id) = (state.clone(), request_id.clone());
+        move || converse_alone(state, Ok(call), request_id).boxed()
     };
-    state.answer_coalesced(&group, key, &request_id, call).await
+    state
+        .answer_coalesced(&group, key, &request_id, shared)
+        .await
 }
 
 /// A Converse request that shares no call.
 async fn converse_alone(
     state: Arc<AppState>,
-    model_id: String,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    call: Result<ModelCall, GatewayError>,
+    request_id: String,
 ) -> Response {
-    let routed = route(
-        &state,
-        &model_id,
-        &headers,
-        body,
-        Operation::Converse,
-        |upstream, body| async move { upstream.converse(body).await },
-    )
-    .await;
-    match routed {
+    match route(&state, call, &request_id, &Converse).await {
         Err(response) => response,
         Ok(admitted) => {
-            let body = admitted.routed.value.body.clone();
-            let used = used_tokens(&body);
+            let used = used_tokens(&admitted.routed.value.body);
+            let delivered = admitted.delivered(used);
+            let body = delivered.value.body.clone();
             answer(
-                admitted,
+                delivered,
                 body,
                 HeaderValue::from_static("application/json"),
-                used,
             )
         }
     }
 }
 
-/// Answers a finished attempt with `body`, records its success (with the
-/// tokens it `used`, when known) and gives its place in the queue back.
-fn answer<T>(
-    admitted: Admitted<T>,
+/// A Converse job's run: its call, answered as `POST
+/// /model/{model}/converse` would have answered it.
+pub(super) async fn converse_job(
+    state: &AppState,
+    caller: Caller,
+    request_id: &str,
+    model: &str,
     body: Bytes,
-    content_type: HeaderValue,
-    used: Option<u64>,
-) -> Response {
-    let Admitted {
-        request_id,
-        routed,
-        permit,
-    } = admitted;
+) -> JobAnswer {
+    let call = state.service.group_for(model).and_then(|group| {
+        let (body, estimated_tokens) = read_body(body, BodyKind::Converse)?;
+        Ok(ModelCall {
+            group,
+            caller,
+            request_id: request_id.to_owned(),
+            max_wait_ms: None,
+            body,
+            estimated_tokens,
+        })
+    });
+    let answered = match call {
+        Ok(call) => state.service.call(call, &Converse).await,
+        Err(e) => Err(e),
+    };
+    match answered {
+        Ok(admitted) => {
+            let used = used_tokens(&admitted.routed.value.body);
+            let body = admitted.delivered(used).value.body;
+            JobAnswer::of_json(200, &body)
+        }
+        Err(e) => job_error(&e),
+    }
+}
+
+/// A job's answer of `e`, in the gateway's shape.
+pub(super) fn job_error(e: &GatewayError) -> JobAnswer {
+    JobAnswer {
+        status: e.status().as_u16(),
+        body: serde_json::to_value(ErrorBody::of(e)).expect("JSON serializes"),
+    }
+}
+
+/// Answers a delivered call with `body`.
+fn answer<T>(delivered: Delivered<T>, body: Bytes, content_type: HeaderValue) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert("content-type", content_type);
     routed_headers(
         &mut response,
-        &request_id,
-        &routed.deployment,
-        routed.attempts.len() + 1,
+        &delivered.request_id,
+        &delivered.deployment,
+        delivered.attempts,
     );
-    routed
-        .completion
-        .finish(crate::outcome::OutcomeKind::Success, None, used);
-    drop(permit);
     response
+}
+
+/// The tokens a Converse answer says it used (`usage.totalTokens`). Read
+/// into a struct of that one field: serde skips the rest without building
+/// it, where a `Value` of the whole answer cost 2.5% of the gateway's CPU.
+pub(super) fn used_tokens(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Usage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        #[serde(rename = "totalTokens")]
+        total_tokens: Option<u64>,
+    }
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    answer.usage?.total_tokens
 }
 
 /// `POST /model/{modelId}/converse-stream`
 pub async fn converse_stream(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
-    headers: HeaderMap,
+    RequestId(request_id): RequestId,
+    caller: Result<Caller, GatewayError>,
+    max_wait: Result<MaxWait, GatewayError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let routed = route(
+    let call = model_call(
         &state,
         &model_id,
-        &headers,
+        &request_id,
+        caller,
+        max_wait,
         body,
-        Operation::Converse,
-        |upstream, body| async move { upstream.converse_stream(body).await },
-    )
-    .await;
-    match routed {
+        BodyKind::Converse,
+    );
+    match route(&state, call, &request_id, &ConverseStream).await {
         Err(response) => response,
         Ok(admitted) => stream_through(admitted),
     }
@@ -227,26 +270,30 @@ pub async fn converse_stream(
 pub async fn invoke(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
-    headers: HeaderMap,
+    RequestId(request_id): RequestId,
+    caller: Result<Caller, GatewayError>,
+    max_wait: Result<MaxWait, GatewayError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let routed = route(
+    let call = model_call(
         &state,
         &model_id,
-        &headers,
+        &request_id,
+        caller,
+        max_wait,
         body,
-        Operation::Invoke,
-        |upstream, body| async move { upstream.invoke(body).await },
-    )
-    .await;
-    match routed {
+        BodyKind::Invoke,
+    );
+    match route(&state, call, &request_id, &Invoke).await {
         Err(response) => response,
         Ok(admitted) => {
-            let reply = &admitted.routed.value;
+            let used = used_invoke_tokens(&admitted.routed.value.body);
+            let delivered = admitted.delivered(used);
+            let reply = &delivered.value;
             let content_type = HeaderValue::from_str(&reply.content_type)
                 .unwrap_or(HeaderValue::from_static("application/json"));
-            let (body, used) = (reply.body.clone(), used_invoke_tokens(&reply.body));
-            answer(admitted, body, content_type, used)
+            let body = reply.body.clone();
+            answer(delivered, body, content_type)
         }
     }
 }
@@ -264,19 +311,21 @@ fn used_invoke_tokens(body: &[u8]) -> Option<u64> {
 pub async fn invoke_stream(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
-    headers: HeaderMap,
+    RequestId(request_id): RequestId,
+    caller: Result<Caller, GatewayError>,
+    max_wait: Result<MaxWait, GatewayError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let routed = route(
+    let call = model_call(
         &state,
         &model_id,
-        &headers,
+        &request_id,
+        caller,
+        max_wait,
         body,
-        Operation::Invoke,
-        |upstream, body| async move { upstream.invoke_stream(body).await },
-    )
-    .await;
-    match routed {
+        BodyKind::Invoke,
+    );
+    match route(&state, call, &request_id, &InvokeStream).await {
         Err(response) => response,
         Ok(admitted) => stream_through(admitted),
     }
@@ -284,7 +333,7 @@ pub async fn invoke_stream(
 
 /// Answers a started stream with Bedrock's event-stream frames, unchanged.
 /// The stream holds its place in the queue until it ends.
-fn stream_through(admitted: Admitted<crate::upstream::OpenStream>) -> Response {
+fn stream_through(admitted: Admitted<OpenStream>) -> Response {
     let Admitted {
         request_id,
         routed:
@@ -320,4 +369,21 @@ pub(super) fn receiver_stream<T: Send + 'static>(
     futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|item| (item, receiver))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::used_tokens;
+
+    #[test]
+    fn used_tokens_reads_the_usage_total_and_nothing_else() {
+        let answer = br#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},
+            "stopReason":"end_turn","usage":{"inputTokens":3,"outputTokens":2,"totalTokens":5},
+            "metrics":{"latencyMs":1}}"#;
+        assert_eq!(used_tokens(answer), Some(5));
+        assert_eq!(used_tokens(br#"{"output":{}}"#), None);
+        assert_eq!(used_tokens(br#"{"usage":null}"#), None);
+        assert_eq!(used_tokens(br#"{"usage":{"totalTokens":"many"}}"#), None);
+        assert_eq!(used_tokens(b"not json"), None);
+    }
 }

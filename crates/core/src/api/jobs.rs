@@ -12,12 +12,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::dispatch::{identify, Identity};
-use super::{ApiError, AppState};
-use crate::jobs::{now_ms, Job, JobRoute, JobStatus, Jobs, StoreError};
+use super::error::unreadable_body;
+use super::extract::caller;
+use super::AppState;
+use crate::jobs::{now_ms, Job, JobAnswer, JobRoute, JobStatus, Jobs, StoreError};
+use crate::service::{Caller, ErrorCode, GatewayError};
 
 /// What `POST /v1/jobs` takes.
 #[derive(Debug, Deserialize)]
@@ -36,32 +39,27 @@ struct Submission {
     callback_url: Option<String>,
 }
 
-fn jobs(state: &AppState) -> Result<&Arc<Jobs>, ApiError> {
+fn jobs(state: &AppState) -> Result<&Arc<Jobs>, GatewayError> {
     state.jobs.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "jobs_disabled",
+        GatewayError::refused(
+            ErrorCode::JobsDisabled,
             "async jobs are off on this gateway: add a [jobs] table to its config",
         )
     })
 }
 
-fn store_error(e: &StoreError) -> ApiError {
+fn store_error(e: &StoreError) -> GatewayError {
     let message = crate::error_chain::render(e);
     tracing::error!(error = %message, "the job store failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "job_store_unavailable",
-        message,
-    )
+    GatewayError::refused(ErrorCode::JobStoreUnavailable, message)
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_job", message)
+fn invalid(message: impl Into<String>) -> GatewayError {
+    GatewayError::refused(ErrorCode::InvalidJob, message)
 }
 
 /// The route `submission` names, checked against the gateway's groups.
-fn route_of(state: &AppState, submission: &Submission) -> Result<JobRoute, ApiError> {
+fn route_of(state: &AppState, submission: &Submission) -> Result<JobRoute, GatewayError> {
     if !submission.body.is_object() {
         return Err(invalid(
             "`body` must be a JSON object: the synchronous route's body",
@@ -99,10 +97,9 @@ fn route_of(state: &AppState, submission: &Submission) -> Result<JobRoute, ApiEr
             )))
         }
     };
-    if state.router.group(&group).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_model",
+    if state.service.router().group(&group).is_none() {
+        return Err(GatewayError::refused(
+            ErrorCode::UnknownModel,
             format!("no model group `{group}`"),
         ));
     }
@@ -117,8 +114,8 @@ pub async fn submit(
 ) -> Response {
     let answer = async {
         let jobs = jobs(&state)?;
-        let who = identify(&state, &headers, None)?;
-        let body = body.map_err(|e| ApiError::unreadable_body(&e))?;
+        let who = caller(&state, &headers)?;
+        let body = body.map_err(|e| unreadable_body(&e))?;
         let submission: Submission = serde_json::from_slice(&body)
             .map_err(|e| invalid(format!("the body is not a job: {e}")))?;
         let route = route_of(&state, &submission)?;
@@ -129,7 +126,11 @@ pub async fn submit(
                 )));
             }
         }
-        let priority = jobs.config().priority.min(who.priority.unwrap_or(i32::MAX));
+        // A job never ranks above its submitter's key.
+        let priority = match who.keyed {
+            true => jobs.config().priority.min(who.priority),
+            false => jobs.config().priority,
+        };
         let job = Job {
             id: format!("job_{}", uuid::Uuid::new_v4().simple()),
             status: JobStatus::Queued,
@@ -157,27 +158,22 @@ pub async fn submit(
         if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
             response.headers_mut().insert("location", location);
         }
-        Ok::<_, ApiError>(response)
+        Ok::<_, GatewayError>(response)
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The caller's job `id` (404 for another user's).
-async fn own_job(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Job, ApiError> {
+async fn own_job(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Job, GatewayError> {
     let jobs = jobs(state)?;
-    let who = identify(state, headers, None)?;
+    let who = caller(state, headers)?;
     let job = jobs.get(id).await.map_err(|e| store_error(&e))?;
-    job.filter(|job| visible(&who, state, job)).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_job",
-            format!("no job `{id}`"),
-        )
-    })
+    job.filter(|job| visible(&who, state, job))
+        .ok_or_else(|| GatewayError::refused(ErrorCode::UnknownJob, format!("no job `{id}`")))
 }
 
 /// With API keys a job is its submitter's; an open gateway shows every job.
-fn visible(who: &Identity, state: &AppState, job: &Job) -> bool {
+fn visible(who: &Caller, state: &AppState, job: &Job) -> bool {
     !state.api_keys.enabled() || who.user == job.user
 }
 
@@ -216,9 +212,8 @@ pub async fn cancel(
     let answer = async {
         let job = own_job(&state, &headers, &id).await?;
         if job.status.is_final() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "job_ended",
+            return Err(GatewayError::refused(
+                ErrorCode::JobEnded,
                 format!("job `{id}` has ended ({:?}); nothing to cancel", job.status),
             ));
         }
@@ -233,7 +228,7 @@ pub async fn cancel(
 pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let answer = async {
         let jobs = jobs(&state)?;
-        let who = identify(&state, &headers, None)?;
+        let who = caller(&state, &headers)?;
         let all = jobs.recent().await.map_err(|e| store_error(&e))?;
         let data: Vec<Value> = all
             .iter()
@@ -242,7 +237,34 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
             .take(100)
             .map(Job::view)
             .collect();
-        Ok::<_, ApiError>(Json(json!({ "object": "list", "data": data })).into_response())
+        Ok::<_, GatewayError>(Json(json!({ "object": "list", "data": data })).into_response())
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Jobs run in process: each one's request goes straight to the routing
+/// service, with the submitter as its caller, and is answered as its
+/// synchronous route would have answered it.
+impl crate::jobs::JobRunner for AppState {
+    fn run(self: Arc<Self>, job: Job) -> BoxFuture<'static, JobAnswer> {
+        async move {
+            let caller = Caller {
+                user: job.user.clone(),
+                priority: job.priority,
+                max_concurrent: job.max_concurrent,
+                // Its key was checked when it was submitted.
+                keyed: job.user.is_some() && self.api_keys.enabled(),
+            };
+            let body = Bytes::from(serde_json::to_vec(&job.body).expect("JSON serializes"));
+            match &job.route {
+                JobRoute::Converse { model } => {
+                    super::bedrock::converse_job(&self, caller, &job.id, model, body).await
+                }
+                JobRoute::ChatCompletions => {
+                    super::openai::chat_completion_job(&self, caller, &job.id, body).await
+                }
+            }
+        }
+        .boxed()
+    }
 }

@@ -5,8 +5,8 @@ mod admin;
 pub mod auth;
 mod bedrock;
 pub mod coalesce;
-pub mod dispatch;
 mod error;
+pub mod extract;
 mod jobs;
 mod openai;
 mod reload;
@@ -21,26 +21,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router as HttpRouter;
 
-pub use error::ApiError;
+pub use error::{error_response, ErrorBody};
 
 use crate::config::Config;
 use crate::policy::PolicyRuntime;
-use crate::router::Router;
+use crate::service::{GatewayError, Service};
 pub(crate) use reload::reload;
 
 /// What every handler can reach.
 pub struct AppState {
-    pub router: Router,
+    /// Routing behind the fair queue: what every model call goes to.
+    pub service: Service,
     /// The client API keys (none: the gateway runs open).
     pub api_keys: auth::ApiKeys,
-    /// The fair queue every client request waits in.
-    pub queue: crate::admission::FairQueue,
     /// Where quotas, cooldowns and the rest are shared with sibling instances.
     pub shared_state: Arc<dyn crate::state::StateBackend>,
     /// This instance's copy of the shared state (the backend holds it weakly).
     pub state_mirror: Arc<dyn crate::state::ChangeSink>,
-    /// How long a request may wait for its turn and for capacity, in ms.
-    pub max_wait_ms: u64,
     pub runtime: PolicyRuntime,
     /// The bearer token `/admin` requires; `None` turns `/admin` off.
     pub admin_token: Option<String>,
@@ -76,7 +73,7 @@ impl AppState {
     ) -> Response {
         let (response, shared) = self.coalescer.answer(key, request_id, call).await;
         if shared {
-            self.router.metrics().coalesced(group);
+            self.service.router().metrics().coalesced(group);
         }
         response
     }
@@ -86,9 +83,9 @@ impl AppState {
 pub const MAX_COMPONENT_BYTES: usize = 16 * 1024 * 1024;
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let metrics = state.router.metrics();
+    let metrics = state.service.router().metrics();
     // Gauges of the present are read when scraped, not kept up to date.
-    let now = state.router.clock().now_ms();
+    let now = state.service.router().clock().now_ms();
     for (id, d) in stats::deployments(&state) {
         let admission = d.admission.snapshot(now);
         metrics.deployment_state(
@@ -98,7 +95,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             admission.quota_used_permille,
         );
     }
-    let queue = state.queue.stats();
+    let queue = state.service.queue().stats();
     metrics.queue_state(queue.queued, queue.running);
     metrics.shared_state(&state.shared_state.status());
     let mut response = metrics.render().into_response();
@@ -196,6 +193,6 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(stats::readyz))
         .route("/v1/models", get(openai::models))
-        .fallback(|| async { ApiError::not_found() })
+        .fallback(|| async { GatewayError::no_route() })
         .with_state(state)
 }

@@ -25,7 +25,7 @@ pub(crate) async fn reload(state: &AppState) -> Result<ReloadReport, ConfigError
         .expect("config poisoned")
         .clone();
     let swapper = Swapper {
-        router: &state.router,
+        router: state.service.router(),
         runtime: &state.runtime,
     };
     let report = swapper.reload(&config, &running);

@@ -16,6 +16,7 @@ use crate::health::breaker::BreakerState;
 use crate::outcome::OutcomeKind;
 use crate::policy::PolicyKind;
 use crate::router::Deployment;
+use crate::service::{ErrorCode, GatewayError};
 
 /// One deployment in `/model_stats`.
 #[derive(Debug, Serialize)]
@@ -59,7 +60,8 @@ struct ModelStats {
 /// Every deployment once, by id (groups may share deployments).
 pub fn deployments(state: &AppState) -> BTreeMap<String, Arc<Deployment>> {
     state
-        .router
+        .service
+        .router()
         .groups()
         .flat_map(|g| g.members.iter())
         .map(|d| (d.config.id.clone(), d.clone()))
@@ -68,7 +70,7 @@ pub fn deployments(state: &AppState) -> BTreeMap<String, Arc<Deployment>> {
 
 /// `GET /model_stats`
 pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
-    let now = state.router.clock().now_ms();
+    let now = state.service.router().clock().now_ms();
     let models: Vec<ModelStats> = deployments(&state)
         .into_values()
         .map(|d| {
@@ -114,7 +116,8 @@ pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
         .collect();
     let active_cooldowns = models.iter().filter(|m| m.status == "in_cooldown").count();
     let policies: BTreeMap<&str, serde_json::Value> = state
-        .router
+        .service
+        .router()
         .groups()
         .map(|g| {
             let slots: serde_json::Map<String, serde_json::Value> = PolicyKind::ALL
@@ -157,7 +160,7 @@ struct Cooldown {
 
 /// `GET /cooldowns`
 pub async fn cooldowns(State(state): State<Arc<AppState>>) -> Response {
-    let now = state.router.clock().now_ms();
+    let now = state.service.router().clock().now_ms();
     let cooldowns: Vec<Cooldown> = deployments(&state)
         .into_values()
         .filter_map(|d| {
@@ -190,9 +193,7 @@ pub async fn require_observer(
     if allowed {
         next.run(request).await
     } else {
-        let mut refused = super::ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
-            "observer_key_required",
+        let mut refused = GatewayError::refused(ErrorCode::ObserverKeyRequired,
             "this gateway's stats need a client API key or the admin token (`authorization: Bearer <key>`; a browser asks for it as a password)",
         )
         .into_response();
@@ -211,7 +212,7 @@ pub async fn require_observer(
 /// `GET /queue_stats`: the fair queue now: requests running and waiting, per
 /// user, and how long admitted requests waited.
 pub async fn queue_stats(State(state): State<Arc<AppState>>) -> Response {
-    Json(json!({ "success": true, "queue": state.queue.stats() })).into_response()
+    Json(json!({ "success": true, "queue": state.service.queue().stats() })).into_response()
 }
 
 /// `GET /state_stats`: where shared state lives and how the link to it is doing.
@@ -223,14 +224,14 @@ pub async fn state_stats(State(state): State<Arc<AppState>>) -> Response {
 /// are loaded, which they are once it listens, and some deployment's circuit
 /// is not open); 503 with the reason otherwise.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let now = state.router.clock().now_ms();
+    let now = state.service.router().clock().now_ms();
     let all = deployments(&state);
     let open: Vec<&String> = all
         .iter()
         .filter(|(_, d)| d.admission.snapshot(now).circuit == BreakerState::Open)
         .map(|(id, _)| id)
         .collect();
-    let groups = state.router.groups().count();
+    let groups = state.service.router().groups().count();
     if !all.is_empty() && open.len() == all.len() {
         let body = json!({
             "ready": false,

@@ -17,98 +17,25 @@ pub mod redis;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 pub use record::{Job, JobAnswer, JobRoute, JobStatus};
 pub use store::{JobStore, StoreError};
 
-use crate::api::AppState;
+pub use crate::config::JobsConfig;
 use crate::state::{BackendKind, StateConfig};
 
-/// Header carrying the secret that lets a job's in-process request speak
-/// for its submitter (user, priority, cap) without their API key.
-pub const JOB_TOKEN_HEADER: &str = "x-switchyard-job-token";
-/// With the token: the submitter's cap of running requests.
-pub const JOB_MAX_CONCURRENT_HEADER: &str = "x-switchyard-job-max-concurrent";
-
-/// `[jobs]`: async jobs. Without the table, `/v1/jobs` is off.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobsConfig {
-    /// The folder of the job store (`jobs.redb`). Default:
-    /// `$XDG_DATA_HOME/switchyard` or `~/.local/share/switchyard`.
-    pub data_dir: Option<PathBuf>,
-    /// Jobs run at once.
-    pub workers: u32,
-    /// Jobs' rank in the fair queue (interactive requests: 0 or their API
-    /// key's); a job never ranks above its submitter's key.
-    pub priority: i32,
-    /// Runs a job may take while the gateway answers "try later" (429, 503,
-    /// 504), waiting between them; then it fails with that answer.
-    pub max_runs: u32,
-    /// How long an ended job and its answer are kept, in seconds.
-    pub result_ttl_s: u64,
-    /// With Redis: a job whose instance has not said it still runs it for
-    /// this long (it died) is taken by another instance, in ms.
-    pub claim_after_ms: u64,
-    /// Whether callbacks may go to addresses inside the network (loopback,
-    /// private, link-local); off, so clients cannot probe through the gateway.
-    pub private_callbacks: bool,
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        Self {
-            data_dir: None,
-            workers: 4,
-            priority: -10,
-            max_runs: 3,
-            result_ttl_s: 86_400,
-            claim_after_ms: 30_000,
-            private_callbacks: false,
-        }
-    }
-}
-
-impl JobsConfig {
-    /// The folder of the store.
-    pub fn dir(&self) -> Option<PathBuf> {
-        self.data_dir.clone().or_else(|| {
-            let base = std::env::var_os("XDG_DATA_HOME")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share"))
-                })?;
-            Some(base.join("switchyard"))
-        })
-    }
-
-    /// The key that makes this table unusable, and why (`on_redis`: the
-    /// jobs live in Redis, so no folder is needed).
-    pub fn problem(&self, on_redis: bool) -> Option<(&'static str, String)> {
-        if self.claim_after_ms < 300 {
-            return Some(("jobs.claim_after_ms", "must be at least 300".into()));
-        }
-        if self.workers == 0 {
-            return Some(("jobs.workers", "must be at least 1".into()));
-        }
-        if self.max_runs == 0 {
-            return Some(("jobs.max_runs", "must be at least 1".into()));
-        }
-        if !on_redis && self.dir().is_none() {
-            return Some((
-                "jobs.data_dir",
-                "needed: neither XDG_DATA_HOME nor HOME is set".into(),
-            ));
-        }
-        None
-    }
+/// What runs one job's request and says what its synchronous route would
+/// have answered: the gateway's API, which knows each route's shapes,
+/// calling the routing service directly with the job's submitter as the
+/// caller.
+pub trait JobRunner: Send + Sync + 'static {
+    /// Runs `job`'s request once.
+    fn run(self: Arc<Self>, job: Job) -> futures::future::BoxFuture<'static, JobAnswer>;
 }
 
 /// Where jobs and their queue live.
@@ -145,8 +72,6 @@ pub struct Jobs {
     backend: Backend,
     config: JobsConfig,
     running: Mutex<HashMap<String, AbortHandle>>,
-    /// The secret of [`JOB_TOKEN_HEADER`], made afresh by every process.
-    token: String,
     /// This instance's name as a job's runner (and a Redis consumer).
     owner: String,
 }
@@ -172,7 +97,6 @@ impl Jobs {
     /// else the store under `data_dir`, queueing again what was waiting or
     /// running when the last process stopped.
     pub fn open(config: &JobsConfig, state: &StateConfig) -> Result<Arc<Self>, StoreError> {
-        let token = uuid::Uuid::new_v4().simple().to_string();
         let owner = format!("instance-{}", uuid::Uuid::new_v4().simple());
         let backend = match (state.backend, state.url.as_deref()) {
             (BackendKind::Redis, Some(url)) => Backend::Redis(redis::RedisJobs::new(
@@ -188,7 +112,6 @@ impl Jobs {
             backend,
             config: config.clone(),
             running: Mutex::new(HashMap::new()),
-            token,
             owner,
         }))
     }
@@ -219,13 +142,6 @@ impl Jobs {
     /// Its config.
     pub fn config(&self) -> &JobsConfig {
         &self.config
-    }
-
-    /// Whether `token` is this process's job token (compared in time
-    /// that does not depend on where they differ).
-    pub fn is_own(&self, token: &str) -> bool {
-        let (a, b) = (token.as_bytes(), self.token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
     }
 
     /// Stores `job` and queues it.
@@ -304,21 +220,22 @@ impl Jobs {
 
     /// Starts the workers (and, on this machine, the sweeper of ended
     /// jobs; Redis expires them itself). They stop with the gateway.
-    pub fn start(self: &Arc<Self>, state: Weak<AppState>) {
+    /// `runner` runs each job's request; the workers stop when it is gone.
+    pub fn start(self: &Arc<Self>, runner: Weak<dyn JobRunner>) {
         for _ in 0..self.config.workers {
-            let (jobs, state) = (self.clone(), state.clone());
+            let (jobs, runner) = (self.clone(), runner.clone());
             tokio::spawn(async move {
                 let mut worker = Worker::default();
                 // `next` gives up now and then, so the workers of a gateway
                 // that is gone stop.
-                while state.strong_count() > 0 {
+                while runner.strong_count() > 0 {
                     let Some(delivery) = jobs.next(&mut worker).await else {
                         continue;
                     };
-                    let Some(state) = state.upgrade() else {
+                    let Some(runner) = runner.upgrade() else {
                         return;
                     };
-                    if jobs.run(&state, &delivery).await {
+                    if jobs.run(&runner, &delivery).await {
                         jobs.done(&delivery).await;
                     }
                 }

@@ -49,19 +49,6 @@ pub enum JobRoute {
     ChatCompletions,
 }
 
-impl JobRoute {
-    /// The path it runs on.
-    pub fn path(&self) -> String {
-        match self {
-            Self::Converse { model } => format!(
-                "/model/{}/converse",
-                percent_encoding::utf8_percent_encode(model, percent_encoding::NON_ALPHANUMERIC)
-            ),
-            Self::ChatCompletions => "/v1/chat/completions".to_owned(),
-        }
-    }
-}
-
 /// What the route answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobAnswer {
@@ -69,6 +56,19 @@ pub struct JobAnswer {
     pub status: u16,
     /// Its JSON body, as the synchronous route returned it.
     pub body: serde_json::Value,
+}
+
+impl JobAnswer {
+    /// An answer of `status` whose body is `body`'s JSON (kept as a string
+    /// when it is not JSON).
+    pub fn of_json(status: u16, body: &[u8]) -> Self {
+        Self {
+            status,
+            body: serde_json::from_slice(body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(body).into())
+            }),
+        }
+    }
 }
 
 /// One job.

@@ -86,7 +86,7 @@ impl RedisJobs {
         })
     }
 
-    fn record(&self, id: &str) -> String {
+    fn record_key(&self, id: &str) -> String {
         format!("{}:job:{id}", self.prefix)
     }
 
@@ -157,7 +157,7 @@ impl RedisJobs {
         id: &str,
         change: &(dyn Fn(&mut Job) -> bool + Send + Sync),
     ) -> Result<(Option<Job>, bool), StoreError> {
-        let key = self.record(id);
+        let key = self.record_key(id);
         for _ in 0..CAS_TRIES {
             let read: Option<String> = self.with_conn(async |conn| conn.get(&key).await).await?;
             let Some(read) = read else {
@@ -195,7 +195,7 @@ impl RedisJobs {
     /// jobs that must have expired.
     pub async fn submit(&self, job: &Job) -> Result<(), StoreError> {
         let json = serde_json::to_string(job).expect("a job serializes");
-        let (key, index, stream) = (self.record(&job.id), self.index(), self.stream());
+        let (key, index, stream) = (self.record_key(&job.id), self.index(), self.stream());
         let expired_before = job
             .created_ms
             .saturating_sub(self.result_ttl_ms + 86_400_000);
@@ -237,7 +237,7 @@ impl RedisJobs {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        let key = self.record(id);
+        let key = self.record_key(id);
         let json: Option<String> = self.with_conn(async |conn| conn.get(&key).await).await?;
         json.map(|j| serde_json::from_str(&j).map_err(|_| StoreError::Unreadable(id.to_owned())))
             .transpose()
@@ -253,7 +253,7 @@ impl RedisJobs {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.record(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.record_key(id)).collect();
         let records: Vec<Option<String>> =
             self.with_conn(async |conn| conn.mget(&keys).await).await?;
         let mut jobs = Vec::new();

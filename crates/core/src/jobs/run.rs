@@ -4,15 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use tower::ServiceExt;
-
 use super::{
-    now_ms, Backend, Change, Delivery, Job, JobAnswer, JobStatus, Jobs, StoreError,
-    JOB_MAX_CONCURRENT_HEADER, JOB_TOKEN_HEADER,
+    now_ms, Backend, Change, Delivery, Job, JobAnswer, JobRunner, JobStatus, Jobs, StoreError,
 };
-use crate::api::dispatch::{PRIORITY_HEADER, USER_HEADER};
-use crate::api::AppState;
 
 /// Answers worth another run later: the gateway had no capacity now.
 fn try_later(status: u16) -> bool {
@@ -24,7 +18,11 @@ impl Jobs {
     /// whether the delivery is done with: false when what became of the job
     /// could not be stored, so the delivery comes again (on Redis its entry
     /// stays pending and is claimed after `claim_after_ms`).
-    pub(super) async fn run(self: &Arc<Self>, state: &Arc<AppState>, delivery: &Delivery) -> bool {
+    pub(super) async fn run(
+        self: &Arc<Self>,
+        runner: &Arc<dyn JobRunner>,
+        delivery: &Delivery,
+    ) -> bool {
         let id = delivery.id.clone();
         // On Redis the worker keeps the entry (and says so) while it waits
         // and runs.
@@ -57,7 +55,7 @@ impl Jobs {
             Ok(_) => return true,
             Err(e) => return self.store_failed(&id, &e, "cannot mark a job running"),
         };
-        let execution = tokio::spawn(execute(state.clone(), job.clone(), self.token.clone()));
+        let execution = tokio::spawn(runner.clone().run(job.clone()));
         self.running
             .lock()
             .expect("jobs poisoned")
@@ -228,43 +226,4 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// `job`'s request through the gateway's routes, speaking for its submitter
-/// with `token`; what the route answered.
-async fn execute(state: Arc<AppState>, job: Job, token: String) -> JobAnswer {
-    let max_body = state
-        .running_config
-        .lock()
-        .expect("config poisoned")
-        .limits
-        .max_body_bytes;
-    let mut request = axum::http::Request::post(job.route.path())
-        .header("content-type", "application/json")
-        .header("x-request-id", job.id.as_str())
-        .header(JOB_TOKEN_HEADER, token)
-        .header(PRIORITY_HEADER, job.priority);
-    if let Some(user) = &job.user {
-        request = request.header(USER_HEADER, user.as_str());
-    }
-    if let Some(cap) = job.max_concurrent {
-        request = request.header(JOB_MAX_CONCURRENT_HEADER, cap);
-    }
-    let body = serde_json::to_vec(&job.body).expect("JSON serializes");
-    let request = request
-        .body(Body::from(body))
-        .expect("a job's request is well formed");
-    let response = crate::api::routes(state, max_body)
-        .oneshot(request)
-        .await
-        .expect("the routes answer every request");
-    let status = response.status().as_u16();
-    let body = match axum::body::to_bytes(response.into_body(), usize::MAX).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into())),
-        Err(e) => {
-            serde_json::json!({ "code": "internal", "message": format!("the answer broke off: {e}") })
-        }
-    };
-    JobAnswer { status, body }
 }

@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::policy::{self, DeploymentTable, PolicyFault, PolicyKind, PolicySlot, PolicyVersion};
 use crate::upstream::Upstream;
 
-use super::wit::deployment_table;
+use switchyard_policy_host::candidate::deployment_table;
 
 /// One upstream target and everything the gateway knows of it.
 #[derive(Debug)]
@@ -196,7 +196,7 @@ impl UserAffinity {
 
     /// Remembers that `user` succeeded on the group's member at index
     /// `member` (its place in `ModelGroup::members`).
-    pub(super) fn record(&self, user: &str, member: usize, at_ms: u64) {
+    pub(super) fn remember(&self, user: &str, member: usize, at_ms: u64) {
         if member >= self.members.len() {
             return;
         }
@@ -221,15 +221,15 @@ mod tests {
     #[test]
     fn remembers_each_users_last_success_by_member() {
         let affinity = UserAffinity::new(["a".to_owned(), "b".to_owned()]);
-        affinity.record("alice", 1, 10);
-        affinity.record("bob", 0, 20);
-        affinity.record("alice", 0, 30);
+        affinity.remember("alice", 1, 10);
+        affinity.remember("bob", 0, 20);
+        affinity.remember("alice", 0, 30);
         let alice = affinity.last_success("alice").unwrap();
         assert_eq!((alice.deployment.as_str(), alice.at_ms), ("a", 30));
         assert_eq!(affinity.last_success("bob").unwrap().deployment, "a");
         assert!(affinity.last_success("carol").is_none());
         // A member the group does not have is not remembered.
-        affinity.record("carol", 2, 40);
+        affinity.remember("carol", 2, 40);
         assert!(affinity.last_success("carol").is_none());
         assert_eq!(affinity.len(), 2);
     }
@@ -238,10 +238,10 @@ mod tests {
     fn past_the_bound_the_older_half_is_forgotten() {
         let affinity = UserAffinity::new(["a".to_owned()]);
         for i in 0..UserAffinity::MAX_USERS as u64 {
-            affinity.record(&format!("user-{i}"), 0, i);
+            affinity.remember(&format!("user-{i}"), 0, i);
         }
         assert_eq!(affinity.len(), UserAffinity::MAX_USERS);
-        affinity.record("newcomer", 0, u64::MAX);
+        affinity.remember("newcomer", 0, u64::MAX);
         assert!(affinity.len() <= UserAffinity::MAX_USERS / 2 + 1);
         assert!(affinity.last_success("newcomer").is_some());
         assert!(affinity.last_success("user-0").is_none());

@@ -14,7 +14,7 @@
 //! never fails the request: the safe order (configured priority) or the
 //! safe cooldown stands in for that call.
 //!
-//! `group` holds the model (deployments, groups, slots), `record` what
+//! `group` holds the model (deployments, groups, policy slots), `record` what
 //! an attempt's end changes, and `wit` what policies see of it all.
 
 mod group;
@@ -39,12 +39,14 @@ use crate::outcome::{Outcome, OutcomeKind};
 use crate::policy::{self, CallOptions, PolicyVersion};
 use crate::upstream::{AttemptFailure, Upstream};
 
+pub use crate::attempt::safe_cooldown;
 pub use group::{Deployment, GroupSlots, ModelGroup, UserAffinity};
-pub use record::{safe_cooldown, AttemptCompletion};
-pub use wit::{candidate, deployment_table, wit_candidate};
+pub use record::{AttemptCompletion, AttemptEnd};
+pub use switchyard_policy_host::candidate::{deployment_table, wit_candidate};
+pub use wit::candidate;
 
 use group::PolicyObserver;
-use record::Recorder;
+use record::PendingAttempt;
 
 /// A client request on its way to a model group.
 #[derive(Debug, Clone)]
@@ -165,14 +167,14 @@ impl Router {
     }
 
     /// Runs the attempt loop for `request` on group `group_name`, calling
-    /// `attempt` once per deployment tried. `slot` is the request's place
+    /// `attempt` once per deployment tried. `permit` is the request's place
     /// in the fair queue: it is given back while the request waits for a
     /// deployment's capacity, and taken again before the next pass.
     pub async fn route<T, F, Fut>(
         &self,
         group_name: &str,
         request: &RouteRequest,
-        slot: &mut Permit,
+        permit: &mut Permit,
         attempt: F,
     ) -> Result<Routed<T>, RouteError>
     where
@@ -185,7 +187,7 @@ impl Router {
             request_id = %request.request_id,
             group = %group_name
         );
-        self.route_in_span(group_name, request, slot, attempt)
+        self.route_in_span(group_name, request, permit, attempt)
             .instrument(span)
             .await
     }
@@ -194,7 +196,7 @@ impl Router {
         &self,
         group_name: &str,
         request: &RouteRequest,
-        slot: &mut Permit,
+        permit: &mut Permit,
         attempt: F,
     ) -> Result<Routed<T>, RouteError>
     where
@@ -226,7 +228,7 @@ impl Router {
             let now = tokio::time::Instant::now();
             let wait_ms = match (blocked, soonest) {
                 // Only concurrency stood in the way (with or without other
-                // limits): a slot can free at any moment, so wait for one
+                // limits): a place can free at any moment, so wait for one
                 // until the deadline, and for the first recovery too.
                 (Blocked::ByAdmission { concurrency: true }, 0) => CONCURRENCY_RECHECK_MS,
                 (Blocked::ByAdmission { concurrency: true }, ms) => ms.min(CONCURRENCY_RECHECK_MS),
@@ -239,9 +241,9 @@ impl Router {
                 (Blocked::BySelection, 0) => 0,
                 (Blocked::BySelection, ms) => ms,
             };
-            let for_a_slot = matches!(blocked, Blocked::ByAdmission { concurrency: true });
+            let for_concurrency = matches!(blocked, Blocked::ByAdmission { concurrency: true });
             let wake = now + Duration::from_millis(wait_ms);
-            let too_late = if for_a_slot {
+            let too_late = if for_concurrency {
                 now >= request.deadline
             } else {
                 wait_ms == 0 || wake > request.deadline
@@ -255,10 +257,10 @@ impl Router {
                     retry_after_ms: wait_ms.max(1_000),
                 });
             }
-            tracing::debug!(wait_ms, for_a_slot, "waiting for capacity");
+            tracing::debug!(wait_ms, for_concurrency, "waiting for capacity");
             let wake = wake.min(request.deadline);
             let capacity = async {
-                if for_a_slot {
+                if for_concurrency {
                     let freed = futures::future::select_all(
                         group
                             .members
@@ -273,7 +275,7 @@ impl Router {
                     tokio::time::sleep_until(wake).await;
                 }
             };
-            if let Err(e) = slot.step_aside_while(capacity, request.deadline).await {
+            if let Err(e) = permit.step_aside_while(capacity, request.deadline).await {
                 tracing::info!(error = %e, "no turn in the queue again after waiting for capacity");
                 return Err(RouteError::NothingAvailable {
                     retry_after_ms: 1_000,
@@ -322,16 +324,16 @@ impl Router {
 
     /// What records the attempt on the group's member at index `member`
     /// (`deployment`) that `ticket` admitted.
-    fn recorder(
+    fn pending_attempt(
         &self,
         pass: &PassContext<'_>,
         member: usize,
         deployment: &Arc<Deployment>,
         request: &RouteRequest,
         ticket: crate::admission::Ticket,
-    ) -> Recorder {
+    ) -> PendingAttempt {
         let group = pass.group;
-        Recorder {
+        PendingAttempt {
             deployment: deployment.clone(),
             cooldown_slot: group.slots.cooldown.clone(),
             cooldown: pass.policies.cooldown.clone(),
@@ -395,7 +397,7 @@ impl Router {
             pass.info.attempt = attempts.len() as u32;
             tracing::info!(deployment = %deployment.config.id, attempt = pass.info.attempt, "attempting");
             deployment.health.begin_attempt(self.clock.now_ms());
-            let recorder = self.recorder(&pass, index, deployment, request, ticket);
+            let pending = self.pending_attempt(&pass, index, deployment, request, ticket);
             let attempt_span = tracing::info_span!(
                 "attempt",
                 deployment = %deployment.config.id,
@@ -411,18 +413,12 @@ impl Router {
                         value,
                         deployment: deployment.config.id.clone(),
                         attempts,
-                        completion: AttemptCompletion::new(recorder),
+                        completion: AttemptCompletion::new(pending),
                     }));
                 }
                 Err(failure) => failure,
             };
-            let outcome = recorder.record(
-                failure.kind,
-                failure.retry_after_ms,
-                Some(failure.detail.clone()),
-                failure.status,
-                None,
-            );
+            let outcome = pending.settle(AttemptEnd::failed(&failure));
             tracing::info!(deployment = %deployment.config.id, outcome = ?failure.kind, detail = %failure.detail, "attempt failed");
             attempts.push(AttemptRecord::of(&outcome));
             if failure.kind == OutcomeKind::ClientError {
@@ -547,7 +543,7 @@ enum Blocked {
     ByAdmission { concurrency: bool },
 }
 
-/// While a request waits for a concurrency slot, it is woken by the slot's
+/// While a request waits for a deployment's concurrency to free, it is woken by the
 /// release; it also looks again this often, in case that signal went to a
 /// request that then left.
 const CONCURRENCY_RECHECK_MS: u64 = 100;
@@ -567,3 +563,6 @@ fn capacity_wait_ms(group: &ModelGroup, tokens: u64, now_ms: u64) -> u64 {
         .min()
         .unwrap_or(1_000)
 }
+
+#[cfg(test)]
+mod tests;

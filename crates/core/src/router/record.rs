@@ -1,5 +1,6 @@
-//! Recording an attempt's outcome: admission and health are settled, the
-//! cooldown policy judges it, and a success is remembered for the user.
+//! Settling an attempt once it ends: admission and health are settled, the
+//! cooldown policy judges its outcome, and a success is remembered for the
+//! user.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,31 +10,82 @@ use crate::clock::SharedClock;
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::policy::{self, CallOptions, DeploymentTable, PolicySlot, PolicyVersion};
 use crate::state::Change;
+use crate::upstream::{AttemptFailure, StreamEnd};
 
 use super::group::{Deployment, PolicyObserver, UserAffinity};
 use super::wit::candidate;
+use crate::attempt::safe_cooldown;
 
-/// Records how a successful attempt finally ended. If dropped unfinished (the
-/// client went away), it records a success: the deployment did its part.
-#[must_use = "an attempt is recorded when its completion is finished or dropped"]
-pub struct AttemptCompletion {
-    recorder: Option<Recorder>,
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd {
+    /// Success, or how it failed.
+    pub kind: OutcomeKind,
+    /// How long Bedrock asked to wait, when it did.
+    pub retry_after_ms: Option<u64>,
+    /// Bedrock's words for a failure, or what went wrong on the way.
+    pub detail: Option<String>,
+    /// Bedrock's status, when it answered with an error.
+    pub upstream_status: Option<u16>,
+    /// The tokens (input plus output) Bedrock said the attempt used.
+    pub used_tokens: Option<u64>,
 }
 
-impl AttemptCompletion {
-    pub(super) fn new(recorder: Recorder) -> Self {
+impl AttemptEnd {
+    /// A success that used `used_tokens`, when Bedrock said.
+    pub fn success(used_tokens: Option<u64>) -> Self {
         Self {
-            recorder: Some(recorder),
+            kind: OutcomeKind::Success,
+            retry_after_ms: None,
+            detail: None,
+            upstream_status: None,
+            used_tokens,
+        }
+    }
+
+    /// The end of an attempt that failed with `failure`.
+    pub fn failed(failure: &AttemptFailure) -> Self {
+        Self {
+            kind: failure.kind,
+            retry_after_ms: failure.retry_after_ms,
+            detail: Some(failure.detail.clone()),
+            upstream_status: failure.status,
+            used_tokens: None,
+        }
+    }
+
+    /// How a stream ended.
+    pub fn of_stream(end: StreamEnd) -> Self {
+        Self {
+            kind: end.kind,
+            retry_after_ms: None,
+            detail: end.detail,
+            upstream_status: None,
+            used_tokens: end.used_tokens,
         }
     }
 }
 
+/// Settles a successful attempt when its answer is delivered (at once for
+/// a whole answer, at the end of a stream). If dropped unfinished (the
+/// client went away), it settles a success: the deployment did its part.
+#[must_use = "an attempt is settled when its completion is finished or dropped"]
+pub struct AttemptCompletion {
+    pending: Option<PendingAttempt>,
+}
+
 impl AttemptCompletion {
-    /// The attempt ended as `kind` (success, or a failure in mid-stream),
-    /// having used `used_tokens` (input plus output) when Bedrock said.
-    pub fn finish(mut self, kind: OutcomeKind, detail: Option<String>, used_tokens: Option<u64>) {
-        if let Some(r) = self.recorder.take() {
-            r.record(kind, None, detail, None, used_tokens);
+    pub(super) fn new(pending: PendingAttempt) -> Self {
+        Self {
+            pending: Some(pending),
+        }
+    }
+
+    /// The attempt ended as `end` says (a success, or a failure in
+    /// mid-stream).
+    pub fn finish(mut self, end: AttemptEnd) {
+        if let Some(pending) = self.pending.take() {
+            pending.settle(end);
         }
     }
 }
@@ -47,26 +99,26 @@ impl AttemptCompletion {
         finished: tokio::task::JoinHandle<crate::upstream::StreamEnd>,
     ) {
         match finished.await {
-            Ok(end) => self.finish(end.kind, end.detail, end.used_tokens),
-            Err(_) => self.finish(
-                OutcomeKind::ServerError,
-                Some("stream task failed".into()),
-                None,
-            ),
+            Ok(end) => self.finish(AttemptEnd::of_stream(end)),
+            Err(_) => self.finish(AttemptEnd {
+                kind: OutcomeKind::ServerError,
+                detail: Some("stream task failed".into()),
+                ..AttemptEnd::success(None)
+            }),
         }
     }
 }
 
 impl Drop for AttemptCompletion {
     fn drop(&mut self) {
-        if let Some(r) = self.recorder.take() {
-            r.record(OutcomeKind::Success, None, None, None, None);
+        if let Some(pending) = self.pending.take() {
+            pending.settle(AttemptEnd::success(None));
         }
     }
 }
 
-/// Everything needed to record one attempt's outcome.
-pub(super) struct Recorder {
+/// An attempt under way, with everything needed to settle it when it ends.
+pub(super) struct PendingAttempt {
     pub(super) deployment: Arc<Deployment>,
     pub(super) cooldown_slot: Arc<PolicySlot>,
     pub(super) cooldown: Arc<PolicyVersion>,
@@ -83,12 +135,12 @@ pub(super) struct Recorder {
     /// The group's affinity, the request's user and the deployment's index
     /// among the group's members, to remember a success.
     pub(super) affinity: Option<(Arc<UserAffinity>, String, usize)>,
-    /// What admission let the attempt take (None once recorded).
+    /// What admission let the attempt take (None once settled).
     pub(super) ticket: Option<Ticket>,
 }
 
-impl Drop for Recorder {
-    /// Dropped unrecorded: the request went away mid-attempt. Give back what
+impl Drop for PendingAttempt {
+    /// Dropped unsettled: the request went away mid-attempt. Give back what
     /// the attempt held, judging nothing.
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
@@ -99,15 +151,16 @@ impl Drop for Recorder {
     }
 }
 
-impl Recorder {
-    pub(super) fn record(
-        mut self,
-        kind: OutcomeKind,
-        retry_after_ms: Option<u64>,
-        detail: Option<String>,
-        upstream_status: Option<u16>,
-        used_tokens: Option<u64>,
-    ) -> Outcome {
+impl PendingAttempt {
+    /// Settles the attempt as `end` says; the outcome it made.
+    pub(super) fn settle(mut self, end: AttemptEnd) -> Outcome {
+        let AttemptEnd {
+            kind,
+            retry_after_ms,
+            detail,
+            upstream_status,
+            used_tokens,
+        } = end;
         let now = self.clock.now_ms();
         if let Some(ticket) = self.ticket.take() {
             self.deployment
@@ -127,7 +180,7 @@ impl Recorder {
         self.deployment.health.end_attempt(&outcome);
         if kind == OutcomeKind::Success {
             if let Some((affinity, user, member)) = &self.affinity {
-                affinity.record(user, *member, now);
+                affinity.remember(user, *member, now);
             }
         }
         let options = CallOptions {
@@ -178,17 +231,5 @@ impl Recorder {
             );
         }
         outcome
-    }
-}
-
-/// The cooldown used when the cooldown policy faults: conservative and simple.
-pub fn safe_cooldown(outcome: &Outcome) -> (u64, bool) {
-    match outcome.kind {
-        OutcomeKind::Success => (0, true),
-        OutcomeKind::ClientError => (0, false),
-        OutcomeKind::Throttled => (outcome.retry_after_ms.unwrap_or(10_000), false),
-        OutcomeKind::Unavailable | OutcomeKind::Timeout | OutcomeKind::ServerError => {
-            (5_000, false)
-        }
     }
 }

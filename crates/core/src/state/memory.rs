@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use super::budget::BudgetBook;
 use super::quota::{Reservation, RollingQuota};
 use super::{
-    BoxFuture, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeSink, GrantSource, QuotaGrant,
-    QuotaSpec, QuotaView, StateBackend, StateStatus,
+    BoxFuture, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeBroadcast, ChangeSink,
+    GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend, StateStatus,
 };
 use crate::vocabulary::Refusal;
 
@@ -221,6 +221,11 @@ impl MemoryState {
     }
 }
 
+/// One machine: nobody to tell.
+impl ChangeBroadcast for MemoryState {
+    fn publish(&self, _change: Change) {}
+}
+
 impl StateBackend for MemoryState {
     fn reserve<'a>(
         &'a self,
@@ -278,8 +283,6 @@ impl StateBackend for MemoryState {
         self.books(quota)
             .map_or(0, |mut b| b.wait_ms(tokens, now_ms))
     }
-
-    fn publish(&self, _change: Change) {}
 
     fn user_running(&self, _user: &str, _running: u32) {}
 

@@ -18,7 +18,7 @@
 //! degradation, and re-syncs when Redis is back. No request fails because
 //! Redis is down.
 
-pub mod budget;
+pub use switchyard_policy_host::budget;
 pub mod memory;
 pub mod quota;
 pub mod redis;
@@ -29,9 +29,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use crate::vocabulary::GrantSource;
 use crate::vocabulary::Refusal;
-pub use crate::vocabulary::{Change, QuotaGrant, QuotaSpec, SlotId};
+pub use crate::vocabulary::{Change, ChangeBroadcast, SlotId};
 pub use budget::{BudgetGrant, BudgetSpec, BudgetUse};
 
 /// The `[state]` table.
@@ -141,9 +140,51 @@ pub trait ChangeSink: Send + Sync {
 /// A future the backend answers later.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The quotas of one deployment, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaSpec {
+    /// The deployment's id, the same on every instance (its circuit's name).
+    pub deployment: String,
+    /// The books its quota is kept in, the same on every instance:
+    /// deployments of one account, region and model share them, as
+    /// Bedrock's quota is theirs together.
+    pub pool: String,
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+}
+
+/// Quota an attempt holds, to be settled when it ends. It carries all
+/// that settling needs, so the backends keep no table of open grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaGrant {
+    /// Which books it is in.
+    pub(crate) source: GrantSource,
+    /// Its id in those books (shared: with the instance's id in front).
+    pub(crate) id: u64,
+    /// Its copy in this instance's local books (shared grants).
+    pub(crate) mirror: Option<u64>,
+    /// Whether it took a request from an RPM quota.
+    pub(crate) rpm: bool,
+    /// Whether it took `tokens` from a TPM quota.
+    pub(crate) tpm: bool,
+    /// The tokens reserved against the TPM quota (0 without one).
+    pub tokens: u64,
+}
+
+/// Whose books a grant is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrantSource {
+    /// This process's.
+    Local,
+    /// The shared store's.
+    Shared,
+}
+
 /// Where routing state lives. Every method but [`reserve`](Self::reserve)
 /// returns at once: writes to a shared store happen in the background.
-pub trait StateBackend: Send + Sync + 'static {
+pub trait StateBackend: ChangeBroadcast + Send + Sync + 'static {
     /// Takes a request (RPM) and `tokens` (TPM) from `quota`, or says why not
     /// and for how long. At most one round trip to a shared store.
     fn reserve<'a>(
@@ -191,9 +232,6 @@ pub trait StateBackend: Send + Sync + 'static {
 
     /// Milliseconds until `tokens` could be reserved on `quota`, as last seen.
     fn quota_wait_ms(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> u64;
-
-    /// Tells the sibling instances about `change` (memory: nobody to tell).
-    fn publish(&self, change: Change);
 
     /// This instance now runs `running` requests of `user`.
     fn user_running(&self, user: &str, running: u32);

@@ -10,20 +10,17 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::super::dispatch::{
-    dispatch, estimate_tokens, identify, request_id, routed_headers, Admitted, Incoming,
-};
-use super::super::error::ApiError;
+use super::super::error::unreadable_body;
+use super::super::extract::{routed_headers, MaxWait, RequestId};
 use super::super::AppState;
 use super::request::{check_unmapped, unsupported, Unsupported};
-use super::{model_group, openai_error, parse_body, read_body, refuse, Refused};
-use crate::outcome::OutcomeKind;
+use super::{error_response, model_group, parse_body, refuse};
+use crate::service::{estimate_tokens, Caller, ErrorCode, GatewayError, ModelCall, Operation};
 use crate::upstream::{AttemptFailure, Upstream};
 
 /// Most inputs one request may hold (OpenAI's own limit).
@@ -118,32 +115,28 @@ impl EmbeddingsRequest {
 /// `POST /v1/embeddings`
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    RequestId(request_id): RequestId,
+    caller: Result<Caller, GatewayError>,
+    max_wait: Result<MaxWait, GatewayError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request_id = request_id(&headers);
-    let (job, incoming, base64, model) = match check(&state, &headers, body) {
+    let checked = caller.and_then(|caller| {
+        let MaxWait(max_wait_ms) = max_wait?;
+        let body = body.map_err(|r| unreadable_body(&r))?;
+        check(&state, caller, max_wait_ms, &request_id, body)
+    });
+    let (job, call, base64, model) = match checked {
         Ok(checked) => checked,
-        Err(refused) => {
-            let (e, param) = *refused;
-            return openai_error(e, &request_id, param);
+        Err(e) => return error_response(&e, &request_id),
+    };
+    let delivered = match state.service.call(call, &job).await {
+        Err(e) => return error_response(&e, &request_id),
+        Ok(admitted) => {
+            let tokens = admitted.routed.value.tokens;
+            admitted.delivered(Some(tokens))
         }
     };
-    let job = Arc::new(job);
-    let admitted = dispatch(&state, &headers, &request_id, incoming, |upstream, _| {
-        let job = job.clone();
-        async move { job.embed(&upstream).await }
-    })
-    .await;
-    let Admitted {
-        request_id,
-        routed,
-        permit,
-    } = match admitted {
-        Err(e) => return openai_error(e, &request_id, None),
-        Ok(a) => a,
-    };
-    let Embedded { vectors, tokens } = routed.value;
+    let Embedded { vectors, tokens } = &delivered.value;
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
@@ -166,31 +159,28 @@ pub async fn embeddings(
     .into_response();
     routed_headers(
         &mut response,
-        &request_id,
-        &routed.deployment,
-        routed.attempts.len() + 1,
+        &delivered.request_id,
+        &delivered.deployment,
+        delivered.attempts,
     );
-    routed
-        .completion
-        .finish(OutcomeKind::Success, None, Some(tokens));
-    drop(permit);
     response
 }
 
-/// Parses and checks the body: the job, the request to route, whether to
+/// Parses and checks the body: the job, the call to make, whether to
 /// answer in base64, and the model group.
 fn check(
     state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(EmbeddingJob, Incoming, bool, String), Refused> {
-    let who = identify(state, headers, None).map_err(|e| Box::new((e, None)))?;
-    let body = read_body(body)?;
+    caller: Caller,
+    max_wait_ms: Option<u64>,
+    request_id: &str,
+    body: Bytes,
+) -> Result<(EmbeddingJob, ModelCall, bool, String), GatewayError> {
     let request: EmbeddingsRequest = parse_body(&body, "an embeddings request")?;
     check_unmapped(&request.other, "").map_err(refuse)?;
     let group = model_group(state, &request.model)?;
     let chat_models: Vec<&str> = state
-        .router
+        .service
+        .router()
         .group(&group)
         .map(|g| {
             g.members
@@ -205,8 +195,11 @@ fn check(
             "model group `{group}` holds deployments that are not embedding models ({}); /v1/embeddings needs a group of Titan or Cohere embedding deployments",
             chat_models.join(", ")
         );
-        let e = ApiError::new(StatusCode::BAD_REQUEST, "not_an_embedding_model", message);
-        return Err(Box::new((e, Some("model".to_owned()))));
+        return Err(GatewayError::refused_param(
+            ErrorCode::NotAnEmbeddingModel,
+            message,
+            "model",
+        ));
     }
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -220,17 +213,13 @@ fn check(
     };
     let texts = request.texts().map_err(refuse)?;
     let input_bytes: usize = texts.iter().map(String::len).sum();
-    let incoming = Incoming {
+    let call = ModelCall {
         group: group.clone(),
-        user: if state.api_keys.enabled() {
-            who.user
-        } else {
-            who.user.or_else(|| request.user.clone())
-        },
-        priority: who.priority,
-        max_concurrent: who.max_concurrent,
+        caller: caller.or_named(request.user.as_deref())?,
+        request_id: request_id.to_owned(),
+        max_wait_ms,
         estimated_tokens: estimate_tokens(input_bytes, Some(0)),
-        body: body.clone(),
+        body,
     };
     let job = EmbeddingJob {
         texts,
@@ -239,7 +228,17 @@ fn check(
             .input_type
             .unwrap_or_else(|| "search_document".to_owned()),
     };
-    Ok((job, incoming, base64, group))
+    Ok((job, call, base64, group))
+}
+
+/// Each attempt embeds every text on one deployment (the body was only
+/// checked: the texts travel in the job).
+impl Operation for EmbeddingJob {
+    type Reply = Embedded;
+
+    async fn attempt(&self, upstream: Upstream, _body: Bytes) -> Result<Embedded, AttemptFailure> {
+        self.embed(&upstream).await
+    }
 }
 
 impl EmbeddingJob {

@@ -22,22 +22,23 @@ use aws_smithy_types::event_stream::Message;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use serde_json::{json, Value};
 
 use futures::FutureExt;
 
+use super::bedrock::used_tokens;
 use super::coalesce;
-use super::dispatch::{
-    dispatch, estimate_tokens, group_for, identify, request_id, routed_headers, used_tokens,
-    Admitted, Incoming,
-};
-use super::error::ApiError;
+use super::error::{retry_after, unreadable_body};
+use super::extract::{routed_headers, MaxWait, RequestId};
 use super::AppState;
-use crate::outcome::OutcomeKind;
+use crate::jobs::JobAnswer;
 use crate::router::Routed;
+use crate::service::{
+    estimate_tokens, Admitted, Caller, Converse, ConverseStream, ErrorCode, GatewayError, ModelCall,
+};
 use chunks::ChunkTranslator;
 use request::ChatRequest;
 
@@ -49,10 +50,10 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// An error in OpenAI's shape, `{"error": {"message", "type", "param",
-/// "code"}}`, with the status, `retry-after` and request id of `e`.
-pub(super) fn openai_error(e: ApiError, request_id: &str, param: Option<String>) -> Response {
-    let kind = match e.status.as_u16() {
+/// `e` in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`
+/// (and the attempts made, when any were).
+fn error_body(e: &GatewayError) -> Value {
+    let kind = match e.status().as_u16() {
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
@@ -61,21 +62,24 @@ pub(super) fn openai_error(e: ApiError, request_id: &str, param: Option<String>)
         _ => "api_error",
     };
     let mut error = json!({
-        "message": e.message,
+        "message": e.to_string(),
         "type": kind,
-        "param": param,
-        "code": e.code,
+        "param": e.param(),
+        "code": e.code(),
     });
-    if !e.attempts.is_empty() {
-        error["attempts"] = json!(e.attempts);
+    if !e.attempts().is_empty() {
+        error["attempts"] = json!(e.attempts());
     }
-    let mut response = (e.status, axum::Json(json!({ "error": error }))).into_response();
-    let headers = response.headers_mut();
-    if let Some(ms) = e.retry_after_ms {
-        headers.insert("retry-after", HeaderValue::from(ms.div_ceil(1000).max(1)));
-    }
+    json!({ "error": error })
+}
+
+/// `e` answered in OpenAI's shape, with its status, `retry-after` and the
+/// request id.
+pub(super) fn error_response(e: &GatewayError, request_id: &str) -> Response {
+    let mut response = (e.status(), axum::Json(error_body(e))).into_response();
+    retry_after(&mut response, e);
     if let Ok(id) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", id);
+        response.headers_mut().insert("x-request-id", id);
     }
     response
 }
@@ -83,9 +87,14 @@ pub(super) fn openai_error(e: ApiError, request_id: &str, param: Option<String>)
 /// `GET /v1/models`: the model groups.
 pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = state.api_keys.authenticate(&headers) {
-        return openai_error(e, &request_id(&headers), None);
+        return error_response(&e, &super::extract::request_id(&headers));
     }
-    let mut names: Vec<&str> = state.router.groups().map(|g| g.name.as_str()).collect();
+    let mut names: Vec<&str> = state
+        .service
+        .router()
+        .groups()
+        .map(|g| g.name.as_str())
+        .collect();
     names.sort_unstable();
     let data: Vec<Value> = names
         .into_iter()
@@ -99,17 +108,20 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    RequestId(request_id): RequestId,
+    caller: Result<Caller, GatewayError>,
+    max_wait: Result<MaxWait, GatewayError>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request_id = request_id(&headers);
-    let checked = check(&state, &headers, body);
-    let (chat, json_mode, incoming) = match checked {
+    let checked = caller.and_then(|caller| {
+        let MaxWait(max_wait_ms) = max_wait?;
+        let body = body.map_err(|r| unreadable_body(&r))?;
+        check(&state, caller, max_wait_ms, &request_id, &body)
+    });
+    let (chat, json_mode, call) = match checked {
         Ok(c) => c,
-        Err(refused) => {
-            let (e, param) = *refused;
-            return openai_error(e, &request_id, param);
-        }
+        Err(e) => return error_response(&e, &request_id),
     };
     let id = format!("chatcmpl-{request_id}");
     let created = unix_now();
@@ -119,16 +131,8 @@ pub async fn chat_completions(
             .as_ref()
             .is_some_and(|o| o.include_usage);
         let translator = ChunkTranslator::new(id, created, chat.model, include_usage, json_mode);
-        let admitted = dispatch(
-            &state,
-            &headers,
-            &request_id,
-            incoming,
-            |upstream, body| async move { upstream.converse_stream(body).await },
-        )
-        .await;
-        return match admitted {
-            Err(e) => openai_error(e, &request_id, None),
+        return match state.service.call(call, &ConverseStream).await {
+            Err(e) => error_response(&e, &request_id),
             Ok(admitted) => stream_response(admitted, translator),
         };
     }
@@ -138,28 +142,57 @@ pub async fn chat_completions(
         model: chat.model,
         json_mode,
     };
-    if state.coalesces(&incoming.group, &headers) {
+    if state.coalesces(&call.group, &headers) {
         // Identical when the Converse body, the model named and the JSON
         // mode are: the answer is built from those alone.
         let route = format!("chat\0{}\0{json_mode}", answer.model);
-        let key = coalesce::key(&route, &incoming.group, &incoming.body);
-        let group = incoming.group.clone();
-        let call = {
-            let (state, request_id) = (state.clone(), request_id.clone());
-            move || {
-                async move {
-                    answer
-                        .complete(&state, &headers, &request_id, incoming)
-                        .await
-                }
-                .boxed()
-            }
+        let key = coalesce::key(&route, &call.group, &call.body);
+        let group = call.group.clone();
+        let shared = {
+            let state = state.clone();
+            move || async move { answer.respond(&state, call).await }.boxed()
         };
-        state.answer_coalesced(&group, key, &request_id, call).await
-    } else {
-        answer
-            .complete(&state, &headers, &request_id, incoming)
+        state
+            .answer_coalesced(&group, key, &request_id, shared)
             .await
+    } else {
+        answer.respond(&state, call).await
+    }
+}
+
+/// A chat completion job's run: its call, answered as `POST
+/// /v1/chat/completions` would have answered it.
+pub(super) async fn chat_completion_job(
+    state: &AppState,
+    caller: Caller,
+    request_id: &str,
+    body: Bytes,
+) -> JobAnswer {
+    let checked = check(state, caller, None, request_id, &body);
+    let (chat, json_mode, call) = match checked {
+        Ok(c) => c,
+        Err(e) => return job_error(&e),
+    };
+    let answer = Completion {
+        id: format!("chatcmpl-{request_id}"),
+        created: unix_now(),
+        model: chat.model,
+        json_mode,
+    };
+    match answer.complete(state, call).await {
+        Ok((completion, _)) => JobAnswer {
+            status: 200,
+            body: completion,
+        },
+        Err(e) => job_error(&e),
+    }
+}
+
+/// A job's answer of `e`, in OpenAI's shape.
+fn job_error(e: &GatewayError) -> JobAnswer {
+    JobAnswer {
+        status: e.status().as_u16(),
+        body: error_body(e),
     }
 }
 
@@ -172,59 +205,49 @@ struct Completion {
 }
 
 impl Completion {
-    /// Routes `incoming` and answers in the chat completion's shape.
+    /// Routes `call`: the chat completion, and the answer's routing facts.
     async fn complete(
         self,
         state: &AppState,
-        headers: &HeaderMap,
-        request_id: &str,
-        incoming: Incoming,
-    ) -> Response {
-        let admitted = dispatch(
-            state,
-            headers,
-            request_id,
-            incoming,
-            |upstream, body| async move { upstream.converse(body).await },
-        )
-        .await;
-        let Admitted {
-            request_id,
-            routed,
-            permit,
-        } = match admitted {
-            Err(e) => return openai_error(e, request_id, None),
-            Ok(a) => a,
-        };
-        let converse: Value = serde_json::from_slice(&routed.value.body).unwrap_or(Value::Null);
-        let mut response = axum::Json(answer::completion(
+        call: ModelCall,
+    ) -> Result<(Value, crate::service::Delivered<()>), GatewayError> {
+        let admitted = state.service.call(call, &Converse).await?;
+        let used = used_tokens(&admitted.routed.value.body);
+        let delivered = admitted.delivered(used);
+        let converse: Value = serde_json::from_slice(&delivered.value.body).unwrap_or(Value::Null);
+        let completion = answer::completion(
             &self.id,
             self.created,
             &self.model,
             self.json_mode,
             &converse,
-        ))
-        .into_response();
-        routed_headers(
-            &mut response,
-            &request_id,
-            &routed.deployment,
-            routed.attempts.len() + 1,
         );
-        let used = used_tokens(&routed.value.body);
-        routed.completion.finish(OutcomeKind::Success, None, used);
-        drop(permit);
-        response
+        let facts = crate::service::Delivered {
+            request_id: delivered.request_id,
+            value: (),
+            deployment: delivered.deployment,
+            attempts: delivered.attempts,
+        };
+        Ok((completion, facts))
     }
-}
 
-/// A request refused before routing, with the param at fault when one is.
-/// Boxed: it is large, and the happy path should not carry it.
-pub(super) type Refused = Box<(ApiError, Option<String>)>;
-
-/// The body, or the error of a body too large or cut short.
-pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Refused> {
-    body.map_err(|r| Box::new((ApiError::unreadable_body(&r), None)))
+    /// Routes `call` and answers in the chat completion's shape.
+    async fn respond(self, state: &AppState, call: ModelCall) -> Response {
+        let request_id = call.request_id.clone();
+        match self.complete(state, call).await {
+            Err(e) => error_response(&e, &request_id),
+            Ok((completion, facts)) => {
+                let mut response = axum::Json(completion).into_response();
+                routed_headers(
+                    &mut response,
+                    &facts.request_id,
+                    &facts.deployment,
+                    facts.attempts,
+                );
+                response
+            }
+        }
+    }
 }
 
 /// The body as a `T`, or 400 `invalid_json` / `invalid_request` saying it
@@ -232,34 +255,32 @@ pub(super) fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Re
 pub(super) fn parse_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
     what: &str,
-) -> Result<T, Refused> {
+) -> Result<T, GatewayError> {
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
-            "invalid_json"
+            ErrorCode::InvalidJson
         } else {
-            "invalid_request"
+            ErrorCode::InvalidRequest
         };
-        let message = format!("the body is not {what}: {e}");
-        Box::new((ApiError::new(StatusCode::BAD_REQUEST, code, message), None))
+        GatewayError::refused(code, format!("the body is not {what}: {e}"))
     })
 }
 
 /// The model group `model` names, or 404 `model_not_found` on `model`.
-pub(super) fn model_group(state: &AppState, model: &str) -> Result<String, Refused> {
-    group_for(state, model).map_err(|mut e| {
-        e.code = "model_not_found";
-        Box::new((e, Some("model".to_owned())))
-    })
+pub(super) fn model_group(state: &AppState, model: &str) -> Result<String, GatewayError> {
+    state
+        .service
+        .group_for(model)
+        .map_err(|e| e.renamed(ErrorCode::ModelNotFound, "model"))
 }
 
 /// 400 `unsupported_parameter`, naming the field.
-pub(super) fn refuse(u: request::Unsupported) -> Refused {
-    let e = ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "unsupported_parameter",
+pub(super) fn refuse(u: request::Unsupported) -> GatewayError {
+    GatewayError::refused_param(
+        ErrorCode::UnsupportedParameter,
         format!("`{}` {}", u.param, u.message),
-    );
-    Box::new((e, Some(u.param)))
+        u.param,
+    )
 }
 
 /// An image costs at most this many input tokens on Bedrock's models
@@ -267,37 +288,32 @@ pub(super) fn refuse(u: request::Unsupported) -> Refused {
 const IMAGE_TOKENS: u32 = 1_600;
 
 /// Parses and translates the body: the request, whether it is in JSON
-/// mode, and what to route. An error names the param at fault.
+/// mode, and the call to make. An error names the param at fault.
 fn check(
     state: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(ChatRequest, bool, Incoming), Refused> {
-    let who = identify(state, headers, None).map_err(|e| Box::new((e, None)))?;
-    let body = read_body(body)?;
-    let chat: ChatRequest = parse_body(&body, "a chat completion request")?;
+    caller: Caller,
+    max_wait_ms: Option<u64>,
+    request_id: &str,
+    body: &[u8],
+) -> Result<(ChatRequest, bool, ModelCall), GatewayError> {
+    let chat: ChatRequest = parse_body(body, "a chat completion request")?;
     let group = model_group(state, &chat.model)?;
     let converse = chat.to_converse().map_err(refuse)?;
     let image_tokens = IMAGE_TOKENS.saturating_mul(converse.images as u32);
     let json_mode = converse.json_mode;
     let converse_json = converse.body.to_string();
     let text_bytes = converse_json.len().saturating_sub(converse.image_bytes);
-    let converse = Bytes::from(converse_json);
-    let incoming = Incoming {
+    let call = ModelCall {
         group,
         // OpenAI's `user` names the end user only on an open gateway.
-        user: if state.api_keys.enabled() {
-            who.user
-        } else {
-            who.user.or_else(|| chat.user.clone())
-        },
-        priority: who.priority,
-        max_concurrent: who.max_concurrent,
+        caller: caller.or_named(chat.user.as_deref())?,
+        request_id: request_id.to_owned(),
+        max_wait_ms,
         estimated_tokens: estimate_tokens(text_bytes, chat.max_output_tokens())
             .saturating_add(image_tokens),
-        body: converse,
+        body: Bytes::from(converse_json),
     };
-    Ok((chat, json_mode, incoming))
+    Ok((chat, json_mode, call))
 }
 
 /// Answers a started ConverseStream as server-sent events: one `data:` chunk

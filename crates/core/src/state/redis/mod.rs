@@ -32,8 +32,9 @@ use tokio::sync::mpsc;
 
 use super::memory::MemoryState;
 use super::{
-    BoxFuture, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeSink, GrantSource, QuotaGrant,
-    QuotaSpec, QuotaView, StateBackend, StateConfig, StateError, StateStatus,
+    BoxFuture, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeBroadcast, ChangeSink,
+    GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend, StateConfig, StateError,
+    StateStatus,
 };
 use crate::vocabulary::Refusal;
 use keys::Keys;
@@ -344,6 +345,12 @@ impl RedisState {
     }
 }
 
+impl ChangeBroadcast for RedisState {
+    fn publish(&self, change: Change) {
+        let _ = self.shared.writes.send(Write::Change(change));
+    }
+}
+
 impl StateBackend for RedisState {
     fn reserve<'a>(
         &'a self,
@@ -491,10 +498,6 @@ impl StateBackend for RedisState {
             return 0;
         }
         seen.refused_until_ms.saturating_sub(now_ms).max(1)
-    }
-
-    fn publish(&self, change: Change) {
-        let _ = self.shared.writes.send(Write::Change(change));
     }
 
     fn user_running(&self, user: &str, running: u32) {

@@ -15,13 +15,25 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::outcome::OutcomeKind;
+use crate::outcome::{Outcome, OutcomeKind};
 
 /// The gateway's safe order of `indices`: by priority, a stable sort so
 /// ties keep their configured order. Stands in for a policy that faulted.
 pub fn safe_order(priorities: &[u32], mut indices: Vec<usize>) -> Vec<usize> {
     indices.sort_by_key(|&i| priorities[i]);
     indices
+}
+
+/// The cooldown used when the cooldown policy faults: conservative and simple.
+pub fn safe_cooldown(outcome: &Outcome) -> (u64, bool) {
+    match outcome.kind {
+        OutcomeKind::Success => (0, true),
+        OutcomeKind::ClientError => (0, false),
+        OutcomeKind::Throttled => (outcome.retry_after_ms.unwrap_or(10_000), false),
+        OutcomeKind::Unavailable | OutcomeKind::Timeout | OutcomeKind::ServerError => {
+            (5_000, false)
+        }
+    }
 }
 
 /// What to do after an attempt failed.

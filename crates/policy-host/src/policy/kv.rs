@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::SharedClock;
-use crate::state::{Change, SlotId, StateBackend};
+use crate::vocabulary::{Change, ChangeBroadcast, SlotId};
 
 /// Most entries one policy slot may hold; a runaway policy must not eat the gateway's memory.
 pub const MAX_ENTRIES: usize = 100_000;
@@ -65,7 +65,7 @@ pub struct KvStore {
     clock: SharedClock,
     entries: Mutex<Entries>,
     /// Where writes are told to sibling instances, and this slot's name there.
-    shared: Option<(Arc<dyn StateBackend>, SlotId)>,
+    shared: Option<(Arc<dyn ChangeBroadcast>, SlotId)>,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -87,7 +87,7 @@ impl KvStore {
     }
 
     /// An empty store whose writes are shared, as slot `slot`, through `state`.
-    pub fn shared(clock: SharedClock, state: Arc<dyn StateBackend>, slot: SlotId) -> Self {
+    pub fn shared(clock: SharedClock, state: Arc<dyn ChangeBroadcast>, slot: SlotId) -> Self {
         Self {
             shared: Some((state, slot)),
             ..Self::new(clock)

@@ -113,7 +113,7 @@ pub struct BudgetGrant {
     /// The tokens taken (the request's estimate).
     pub tokens: u64,
     /// Taken from the shared store's books (else this process's).
-    pub(crate) shared: bool,
+    pub shared: bool,
 }
 
 /// An account's budgets and what is spent of them now.

@@ -9,14 +9,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::clock::SharedClock;
-use crate::config::{GroupPolicies, PolicyRef, PolicyRuntimeConfig};
+use switchyard_clock::SharedClock;
+
+use crate::attempt::safe_cooldown;
 use crate::outcome::Outcome;
 use crate::policy::{
-    CallOptions, Candidate, KvStore, Policy, PolicyKind, PolicyRuntime, RequestInfo,
+    CallOptions, Candidate, KvStore, LoadError, Policy, PolicyKind, PolicyRuntime, RequestInfo,
 };
-use crate::router::safe_cooldown;
-use crate::swap::{self, SwapError};
+use crate::resolve::{resolve, ResolveError};
+use crate::settings::{GroupPolicies, PolicyRef, PolicyRuntimeConfig};
 
 /// A policy that could not be found or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +25,18 @@ use crate::swap::{self, SwapError};
 pub struct OfflineLoadError {
     pub kind: PolicyKind,
     #[source]
-    pub source: SwapError,
+    pub source: OfflineLoadCause,
+}
+
+/// Why a policy could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineLoadCause {
+    /// Its reference names no component.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// Its component failed the validation gate (or the runtime could not start).
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
 }
 
 /// The three policies of one group, loaded on their own runtime.
@@ -62,8 +74,8 @@ impl OfflinePolicies {
                 PolicyKind::Fallback => &policies.fallback,
             };
             let policy_ref = overrides.get(&kind).unwrap_or(configured);
-            let error = |source: SwapError| OfflineLoadError { kind, source };
-            let (source, bytes) = swap::resolve(kind, policy_ref).map_err(error)?;
+            let error = |source: OfflineLoadCause| OfflineLoadError { kind, source };
+            let (source, bytes) = resolve(kind, policy_ref).map_err(|e| error(e.into()))?;
             names.insert(kind.world().to_owned(), source.to_string());
             runtime
                 .load(

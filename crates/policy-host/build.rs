@@ -31,7 +31,7 @@ fn main() {
     let root = manifest_dir
         .ancestors()
         .nth(2)
-        .expect("crates/core/ is two folders below the repository")
+        .expect("crates/policy-host/ is two folders below the repository")
         .to_path_buf();
     let workspace = root.join("policies");
     let out_dir = PathBuf::from(env_var("OUT_DIR")).join("policies");

@@ -1,5 +1,5 @@
 //! The words several layers of the gateway speak: admission's refusals,
-//! the quota books' specs and grants, the changes instances share, and
+//! the changes instances share (and where they go), and
 //! the kinds of policy. A leaf: it depends on no other module of the
 //! gateway but [`crate::outcome`], so admission, state, the policy runtime
 //! and the config can all use it without depending on one another.
@@ -37,48 +37,6 @@ impl Refusal {
     }
 }
 
-/// The quotas of one deployment, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaSpec {
-    /// The deployment's id, the same on every instance (its circuit's name).
-    pub deployment: String,
-    /// The books its quota is kept in, the same on every instance:
-    /// deployments of one account, region and model share them, as
-    /// Bedrock's quota is theirs together.
-    pub pool: String,
-    /// Requests per minute.
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    pub tpm: Option<u64>,
-}
-
-/// Quota an attempt holds, to be settled when it ends. It carries all
-/// that settling needs, so the backends keep no table of open grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaGrant {
-    /// Which books it is in.
-    pub(crate) source: GrantSource,
-    /// Its id in those books (shared: with the instance's id in front).
-    pub(crate) id: u64,
-    /// Its copy in this instance's local books (shared grants).
-    pub(crate) mirror: Option<u64>,
-    /// Whether it took a request from an RPM quota.
-    pub(crate) rpm: bool,
-    /// Whether it took `tokens` from a TPM quota.
-    pub(crate) tpm: bool,
-    /// The tokens reserved against the TPM quota (0 without one).
-    pub tokens: u64,
-}
-
-/// Whose books a grant is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GrantSource {
-    /// This process's.
-    Local,
-    /// The shared store's.
-    Shared,
-}
-
 /// A change one instance made that the others must see.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
@@ -106,6 +64,14 @@ pub enum Change {
     },
     /// A policy removed an entry.
     KvDeleted { slot: SlotId, key: String },
+}
+
+/// Where changes of shared state go: the sibling instances, through the
+/// state backend (nowhere, on one machine). Policies' kv writes are
+/// broadcast through it.
+pub trait ChangeBroadcast: Send + Sync {
+    /// Tells the sibling instances about `change`.
+    fn publish(&self, change: Change);
 }
 
 /// The three questions a policy can answer.

@@ -49,7 +49,7 @@ use call_state::CallState;
 use limits::{EpochTicker, MemoryCap};
 
 use crate::clock::SharedClock;
-use crate::config::PolicyRuntimeConfig;
+use crate::settings::PolicyRuntimeConfig;
 pub use crate::vocabulary::PolicyKind;
 
 /// The request id of the load check, the one call every policy gets when it

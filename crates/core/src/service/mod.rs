@@ -1,0 +1,255 @@
+//! The gateway as a service that knows nothing of HTTP: a [`ModelCall`] in
+//! (which model group, for whom, with which body), a routed answer or one
+//! [`GatewayError`] out. It waits for the call's turn in the fair queue and
+//! runs the router's attempt loop; what each attempt sends upstream is the
+//! call's [`Operation`].
+//!
+//! Every API's handlers translate their shapes around it, and async jobs
+//! call it the same way, with their submitter as a value: an HTTP request
+//! is only one way in.
+
+mod caller;
+mod error;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use caller::{Caller, MAX_USER_BYTES};
+pub use error::{ErrorCode, GatewayError};
+
+use crate::admission::{FairQueue, Permit};
+use crate::router::{AttemptEnd, RouteRequest, Routed, Router};
+use crate::upstream::{AttemptFailure, ConverseReply, InvokeReply, OpenStream, Upstream};
+
+/// One call of a model group.
+#[derive(Debug, Clone)]
+pub struct ModelCall {
+    /// The model group it names.
+    pub group: String,
+    /// Who makes it, for the fair queue.
+    pub caller: Caller,
+    /// Its id, on every log line and answer.
+    pub request_id: String,
+    /// How long it may wait for its turn and for capacity, in ms; never
+    /// longer than `admission.max_wait_ms` (`None`: that long).
+    pub max_wait_ms: Option<u64>,
+    /// What each attempt sends upstream.
+    pub body: Bytes,
+    /// A pessimistic estimate of its tokens (see [`estimate_tokens`]).
+    pub estimated_tokens: u32,
+}
+
+/// What one attempt of a call does with a deployment's client: a Bedrock
+/// operation, or several (an embeddings batch).
+pub trait Operation: Send + Sync {
+    /// What a successful attempt gives.
+    type Reply: Send;
+
+    /// One attempt on `upstream` with the call's `body`.
+    fn attempt(
+        &self,
+        upstream: Upstream,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Self::Reply, AttemptFailure>> + Send;
+}
+
+/// Bedrock's Converse: the body is a Converse request.
+pub struct Converse;
+/// Bedrock's ConverseStream: the body is a Converse request.
+pub struct ConverseStream;
+/// Bedrock's InvokeModel: the body is the model's own JSON.
+pub struct Invoke;
+/// Bedrock's InvokeModelWithResponseStream: the body is the model's own JSON.
+pub struct InvokeStream;
+
+impl Operation for Converse {
+    type Reply = ConverseReply;
+    async fn attempt(
+        &self,
+        upstream: Upstream,
+        body: Bytes,
+    ) -> Result<ConverseReply, AttemptFailure> {
+        upstream.converse(body).await
+    }
+}
+
+impl Operation for ConverseStream {
+    type Reply = OpenStream;
+    async fn attempt(&self, upstream: Upstream, body: Bytes) -> Result<OpenStream, AttemptFailure> {
+        upstream.converse_stream(body).await
+    }
+}
+
+impl Operation for Invoke {
+    type Reply = InvokeReply;
+    async fn attempt(
+        &self,
+        upstream: Upstream,
+        body: Bytes,
+    ) -> Result<InvokeReply, AttemptFailure> {
+        upstream.invoke(body).await
+    }
+}
+
+impl Operation for InvokeStream {
+    type Reply = OpenStream;
+    async fn attempt(&self, upstream: Upstream, body: Bytes) -> Result<OpenStream, AttemptFailure> {
+        upstream.invoke_stream(body).await
+    }
+}
+
+/// A call that a deployment answered, with its place in the fair queue:
+/// hold `permit` until the answer is delivered, then finish
+/// `routed.completion`.
+pub struct Admitted<T> {
+    pub request_id: String,
+    pub routed: Routed<T>,
+    pub permit: Permit,
+}
+
+impl<T> Admitted<T> {
+    /// The answer is delivered (a whole one, not a stream): records the
+    /// attempt's success with the tokens it `used`, when known, and gives
+    /// the call's place in the queue back.
+    pub fn delivered(self, used_tokens: Option<u64>) -> Delivered<T> {
+        let Self {
+            request_id,
+            routed,
+            permit,
+        } = self;
+        routed.completion.finish(AttemptEnd::success(used_tokens));
+        drop(permit);
+        Delivered {
+            request_id,
+            value: routed.value,
+            deployment: routed.deployment,
+            attempts: routed.attempts.len() + 1,
+        }
+    }
+}
+
+/// A call answered whole, its success recorded.
+pub struct Delivered<T> {
+    pub request_id: String,
+    pub value: T,
+    /// The deployment that answered.
+    pub deployment: String,
+    /// How many attempts it took, the successful one included.
+    pub attempts: usize,
+}
+
+/// About four bytes of JSON per input token, rounded up, plus the whole
+/// output budget (`max_tokens`, 4096 when the request sets none).
+pub fn estimate_tokens(body_len: usize, max_tokens: Option<u64>) -> u32 {
+    let estimate = (body_len as u64).div_ceil(4) + max_tokens.unwrap_or(4_096);
+    u32::try_from(estimate).unwrap_or(u32::MAX)
+}
+
+/// Routing behind the fair queue.
+pub struct Service {
+    router: Router,
+    queue: FairQueue,
+    /// How long a call may wait for its turn and for capacity, in ms.
+    max_wait_ms: u64,
+}
+
+impl Service {
+    /// Calls wait in `queue` for at most `max_wait_ms`, then `router` routes them.
+    pub fn new(router: Router, queue: FairQueue, max_wait_ms: u64) -> Self {
+        Self {
+            router,
+            queue,
+            max_wait_ms,
+        }
+    }
+
+    /// The router, for inspection.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The fair queue calls wait in.
+    pub fn queue(&self) -> &FairQueue {
+        &self.queue
+    }
+
+    /// The model group `model` names, or 404 `unknown_model` listing the
+    /// groups. Operators who want existing clients to work unchanged name
+    /// a group after the model id they use.
+    pub fn group_for(&self, model: &str) -> Result<String, GatewayError> {
+        if self.router.group(model).is_some() {
+            return Ok(model.to_owned());
+        }
+        let mut known: Vec<&str> = self.router.groups().map(|g| g.name.as_str()).collect();
+        known.sort_unstable();
+        Err(GatewayError::refused(
+            ErrorCode::UnknownModel,
+            format!(
+                "no model group `{model}`; model groups: {}",
+                known.join(", ")
+            ),
+        ))
+    }
+
+    /// Waits for `call`'s turn in the fair queue, then routes it, making
+    /// each attempt with `operation`. A success is left to the caller to
+    /// deliver and finish.
+    pub async fn call<O: Operation>(
+        &self,
+        call: ModelCall,
+        operation: &O,
+    ) -> Result<Admitted<O::Reply>, GatewayError> {
+        let metrics = self.router.metrics();
+        let max_wait_ms = call
+            .max_wait_ms
+            .map_or(self.max_wait_ms, |ms| ms.min(self.max_wait_ms));
+        let request = RouteRequest {
+            request_id: call.request_id,
+            user: call.caller.user,
+            estimated_tokens: call.estimated_tokens,
+            body: call.body,
+            deadline: tokio::time::Instant::now() + Duration::from_millis(max_wait_ms),
+        };
+        let group = call.group;
+        let admitted = self
+            .queue
+            .admit_capped(
+                request.user.as_deref(),
+                call.caller.max_concurrent,
+                call.caller.priority,
+                request.deadline,
+            )
+            .await;
+        let mut permit = match admitted {
+            Ok(permit) => permit,
+            Err(e) => {
+                let e = GatewayError::from(e);
+                metrics.queue_rejection(&group, e.code().as_str());
+                return Err(e);
+            }
+        };
+        let routed = self
+            .router
+            .route(&group, &request, &mut permit, |upstream, body| {
+                operation.attempt(upstream, body)
+            })
+            .await;
+        match routed {
+            Err(e) => {
+                let e = GatewayError::from(e);
+                metrics.request(&group, e.code().as_str());
+                Err(e)
+            }
+            Ok(routed) => {
+                metrics.request(&group, "success");
+                Ok(Admitted {
+                    request_id: request.request_id,
+                    routed,
+                    permit,
+                })
+            }
+        }
+    }
+}
