@@ -38,10 +38,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use switchyard_clock::{ManualClock, SharedClock};
-use switchyard_policy_host::attempt::{AfterFailure, AttemptPlan};
+use switchyard_policy_host::attempt::{AttemptRun, RunContext};
 use switchyard_policy_host::candidate::{deployment_table, wit_candidate};
 use switchyard_policy_host::health::DeploymentHealth;
-use switchyard_policy_host::offline::{OfflineLoadError, OfflinePolicies};
+use switchyard_policy_host::offline::{OfflineCalls, OfflineLoadError, OfflinePolicies};
 use switchyard_policy_host::outcome::{Outcome, OutcomeKind};
 use switchyard_policy_host::policy::{self, CallOptions, DeploymentTable, PolicyKind};
 use switchyard_policy_host::settings::{DeploymentConfig, GroupPolicies, PolicyRef};
@@ -309,6 +309,27 @@ fn scripted(
         })
 }
 
+/// The simulated deployments as a run sees them at one instant.
+struct SimContext<'a> {
+    deployments: &'a [SimDeployment],
+    now: u64,
+}
+
+impl RunContext for SimContext<'_> {
+    fn members(&self) -> usize {
+        self.deployments.len()
+    }
+
+    fn candidate(&mut self, member: usize) -> policy::Candidate {
+        let d = &self.deployments[member];
+        wit_candidate(&d.config, &d.health.snapshot(self.now))
+    }
+
+    fn health(&self, member: usize) -> &DeploymentHealth {
+        &self.deployments[member].health
+    }
+}
+
 /// What every request of a run is simulated against.
 struct Setup<'a> {
     timeline: &'a Timeline,
@@ -340,9 +361,7 @@ fn simulate_request(
         seed: Some(sequence),
         deployments: table.clone(),
     };
-    let snapshot =
-        |i: usize| wit_candidate(&deployments[i].config, &deployments[i].health.snapshot(now));
-    let mut req = policy::RequestInfo {
+    let req = policy::RequestInfo {
         request_id: format!("sim-{sequence}"),
         user: timeline.user.clone(),
         model_group: "simulated".into(),
@@ -353,23 +372,32 @@ fn simulate_request(
         user_last_success: last_success.clone(),
     };
     let mut faults = Vec::new();
-    let candidates: Vec<_> = (0..deployments.len()).map(snapshot).collect();
-    let selection = policies.order(&req, &candidates, &options, &mut faults);
-    let mut plan = AttemptPlan::new(setup.priorities.clone(), 0, selection);
-    let order_ids = plan
+    let mut context = SimContext { deployments, now };
+    let mut run = AttemptRun::start(
+        setup.priorities.clone(),
+        0,
+        req,
+        options,
+        &mut context,
+        &mut OfflineCalls {
+            policies,
+            faults: &mut faults,
+        },
+    );
+    let order_ids = run
+        .plan()
         .order()
         .map(|i| deployments[i].config.id.clone())
         .collect();
-    if let Some(first) = plan.order().next() {
+    if let Some(first) = run.plan().order().next() {
         if let Some(s) = report.deployments.get_mut(&deployments[first].config.id) {
             s.first_choice += 1;
         }
     }
     let mut attempts = Vec::new();
     let mut served = false;
-    while let Some(i) = plan.next_attempt() {
+    while let Some(i) = run.next_attempt() {
         let d = &deployments[i];
-        let before = snapshot(i);
         let (kind, latency_ms, retry_after_ms) = scripted(timeline, &d.config.id, offset_ms);
         let outcome = Outcome {
             deployment: d.config.id.clone(),
@@ -380,11 +408,11 @@ fn simulate_request(
             detail: None,
             upstream_status: None,
         };
-        d.health.begin_attempt(now);
-        d.health.end_attempt(&outcome);
-        let (cooldown_ms, clear_history) = policies.judge(&outcome, &before, &options, &mut faults);
-        d.health
-            .apply_cooldown(now, cooldown_ms, clear_history, kind);
+        // No time passes in a simulated attempt: it begins and ends at once.
+        run.begin(&context, i, now);
+        let settled = run.settle(&mut context, i, &outcome, |o, before, options| {
+            policies.judge(o, before, options, &mut faults)
+        });
         let summary = report.deployments.entry(d.config.id.clone()).or_default();
         summary.attempts += 1;
         summary.successes += u64::from(kind == OutcomeKind::Success);
@@ -392,7 +420,7 @@ fn simulate_request(
         attempts.push(SimAttempt {
             deployment: d.config.id.clone(),
             outcome: kind,
-            cooldown_ms,
+            cooldown_ms: settled.cooldown_ms,
         });
         if kind == OutcomeKind::Success {
             served = true;
@@ -404,22 +432,13 @@ fn simulate_request(
             }
             break;
         }
-        let AfterFailure::AskFallback { tried, remaining } = plan.failed(kind) else {
-            break;
+        let mut calls = OfflineCalls {
+            policies,
+            faults: &mut faults,
         };
-        req.attempt += 1;
-        req.previous_deployment = Some(d.config.id.clone());
-        let snapshots =
-            |indices: &[usize]| indices.iter().map(|&k| snapshot(k)).collect::<Vec<_>>();
-        let next = policies.next(
-            &req,
-            &outcome,
-            &snapshots(&tried),
-            &snapshots(&remaining),
-            &options,
-            &mut faults,
-        );
-        plan.fallback(&remaining, next);
+        if !run.fall_back(&mut context, &mut calls, &outcome) {
+            break;
+        }
     }
     let mut cooling = BTreeMap::new();
     for d in deployments {

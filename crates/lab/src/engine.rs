@@ -25,11 +25,11 @@ use std::sync::Arc;
 use super::arrivals::Arrival;
 use super::scenario::{Contender, Scenario, ScenarioError};
 use switchyard_clock::{ManualClock, SharedClock};
-use switchyard_policy_host::attempt::{AfterFailure, AttemptPlan};
+use switchyard_policy_host::attempt::{AttemptRun, RunContext};
 use switchyard_policy_host::budget::{BudgetBook, BudgetGrant};
 use switchyard_policy_host::candidate::{deployment_table, wit_candidate};
 use switchyard_policy_host::health::DeploymentHealth;
-use switchyard_policy_host::offline::OfflinePolicies;
+use switchyard_policy_host::offline::{OfflineCalls, OfflinePolicies};
 use switchyard_policy_host::outcome::{Outcome, OutcomeKind};
 use switchyard_policy_host::policy::{
     CallOptions, Candidate, DeploymentTable, LastSuccess, RequestInfo,
@@ -92,10 +92,10 @@ pub struct AccountUse {
 struct InProgress {
     user: usize,
     arrived_ms: u64,
-    info: RequestInfo,
-    /// Its attempts: what is left to try and what was tried (indices into
-    /// the deployments).
-    plan: AttemptPlan,
+    /// Its pass over the deployments: what is left to try and what was
+    /// tried (indices into the deployments), and the request as policies
+    /// see it.
+    run: AttemptRun,
     /// The attempt under way.
     attempt: Option<Attempt>,
 }
@@ -231,6 +231,37 @@ fn buckets(scenario: &Scenario) -> u64 {
     scenario.duration_s.div_ceil(scenario.bucket_s)
 }
 
+/// The deployments and their accounts' budgets at one instant, as a run
+/// sees them.
+struct LabContext<'a> {
+    deployments: &'a mut [Deployment],
+    books: &'a mut [Option<BudgetBook>],
+    now: u64,
+}
+
+impl RunContext for LabContext<'_> {
+    fn members(&self) -> usize {
+        self.deployments.len()
+    }
+
+    /// Its health, and its quota use as a gateway configured with the
+    /// same quotas would know it.
+    fn candidate(&mut self, member: usize) -> Candidate {
+        let d = &mut self.deployments[member];
+        let budget = self.books[d.account]
+            .as_mut()
+            .map_or(0, |book| book.usage(self.now).used_permille);
+        Candidate {
+            quota_used_permille: d.quota.used_permille(self.now).max(budget),
+            ..wit_candidate(&d.config, &d.health.snapshot(self.now))
+        }
+    }
+
+    fn health(&self, member: usize) -> &DeploymentHealth {
+        &self.deployments[member].health
+    }
+}
+
 struct Simulation<'a> {
     scenario: &'a Scenario,
     policies: OfflinePolicies,
@@ -254,20 +285,6 @@ struct Simulation<'a> {
 impl Simulation<'_> {
     fn now(&self, at_ms: u64) -> u64 {
         START_MS + at_ms
-    }
-
-    /// What the policies see of deployment `i`: its health, and its quota
-    /// use as a gateway configured with the same quotas would know it.
-    fn candidate(&mut self, i: usize, at_ms: u64) -> Candidate {
-        let now = self.now(at_ms);
-        let d = &mut self.deployments[i];
-        let budget = self.books[d.account]
-            .as_mut()
-            .map_or(0, |book| book.usage(now).used_permille);
-        Candidate {
-            quota_used_permille: d.quota.used_permille(now).max(budget),
-            ..wit_candidate(&d.config, &d.health.snapshot(now))
-        }
     }
 
     /// The id of the `request`-th request.
@@ -319,19 +336,24 @@ impl Simulation<'_> {
         };
         self.record.requests += 1;
         self.record.per_user[arrival.user].0 += 1;
-        let candidates: Vec<Candidate> = (0..self.deployments.len())
-            .map(|i| self.candidate(i, at_ms))
-            .collect();
         let mut faults = Vec::new();
-        let selection = self
-            .policies
-            .order(&info, &candidates, &self.options(index), &mut faults);
+        let options = self.options(index);
+        let priorities = self.priorities.clone();
+        let mut calls = OfflineCalls {
+            policies: &self.policies,
+            faults: &mut faults,
+        };
+        let mut context = LabContext {
+            now: START_MS + at_ms,
+            deployments: &mut self.deployments,
+            books: &mut self.books,
+        };
+        let run = AttemptRun::start(priorities, 0, info, options, &mut context, &mut calls);
         self.record.policy_faults += faults.len() as u64;
         self.requests.push(InProgress {
             user: arrival.user,
             arrived_ms: at_ms,
-            info,
-            plan: AttemptPlan::new(self.priorities.clone(), 0, selection),
+            run,
             attempt: None,
         });
         self.start_next_attempt(index, at_ms);
@@ -343,7 +365,7 @@ impl Simulation<'_> {
         let tokens = self.scenario.request.total_tokens();
         // As the gateway's admission: a spent budget skips the deployment.
         let (i, budget) = loop {
-            let Some(i) = self.requests[request].plan.next_attempt() else {
+            let Some(i) = self.requests[request].run.next_attempt() else {
                 self.fail(at_ms);
                 return;
             };
@@ -355,12 +377,17 @@ impl Simulation<'_> {
                 Ok(grant) => break (i, Some(grant)),
                 Err(_) => {
                     self.record.per_account[account].budget_skips += 1;
-                    self.requests[request].plan.refused(i);
+                    self.requests[request].run.refused(i);
                 }
             }
         };
+        let context = LabContext {
+            now,
+            deployments: &mut self.deployments,
+            books: &mut self.books,
+        };
+        self.requests[request].run.begin(&context, i, now);
         let d = &mut self.deployments[i];
-        d.health.begin_attempt(now);
         self.record.upstream_calls += 1;
         let (kind, latency_ms) = match d.quota.try_admit(now, tokens) {
             Ok(()) => (
@@ -436,16 +463,18 @@ impl Simulation<'_> {
             detail: None,
             upstream_status: None,
         };
-        let before = self.candidate(i, at_ms);
-        self.deployments[i].health.end_attempt(&outcome);
         let mut faults = Vec::new();
-        let options = self.options(request);
-        let (cooldown_ms, clear) = self
-            .policies
-            .judge(&outcome, &before, &options, &mut faults);
-        self.deployments[i]
-            .health
-            .apply_cooldown(now, cooldown_ms, clear, kind);
+        let mut context = LabContext {
+            now,
+            deployments: &mut self.deployments,
+            books: &mut self.books,
+        };
+        let policies = &self.policies;
+        self.requests[request]
+            .run
+            .settle(&mut context, i, &outcome, |o, before, options| {
+                policies.judge(o, before, options, &mut faults)
+            });
         if kind == OutcomeKind::Success {
             let r = &self.requests[request];
             self.record.served += 1;
@@ -466,31 +495,23 @@ impl Simulation<'_> {
             self.record.policy_faults += faults.len() as u64;
             return;
         }
-        let AfterFailure::AskFallback { tried, remaining } =
-            self.requests[request].plan.failed(kind)
-        else {
-            self.record.policy_faults += faults.len() as u64;
+        let mut context = LabContext {
+            now,
+            deployments: &mut self.deployments,
+            books: &mut self.books,
+        };
+        let mut calls = OfflineCalls {
+            policies: &self.policies,
+            faults: &mut faults,
+        };
+        let more = self.requests[request]
+            .run
+            .fall_back(&mut context, &mut calls, &outcome);
+        self.record.policy_faults += faults.len() as u64;
+        if !more {
             self.fail(at_ms);
             return;
-        };
-        let tried: Vec<Candidate> = tried.iter().map(|&t| self.candidate(t, at_ms)).collect();
-        let remaining_candidates: Vec<Candidate> = remaining
-            .iter()
-            .map(|&k| self.candidate(k, at_ms))
-            .collect();
-        let r = &mut self.requests[request];
-        r.info.attempt += 1;
-        r.info.previous_deployment = Some(outcome.deployment.clone());
-        let next = self.policies.next(
-            &r.info,
-            &outcome,
-            &tried,
-            &remaining_candidates,
-            &options,
-            &mut faults,
-        );
-        r.plan.fallback(&remaining, next);
-        self.record.policy_faults += faults.len() as u64;
+        }
         self.start_next_attempt(request, at_ms);
     }
 }

@@ -163,3 +163,33 @@ impl OfflinePolicies {
         }
     }
 }
+
+/// A group's offline policies as an [`AttemptRun`](crate::attempt::AttemptRun)
+/// calls them, writing each fault down in `faults`.
+pub struct OfflineCalls<'a> {
+    pub policies: &'a OfflinePolicies,
+    pub faults: &'a mut Vec<String>,
+}
+
+impl crate::attempt::RunPolicies for OfflineCalls<'_> {
+    fn select(
+        &mut self,
+        info: &RequestInfo,
+        candidates: &[Candidate],
+        options: &CallOptions,
+    ) -> Option<Vec<usize>> {
+        self.policies.order(info, candidates, options, self.faults)
+    }
+
+    fn fall_back(
+        &mut self,
+        info: &RequestInfo,
+        failed: &Outcome,
+        tried: &[Candidate],
+        remaining: &[Candidate],
+        options: &CallOptions,
+    ) -> Option<Vec<usize>> {
+        self.policies
+            .next(info, failed, tried, remaining, options, self.faults)
+    }
+}

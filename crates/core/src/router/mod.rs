@@ -9,10 +9,11 @@
 //!     success -> return; client error -> stop
 //!     order = fallback.next(request, outcome, tried, remaining)
 //! ```
-//! Policies decide and [`crate::attempt`] sequences (the same plan drives
-//! `policy simulate` and the lab); this module does the I/O. A policy fault
-//! never fails the request: the safe order (configured priority) or the
-//! safe cooldown stands in for that call.
+//! Policies decide and [`crate::attempt::AttemptRun`] sequences and settles
+//! (the same run drives `policy simulate` and the lab); this module does
+//! the I/O: admission, the upstream call, waiting for capacity. A policy
+//! fault never fails the request: the safe order (configured priority) or
+//! the safe cooldown stands in for that call.
 //!
 //! `group` holds the model (deployments, groups, policy slots), `record` what
 //! an attempt's end changes, and `wit` what policies see of it all.
@@ -32,7 +33,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::admission::{Permit, Refusal};
-use crate::attempt::{AfterFailure, AttemptPlan};
+use crate::attempt::{AttemptRun, RunContext, RunPolicies};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::outcome::{Outcome, OutcomeKind};
@@ -284,13 +285,13 @@ impl Router {
         }
     }
 
-    /// What the policy calls of one pass over `group` share.
-    fn pass_context<'a>(
+    /// The request as one pass's policy calls see it, and their options
+    /// (each pass is a new sequence number, so a new seed).
+    fn policy_view(
         &self,
-        group: &'a ModelGroup,
-        policies: &'a Policies,
+        group: &ModelGroup,
         request: &RouteRequest,
-    ) -> PassContext<'a> {
+    ) -> (policy::RequestInfo, CallOptions) {
         let info = policy::RequestInfo {
             request_id: request.request_id.clone(),
             user: request.user.clone(),
@@ -309,39 +310,30 @@ impl Router {
             seed: self.seed.map(|seed| seed ^ info.sequence),
             deployments: group.deployments.clone(),
         };
-        PassContext {
-            group,
-            policies,
-            observer: PolicyObserver {
-                group: group.name.clone(),
-                request_id: request.request_id.clone(),
-                metrics: self.metrics.clone(),
-            },
-            info,
-            options,
-        }
+        (info, options)
     }
 
-    /// What records the attempt on the group's member at index `member`
-    /// (`deployment`) that `ticket` admitted.
+    /// The attempt on the group's member at index `member` (`deployment`)
+    /// that `ticket` admitted, to settle when it ends.
     fn pending_attempt(
         &self,
-        pass: &PassContext<'_>,
+        calls: &ObservedPolicies<'_>,
+        seed: Option<u64>,
         member: usize,
         deployment: &Arc<Deployment>,
         request: &RouteRequest,
         ticket: crate::admission::Ticket,
     ) -> PendingAttempt {
-        let group = pass.group;
+        let group = calls.group;
         PendingAttempt {
             deployment: deployment.clone(),
             cooldown_slot: group.slots.cooldown.clone(),
-            cooldown: pass.policies.cooldown.clone(),
-            observer: pass.observer.clone(),
+            cooldown: calls.policies.cooldown.clone(),
+            observer: calls.observer.clone(),
             clock: self.clock.clone(),
             started: Instant::now(),
             started_ms: self.clock.now_ms(),
-            seed: pass.options.seed,
+            seed,
             request_id: request.request_id.clone(),
             deployments: group.deployments.clone(),
             affinity: request
@@ -364,20 +356,40 @@ impl Router {
         F: Fn(Upstream, Bytes) -> Fut,
         Fut: Future<Output = Result<T, AttemptFailure>>,
     {
-        let mut pass = self.pass_context(group, policies, request);
-        let mut plan = pass.plan(self.clock.now_ms(), self.max_attempts);
-        if plan.chose_none() {
+        let (info, options) = self.policy_view(group, request);
+        let mut calls = ObservedPolicies {
+            group,
+            policies,
+            observer: PolicyObserver {
+                group: group.name.clone(),
+                request_id: request.request_id.clone(),
+                metrics: self.metrics.clone(),
+            },
+        };
+        let now = || Members {
+            group,
+            now_ms: self.clock.now_ms(),
+        };
+        let mut run = AttemptRun::start(
+            group.priorities.clone(),
+            self.max_attempts,
+            info,
+            options,
+            &mut now(),
+            &mut calls,
+        );
+        if run.plan().chose_none() {
             tracing::info!("no deployment fit to call");
             return Pass::NoCapacity(Blocked::BySelection);
         }
         tracing::info!(
-            order = ?plan.order().map(|i| group.members[i].config.id.as_str()).collect::<Vec<_>>(),
+            order = ?run.plan().order().map(|i| group.members[i].config.id.as_str()).collect::<Vec<_>>(),
             "request will try deployments"
         );
         let tokens = u64::from(request.estimated_tokens);
         let mut refused_for_concurrency = false;
         let mut attempts: Vec<AttemptRecord> = Vec::new();
-        while let Some(index) = plan.next_attempt() {
+        while let Some(index) = run.next_attempt() {
             let deployment = &group.members[index];
             let ticket = match deployment
                 .admission
@@ -390,18 +402,20 @@ impl Router {
                     tracing::debug!(deployment = %deployment.config.id, ?refusal, "skipped by admission");
                     self.metrics
                         .skip(&group.name, &deployment.config.id, refusal);
-                    plan.refused(index);
+                    run.refused(index);
                     continue;
                 }
             };
-            pass.info.attempt = attempts.len() as u32;
-            tracing::info!(deployment = %deployment.config.id, attempt = pass.info.attempt, "attempting");
-            deployment.health.begin_attempt(self.clock.now_ms());
-            let pending = self.pending_attempt(&pass, index, deployment, request, ticket);
+            let attempt_number = attempts.len();
+            tracing::info!(deployment = %deployment.config.id, attempt = attempt_number, "attempting");
+            let members = now();
+            run.begin(&members, index, members.now_ms);
+            let seed = run.options().seed;
+            let pending = self.pending_attempt(&calls, seed, index, deployment, request, ticket);
             let attempt_span = tracing::info_span!(
                 "attempt",
                 deployment = %deployment.config.id,
-                attempt = pass.info.attempt
+                attempt = attempt_number
             );
             let result = attempt(deployment.upstream.clone(), request.body.clone())
                 .instrument(attempt_span)
@@ -428,13 +442,9 @@ impl Router {
                     attempts,
                 }));
             }
-            let AfterFailure::AskFallback { tried, remaining } = plan.failed(failure.kind) else {
+            if !run.fall_back(&mut now(), &mut calls, &outcome) {
                 break;
-            };
-            pass.info.attempt = attempts.len() as u32;
-            pass.info.previous_deployment = Some(deployment.config.id.clone());
-            let next = pass.fallback(&outcome, &tried, &remaining, self.clock.now_ms());
-            plan.fallback(&remaining, next);
+            }
         }
         if attempts.is_empty() {
             return Pass::NoCapacity(Blocked::ByAdmission {
@@ -456,61 +466,70 @@ struct Policies {
     fallback: Arc<PolicyVersion>,
 }
 
-/// What the policy calls of one pass share: the group, the policy versions,
-/// the request as policies see it, and where calls are counted.
-struct PassContext<'a> {
+/// A group's members as a pass sees them at one instant: their health and
+/// admission, in the WIT types.
+struct Members<'a> {
+    group: &'a ModelGroup,
+    now_ms: u64,
+}
+
+impl RunContext for Members<'_> {
+    fn members(&self) -> usize {
+        self.group.members.len()
+    }
+
+    fn candidate(&mut self, member: usize) -> policy::Candidate {
+        candidate(&self.group.members[member], self.now_ms)
+    }
+
+    fn health(&self, member: usize) -> &crate::health::DeploymentHealth {
+        &self.group.members[member].health
+    }
+}
+
+/// The gateway's order-deciding policy calls: each one observed (counted,
+/// its faults logged, a version that faults too often rolled back).
+struct ObservedPolicies<'a> {
     group: &'a ModelGroup,
     policies: &'a Policies,
     observer: PolicyObserver,
-    info: policy::RequestInfo,
-    options: CallOptions,
 }
 
-impl PassContext<'_> {
-    /// The pass's attempt plan, from the selection policy's order of the
-    /// group's deployments as they stand at `now_ms`.
-    fn plan(&self, now_ms: u64, max_attempts: u32) -> AttemptPlan {
-        let group = self.group;
-        let candidates: Vec<_> = group.members.iter().map(|d| candidate(d, now_ms)).collect();
+impl RunPolicies for ObservedPolicies<'_> {
+    fn select(
+        &mut self,
+        info: &policy::RequestInfo,
+        candidates: &[policy::Candidate],
+        options: &CallOptions,
+    ) -> Option<Vec<usize>> {
         let selection = &self.policies.selection;
         let called = Instant::now();
-        let selected = selection
-            .policy
-            .select(&self.info, &candidates, &self.options);
+        let selected = selection.policy.select(info, candidates, options);
         self.observer.observe(
-            &group.slots.selection,
+            &self.group.slots.selection,
             selection,
             &selected,
             called.elapsed(),
         );
-        let order = selected.ok().map(|(order, _)| order);
-        AttemptPlan::new(group.priorities.clone(), max_attempts, order)
+        selected.ok().map(|(order, _)| order)
     }
 
-    /// The fallback policy's order of `remaining` after `failed` (indices
-    /// into `remaining`), or `None` when it faulted.
-    fn fallback(
-        &self,
+    fn fall_back(
+        &mut self,
+        info: &policy::RequestInfo,
         failed: &Outcome,
-        tried: &[usize],
-        remaining: &[usize],
-        now_ms: u64,
+        tried: &[policy::Candidate],
+        remaining: &[policy::Candidate],
+        options: &CallOptions,
     ) -> Option<Vec<usize>> {
-        let members = &self.group.members;
-        let candidates_of = |indices: &[usize]| -> Vec<policy::Candidate> {
-            indices
-                .iter()
-                .map(|&i| candidate(&members[i], now_ms))
-                .collect()
-        };
         let fallback = &self.policies.fallback;
         let called = Instant::now();
         let next = fallback.policy.next(
-            &self.info,
+            info,
             &policy::Outcome::from(failed),
-            &candidates_of(tried),
-            &candidates_of(remaining),
-            &self.options,
+            tried,
+            remaining,
+            options,
         );
         self.observer.observe(
             &self.group.slots.fallback,

@@ -14,7 +14,7 @@ use crate::upstream::{AttemptFailure, StreamEnd};
 
 use super::group::{Deployment, PolicyObserver, UserAffinity};
 use super::wit::candidate;
-use crate::attempt::safe_cooldown;
+use crate::attempt::{safe_cooldown, settle, Settled};
 
 /// How an attempt ended.
 #[derive(Debug, Clone)]
@@ -177,41 +177,48 @@ impl PendingAttempt {
             upstream_status,
         };
         let before = candidate(&self.deployment, now);
-        self.deployment.health.end_attempt(&outcome);
-        if kind == OutcomeKind::Success {
-            if let Some((affinity, user, member)) = &self.affinity {
-                affinity.remember(user, *member, now);
-            }
-        }
         let options = CallOptions {
             request_id: Some(self.request_id.clone()),
             seed: self.seed,
             deployments: self.deployments.clone(),
         };
+        let Settled {
+            cooldown_ms,
+            clear_history,
+        } = settle(
+            &self.deployment.health,
+            &before,
+            &outcome,
+            |outcome, before| {
+                let called = Instant::now();
+                let decision = self.cooldown.policy.on_outcome(
+                    &policy::Outcome::from(outcome),
+                    before,
+                    &options,
+                );
+                self.observer.observe(
+                    &self.cooldown_slot,
+                    &self.cooldown,
+                    &decision,
+                    called.elapsed(),
+                );
+                match decision {
+                    Ok((d, _)) => (d.cooldown_ms, d.clear_history),
+                    Err(_) => safe_cooldown(outcome),
+                }
+            },
+        );
+        if kind == OutcomeKind::Success {
+            if let Some((affinity, user, member)) = &self.affinity {
+                affinity.remember(user, *member, now);
+            }
+        }
         self.observer.metrics.attempt(
             &self.observer.group,
             &outcome.deployment,
             kind,
             self.started.elapsed().as_secs_f64(),
         );
-        let called = Instant::now();
-        let decision =
-            self.cooldown
-                .policy
-                .on_outcome(&policy::Outcome::from(&outcome), &before, &options);
-        self.observer.observe(
-            &self.cooldown_slot,
-            &self.cooldown,
-            &decision,
-            called.elapsed(),
-        );
-        let (cooldown_ms, clear_history) = match decision {
-            Ok((d, _)) => (d.cooldown_ms, d.clear_history),
-            Err(_) => safe_cooldown(&outcome),
-        };
-        self.deployment
-            .health
-            .apply_cooldown(now, cooldown_ms, clear_history, kind);
         // Siblings hear of a cooldown that starts or ends, not of every success.
         if cooldown_ms > 0 || before.cooldown_remaining_ms > 0 {
             self.deployment.admission.state().publish(Change::Cooldown {

@@ -4,13 +4,18 @@
 //! a policy faults.
 //!
 //! The gateway's router, `switchyard policy simulate` and the lab each
-//! drive an [`AttemptPlan`] and none decides a step of its own, so a policy
-//! tested offline orders and falls back exactly as it will in production.
-//! The drivers own the rest: calling the policies, admission, the upstream
-//! call (or its simulation) and recording outcomes.
+//! step an [`AttemptRun`] (the plan, the policy calls and the per-attempt
+//! updates, in `run`) and none decides a step of its own, so a policy
+//! tested offline orders, cools down and falls back exactly as it will in
+//! production. The drivers own the rest: admission, the upstream call (or
+//! its simulation) and time.
 //!
 //! Deployments are named by their index in the group, whose members are
 //! in the safe order (by priority, ties in configured order).
+
+mod run;
+
+pub use run::{settle, AttemptRun, RunContext, RunPolicies, Settled};
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -1,0 +1,201 @@
+//! One request's pass over a model group, with every decision and every
+//! per-attempt update made here, once, for all three drivers: the
+//! gateway's router, `switchyard policy simulate` and the lab. A driver
+//! does only what is its own (admission, the upstream call or its
+//! simulation, and time) and steps the run:
+//!
+//! ```text
+//! let mut run = AttemptRun::start(.., &mut context, &mut policies);
+//! while let Some(member) = run.next_attempt() {
+//!     if admission refuses member { run.refused(member); continue }
+//!     run.begin(&context, member, now);
+//!     outcome = the call (or its simulation)
+//!     run.settle(&mut context, member, &outcome, judge)   // health, cooldown policy
+//!     if outcome is a success { break }
+//!     if !run.fall_back(&mut context, &mut policies, &outcome) { break }
+//! }
+//! ```
+//!
+//! The lab runs many requests in simulated time, so a run is a value it
+//! keeps between events rather than a loop that owns the thread; the
+//! router settles a success only when its answer is delivered, so
+//! [`settle`] is also a function of its own.
+
+use crate::health::DeploymentHealth;
+use crate::outcome::Outcome;
+use crate::policy::{CallOptions, Candidate, RequestInfo};
+
+use super::{AfterFailure, AttemptPlan};
+
+/// What a run reads of the group it runs over.
+pub trait RunContext {
+    /// The group's members, in the safe order.
+    fn members(&self) -> usize;
+    /// What policies see of member `member` now. (`&mut`: the lab's quota
+    /// books move their window on when read.)
+    fn candidate(&mut self, member: usize) -> Candidate;
+    /// Member `member`'s health.
+    fn health(&self, member: usize) -> &DeploymentHealth;
+}
+
+/// The order-deciding policy calls of a run, made as its driver makes
+/// them: the gateway observes each call (metrics, faults, rollback), the
+/// offline drivers write faults down. `None`: the policy faulted, and the
+/// safe order stands in.
+pub trait RunPolicies {
+    /// The selection policy's order of `candidates` (indices into it).
+    fn select(
+        &mut self,
+        info: &RequestInfo,
+        candidates: &[Candidate],
+        options: &CallOptions,
+    ) -> Option<Vec<usize>>;
+
+    /// The fallback policy's order of `remaining` (indices into it) after
+    /// `failed`, the attempts on `tried` made.
+    fn fall_back(
+        &mut self,
+        info: &RequestInfo,
+        failed: &Outcome,
+        tried: &[Candidate],
+        remaining: &[Candidate],
+        options: &CallOptions,
+    ) -> Option<Vec<usize>>;
+}
+
+/// What settling an attempt decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// How long the deployment cools down, in ms (0: not at all).
+    pub cooldown_ms: u64,
+    /// Whether its throttle history was cleared.
+    pub clear_history: bool,
+}
+
+/// Settles an attempt's `outcome` on `health`: the health counts it, the
+/// cooldown policy judges it (`judge`, which sees the deployment as it was
+/// just before: `before`), and the decision is applied at `outcome.at_ms`.
+/// Every driver settles through here.
+pub fn settle(
+    health: &DeploymentHealth,
+    before: &Candidate,
+    outcome: &Outcome,
+    judge: impl FnOnce(&Outcome, &Candidate) -> (u64, bool),
+) -> Settled {
+    health.end_attempt(outcome);
+    let (cooldown_ms, clear_history) = judge(outcome, before);
+    health.apply_cooldown(outcome.at_ms, cooldown_ms, clear_history, outcome.kind);
+    Settled {
+        cooldown_ms,
+        clear_history,
+    }
+}
+
+/// One pass of a request over a group: its attempt plan, the request as
+/// policies see it, and the options of its policy calls.
+#[derive(Debug, Clone)]
+pub struct AttemptRun {
+    plan: AttemptPlan,
+    info: RequestInfo,
+    options: CallOptions,
+}
+
+impl AttemptRun {
+    /// Starts a pass: the selection policy orders the group's members as
+    /// `context` shows them now. `priorities` and `max_attempts` are the
+    /// attempt plan's (see [`AttemptPlan::new`]).
+    pub fn start(
+        priorities: impl Into<std::sync::Arc<[u32]>>,
+        max_attempts: u32,
+        info: RequestInfo,
+        options: CallOptions,
+        context: &mut impl RunContext,
+        policies: &mut impl RunPolicies,
+    ) -> Self {
+        let candidates: Vec<Candidate> = (0..context.members())
+            .map(|member| context.candidate(member))
+            .collect();
+        let order = policies.select(&info, &candidates, &options);
+        Self {
+            plan: AttemptPlan::new(priorities, max_attempts, order),
+            info,
+            options,
+        }
+    }
+
+    /// The attempt plan: what is still to try, in order.
+    pub fn plan(&self) -> &AttemptPlan {
+        &self.plan
+    }
+
+    /// The request as policies see it (its `attempt` is the attempts made).
+    pub fn info(&self) -> &RequestInfo {
+        &self.info
+    }
+
+    /// The options of the run's policy calls.
+    pub fn options(&self) -> &CallOptions {
+        &self.options
+    }
+
+    /// The member to try next; `None` when nothing is left or the attempt
+    /// limit is reached.
+    pub fn next_attempt(&mut self) -> Option<usize> {
+        self.plan.next_attempt()
+    }
+
+    /// Admission refused `member`, the one [`next_attempt`](Self::next_attempt)
+    /// just gave: it was no attempt, and is not offered to the fallback.
+    pub fn refused(&mut self, member: usize) {
+        self.plan.refused(member);
+    }
+
+    /// The attempt on `member` starts at `now_ms`.
+    pub fn begin(&self, context: &impl RunContext, member: usize, now_ms: u64) {
+        context.health(member).begin_attempt(now_ms);
+    }
+
+    /// Settles the attempt on `member` that ended as `outcome` (see
+    /// [`settle`]), the cooldown policy called through `judge`.
+    pub fn settle(
+        &self,
+        context: &mut impl RunContext,
+        member: usize,
+        outcome: &Outcome,
+        judge: impl FnOnce(&Outcome, &Candidate, &CallOptions) -> (u64, bool),
+    ) -> Settled {
+        let before = context.candidate(member);
+        settle(context.health(member), &before, outcome, |o, b| {
+            judge(o, b, &self.options)
+        })
+    }
+
+    /// The last attempt failed as `failed` says: asks the fallback policy
+    /// to order what is left (seen as `context` shows it now). Returns
+    /// whether anything is left to try.
+    pub fn fall_back(
+        &mut self,
+        context: &mut impl RunContext,
+        policies: &mut impl RunPolicies,
+        failed: &Outcome,
+    ) -> bool {
+        let AfterFailure::AskFallback { tried, remaining } = self.plan.failed(failed.kind) else {
+            return false;
+        };
+        self.info.attempt = tried.len() as u32;
+        self.info.previous_deployment = Some(failed.deployment.clone());
+        let mut candidates = |members: &[usize]| -> Vec<Candidate> {
+            members.iter().map(|&m| context.candidate(m)).collect()
+        };
+        let (tried_now, remaining_now) = (candidates(&tried), candidates(&remaining));
+        let next = policies.fall_back(
+            &self.info,
+            failed,
+            &tried_now,
+            &remaining_now,
+            &self.options,
+        );
+        self.plan.fallback(&remaining, next);
+        true
+    }
+}
