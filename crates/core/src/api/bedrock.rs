@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::coalesce;
 use super::error::{error_response, unreadable_body, ErrorBody};
-use super::extract::{routed_headers, MaxWait, RequestId};
+use super::extract::{routed_headers, CallFacts};
 use super::AppState;
 use crate::jobs::JobAnswer;
 use crate::router::Routed;
@@ -73,24 +73,22 @@ pub(super) fn read_body(body: Bytes, kind: BodyKind) -> Result<(Bytes, u32), Gat
 }
 
 /// The call a Bedrock request makes, once its caller and body are checked.
-pub(super) fn model_call(
+fn model_call(
     state: &AppState,
     model_id: &str,
-    request_id: &str,
-    caller: Result<Caller, GatewayError>,
-    max_wait: Result<MaxWait, GatewayError>,
+    facts: CallFacts,
     body: Result<Bytes, BytesRejection>,
     kind: BodyKind,
 ) -> Result<ModelCall, GatewayError> {
-    let caller = caller?;
-    let MaxWait(max_wait_ms) = max_wait?;
+    let request_id = facts.request_id.clone();
+    let (caller, max_wait_ms) = facts.checked()?;
     let group = state.service.group_for(model_id)?;
     let body = body.map_err(|rejection| unreadable_body(&rejection))?;
     let (body, estimated_tokens) = read_body(body, kind)?;
     Ok(ModelCall {
         group,
         caller,
-        request_id: request_id.to_owned(),
+        request_id,
         max_wait_ms,
         body,
         estimated_tokens,
@@ -113,26 +111,29 @@ async fn route<O: Operation>(
         .map_err(|e| error_response(&e, Some(request_id)))
 }
 
+/// Checks a Bedrock request for `kind` and routes its call with `operation`.
+async fn route_request<O: Operation>(
+    state: &AppState,
+    model_id: &str,
+    facts: CallFacts,
+    body: Result<Bytes, BytesRejection>,
+    (kind, operation): (BodyKind, &O),
+) -> Result<Admitted<O::Reply>, Response> {
+    let request_id = facts.request_id.clone();
+    let call = model_call(state, model_id, facts, body, kind);
+    route(state, call, &request_id, operation).await
+}
+
 /// `POST /model/{modelId}/converse`
-#[allow(clippy::too_many_arguments)] // each is one extractor
 pub async fn converse(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
-    RequestId(request_id): RequestId,
-    caller: Result<Caller, GatewayError>,
-    max_wait: Result<MaxWait, GatewayError>,
+    facts: CallFacts,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = model_call(
-        &state,
-        &model_id,
-        &request_id,
-        caller,
-        max_wait,
-        body,
-        BodyKind::Converse,
-    );
+    let request_id = facts.request_id.clone();
+    let call = model_call(&state, &model_id, facts, body, BodyKind::Converse);
     let call = match call {
         Ok(call) if state.coalesces(&call.group, &headers) => call,
         call => return converse_alone(state, call, request_id).await,
@@ -246,21 +247,11 @@ pub(super) fn used_tokens(body: &[u8]) -> Option<u64> {
 pub async fn converse_stream(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
-    RequestId(request_id): RequestId,
-    caller: Result<Caller, GatewayError>,
-    max_wait: Result<MaxWait, GatewayError>,
+    facts: CallFacts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = model_call(
-        &state,
-        &model_id,
-        &request_id,
-        caller,
-        max_wait,
-        body,
-        BodyKind::Converse,
-    );
-    match route(&state, call, &request_id, &ConverseStream).await {
+    let operation = (BodyKind::Converse, &ConverseStream);
+    match route_request(&state, &model_id, facts, body, operation).await {
         Err(response) => response,
         Ok(admitted) => stream_through(admitted),
     }
@@ -270,21 +261,11 @@ pub async fn converse_stream(
 pub async fn invoke(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
-    RequestId(request_id): RequestId,
-    caller: Result<Caller, GatewayError>,
-    max_wait: Result<MaxWait, GatewayError>,
+    facts: CallFacts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = model_call(
-        &state,
-        &model_id,
-        &request_id,
-        caller,
-        max_wait,
-        body,
-        BodyKind::Invoke,
-    );
-    match route(&state, call, &request_id, &Invoke).await {
+    let operation = (BodyKind::Invoke, &Invoke);
+    match route_request(&state, &model_id, facts, body, operation).await {
         Err(response) => response,
         Ok(admitted) => {
             let used = used_invoke_tokens(&admitted.routed.value.body);
@@ -311,21 +292,11 @@ fn used_invoke_tokens(body: &[u8]) -> Option<u64> {
 pub async fn invoke_stream(
     State(state): State<Arc<AppState>>,
     Path(model_id): Path<String>,
-    RequestId(request_id): RequestId,
-    caller: Result<Caller, GatewayError>,
-    max_wait: Result<MaxWait, GatewayError>,
+    facts: CallFacts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let call = model_call(
-        &state,
-        &model_id,
-        &request_id,
-        caller,
-        max_wait,
-        body,
-        BodyKind::Invoke,
-    );
-    match route(&state, call, &request_id, &InvokeStream).await {
+    let operation = (BodyKind::Invoke, &InvokeStream);
+    match route_request(&state, &model_id, facts, body, operation).await {
         Err(response) => response,
         Ok(admitted) => stream_through(admitted),
     }

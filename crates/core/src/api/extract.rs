@@ -1,8 +1,9 @@
 //! The facts of a model call that its HTTP request carries outside the
-//! body, as extractors: its id, who it is from (an API key, or the open
-//! gateway's `x-switchyard-user`), its rank and how long it may wait. A
-//! handler's signature says which it needs; a fact that is malformed is a
-//! [`GatewayError`] the handler answers in its API's shape.
+//! body, as extractors: who it is from ([`Caller`]: an API key, or the open
+//! gateway's `x-switchyard-user`, with its rank), how long it may wait
+//! ([`MaxWait`]), and all of them with the request's id ([`CallFacts`]).
+//! A fact that is malformed is a [`GatewayError`] the handler answers in
+//! its API's shape.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,18 +27,6 @@ pub const MAX_WAIT_HEADER: &str = "x-switchyard-max-wait-ms";
 
 /// The request id: the client's `x-request-id` when it sent a sane one,
 /// else a fresh one.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestId {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(Self(request_id(&parts.headers)))
-    }
-}
-
-/// The request id `headers` carry, or a fresh one.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
@@ -86,6 +75,40 @@ impl<S: Send + Sync> FromRequestParts<S> for MaxWait {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, GatewayError> {
         header_number(&parts.headers, MAX_WAIT_HEADER).map(Self)
+    }
+}
+
+/// What a model call's HTTP request says of the call outside its body:
+/// its id, who makes it and how long it may wait. The caller and the wait
+/// are checked when the handler asks ([`checked`](Self::checked)), so
+/// that their errors come in its API's shape, under the request's id.
+pub struct CallFacts {
+    pub request_id: String,
+    caller: Result<Caller, GatewayError>,
+    max_wait: Result<MaxWait, GatewayError>,
+}
+
+impl CallFacts {
+    /// The caller and the wait it asks for, or why they are refused.
+    pub fn checked(self) -> Result<(Caller, Option<u64>), GatewayError> {
+        let caller = self.caller?;
+        let MaxWait(max_wait_ms) = self.max_wait?;
+        Ok((caller, max_wait_ms))
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for CallFacts {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Infallible> {
+        Ok(Self {
+            request_id: request_id(&parts.headers),
+            caller: Caller::from_request_parts(parts, state).await,
+            max_wait: MaxWait::from_request_parts(parts, state).await,
+        })
     }
 }
 

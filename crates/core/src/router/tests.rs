@@ -24,11 +24,6 @@ use crate::upstream::{AttemptFailure, Upstream};
 fn gateway(a_extra: &str) -> Gateway {
     let text = format!(
         r#"
-        listen = "127.0.0.1:0"
-        [policy_runtime]
-        compile_cache = false
-        [admission]
-        max_wait_ms = 120000
         [[deployments]]
         id = "a"
         model_id = "model-a"
@@ -42,6 +37,21 @@ fn gateway(a_extra: &str) -> Gateway {
         name = "g"
         deployments = ["a", "b"]
         "#
+    );
+    gateway_of(&text)
+}
+
+/// The gateway of deployments and groups `text`, on tokio's (paused)
+/// clock; requests may wait two minutes for capacity.
+fn gateway_of(text: &str) -> Gateway {
+    let text = format!(
+        r#"
+        listen = "127.0.0.1:0"
+        [policy_runtime]
+        compile_cache = false
+        [admission]
+        max_wait_ms = 120000
+        {text}"#
     );
     let config = Config::parse(&text, "router test").expect("a valid config");
     // Nothing listens there: every attempt is the script's.
@@ -260,11 +270,6 @@ async fn when_every_attempt_fails_the_error_lists_them() {
 /// A group whose one deployment allows one request a minute.
 fn one_a_minute() -> Gateway {
     let text = r#"
-        listen = "127.0.0.1:0"
-        [policy_runtime]
-        compile_cache = false
-        [admission]
-        max_wait_ms = 120000
         [[deployments]]
         id = "a"
         model_id = "model-a"
@@ -273,9 +278,7 @@ fn one_a_minute() -> Gateway {
         name = "g"
         deployments = ["a"]
         "#;
-    let config = Config::parse(text, "router test").expect("a valid config");
-    let upstreams = Upstreams::Simulator("http://127.0.0.1:9".into());
-    Gateway::build(&config, TokioClock::new(), &upstreams).expect("the gateway builds")
+    gateway_of(text)
 }
 
 #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::super::error::unreadable_body;
-use super::super::extract::{routed_headers, MaxWait, RequestId};
+use super::super::extract::{routed_headers, CallFacts};
 use super::super::AppState;
 use super::request::{check_unmapped, unsupported, Unsupported};
 use super::{error_response, model_group, parse_body, refuse};
@@ -115,13 +115,11 @@ impl EmbeddingsRequest {
 /// `POST /v1/embeddings`
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
-    RequestId(request_id): RequestId,
-    caller: Result<Caller, GatewayError>,
-    max_wait: Result<MaxWait, GatewayError>,
+    facts: CallFacts,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let checked = caller.and_then(|caller| {
-        let MaxWait(max_wait_ms) = max_wait?;
+    let request_id = facts.request_id.clone();
+    let checked = facts.checked().and_then(|(caller, max_wait_ms)| {
         let body = body.map_err(|r| unreadable_body(&r))?;
         check(&state, caller, max_wait_ms, &request_id, body)
     });

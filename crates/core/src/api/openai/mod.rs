@@ -32,7 +32,7 @@ use futures::FutureExt;
 use super::bedrock::used_tokens;
 use super::coalesce;
 use super::error::{retry_after, unreadable_body};
-use super::extract::{routed_headers, MaxWait, RequestId};
+use super::extract::{routed_headers, CallFacts};
 use super::AppState;
 use crate::jobs::JobAnswer;
 use crate::router::Routed;
@@ -108,14 +108,12 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    RequestId(request_id): RequestId,
-    caller: Result<Caller, GatewayError>,
-    max_wait: Result<MaxWait, GatewayError>,
+    facts: CallFacts,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let checked = caller.and_then(|caller| {
-        let MaxWait(max_wait_ms) = max_wait?;
+    let request_id = facts.request_id.clone();
+    let checked = facts.checked().and_then(|(caller, max_wait_ms)| {
         let body = body.map_err(|r| unreadable_body(&r))?;
         check(&state, caller, max_wait_ms, &request_id, &body)
     });
