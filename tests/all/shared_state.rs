@@ -462,7 +462,7 @@ backend = "redis"
 async fn a_token_reservation_is_settled_to_the_usage_for_every_instance() {
     use switchyard::admission::Refusal;
     use switchyard::state::redis::RedisState;
-    use switchyard::state::{BackendKind, QuotaSpec, StateBackend, StateConfig};
+    use switchyard::state::{BackendKind, QuotaBooks, QuotaSpec, StateBackend, StateConfig};
 
     let redis = RedisServer::start();
     let config = StateConfig {

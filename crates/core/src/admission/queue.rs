@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::state::StateBackend;
+use crate::state::UserPresence;
 use tokio::time::Instant;
 
 /// The fair-share name of requests that name no user.
@@ -111,7 +111,7 @@ struct Inner {
     config: QueueConfig,
     state: Mutex<State>,
     /// Where per-user in-flight counts are shared with sibling instances.
-    shared: Option<Arc<dyn StateBackend>>,
+    shared: Option<Arc<dyn UserPresence>>,
 }
 
 /// The fair queue. Cheap to clone.
@@ -287,7 +287,7 @@ impl FairQueue {
 
     /// An empty queue whose per-user caps count the requests running on
     /// every instance sharing `state`.
-    pub fn shared(config: QueueConfig, state: Arc<dyn StateBackend>) -> Self {
+    pub fn shared(config: QueueConfig, state: Arc<dyn UserPresence>) -> Self {
         Self::build(config, Some(state))
     }
 
@@ -297,7 +297,7 @@ impl FairQueue {
         self.inner.dispatch(&mut state);
     }
 
-    fn build(config: QueueConfig, shared: Option<Arc<dyn StateBackend>>) -> Self {
+    fn build(config: QueueConfig, shared: Option<Arc<dyn UserPresence>>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use super::budget::BudgetBook;
 use super::quota::{Reservation, RollingQuota};
 use super::{
-    BoxFuture, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeBroadcast, ChangeSink,
-    GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend, StateStatus,
+    BoxFuture, BudgetBooks, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeBroadcast,
+    ChangeSink, GrantSource, QuotaBooks, QuotaGrant, QuotaSpec, QuotaView, StateBackend,
+    StateStatus, UserPresence,
 };
 use crate::vocabulary::Refusal;
 
@@ -226,7 +227,7 @@ impl ChangeBroadcast for MemoryState {
     fn publish(&self, _change: Change) {}
 }
 
-impl StateBackend for MemoryState {
+impl QuotaBooks for MemoryState {
     fn reserve<'a>(
         &'a self,
         quota: &'a QuotaSpec,
@@ -248,6 +249,19 @@ impl StateBackend for MemoryState {
         self.settle_local(quota, grant.id, request, used_tokens, now_ms);
     }
 
+    fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView {
+        self.books(quota)
+            .map(|mut b| b.view(now_ms))
+            .unwrap_or_default()
+    }
+
+    fn quota_wait_ms(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> u64 {
+        self.books(quota)
+            .map_or(0, |mut b| b.wait_ms(tokens, now_ms))
+    }
+}
+
+impl BudgetBooks for MemoryState {
     fn take_budget<'a>(
         &'a self,
         budget: &'a BudgetSpec,
@@ -272,24 +286,17 @@ impl StateBackend for MemoryState {
     fn budget_use(&self, budget: &BudgetSpec, now_ms: u64) -> BudgetUse {
         self.budget_use_local(budget, now_ms)
     }
+}
 
-    fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView {
-        self.books(quota)
-            .map(|mut b| b.view(now_ms))
-            .unwrap_or_default()
-    }
-
-    fn quota_wait_ms(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> u64 {
-        self.books(quota)
-            .map_or(0, |mut b| b.wait_ms(tokens, now_ms))
-    }
-
+impl UserPresence for MemoryState {
     fn user_running(&self, _user: &str, _running: u32) {}
 
     fn running_elsewhere(&self, _user: &str) -> u32 {
         0
     }
+}
 
+impl StateBackend for MemoryState {
     fn attach(&self, _sink: &Arc<dyn ChangeSink>) {}
 
     fn status(&self) -> StateStatus {

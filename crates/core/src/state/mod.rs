@@ -182,9 +182,8 @@ pub(crate) enum GrantSource {
     Shared,
 }
 
-/// Where routing state lives. Every method but [`reserve`](Self::reserve)
-/// returns at once: writes to a shared store happen in the background.
-pub trait StateBackend: ChangeBroadcast + Send + Sync + 'static {
+/// Deployments' RPM and TPM books.
+pub trait QuotaBooks: Send + Sync {
     /// Takes a request (RPM) and `tokens` (TPM) from `quota`, or says why not
     /// and for how long. At most one round trip to a shared store.
     fn reserve<'a>(
@@ -205,6 +204,15 @@ pub trait StateBackend: ChangeBroadcast + Send + Sync + 'static {
         now_ms: u64,
     );
 
+    /// `quota` as last seen, without a round trip.
+    fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView;
+
+    /// Milliseconds until `tokens` could be reserved on `quota`, as last seen.
+    fn quota_wait_ms(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> u64;
+}
+
+/// Accounts' daily and weekly budgets.
+pub trait BudgetBooks: Send + Sync {
     /// Takes a request and `tokens` from the budgets of `budget`'s account,
     /// or says which is spent and until when. At most one round trip.
     fn take_budget<'a>(
@@ -226,19 +234,25 @@ pub trait StateBackend: ChangeBroadcast + Send + Sync + 'static {
 
     /// `budget`'s account as last seen, without a round trip.
     fn budget_use(&self, budget: &BudgetSpec, now_ms: u64) -> BudgetUse;
+}
 
-    /// `quota` as last seen, without a round trip.
-    fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView;
-
-    /// Milliseconds until `tokens` could be reserved on `quota`, as last seen.
-    fn quota_wait_ms(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> u64;
-
+/// Who runs what on the other instances, for the fair queue's per-user caps.
+pub trait UserPresence: Send + Sync {
     /// This instance now runs `running` requests of `user`.
     fn user_running(&self, user: &str, running: u32);
 
     /// Requests of `user` running on the other instances, as last seen.
     fn running_elsewhere(&self, user: &str) -> u32;
+}
 
+/// Where routing state lives: the quota and budget books, who runs what
+/// on the other instances, and the changes siblings share, each a trait of
+/// its own so a caller takes only what it uses. Every method but
+/// [`QuotaBooks::reserve`] and [`BudgetBooks::take_budget`] returns at once:
+/// writes to a shared store happen in the background.
+pub trait StateBackend:
+    QuotaBooks + BudgetBooks + UserPresence + ChangeBroadcast + Send + Sync + 'static
+{
     /// Where remote changes go; set once the gateway is assembled. The
     /// backend keeps a weak reference: the gateway owns its mirror.
     fn attach(&self, sink: &Arc<dyn ChangeSink>);

@@ -32,9 +32,9 @@ use tokio::sync::mpsc;
 
 use super::memory::MemoryState;
 use super::{
-    BoxFuture, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeBroadcast, ChangeSink,
-    GrantSource, QuotaGrant, QuotaSpec, QuotaView, StateBackend, StateConfig, StateError,
-    StateStatus,
+    BoxFuture, BudgetBooks, BudgetGrant, BudgetSpec, BudgetUse, Change, ChangeBroadcast,
+    ChangeSink, GrantSource, QuotaBooks, QuotaGrant, QuotaSpec, QuotaView, StateBackend,
+    StateConfig, StateError, StateStatus, UserPresence,
 };
 use crate::vocabulary::Refusal;
 use keys::Keys;
@@ -351,7 +351,7 @@ impl ChangeBroadcast for RedisState {
     }
 }
 
-impl StateBackend for RedisState {
+impl QuotaBooks for RedisState {
     fn reserve<'a>(
         &'a self,
         quota: &'a QuotaSpec,
@@ -398,52 +398,6 @@ impl StateBackend for RedisState {
                 }
             }
         }
-    }
-
-    fn take_budget<'a>(
-        &'a self,
-        budget: &'a BudgetSpec,
-        tokens: u64,
-        now_ms: u64,
-    ) -> BoxFuture<'a, Result<BudgetGrant, Refusal>> {
-        Box::pin(self.shared.take_budget_shared(budget, tokens, now_ms))
-    }
-
-    fn settle_budget(
-        &self,
-        budget: &BudgetSpec,
-        grant: BudgetGrant,
-        request: bool,
-        used_tokens: u64,
-    ) {
-        let s = &self.shared;
-        s.local
-            .settle_budget_local(budget, &grant, request, used_tokens);
-        let tokens = used_tokens as i64 - grant.tokens as i64;
-        let requests = if request { 0 } else { -1 };
-        if !grant.shared {
-            // Decided here during an outage: its booking is corrected too.
-            s.outage_budget.lock().expect("outage budget poisoned").add(
-                &budget.account,
-                &grant,
-                tokens,
-                requests,
-                grant.day_start_ms(),
-            );
-        }
-        if grant.shared && (tokens != 0 || requests != 0) {
-            let _ = s.writes.send(Write::SettleBudget {
-                account: budget.account.clone(),
-                day: grant.day,
-                week: grant.week,
-                tokens,
-                requests,
-            });
-        }
-    }
-
-    fn budget_use(&self, budget: &BudgetSpec, now_ms: u64) -> BudgetUse {
-        self.shared.budget_seen(budget, now_ms)
     }
 
     fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView {
@@ -499,7 +453,57 @@ impl StateBackend for RedisState {
         }
         seen.refused_until_ms.saturating_sub(now_ms).max(1)
     }
+}
 
+impl BudgetBooks for RedisState {
+    fn take_budget<'a>(
+        &'a self,
+        budget: &'a BudgetSpec,
+        tokens: u64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<BudgetGrant, Refusal>> {
+        Box::pin(self.shared.take_budget_shared(budget, tokens, now_ms))
+    }
+
+    fn settle_budget(
+        &self,
+        budget: &BudgetSpec,
+        grant: BudgetGrant,
+        request: bool,
+        used_tokens: u64,
+    ) {
+        let s = &self.shared;
+        s.local
+            .settle_budget_local(budget, &grant, request, used_tokens);
+        let tokens = used_tokens as i64 - grant.tokens as i64;
+        let requests = if request { 0 } else { -1 };
+        if !grant.shared {
+            // Decided here during an outage: its booking is corrected too.
+            s.outage_budget.lock().expect("outage budget poisoned").add(
+                &budget.account,
+                &grant,
+                tokens,
+                requests,
+                grant.day_start_ms(),
+            );
+        }
+        if grant.shared && (tokens != 0 || requests != 0) {
+            let _ = s.writes.send(Write::SettleBudget {
+                account: budget.account.clone(),
+                day: grant.day,
+                week: grant.week,
+                tokens,
+                requests,
+            });
+        }
+    }
+
+    fn budget_use(&self, budget: &BudgetSpec, now_ms: u64) -> BudgetUse {
+        self.shared.budget_seen(budget, now_ms)
+    }
+}
+
+impl UserPresence for RedisState {
     fn user_running(&self, user: &str, running: u32) {
         let mut here = self.shared.running_here.lock().expect("running poisoned");
         if running == 0 {
@@ -522,7 +526,9 @@ impl StateBackend for RedisState {
             .copied()
             .unwrap_or(0)
     }
+}
 
+impl StateBackend for RedisState {
     fn attach(&self, sink: &Arc<dyn ChangeSink>) {
         let _ = self.shared.sink.set(Arc::downgrade(sink));
         self.shared.resync_wanted.store(true, Ordering::Relaxed);
