@@ -114,6 +114,33 @@ async fn a_user_name_longer_than_256_bytes_is_refused() {
     assert_eq!(answer.status, 200, "{}", answer.body_text());
 }
 
+/// OpenAI's `user` field names the user on an open gateway, so it meets
+/// the same limit as the header (it once went to the queue unchecked).
+#[tokio::test]
+async fn an_openai_user_field_longer_than_256_bytes_is_refused() {
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let config = format!(
+        "{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let chat = |user: String| {
+        serde_json::json!({
+            "model": "g",
+            "messages": [{ "role": "user", "content": "x" }],
+            "user": user,
+        })
+        .to_string()
+    };
+    let path = "/v1/chat/completions";
+    let answer = raw_post(gw.addr, path, &[], chat("u".repeat(257)).as_bytes()).await;
+    assert_eq!(answer.status, 400, "{}", answer.body_text());
+    assert_eq!(answer.json()["error"]["code"], "user_name_too_long");
+    assert_eq!(answer.json()["error"]["param"], "user");
+    let answer = raw_post(gw.addr, path, &[], chat("u".repeat(256)).as_bytes()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+}
+
 /// One queue slot in all: a request for a busy deployment of group `slow`
 /// must not sit on it while another group's request could run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
