@@ -66,6 +66,29 @@ async fn an_oversized_body_is_a_413() {
     assert_eq!(sim.counts("m").calls, 0);
 }
 
+/// A body declared far over the limit is refused when the headers are
+/// read, not after the client sends (or stalls on) it: the client here
+/// sends 2 bytes of its declared 100 GB and waits, and must be answered
+/// well before `http.body_read_timeout_ms` (30 s), in each route's shape.
+#[tokio::test]
+async fn a_body_declared_over_the_limit_is_a_413_at_once() {
+    let (sim, gw) = gateway().await;
+    let within = std::time::Duration::from_secs(10);
+    let raw = raw_post_declaring(gw.addr, "/model/g/converse", 99_999_999_999, b"{}", within).await;
+    assert_json_error(&raw, 413, "body_too_large");
+    let raw = raw_post_declaring(
+        gw.addr,
+        "/v1/chat/completions",
+        99_999_999_999,
+        b"{}",
+        within,
+    )
+    .await;
+    assert_eq!(raw.status, 413, "{}", raw.body_text());
+    assert_eq!(raw.json()["error"]["code"], "body_too_large");
+    assert_eq!(sim.counts("m").calls, 0);
+}
+
 #[tokio::test]
 async fn a_validation_error_from_bedrock_is_passed_on_without_falling_back() {
     let (sim, gw) = gateway().await;

@@ -235,11 +235,36 @@ pub async fn raw_request_within(
     body: &[u8],
     limit: Duration,
 ) -> RawResponse {
+    let declared = body.len() as u64;
+    exchange(addr, method, path, headers, (declared, body), limit).await
+}
+
+/// A POST that declares a body of `declared` bytes, sends `sent` and then
+/// nothing, and must be answered within `limit`.
+pub async fn raw_post_declaring(
+    addr: SocketAddr,
+    path: &str,
+    declared: u64,
+    sent: &[u8],
+    limit: Duration,
+) -> RawResponse {
+    exchange(addr, "POST", path, &[], (declared, sent), limit).await
+}
+
+/// Sends a request whose head declares `declared` bytes of body and which
+/// sends `body`, and reads the answer (within `limit`).
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    (declared, body): (u64, &[u8]),
+    limit: Duration,
+) -> RawResponse {
     let io = async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-            body.len()
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\nconnection: close\r\n",
         );
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));

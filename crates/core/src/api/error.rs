@@ -18,10 +18,7 @@ use crate::service::{ErrorCode, GatewayError};
 /// (`[http] body_read_timeout_ms`), else 400 `unreadable_body`.
 pub fn unreadable_body(rejection: &BytesRejection) -> GatewayError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return GatewayError::refused(
-            ErrorCode::BodyTooLarge,
-            "the request body is larger than this route accepts (limits.max_body_bytes for model calls)",
-        );
+        return body_too_large();
     }
     if crate::edge::is_body_timeout(rejection) {
         return GatewayError::refused(
@@ -30,6 +27,14 @@ pub fn unreadable_body(rejection: &BytesRejection) -> GatewayError {
         );
     }
     GatewayError::refused(ErrorCode::UnreadableBody, rejection.body_text())
+}
+
+/// 413 `body_too_large`.
+pub fn body_too_large() -> GatewayError {
+    GatewayError::refused(
+        ErrorCode::BodyTooLarge,
+        "the request body is larger than this route accepts (limits.max_body_bytes for model calls)",
+    )
 }
 
 /// A JSON body that could not be read ([`unreadable_body`]) or parsed

@@ -4,6 +4,7 @@
 mod admin;
 pub mod auth;
 mod bedrock;
+mod body;
 pub mod coalesce;
 mod error;
 pub mod extract;
@@ -147,6 +148,17 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
     } else {
         HttpRouter::new()
     };
+    // Each group refuses a body declared too large in its own error shape.
+    let refuse_over = |render: body::Render| {
+        axum::middleware::from_fn(move |request, next| {
+            body::refuse_declared_over(max_body_bytes, render, request, next)
+        })
+    };
+    let gateway_shape: body::Render = |e, request_id| error::error_response(e, Some(request_id));
+    let openai_routes = HttpRouter::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route_layer(refuse_over(openai::error_response));
     let api = HttpRouter::new()
         .route("/model/{model_id}/converse", post(bedrock::converse))
         .route(
@@ -158,11 +170,11 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
             "/model/{model_id}/invoke-with-response-stream",
             post(bedrock::invoke_stream),
         )
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/task_status/{id}", get(jobs::task_status))
+        .route_layer(refuse_over(gateway_shape))
+        .merge(openai_routes)
         .layer(DefaultBodyLimit::max(max_body_bytes));
     let observability = HttpRouter::new()
         .route("/", get(status_page))
