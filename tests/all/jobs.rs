@@ -48,6 +48,21 @@ fn converse_job(text: &str) -> Value {
     json!({ "type": "converse", "model": "g", "body": serde_json::from_slice::<Value>(&converse_body(text)).unwrap() })
 }
 
+/// Jobs hold prompts and answers: the store is its user's alone (the
+/// folder the gateway creates 0700, `jobs.redb` 0600).
+#[cfg(unix)]
+#[tokio::test]
+async fn the_job_store_is_readable_by_its_user_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let scratch = ScratchDir::new("jobs-private");
+    let dir = scratch.join("store");
+    let _gw = start_gateway(&jobs_config(&sim, &dir, 1), SystemClock::shared()).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    assert_eq!(mode(&dir.join("jobs.redb")), 0o600);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_answers_as_the_synchronous_route_would() {
     let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;

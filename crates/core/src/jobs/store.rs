@@ -55,7 +55,7 @@ impl JobStore {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_error(Box::new(e)))?;
+        private_file(dir, &path).map_err(|e| open_error(Box::new(e)))?;
         let db = Database::create(&path).map_err(|e| open_error(Box::new(e)))?;
         let store = Self { db };
         // The table exists from the start, so reads never miss it.
@@ -152,4 +152,28 @@ impl JobStore {
 /// A stored job, if it parses.
 fn decode(bytes: &[u8]) -> Option<Job> {
     serde_json::from_slice(bytes).ok()
+}
+
+/// Makes `path` in `dir` readable by this user alone: jobs hold prompts
+/// and answers. A folder it creates is 0700; the file is 0600, also when
+/// it was made before (a store once was created world-readable).
+fn private_file(dir: &Path, path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
 }
