@@ -22,8 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router as HttpRouter;
 
-pub use error::{error_response, ErrorBody};
-
 use crate::config::Config;
 use crate::policy::PolicyRuntime;
 use crate::service::{GatewayError, Service};

@@ -140,6 +140,18 @@ pub struct Delivered<T> {
     pub attempts: usize,
 }
 
+impl<T> Delivered<T> {
+    /// The same answer with its value turned into an API's own shape.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Delivered<U> {
+        Delivered {
+            request_id: self.request_id,
+            value: f(self.value),
+            deployment: self.deployment,
+            attempts: self.attempts,
+        }
+    }
+}
+
 /// About four bytes of JSON per input token, rounded up, plus the whole
 /// output budget (`max_tokens`, 4096 when the request sets none).
 pub fn estimate_tokens(body_len: usize, max_tokens: Option<u64>) -> u32 {

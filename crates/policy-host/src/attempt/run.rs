@@ -128,11 +128,6 @@ impl AttemptRun {
         &self.plan
     }
 
-    /// The request as policies see it (its `attempt` is the attempts made).
-    pub fn info(&self) -> &RequestInfo {
-        &self.info
-    }
-
     /// The options of the run's policy calls.
     pub fn options(&self) -> &CallOptions {
         &self.options

@@ -37,7 +37,8 @@ use super::AppState;
 use crate::jobs::JobAnswer;
 use crate::router::Routed;
 use crate::service::{
-    estimate_tokens, Admitted, Caller, Converse, ConverseStream, ErrorCode, GatewayError, ModelCall,
+    estimate_tokens, Admitted, Caller, Converse, ConverseStream, Delivered, ErrorCode,
+    GatewayError, ModelCall,
 };
 use chunks::ChunkTranslator;
 use request::ChatRequest;
@@ -178,9 +179,9 @@ pub(super) async fn chat_completion_job(
         json_mode,
     };
     match answer.complete(state, call).await {
-        Ok((completion, _)) => JobAnswer {
+        Ok(delivered) => JobAnswer {
             status: 200,
-            body: completion,
+            body: delivered.value,
         },
         Err(e) => job_error(&e),
     }
@@ -203,30 +204,24 @@ struct Completion {
 }
 
 impl Completion {
-    /// Routes `call`: the chat completion, and the answer's routing facts.
+    /// Routes `call`: the chat completion, delivered.
     async fn complete(
         self,
         state: &AppState,
         call: ModelCall,
-    ) -> Result<(Value, crate::service::Delivered<()>), GatewayError> {
+    ) -> Result<Delivered<Value>, GatewayError> {
         let admitted = state.service.call(call, &Converse).await?;
         let used = used_tokens(&admitted.routed.value.body);
-        let delivered = admitted.delivered(used);
-        let converse: Value = serde_json::from_slice(&delivered.value.body).unwrap_or(Value::Null);
-        let completion = answer::completion(
-            &self.id,
-            self.created,
-            &self.model,
-            self.json_mode,
-            &converse,
-        );
-        let facts = crate::service::Delivered {
-            request_id: delivered.request_id,
-            value: (),
-            deployment: delivered.deployment,
-            attempts: delivered.attempts,
-        };
-        Ok((completion, facts))
+        Ok(admitted.delivered(used).map(|reply| {
+            let converse: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+            answer::completion(
+                &self.id,
+                self.created,
+                &self.model,
+                self.json_mode,
+                &converse,
+            )
+        }))
     }
 
     /// Routes `call` and answers in the chat completion's shape.
@@ -234,14 +229,15 @@ impl Completion {
         let request_id = call.request_id.clone();
         match self.complete(state, call).await {
             Err(e) => error_response(&e, &request_id),
-            Ok((completion, facts)) => {
-                let mut response = axum::Json(completion).into_response();
-                routed_headers(
-                    &mut response,
-                    &facts.request_id,
-                    &facts.deployment,
-                    facts.attempts,
-                );
+            Ok(delivered) => {
+                let Delivered {
+                    request_id,
+                    value,
+                    deployment,
+                    attempts,
+                } = delivered;
+                let mut response = axum::Json(value).into_response();
+                routed_headers(&mut response, &request_id, &deployment, attempts);
                 response
             }
         }
