@@ -8,10 +8,16 @@ use switchyard::gateway_client::call;
 /// What to do with jobs.
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// List the jobs the gateway keeps (newest first, at most 100).
+    /// List the jobs the gateway keeps, newest first, a page at a time.
     List {
         #[command(flatten)]
         gateway: GatewayArgs,
+        /// Jobs on the page (1 to 100).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Start after this job (the `last_id` of the page before).
+        #[arg(long)]
+        after: Option<String>,
         /// Print the gateway's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -46,19 +52,26 @@ pub struct GatewayArgs {
 
 pub async fn run(command: JobsCommand) -> anyhow::Result<()> {
     match command {
-        JobsCommand::List { gateway, json } => {
-            let list = call(
-                &gateway.gateway,
-                "GET",
-                "/v1/jobs",
-                gateway.key.as_deref(),
-                None,
-            )
-            .await?;
+        JobsCommand::List {
+            gateway,
+            limit,
+            after,
+            json,
+        } => {
+            let mut path = format!("/v1/jobs?limit={limit}");
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={}", segment(after)));
+            }
+            let list = call(&gateway.gateway, "GET", &path, gateway.key.as_deref(), None).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print!("{}", table(&list));
+                if list["has_more"] == true {
+                    if let Some(last) = list["last_id"].as_str() {
+                        println!("more: switchyard jobs list --after {last}");
+                    }
+                }
             }
         }
         JobsCommand::Show { gateway, id } => {

@@ -231,7 +231,7 @@ async fn jobs_survive_the_gateway_being_killed() {
         assert!(Instant::now() < until, "5 jobs started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let list = raw_get(first.addr, "/v1/jobs").await.json();
+    let list = raw_get(first.addr, "/v1/jobs?limit=100").await.json();
     let count = |status: &str| {
         list["data"]
             .as_array()
@@ -263,7 +263,7 @@ async fn jobs_survive_the_gateway_being_killed() {
     let url = format!("http://{}", second.addr);
     let out = succeeded(
         switchyard_with_env(
-            &["jobs", "list", "--gateway", &url],
+            &["jobs", "list", "--limit", "100", "--gateway", &url],
             &[],
             Duration::from_secs(60),
         )
@@ -449,7 +449,7 @@ async fn an_ended_job_is_posted_to_its_callback_until_taken() {
             .await
             .json();
         if let Some(error) = shown["callback"]["last_error"].as_str() {
-            assert!(error.contains("inside the network"), "{shown}");
+            assert!(error.contains("not a public address"), "{shown}");
             assert_eq!(shown["callback"]["delivered"], false);
             break;
         }
@@ -545,4 +545,385 @@ async fn on_redis_another_instance_finishes_a_killed_instances_job() {
         "the killed instance's job ran again on the other, no other job did"
     );
     assert_eq!(sim.counts("model-a").calls, 5);
+}
+
+/// One client cannot fill the store: a user's jobs are capped in number
+/// and in bytes, and the store's in all, each refused with 429
+/// `job_quota_exceeded` in words that say which cap and nothing of other
+/// users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_past_their_job_caps_is_refused_with_429() {
+    let sim = start_sim(
+        vec![SimModelConfig {
+            ttft_ms: 10_000,
+            ..sim_model("model-a", None)
+        }],
+        SystemClock::shared(),
+    )
+    .await;
+    let dir = ScratchDir::new("jobs-caps");
+    let config = jobs_config(&sim, &dir, 1).replace(
+        "[jobs]\n",
+        "[jobs]\nmax_jobs_per_user = 2\nmax_bytes_per_user = 4000\nmax_jobs = 3\n",
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let as_user = |user: &str, job: &Value| {
+        let (user, body) = (user.to_owned(), job.to_string());
+        let addr = gw.addr;
+        async move {
+            raw_post(
+                addr,
+                "/v1/jobs",
+                &[("x-switchyard-user", &user)],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    for n in 0..2 {
+        let ok = as_user("ann", &converse_job(&format!("ann {n}"))).await;
+        assert_eq!(ok.status, 202, "{}", ok.body_text());
+    }
+    let third = as_user("ann", &converse_job("ann 2")).await;
+    assert_eq!(third.status, 429, "{}", third.body_text());
+    let body = third.json();
+    assert_eq!(body["code"], "job_quota_exceeded", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_jobs_per_user"),
+        "{body}"
+    );
+
+    // Bytes: one request over the user's 4000 bytes.
+    let big = converse_job(&"x".repeat(5_000));
+    let refused = as_user("bo", &big).await;
+    assert_eq!(refused.status, 429, "{}", refused.body_text());
+    assert!(refused.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_bytes_per_user"));
+
+    // The store in all: two of ann's and one of bo's fill it.
+    let ok = as_user("bo", &converse_job("bo 0")).await;
+    assert_eq!(ok.status, 202, "{}", ok.body_text());
+    let full = as_user("cy", &converse_job("cy 0")).await;
+    assert_eq!(full.status, 429, "{}", full.body_text());
+    let message = full.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("full"), "{message}");
+    assert!(
+        !message.contains("ann") && !message.contains('3'),
+        "{message}"
+    );
+}
+
+/// `GET /v1/jobs` answers a page at a time, newest first, with each job's
+/// record and answer status but not its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_listed_a_page_at_a_time_without_their_answers() {
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let dir = ScratchDir::new("jobs-pages");
+    let gw = start_gateway(&jobs_config(&sim, &dir, 2), SystemClock::shared()).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(submit(gw.addr, &converse_job(&format!("page {n}"))).await);
+    }
+    for id in &ids {
+        ended(gw.addr, id, Duration::from_secs(30)).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/jobs?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = raw_get(gw.addr, &path).await;
+        assert_eq!(page.status, 200, "{}", page.body_text());
+        let page = page.json();
+        pages += 1;
+        for job in page["data"].as_array().unwrap() {
+            assert!(job.get("answer").is_none(), "a list shows no answer: {job}");
+            assert_eq!(job["answer_status"], 200, "{job}");
+            seen.push(job["id"].as_str().unwrap().to_owned());
+        }
+        if page["has_more"] == false {
+            break;
+        }
+        path = format!(
+            "/v1/jobs?limit=2&after={}",
+            page["last_id"].as_str().unwrap()
+        );
+    }
+    assert_eq!(pages, 3);
+    ids.reverse();
+    assert_eq!(seen, ids, "newest first, each once");
+    let bad = raw_get(gw.addr, "/v1/jobs?limit=1000").await;
+    assert_eq!(bad.status, 400, "{}", bad.body_text());
+}
+
+/// A job whose run kills its gateway (here: the gateway is killed each
+/// time it runs) runs at most `max_runs` times across restarts, then
+/// fails with `job_interrupted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_interrupted_on_every_run_ends_after_max_runs() {
+    let sim = start_sim(
+        vec![SimModelConfig {
+            ttft_ms: 60_000,
+            ..sim_model("model-a", None)
+        }],
+        SystemClock::shared(),
+    )
+    .await;
+    let dir = ScratchDir::new("jobs-interrupted");
+    let config = jobs_config(&sim, &dir, 1).replace("[jobs]\n", "[jobs]\nmax_runs = 2\n");
+    let mut gateway = GatewayProcess::start("interrupted-1", &config).await;
+    let id = submit(gateway.addr, &converse_job("deadly")).await;
+    for run in 1..=2 {
+        let until = Instant::now() + Duration::from_secs(30);
+        while sim.counts("model-a").calls < run {
+            assert!(Instant::now() < until, "run {run} started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gateway.child.kill().await.unwrap();
+        drop(gateway);
+        gateway = GatewayProcess::start(&format!("interrupted-{}", run + 1), &config).await;
+    }
+    let job = ended(gateway.addr, &id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["runs"], 2, "{job}");
+    assert_eq!(job["answer"]["body"]["code"], "job_interrupted", "{job}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.counts("model-a").calls, 2, "no third run");
+}
+
+/// A hook on loopback whose answers the test sets; it keeps what it got.
+struct Hook {
+    addr: std::net::SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    answer: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Hook {
+    async fn start(status: u16) -> Self {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        use std::sync::{Arc, Mutex};
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let answer = Arc::new(AtomicU16::new(status));
+        let (taken, status) = (received.clone(), answer.clone());
+        let app = axum::Router::new().route(
+            "/done",
+            axum::routing::post(move |axum::Json(job): axum::Json<Value>| {
+                let (taken, status) = (taken.clone(), status.clone());
+                async move {
+                    taken.lock().unwrap().push(job);
+                    axum::http::StatusCode::from_u16(status.load(Ordering::SeqCst)).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            addr,
+            received,
+            answer,
+            server,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/done", self.addr)
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Polls job `id` until `done` holds of it.
+async fn job_until(
+    addr: std::net::SocketAddr,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let until = Instant::now() + within;
+    loop {
+        let job = raw_get(addr, &format!("/v1/jobs/{id}")).await.json();
+        if done(&job) {
+            return job;
+        }
+        assert!(Instant::now() < until, "job {id}: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A callback waits in a durable outbox: the gateway killed between two
+/// tries delivers it after its restart. A cancelled job calls back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_survive_a_restart_and_cancelled_jobs_call_back() {
+    let hook = Hook::start(500).await;
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let dir = ScratchDir::new("jobs-outbox");
+    let config =
+        jobs_config(&sim, &dir, 1).replace("[jobs]\n", "[jobs]\nprivate_callbacks = true\n");
+    let mut first = GatewayProcess::start("outbox-1", &config).await;
+    let mut job = converse_job("call me");
+    job["callback_url"] = json!(hook.url());
+    let id = submit(first.addr, &job).await;
+    job_until(first.addr, &id, Duration::from_secs(30), |j| {
+        j["callback"]["tries"] == 1
+    })
+    .await;
+    // Killed before the second try (due 1 s after the first).
+    first.child.kill().await.unwrap();
+    drop(first);
+    hook.answer.store(204, std::sync::atomic::Ordering::SeqCst);
+
+    let second = GatewayProcess::start("outbox-2", &config).await;
+    let shown = job_until(second.addr, &id, Duration::from_secs(30), |j| {
+        j["callback"]["delivered"] == true
+    })
+    .await;
+    assert_eq!(shown["callback"]["tries"], 2, "{shown}");
+    let received = hook.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(received[1]["status"], "succeeded");
+    assert_eq!(received[1]["answer"]["status"], 200);
+
+    // A cancelled job's callback.
+    let slow_sim = start_sim(
+        vec![SimModelConfig {
+            ttft_ms: 5_000,
+            ..sim_model("model-a", None)
+        }],
+        SystemClock::shared(),
+    )
+    .await;
+    let dir = ScratchDir::new("jobs-outbox-cancel");
+    let config =
+        jobs_config(&slow_sim, &dir, 1).replace("[jobs]\n", "[jobs]\nprivate_callbacks = true\n");
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let busy = submit(gw.addr, &converse_job("holds the worker")).await;
+    let waiting = submit(gw.addr, &job).await;
+    let cancel = raw_request(gw.addr, "DELETE", &format!("/v1/jobs/{waiting}"), &[], b"").await;
+    assert_eq!(cancel.status, 200, "{}", cancel.body_text());
+    job_until(gw.addr, &waiting, Duration::from_secs(30), |j| {
+        j["callback"]["delivered"] == true
+    })
+    .await;
+    let received = hook.received();
+    let last = received.last().unwrap();
+    assert_eq!(
+        (last["id"].as_str(), &last["status"]),
+        (Some(waiting.as_str()), &json!("cancelled"))
+    );
+    let _ = busy;
+}
+
+/// Callbacks go to public addresses only: a name that resolves inside the
+/// network, and an address in a range that is not global, are refused, in
+/// words that do not say what the name resolved to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_to_addresses_inside_the_network_are_refused_without_naming_them() {
+    let hook = Hook::start(204).await;
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let dir = ScratchDir::new("jobs-ssrf");
+    let gw = start_gateway(&jobs_config(&sim, &dir, 1), SystemClock::shared()).await;
+    let port = hook.addr.port();
+    for url in [
+        format!("http://localhost:{port}/done"),
+        format!("http://127.0.0.1:{port}/done"),
+        "http://198.18.0.1/done".to_owned(),
+        "http://[64:ff9b::7f00:1]/done".to_owned(),
+        "http://[2002:7f00:1::1]/done".to_owned(),
+        "http://192.0.0.170/done".to_owned(),
+        "http://240.0.0.1/done".to_owned(),
+    ] {
+        let mut job = converse_job("probe");
+        job["callback_url"] = json!(url);
+        let id = submit(gw.addr, &job).await;
+        let shown = job_until(gw.addr, &id, Duration::from_secs(30), |j| {
+            j["callback"]["last_error"].is_string()
+        })
+        .await;
+        let error = shown["callback"]["last_error"].as_str().unwrap();
+        assert!(error.contains("not a public address"), "{url}: {error}");
+        for leak in ["127.0.0.1", "::1", "[::1]"] {
+            assert!(!error.contains(leak), "{url}: {error}");
+        }
+    }
+    assert!(hook.received().is_empty(), "nothing reached the hook");
+}
+
+/// On Redis, a user's list is theirs however busy others are (it was the
+/// newest 1,000 of everyone's, filtered), and every record expires, an
+/// unfinished one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_a_users_jobs_are_listed_whoever_else_is_busy() {
+    const ALICE: &str = "alice-key-0123456789";
+    const BOB: &str = "bob-key-0123456789ab";
+    let redis = crate::redis_server::RedisServer::start();
+    let sim = start_sim(
+        vec![SimModelConfig {
+            ttft_ms: 30_000,
+            ..sim_model("model-a", None)
+        }],
+        SystemClock::shared(),
+    )
+    .await;
+    let prefix = format!("jobs-{}", uuid::Uuid::new_v4().simple());
+    let config = format!(
+        "[[api_keys]]\nkey = \"{ALICE}\"\nuser = \"alice\"\n[[api_keys]]\nkey = \"{BOB}\"\nuser = \"bob\"\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n[jobs]\nworkers = 1\nmax_jobs_per_user = 5000\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+        redis.url(),
+        deployment("a", "model-a", 1, &sim),
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let (alice, bob) = (format!("Bearer {ALICE}"), format!("Bearer {BOB}"));
+    let job = converse_job("queued").to_string();
+    let submitted = raw_post(
+        gw.addr,
+        "/v1/jobs",
+        &[("authorization", alice.as_str())],
+        job.as_bytes(),
+    )
+    .await;
+    assert_eq!(submitted.status, 202, "{}", submitted.body_text());
+    let id = submitted.json()["id"].as_str().unwrap().to_owned();
+    for _ in 0..1_001 {
+        let answer = raw_post(
+            gw.addr,
+            "/v1/jobs",
+            &[("authorization", bob.as_str())],
+            job.as_bytes(),
+        )
+        .await;
+        assert_eq!(answer.status, 202, "{}", answer.body_text());
+    }
+    let listed = raw_request(
+        gw.addr,
+        "GET",
+        "/v1/jobs",
+        &[("authorization", alice.as_str())],
+        b"",
+    )
+    .await;
+    let listed = listed.json();
+    let data = listed["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{listed}");
+    assert_eq!(data[0]["id"], id.as_str());
+    assert_eq!(listed["has_more"], false);
+
+    // A queued job's record has a time to live.
+    let ttl = redis
+        .command(&format!("PTTL {prefix}:jobrec:{id}"))
+        .expect("redis answers");
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!(ttl > 0, "an unfinished job's record expires: PTTL {ttl}");
 }

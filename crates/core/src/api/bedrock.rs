@@ -199,7 +199,7 @@ pub(super) async fn converse_job(
         Ok(admitted) => {
             let used = used_tokens(&admitted.routed.value.body);
             let body = admitted.delivered(used).value.body;
-            JobAnswer::of_json(200, &body)
+            JobAnswer::of_json(200, body)
         }
         Err(e) => job_error(&e),
     }
@@ -207,10 +207,7 @@ pub(super) async fn converse_job(
 
 /// A job's answer of `e`, in the gateway's shape.
 pub(super) fn job_error(e: &GatewayError) -> JobAnswer {
-    JobAnswer {
-        status: e.status().as_u16(),
-        body: serde_json::to_value(ErrorBody::of(e)).expect("JSON serializes"),
-    }
+    JobAnswer::of_value(e.status().as_u16(), &ErrorBody::of(e))
 }
 
 /// Answers a delivered call with `body`.

@@ -14,12 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::{BoxFuture, FutureExt};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::error::unreadable_body;
 use super::extract::caller;
 use super::AppState;
-use crate::jobs::{now_ms, Job, JobAnswer, JobRoute, JobStatus, Jobs, StoreError};
+use crate::jobs::{now_ms, Job, JobAnswer, JobRoute, JobStatus, Jobs, PageQuery, StoreError};
 use crate::service::{Caller, ErrorCode, GatewayError};
 
 /// What `POST /v1/jobs` takes.
@@ -32,8 +33,9 @@ struct Submission {
     /// The model group (`converse`; a chat completion names it in `body`).
     #[serde(default)]
     model: Option<String>,
-    /// The request's body, as the synchronous route takes it.
-    body: Value,
+    /// The request's body, as the synchronous route takes it (kept as
+    /// bytes: it is not decoded to be stored).
+    body: Box<RawValue>,
     /// Where to POST the job when it ends.
     #[serde(default)]
     callback_url: Option<String>,
@@ -49,6 +51,9 @@ fn jobs(state: &AppState) -> Result<&Arc<Jobs>, GatewayError> {
 }
 
 fn store_error(e: &StoreError) -> GatewayError {
+    if let StoreError::Full(limit) = e {
+        return GatewayError::refused(ErrorCode::JobQuotaExceeded, limit.message());
+    }
     let message = crate::error_chain::render(e);
     tracing::error!(error = %message, "the job store failed");
     GatewayError::refused(ErrorCode::JobStoreUnavailable, message)
@@ -60,7 +65,7 @@ fn invalid(message: impl Into<String>) -> GatewayError {
 
 /// The route `submission` names, checked against the gateway's groups.
 fn route_of(state: &AppState, submission: &Submission) -> Result<JobRoute, GatewayError> {
-    if !submission.body.is_object() {
+    if !submission.body.get().starts_with('{') {
         return Err(invalid(
             "`body` must be a JSON object: the synchronous route's body",
         ));
@@ -82,12 +87,21 @@ fn route_of(state: &AppState, submission: &Submission) -> Result<JobRoute, Gatew
             if submission.model.is_some() {
                 return Err(invalid("a chat_completions job names its model in `body`"));
             }
-            if submission.body.get("stream") == Some(&Value::Bool(true)) {
+            /// The fields a chat completion job is checked for; the rest
+            /// is skipped, not decoded.
+            #[derive(Deserialize)]
+            struct Chat {
+                model: Option<Value>,
+                stream: Option<Value>,
+            }
+            let chat: Chat = serde_json::from_str(submission.body.get())
+                .map_err(|e| invalid(format!("`body` is not a chat completion: {e}")))?;
+            if chat.stream == Some(Value::Bool(true)) {
                 return Err(invalid(
                     "a job's answer is kept whole: `stream` must not be true",
                 ));
             }
-            let model = submission.body.get("model").and_then(Value::as_str);
+            let model = chat.model.as_ref().and_then(Value::as_str);
             let model = model.ok_or_else(|| invalid("`body.model` must name a model group"))?;
             (JobRoute::ChatCompletions, model.to_owned())
         }
@@ -135,7 +149,6 @@ pub async fn submit(
             id: format!("job_{}", uuid::Uuid::new_v4().simple()),
             status: JobStatus::Queued,
             route,
-            body: submission.body,
             user: who.user,
             priority,
             max_concurrent: who.max_concurrent,
@@ -144,12 +157,18 @@ pub async fn submit(
             started_ms: None,
             finished_ms: None,
             not_before_ms: 0,
-            answer: None,
+            answer_status: None,
+            request_bytes: 0,
+            answer_bytes: 0,
             callback_url: submission.callback_url,
             callback: None,
             owner: None,
         };
-        let job = jobs.submit(job).await.map_err(|e| store_error(&e))?;
+        let request = Bytes::from(submission.body.get().to_owned());
+        let job = jobs
+            .submit(job, request)
+            .await
+            .map_err(|e| store_error(&e))?;
         let mut response = (
             StatusCode::ACCEPTED,
             Json(json!({ "id": job.id, "object": "job", "status": job.status })),
@@ -184,10 +203,24 @@ pub async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    match own_job(&state, &headers, &id).await {
-        Ok(job) => Json(job.view()).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let answer = async {
+        let job = own_job(&state, &headers, &id).await?;
+        let answer = jobs(&state)?
+            .answer(&job)
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok::<_, GatewayError>(json_response(job.view(answer.as_ref())))
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A 200 answer of JSON already written.
+fn json_response(json: String) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response()
 }
 
 /// `GET /task_status/{id}`: the same job as the field's task queue showed
@@ -197,10 +230,15 @@ pub async fn task_status(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    match own_job(&state, &headers, &id).await {
-        Ok(job) => Json(job.task_status()).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let answer = async {
+        let job = own_job(&state, &headers, &id).await?;
+        let answer = jobs(&state)?
+            .answer(&job)
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok::<_, GatewayError>(json_response(job.task_status(answer.as_ref())))
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels it (409 `job_ended` once it has ended).
@@ -219,25 +257,66 @@ pub async fn cancel(
         }
         let jobs = jobs(&state)?;
         let job = jobs.cancel(&id).await.map_err(|e| store_error(&e))?;
-        Ok(Json(job.map(|j| j.view())).into_response())
+        let job = job.ok_or_else(|| {
+            GatewayError::refused(ErrorCode::UnknownJob, format!("no job `{id}`"))
+        })?;
+        Ok(json_response(job.view(None)))
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `GET /v1/jobs`: the caller's jobs, newest first (at most 100).
-pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+/// What `GET /v1/jobs` takes: a page of `limit` jobs (1 to 100, 20 when
+/// not given), older than job `after` when given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /v1/jobs`: the caller's jobs (everyone's on a gateway without API
+/// keys), newest first, a page at a time: `has_more` says whether older
+/// ones follow, `last_id` is where the next page starts (`?after=`). Each
+/// shows its record and answer status; its answer is on `GET
+/// /v1/jobs/{id}`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let answer = async {
         let jobs = jobs(&state)?;
         let who = caller(&state, &headers)?;
-        let all = jobs.recent().await.map_err(|e| store_error(&e))?;
-        let data: Vec<Value> = all
-            .iter()
-            .rev()
-            .filter(|job| visible(&who, &state, job))
-            .take(100)
-            .map(Job::view)
-            .collect();
-        Ok::<_, GatewayError>(Json(json!({ "object": "list", "data": data })).into_response())
+        let axum::extract::Query(query) = query.map_err(|e| {
+            GatewayError::refused_param(ErrorCode::InvalidRequest, e.body_text(), "query")
+        })?;
+        let limit = query.limit.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(GatewayError::refused_param(
+                ErrorCode::InvalidRequest,
+                format!("limit must be 1 to 100, not {limit}"),
+                "limit",
+            ));
+        }
+        let page = jobs
+            .page(PageQuery {
+                user: state.api_keys.enabled().then(|| who.user.clone()),
+                after: query.after,
+                limit,
+            })
+            .await
+            .map_err(|e| store_error(&e))?;
+        let data: Vec<Value> = page.jobs.iter().map(Job::summary).collect();
+        Ok::<_, GatewayError>(
+            Json(json!({
+                "object": "list",
+                "data": data,
+                "first_id": page.jobs.first().map(|j| &j.id),
+                "last_id": page.jobs.last().map(|j| &j.id),
+                "has_more": page.has_more,
+            }))
+            .into_response(),
+        )
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -246,7 +325,7 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
 /// service, with the submitter as its caller, and is answered as its
 /// synchronous route would have answered it.
 impl crate::jobs::JobRunner for AppState {
-    fn run(self: Arc<Self>, job: Job) -> BoxFuture<'static, JobAnswer> {
+    fn run(self: Arc<Self>, job: Job, body: Bytes) -> BoxFuture<'static, JobAnswer> {
         async move {
             let caller = Caller {
                 user: job.user.clone(),
@@ -255,7 +334,6 @@ impl crate::jobs::JobRunner for AppState {
                 // Its key was checked when it was submitted.
                 keyed: job.user.is_some() && self.api_keys.enabled(),
             };
-            let body = Bytes::from(serde_json::to_vec(&job.body).expect("JSON serializes"));
             match &job.route {
                 JobRoute::Converse { model } => {
                     super::bedrock::converse_job(&self, caller, &job.id, model, body).await

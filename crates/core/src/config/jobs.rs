@@ -28,6 +28,20 @@ pub struct JobsConfig {
     /// Whether callbacks may go to addresses inside the network (loopback,
     /// private, link-local); off, so clients cannot probe through the gateway.
     pub private_callbacks: bool,
+    /// Jobs one user may keep (queued, running, or ended and not yet
+    /// forgotten); one more is refused with 429 `job_quota_exceeded`.
+    pub max_jobs_per_user: u64,
+    /// Bytes of requests and answers one user may keep.
+    pub max_bytes_per_user: u64,
+    /// Jobs the store keeps in all, for every user.
+    pub max_jobs: u64,
+    /// Bytes of requests and answers the store keeps in all.
+    pub max_bytes: u64,
+    /// A job that has not started this many seconds after it was
+    /// submitted fails with `job_expired` instead of running (its answer
+    /// would come too late to matter); on Redis, an unfinished job's record
+    /// is forgotten this long after its last change, whatever happens.
+    pub max_age_s: u64,
 }
 
 impl Default for JobsConfig {
@@ -40,6 +54,11 @@ impl Default for JobsConfig {
             result_ttl_s: 86_400,
             claim_after_ms: 30_000,
             private_callbacks: false,
+            max_jobs_per_user: 1_000,
+            max_bytes_per_user: 100 << 20,
+            max_jobs: 100_000,
+            max_bytes: 2 << 30,
+            max_age_s: 7 * 86_400,
         }
     }
 }
@@ -69,11 +88,71 @@ impl JobsConfig {
         if self.max_runs == 0 {
             return Some(("jobs.max_runs", "must be at least 1".into()));
         }
+        if self.max_jobs_per_user == 0 || self.max_jobs == 0 {
+            return Some(("jobs.max_jobs_per_user", "must be at least 1".into()));
+        }
+        if self.max_age_s == 0 {
+            return Some(("jobs.max_age_s", "must be at least 1".into()));
+        }
         if !on_redis && self.dir().is_none() {
             return Some((
                 "jobs.data_dir",
                 "needed: neither XDG_DATA_HOME nor HOME is set".into(),
             ));
+        }
+        None
+    }
+}
+
+/// Which of the store's caps a submission would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobLimit {
+    UserJobs(u64),
+    UserBytes(u64),
+    Jobs(u64),
+    Bytes(u64),
+}
+
+impl JobLimit {
+    /// What the client is told: their own cap, or that the store is full
+    /// (nothing about other users).
+    pub fn message(self) -> String {
+        match self {
+            Self::UserJobs(cap) => format!(
+                "you keep {cap} jobs, your cap (jobs.max_jobs_per_user); wait until some end and their results expire, or fetch and let them go"
+            ),
+            Self::UserBytes(cap) => format!(
+                "your jobs' requests and answers take {cap} bytes, your cap (jobs.max_bytes_per_user); wait until some expire"
+            ),
+            Self::Jobs(_) | Self::Bytes(_) => {
+                "the gateway's job store is full; try again later".to_owned()
+            }
+        }
+    }
+}
+
+/// What one user, or the store in all, keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobUsage {
+    pub jobs: u64,
+    pub bytes: u64,
+}
+
+impl JobsConfig {
+    /// The cap that one more job of `bytes` would pass, given what its user
+    /// and the store in all keep.
+    pub fn limit_passed(&self, user: JobUsage, all: JobUsage, bytes: u64) -> Option<JobLimit> {
+        if user.jobs + 1 > self.max_jobs_per_user {
+            return Some(JobLimit::UserJobs(self.max_jobs_per_user));
+        }
+        if user.bytes + bytes > self.max_bytes_per_user {
+            return Some(JobLimit::UserBytes(self.max_bytes_per_user));
+        }
+        if all.jobs + 1 > self.max_jobs {
+            return Some(JobLimit::Jobs(self.max_jobs));
+        }
+        if all.bytes + bytes > self.max_bytes {
+            return Some(JobLimit::Bytes(self.max_bytes));
         }
         None
     }

@@ -9,7 +9,7 @@ pub mod preset;
 pub mod show;
 mod validate;
 
-pub use jobs::JobsConfig;
+pub use jobs::{JobLimit, JobUsage, JobsConfig};
 pub use preset::Preset;
 pub use switchyard_policy_host::settings::{
     default_account, default_priority, default_region, default_weight, AccountConfig,

@@ -9,7 +9,12 @@
 //! `[state] backend = "redis"` they live in Redis, shared by every instance
 //! ([`redis`]): any instance runs any job, and one whose instance died is
 //! claimed by another. Either way a job that was running when its process
-//! died runs once more, and a job that ended never runs again.
+//! died runs again, at most `max_runs` times in all (then it fails with
+//! `job_interrupted`), and a job that ended never runs again.
+//!
+//! What a client can keep is capped (jobs and bytes, per user and in all),
+//! and a job's callback waits in a durable outbox until it is taken or has
+//! been tried [`callback::MAX_TRIES`] times, across restarts.
 
 pub mod callback;
 pub mod record;
@@ -24,7 +29,9 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 pub use record::{Job, JobAnswer, JobRoute, JobStatus};
-pub use store::{JobStore, StoreError};
+pub use store::{JobStore, Page, PageQuery, StoreError};
+
+use bytes::Bytes;
 
 pub use crate::config::JobsConfig;
 use crate::state::{BackendKind, StateConfig};
@@ -34,8 +41,12 @@ use crate::state::{BackendKind, StateConfig};
 /// calling the routing service directly with the job's submitter as the
 /// caller.
 pub trait JobRunner: Send + Sync + 'static {
-    /// Runs `job`'s request once.
-    fn run(self: Arc<Self>, job: Job) -> futures::future::BoxFuture<'static, JobAnswer>;
+    /// Runs `job`'s `request` once.
+    fn run(
+        self: Arc<Self>,
+        job: Job,
+        request: Bytes,
+    ) -> futures::future::BoxFuture<'static, JobAnswer>;
 }
 
 /// Where jobs and their queue live.
@@ -47,7 +58,7 @@ enum Backend {
         ready: Notify,
     },
     /// A Redis server every instance shares.
-    Redis(redis::RedisJobs),
+    Redis(Box<redis::RedisJobs>),
 }
 
 /// A job a worker took: its id, and its stream entry on Redis.
@@ -64,14 +75,37 @@ struct Worker {
     cursor: redis::Cursor,
 }
 
-/// A change of a stored job: returns false to leave it as it is.
-pub(crate) type Change = Arc<dyn Fn(&mut Job) -> bool + Send + Sync>;
+/// What a change did to a job's record.
+pub enum Edit {
+    /// Nothing: the record stays as it was.
+    Leave,
+    /// Changed the record.
+    Write,
+    /// Changed the record and ended the job with this answer body, which is
+    /// written beside it (see [`end_with`]).
+    WriteAnswer(Bytes),
+}
+
+/// A change of a stored job.
+pub(crate) type Change = Arc<dyn Fn(&mut Job) -> Edit + Send + Sync>;
+
+/// Ends `job` as `status` with `answer`.
+pub(crate) fn end_with(job: &mut Job, status: JobStatus, answer: &JobAnswer) -> Edit {
+    job.status = status;
+    job.finished_ms = Some(now_ms());
+    job.owner = None;
+    job.answer_status = Some(answer.status);
+    job.answer_bytes = answer.body.len() as u64;
+    Edit::WriteAnswer(answer.body.clone())
+}
 
 /// The jobs of one gateway: where they live, and the workers.
 pub struct Jobs {
     backend: Backend,
     config: JobsConfig,
     running: Mutex<HashMap<String, AbortHandle>>,
+    /// Wakes the callback deliverer when a job with a callback ends.
+    callbacks: Notify,
     /// This instance's name as a job's runner (and a Redis consumer).
     owner: String,
 }
@@ -99,19 +133,19 @@ impl Jobs {
     pub fn open(config: &JobsConfig, state: &StateConfig) -> Result<Arc<Self>, StoreError> {
         let owner = format!("instance-{}", uuid::Uuid::new_v4().simple());
         let backend = match (state.backend, state.url.as_deref()) {
-            (BackendKind::Redis, Some(url)) => Backend::Redis(redis::RedisJobs::new(
+            (BackendKind::Redis, Some(url)) => Backend::Redis(Box::new(redis::RedisJobs::new(
                 url,
                 &state.key_prefix,
                 owner.clone(),
-                config.claim_after_ms,
-                config.result_ttl_s,
-            )?),
+                config,
+            )?)),
             _ => Self::open_local(config)?,
         };
         Ok(Arc::new(Self {
             backend,
             config: config.clone(),
             running: Mutex::new(HashMap::new()),
+            callbacks: Notify::new(),
             owner,
         }))
     }
@@ -120,17 +154,14 @@ impl Jobs {
         let dir = config.dir().expect("checked by JobsConfig::problem");
         let store = JobStore::open(&dir)?;
         let mut queue = VecDeque::new();
-        for mut job in store.all()? {
-            match job.status {
-                JobStatus::Queued => queue.push_back(job.id),
-                JobStatus::Running => {
-                    tracing::warn!(job = %job.id, "a job was running when the gateway stopped; it runs again");
-                    job.status = JobStatus::Queued;
-                    store.put(&job)?;
-                    queue.push_back(job.id);
-                }
-                _ => {}
+        for job in store.unfinished()? {
+            // A job that was running stays so: taking it again counts the
+            // run, so one that kills its gateway every time ends after
+            // `max_runs` instead of running on every start.
+            if job.status == JobStatus::Running {
+                tracing::warn!(job = %job.id, runs = job.runs, "a job was running when the gateway stopped; it runs again");
             }
+            queue.push_back(job.id);
         }
         Ok(Backend::Local {
             store: Arc::new(store),
@@ -144,16 +175,22 @@ impl Jobs {
         &self.config
     }
 
-    /// Stores `job` and queues it.
-    pub async fn submit(self: &Arc<Self>, job: Job) -> Result<Job, StoreError> {
+    /// Stores `job` with its `request` and queues it, unless that would
+    /// pass one of the caps ([`StoreError::Full`]).
+    pub async fn submit(self: &Arc<Self>, mut job: Job, request: Bytes) -> Result<Job, StoreError> {
+        job.request_bytes = request.len() as u64;
         match &self.backend {
             Backend::Local { store, .. } => {
                 let id = job.id.clone();
-                let job = blocking(store, move |store| store.put(&job).map(|()| job)).await?;
+                let config = self.config.clone();
+                let job = blocking(store, move |store| {
+                    store.submit(&job, &request, &config).map(|()| job)
+                })
+                .await?;
                 self.enqueue(id).await?;
                 Ok(job)
             }
-            Backend::Redis(redis) => redis.submit(&job).await.map(|()| job),
+            Backend::Redis(redis) => redis.submit(&job, &request).await.map(|()| job),
         }
     }
 
@@ -168,11 +205,37 @@ impl Jobs {
         }
     }
 
-    /// The most recent jobs kept (on Redis the newest 1 000), oldest first.
-    pub async fn recent(self: &Arc<Self>) -> Result<Vec<Job>, StoreError> {
+    /// Job `id`'s request.
+    pub async fn request(self: &Arc<Self>, id: &str) -> Result<Option<Bytes>, StoreError> {
         match &self.backend {
-            Backend::Local { store, .. } => blocking(store, JobStore::all).await,
-            Backend::Redis(redis) => redis.recent(1_000).await,
+            Backend::Local { store, .. } => {
+                let id = id.to_owned();
+                blocking(store, move |store| store.request(&id)).await
+            }
+            Backend::Redis(redis) => redis.payload(id, "request").await,
+        }
+    }
+
+    /// `job`'s answer, once it has one.
+    pub async fn answer(self: &Arc<Self>, job: &Job) -> Result<Option<JobAnswer>, StoreError> {
+        let Some(status) = job.answer_status else {
+            return Ok(None);
+        };
+        let body = match &self.backend {
+            Backend::Local { store, .. } => {
+                let id = job.id.clone();
+                blocking(store, move |store| store.answer(&id)).await?
+            }
+            Backend::Redis(redis) => redis.payload(&job.id, "answer").await?,
+        };
+        Ok(body.map(|body| JobAnswer { status, body }))
+    }
+
+    /// A page of jobs, newest first: records only.
+    pub async fn page(self: &Arc<Self>, query: PageQuery) -> Result<Page, StoreError> {
+        match &self.backend {
+            Backend::Local { store, .. } => blocking(store, move |store| store.page(&query)).await,
+            Backend::Redis(redis) => redis.page(&query).await,
         }
     }
 
@@ -194,19 +257,20 @@ impl Jobs {
     }
 
     /// Cancels job `id` unless it has ended. Returns it as it is after. A
-    /// job running on another instance ends its run, whose answer is dropped.
+    /// job running on another instance ends its run, whose answer is
+    /// dropped. Its callback, if it has one, is made like any ended job's.
     pub async fn cancel(self: &Arc<Self>, id: &str) -> Result<Option<Job>, StoreError> {
         let (job, cancelled) = self
             .update(
                 id,
                 Arc::new(|job: &mut Job| {
                     if job.status.is_final() {
-                        return false;
+                        return Edit::Leave;
                     }
                     job.status = JobStatus::Cancelled;
                     job.finished_ms = Some(now_ms());
                     job.owner = None;
-                    true
+                    Edit::Write
                 }),
             )
             .await?;
@@ -214,6 +278,7 @@ impl Jobs {
             if let Some(run) = self.running.lock().expect("jobs poisoned").remove(id) {
                 run.abort();
             }
+            self.callbacks_waiting();
         }
         Ok(job)
     }
@@ -244,6 +309,7 @@ impl Jobs {
         if let Backend::Local { store, .. } = &self.backend {
             sweep(Arc::downgrade(store), self.config.result_ttl_s);
         }
+        callback::deliver(Arc::downgrade(self));
     }
 
     /// Queues job `id` (again).

@@ -1,23 +1,47 @@
-//! Jobs shared by every instance on one Redis (`[state] backend = "redis"`):
-//! records as JSON strings, an index by submission time, and the queue as a
-//! stream read by one consumer group, so any instance runs any job. An
-//! entry is acknowledged when its job has ended; one whose consumer stopped
-//! answering (the instance died) is claimed by another after
-//! `jobs.claim_after_ms`, while a live runner keeps its claim fresh.
+//! Jobs shared by every instance on one Redis (`[state] backend = "redis"`),
+//! under the fleet's key prefix:
+//!
+//! - `jobrec:{id}`: a hash of the job's `record` (JSON), `request` and
+//!   `answer` (bytes). Every record expires: an ended one `result_ttl_s`
+//!   after it ended, an unfinished one `max_age_s + result_ttl_s` after its
+//!   last change (by then a worker has failed it as too old).
+//! - `jobs:by_time` and `jobs:by_user:{user}`: sorted sets of ids by
+//!   submission time, for pages of everyone's or one user's jobs.
+//! - `jobs:forget`: ids by when their record expires; `jobs:sizes` (id to
+//!   bytes and user) and `jobs:usage`, `jobs:totals` (what each user and the
+//!   fleet keep). Submitting first forgets what is due, so the counts the
+//!   caps read are current.
+//! - `jobs:queue`: the queue, a stream read by one consumer group, so any
+//!   instance runs any job. An entry is acknowledged when its job has
+//!   ended; one whose consumer stopped answering (the instance died) is
+//!   claimed by another after `jobs.claim_after_ms`, while a live runner
+//!   keeps its claim fresh.
+//! - `jobs:callbacks`: the callback outbox, ids by when a try is due.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::{AsyncCommands, Script};
 
 use super::record::Job;
-use super::store::StoreError;
+use super::store::{Page, PageQuery, StoreError};
+use super::{now_ms, Edit};
+use crate::config::{JobLimit, JobsConfig};
 
 const GROUP: &str = "workers";
 
-static CAS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("job_cas.lua")));
+static SUBMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/trim.lua"),
+        include_str!("lua/submit.lua")
+    ))
+});
+static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/update.lua")));
+static TAKE_CALLBACKS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/take_callbacks.lua")));
 
 /// How long a connection may take to open, and a call to answer (the
 /// blocking read asks for 2 s; it gets that on top).
@@ -57,7 +81,7 @@ pub struct RedisJobs {
     /// token, which Redis would show to whoever reads it).
     consumer: String,
     claim_after_ms: u64,
-    result_ttl_ms: u64,
+    config: JobsConfig,
 }
 
 fn redis_error(e: redis::RedisError) -> StoreError {
@@ -69,8 +93,7 @@ impl RedisJobs {
         url: &str,
         prefix: &str,
         consumer: String,
-        claim_after_ms: u64,
-        result_ttl_s: u64,
+        config: &JobsConfig,
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Open {
             path: url.into(),
@@ -81,17 +104,22 @@ impl RedisJobs {
             conn: tokio::sync::Mutex::new(None),
             prefix: prefix.to_owned(),
             consumer,
-            claim_after_ms,
-            result_ttl_ms: result_ttl_s * 1000,
+            claim_after_ms: config.claim_after_ms,
+            config: config.clone(),
         })
     }
 
     fn record_key(&self, id: &str) -> String {
-        format!("{}:job:{id}", self.prefix)
+        format!("{}:jobrec:{id}", self.prefix)
     }
 
-    fn index(&self) -> String {
-        format!("{}:jobs:index", self.prefix)
+    /// How long `job`'s record lives from now, in ms.
+    fn ttl_ms(&self, job: &Job) -> u64 {
+        let result_ttl_ms = self.config.result_ttl_s.saturating_mul(1000).max(1);
+        match job.status.is_final() {
+            true => result_ttl_ms,
+            false => self.config.max_age_s.saturating_mul(1000) + result_ttl_ms,
+        }
     }
 
     fn stream(&self) -> String {
@@ -149,37 +177,48 @@ impl RedisJobs {
     }
 
     /// Reads job `id`, lets `change` alter it, and writes it only if nobody
-    /// wrote it meanwhile (else reads again and retries); `change` returns
-    /// false to leave it as it is. Returns the job as stored after, and
-    /// whether it was changed.
+    /// wrote it meanwhile (else reads again and retries). Returns the job as
+    /// stored after, and whether it was changed.
     pub async fn update(
         &self,
         id: &str,
-        change: &(dyn Fn(&mut Job) -> bool + Send + Sync),
+        change: &(dyn Fn(&mut Job) -> Edit + Send + Sync),
     ) -> Result<(Option<Job>, bool), StoreError> {
         let key = self.record_key(id);
         for _ in 0..CAS_TRIES {
-            let read: Option<String> = self.with_conn(async |conn| conn.get(&key).await).await?;
+            let read: Option<String> = self
+                .with_conn(async |conn| conn.hget(&key, "record").await)
+                .await?;
             let Some(read) = read else {
                 return Ok((None, false));
             };
-            let mut job: Job =
+            let before: Job =
                 serde_json::from_str(&read).map_err(|_| StoreError::Unreadable(id.to_owned()))?;
-            if !change(&mut job) {
-                return Ok((Some(job), false));
-            }
-            let json = serde_json::to_string(&job).expect("a job serializes");
-            let ttl = if job.status.is_final() {
-                self.result_ttl_ms.max(1)
-            } else {
-                0
+            let mut job = before.clone();
+            let answer = match change(&mut job) {
+                Edit::Leave => return Ok((Some(before), false)),
+                Edit::Write => None,
+                Edit::WriteAnswer(answer) => Some(answer),
             };
+            let json = serde_json::to_string(&job).expect("a job serializes");
+            let ttl = self.ttl_ms(&job);
+            let ends_with_callback =
+                job.status.is_final() && !before.status.is_final() && job.callback_url.is_some();
+            let callback_due = ends_with_callback.then(now_ms);
             let written: i64 = self
                 .with_conn(async |conn| {
-                    CAS.key(&key)
+                    UPDATE
+                        .arg(&self.prefix)
+                        .arg(id)
                         .arg(&read)
                         .arg(&json)
                         .arg(ttl)
+                        .arg(now_ms() + ttl)
+                        .arg(answer.as_deref().unwrap_or_default())
+                        .arg(if answer.is_some() { "1" } else { "0" })
+                        .arg(job.bytes())
+                        .arg(job.user_key())
+                        .arg(callback_due.map_or(String::new(), |due| due.to_string()))
                         .invoke_async(conn)
                         .await
                 })
@@ -191,39 +230,43 @@ impl RedisJobs {
         Err(StoreError::Contended(id.to_owned()))
     }
 
-    /// Writes a new `job` and queues it, together; forgets index entries of
-    /// jobs that must have expired.
-    pub async fn submit(&self, job: &Job) -> Result<(), StoreError> {
+    /// Writes a new `job` with its `request` and queues it, together,
+    /// unless it would pass a cap.
+    pub async fn submit(&self, job: &Job, request: &[u8]) -> Result<(), StoreError> {
         let json = serde_json::to_string(job).expect("a job serializes");
-        let (key, index, stream) = (self.record_key(&job.id), self.index(), self.stream());
-        let expired_before = job
-            .created_ms
-            .saturating_sub(self.result_ttl_ms + 86_400_000);
+        let ttl = self.ttl_ms(job);
+        let now = now_ms();
         // The group is made before the first entry, so none is missed.
         self.conn().await?;
-        self.with_conn(async |conn| {
-            redis::pipe()
-                .atomic()
-                .cmd("SET")
-                .arg(&key)
-                .arg(&json)
-                .cmd("ZADD")
-                .arg(&index)
-                .arg(job.created_ms)
-                .arg(&job.id)
-                .cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("job")
-                .arg(&job.id)
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&index)
-                .arg("-inf")
-                .arg(format!("({expired_before}"))
-                .query_async::<()>(conn)
-                .await
-        })
-        .await
+        let c = &self.config;
+        let refused: i64 = self
+            .with_conn(async |conn| {
+                SUBMIT
+                    .arg(&self.prefix)
+                    .arg(&job.id)
+                    .arg(&json)
+                    .arg(request)
+                    .arg(job.user_key())
+                    .arg(job.bytes())
+                    .arg(job.created_ms)
+                    .arg(now)
+                    .arg(ttl)
+                    .arg(now + ttl)
+                    .arg(c.max_jobs_per_user)
+                    .arg(c.max_bytes_per_user)
+                    .arg(c.max_jobs)
+                    .arg(c.max_bytes)
+                    .invoke_async(conn)
+                    .await
+            })
+            .await?;
+        match refused {
+            0 => Ok(()),
+            1 => Err(StoreError::Full(JobLimit::UserJobs(c.max_jobs_per_user))),
+            2 => Err(StoreError::Full(JobLimit::UserBytes(c.max_bytes_per_user))),
+            3 => Err(StoreError::Full(JobLimit::Jobs(c.max_jobs))),
+            _ => Err(StoreError::Full(JobLimit::Bytes(c.max_bytes))),
+        }
     }
 
     /// Queues job `id` again (a run the gateway answered "try later").
@@ -238,40 +281,106 @@ impl RedisJobs {
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let key = self.record_key(id);
-        let json: Option<String> = self.with_conn(async |conn| conn.get(&key).await).await?;
+        let json: Option<String> = self
+            .with_conn(async |conn| conn.hget(&key, "record").await)
+            .await?;
         json.map(|j| serde_json::from_str(&j).map_err(|_| StoreError::Unreadable(id.to_owned())))
             .transpose()
     }
 
-    /// The `limit` most recent jobs, oldest first; forgets index entries
-    /// whose record has expired.
-    pub async fn recent(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let index = self.index();
-        let ids: Vec<String> = self
-            .with_conn(async |conn| conn.zrevrange(&index, 0, limit as isize - 1).await)
+    /// Job `id`'s `request` or `answer`.
+    pub async fn payload(&self, id: &str, field: &str) -> Result<Option<Bytes>, StoreError> {
+        let key = self.record_key(id);
+        let bytes: Option<Vec<u8>> = self
+            .with_conn(async |conn| conn.hget(&key, field).await)
             .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| self.record_key(id)).collect();
-        let records: Vec<Option<String>> =
-            self.with_conn(async |conn| conn.mget(&keys).await).await?;
-        let mut jobs = Vec::new();
-        let mut gone = Vec::new();
-        for (id, record) in ids.iter().zip(records) {
-            match record.map(|r| serde_json::from_str::<Job>(&r)) {
-                Some(Ok(job)) => jobs.push(job),
-                // Another version's record: not shown, not forgotten.
-                Some(Err(_)) => {}
-                None => gone.push(id.clone()),
+        Ok(bytes.map(Bytes::from))
+    }
+
+    /// A page of jobs, newest first: records only.
+    pub async fn page(&self, query: &PageQuery) -> Result<Page, StoreError> {
+        let index = match &query.user {
+            Some(user) => format!(
+                "{}:jobs:by_user:{}",
+                self.prefix,
+                user.as_deref().unwrap_or("")
+            ),
+            None => format!("{}:jobs:by_time", self.prefix),
+        };
+        let first = match &query.after {
+            Some(after) => {
+                let rank: Option<isize> = self
+                    .with_conn(async |conn| conn.zrevrank(&index, after).await)
+                    .await?;
+                match rank {
+                    Some(rank) => rank + 1,
+                    None => return Ok(Page::default()),
+                }
             }
+            None => 0,
+        };
+        let last = first + query.limit as isize;
+        let ids: Vec<String> = self
+            .with_conn(async |conn| conn.zrevrange(&index, first, last).await)
+            .await?;
+        let has_more = ids.len() > query.limit;
+        let ids = &ids[..ids.len().min(query.limit)];
+        if ids.is_empty() {
+            return Ok(Page::default());
         }
-        if !gone.is_empty() {
-            self.with_conn(async |conn| conn.zrem::<_, _, ()>(&index, &gone).await)
-                .await?;
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(self.record_key(id), "record");
         }
-        jobs.reverse();
-        Ok(jobs)
+        let records: Vec<Option<String>> = self
+            .with_conn(async |conn| pipe.query_async(conn).await)
+            .await?;
+        // A record that has expired is left out (the next submission
+        // forgets it); another version's record is shown as unreadable.
+        let jobs = ids
+            .iter()
+            .zip(records)
+            .filter_map(|(id, record)| {
+                record.map(|r| {
+                    serde_json::from_str(&r).map_err(|_| StoreError::Unreadable(id.clone()))
+                })
+            })
+            .collect::<Result<Vec<Job>, _>>()?;
+        Ok(Page { jobs, has_more })
+    }
+
+    /// The callbacks due by `now_ms` (at most `limit`), each due again at
+    /// `retry_at_ms`.
+    pub async fn take_due_callbacks(
+        &self,
+        now_ms: u64,
+        retry_at_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.with_conn(async |conn| {
+            TAKE_CALLBACKS
+                .arg(&self.prefix)
+                .arg(now_ms)
+                .arg(retry_at_ms)
+                .arg(limit)
+                .invoke_async(conn)
+                .await
+        })
+        .await
+    }
+
+    /// Job `id`'s callback is due at `at_ms`.
+    pub async fn callback_due(&self, id: &str, at_ms: u64) -> Result<(), StoreError> {
+        let key = format!("{}:jobs:callbacks", self.prefix);
+        self.with_conn(async |conn| conn.zadd::<_, _, _, ()>(&key, id, at_ms).await)
+            .await
+    }
+
+    /// Job `id`'s callback is done with.
+    pub async fn callback_done(&self, id: &str) -> Result<(), StoreError> {
+        let key = format!("{}:jobs:callbacks", self.prefix);
+        self.with_conn(async |conn| conn.zrem::<_, _, ()>(&key, id).await)
+            .await
     }
 
     /// The next entry for this instance: one a dead consumer left (idle

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    now_ms, Backend, Change, Delivery, Job, JobAnswer, JobRunner, JobStatus, Jobs, StoreError,
+    end_with, now_ms, Backend, Change, Delivery, Edit, Job, JobAnswer, JobRunner, JobStatus, Jobs,
+    StoreError,
 };
 
 /// Answers worth another run later: the gateway had no capacity now.
@@ -47,15 +48,20 @@ impl Jobs {
         }
         let job = match self.update(&id, self.take()).await {
             Ok((Some(job), true)) if job.status == JobStatus::Running => job,
-            Ok((Some(job), true)) => {
-                // Interrupted too often: failed now.
-                self.call_back(&job);
+            Ok((Some(_), true)) => {
+                // Interrupted too often, or too old: failed now.
+                self.callbacks_waiting();
                 return true;
             }
             Ok(_) => return true,
             Err(e) => return self.store_failed(&id, &e, "cannot mark a job running"),
         };
-        let execution = tokio::spawn(runner.clone().run(job.clone()));
+        let request = match self.request(&id).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return true,
+            Err(e) => return self.store_failed(&id, &e, "cannot read a job's request"),
+        };
+        let execution = tokio::spawn(runner.clone().run(job.clone(), request));
         self.running
             .lock()
             .expect("jobs poisoned")
@@ -66,10 +72,10 @@ impl Jobs {
             Ok(answer) => answer,
             // Cancelled: `cancel` has written the job.
             Err(e) if e.is_cancelled() => return true,
-            Err(_) => JobAnswer {
-                status: 500,
-                body: serde_json::json!({ "code": "internal", "message": "the job's run panicked" }),
-            },
+            Err(_) => JobAnswer::of_value(
+                500,
+                &serde_json::json!({ "code": "internal", "message": "the job's run panicked" }),
+            ),
         };
         let again = try_later(answer.status) && job.runs < self.config.max_runs;
         let backoff_ms = 1_000u64 << job.runs.min(6);
@@ -81,8 +87,8 @@ impl Jobs {
             .await
         {
             Ok((Some(_), true)) if again => self.requeue(id, backoff_ms).await,
-            Ok((Some(job), true)) => {
-                self.call_back(&job);
+            Ok((Some(_), true)) => {
+                self.callbacks_waiting();
                 true
             }
             // Cancelled meanwhile, or taken by another runner (this
@@ -93,31 +99,46 @@ impl Jobs {
     }
 
     /// The change that takes a job to run: a queued one, or one whose
-    /// runner died (it runs once more, but past `max_runs` it fails).
+    /// runner died (it runs once more, but past `max_runs` it fails). One
+    /// that waited past `max_age_s` fails instead.
     fn take(&self) -> Change {
         let (owner, max_runs) = (self.owner.clone(), self.config.max_runs);
+        let max_age_ms = self.config.max_age_s.saturating_mul(1000);
+        let now = now_ms();
+        let interrupted = |runs: u32| {
+            JobAnswer::of_value(
+                500,
+                &serde_json::json!({
+                    "code": "job_interrupted",
+                    "message": format!("the job's gateway stopped during each of its {runs} runs"),
+                }),
+            )
+        };
+        let expired = JobAnswer::of_value(
+            504,
+            &serde_json::json!({
+                "code": "job_expired",
+                "message": format!("the job waited over jobs.max_age_s ({} s) without running", max_age_ms / 1000),
+            }),
+        );
         Arc::new(move |job: &mut Job| {
             if job.status.is_final() {
-                return false;
+                return Edit::Leave;
             }
             if job.status == JobStatus::Running && job.runs >= max_runs {
-                job.status = JobStatus::Failed;
-                job.finished_ms = Some(now_ms());
-                job.owner = None;
-                job.answer = Some(JobAnswer {
-                    status: 500,
-                    body: serde_json::json!({
-                        "code": "job_interrupted",
-                        "message": format!("the job's gateway stopped during each of its {} runs", job.runs),
-                    }),
-                });
-                return true;
+                return end_with(job, JobStatus::Failed, &interrupted(job.runs));
+            }
+            if job.status == JobStatus::Queued
+                && job.runs == 0
+                && now.saturating_sub(job.created_ms) > max_age_ms
+            {
+                return end_with(job, JobStatus::Failed, &expired);
             }
             job.status = JobStatus::Running;
             job.runs += 1;
             job.started_ms = Some(now_ms());
             job.owner = Some(owner.clone());
-            true
+            Edit::Write
         })
     }
 
@@ -128,25 +149,24 @@ impl Jobs {
         let owner = self.owner.clone();
         Arc::new(move |job: &mut Job| {
             if job.status != JobStatus::Running || job.owner.as_deref() != Some(owner.as_str()) {
-                return false;
+                return Edit::Leave;
             }
-            job.owner = None;
             match again_after_ms {
                 Some(wait_ms) => {
+                    job.owner = None;
                     job.status = JobStatus::Queued;
                     job.not_before_ms = now_ms() + wait_ms;
+                    Edit::Write
                 }
                 None => {
-                    job.status = if (200..300).contains(&answer.status) {
+                    let status = if (200..300).contains(&answer.status) {
                         JobStatus::Succeeded
                     } else {
                         JobStatus::Failed
                     };
-                    job.finished_ms = Some(now_ms());
-                    job.answer = Some(answer.clone());
+                    end_with(job, status, &answer)
                 }
             }
-            true
         })
     }
 

@@ -49,6 +49,7 @@ pub enum ErrorCode {
     UnknownJob,
     JobEnded,
     JobStoreUnavailable,
+    JobQuotaExceeded,
     // The admin API.
     UnknownKind,
     UnknownVersion,
@@ -92,6 +93,7 @@ impl ErrorCode {
             Self::UnknownJob => "unknown_job",
             Self::JobEnded => "job_ended",
             Self::JobStoreUnavailable => "job_store_unavailable",
+            Self::JobQuotaExceeded => "job_quota_exceeded",
             Self::UnknownKind => "unknown_kind",
             Self::UnknownVersion => "unknown_version",
             Self::NothingToRollBackTo => "nothing_to_roll_back_to",
@@ -133,6 +135,7 @@ impl ErrorCode {
             Self::QueueFull
             | Self::UserQueueFull
             | Self::NoCapacity
+            | Self::JobQuotaExceeded
             | Self::AllAttemptsThrottled => StatusCode::TOO_MANY_REQUESTS,
             Self::DeadlineInQueue => StatusCode::GATEWAY_TIMEOUT,
             Self::AllAttemptsFailed | Self::JobStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,

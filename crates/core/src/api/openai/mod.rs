@@ -179,20 +179,14 @@ pub(super) async fn chat_completion_job(
         json_mode,
     };
     match answer.complete(state, call).await {
-        Ok(delivered) => JobAnswer {
-            status: 200,
-            body: delivered.value,
-        },
+        Ok(delivered) => JobAnswer::of_value(200, &delivered.value),
         Err(e) => job_error(&e),
     }
 }
 
 /// A job's answer of `e`, in OpenAI's shape.
 fn job_error(e: &GatewayError) -> JobAnswer {
-    JobAnswer {
-        status: e.status().as_u16(),
-        body: error_body(e),
-    }
+    JobAnswer::of_value(e.status().as_u16(), &error_body(e))
 }
 
 /// How a non-streaming chat completion is answered.
