@@ -197,3 +197,50 @@ async fn a_request_without_a_valid_key_shares_no_answer() {
     assert_eq!(authorised.await.unwrap().status, 200);
     assert_eq!(sim.counts("model-a").calls, 1);
 }
+
+/// When every client waiting for a shared call has left, the call is
+/// aborted: its place in the fair queue is freed at once, not when the
+/// model answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_call_is_aborted_when_its_last_waiter_leaves() {
+    let slow = SimModelConfig {
+        ttft_ms: 20_000,
+        ..SimModelConfig::unlimited("model-a")
+    };
+    let sim = start_sim(vec![slow], SystemClock::shared()).await;
+    let config = format!(
+        "{}[[model_groups]]\nname = \"shared\"\ndeployments = [\"a\"]\ncoalesce = true\n",
+        deployment("a", "model-a", 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let running = |addr| async move {
+        raw_get(addr, "/queue_stats").await.json()["queue"]["running"]
+            .as_u64()
+            .unwrap()
+    };
+    let body = converse_body("abandoned");
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, body) = (gw.addr, body.clone());
+            tokio::spawn(async move { raw_post(addr, "/model/shared/converse", &[], &body).await })
+        })
+        .collect();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sim.counts("model-a").calls < 1 || running(gw.addr).await < 1 {
+        assert!(std::time::Instant::now() < until, "the shared call started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Every client hangs up.
+    for client in &clients {
+        client.abort();
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while running(gw.addr).await > 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the shared call still runs with nobody waiting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sim.counts("model-a").calls, 1, "one shared call");
+}

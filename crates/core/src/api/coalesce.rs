@@ -8,11 +8,14 @@
 //! as usual (fair queue, quotas, policies, fallbacks) in a task of its own,
 //! so it finishes for the others even if its own client leaves; the others
 //! wait for its answer without taking a place in the queue or any quota.
+//! When the last client waiting for a call leaves, the call is aborted: its
+//! place in the queue, its quota and its upstream connection are freed.
 //! Each answer carries its own request id in its headers (an error body
 //! names the request that ran), and the ones that shared carry
 //! `x-switchyard-coalesced: true`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
@@ -21,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
+use tokio::task::AbortHandle;
 
 /// The request header that opts one request in.
 pub const COALESCE_HEADER: &str = "x-switchyard-coalesce";
@@ -93,15 +97,59 @@ impl SharedAnswer {
 
 type Pending = Shared<BoxFuture<'static, SharedAnswer>>;
 
-/// Takes a key out of the table when the call it names has ended.
+/// A shared call in flight: its answer to come, who waits for it, and how
+/// to stop it.
+struct InFlight {
+    pending: Pending,
+    /// Tells this call from a later one of the same key.
+    generation: u64,
+    waiters: usize,
+    task: AbortHandle,
+}
+
+type Table = Arc<Mutex<HashMap<[u8; 32], InFlight>>>;
+
+/// Takes a key out of the table when the call it names has ended (unless
+/// a later call of the same key has its place by then).
 struct Forget {
-    table: Arc<Mutex<HashMap<[u8; 32], Pending>>>,
+    table: Table,
     key: [u8; 32],
+    generation: u64,
 }
 
 impl Drop for Forget {
     fn drop(&mut self) {
         if let Ok(mut table) = self.table.lock() {
+            if table.get(&self.key).map(|f| f.generation) == Some(self.generation) {
+                table.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One client waiting for a shared call: when the last one goes (its
+/// client left, so its handler was dropped), the call is aborted and its
+/// key forgotten at once, so a later identical request starts afresh.
+struct Waiting {
+    table: Table,
+    key: [u8; 32],
+    generation: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Ok(mut table) = self.table.lock() else {
+            return;
+        };
+        let Some(in_flight) = table.get_mut(&self.key) else {
+            return;
+        };
+        if in_flight.generation != self.generation {
+            return;
+        }
+        in_flight.waiters -= 1;
+        if in_flight.waiters == 0 {
+            in_flight.task.abort();
             table.remove(&self.key);
         }
     }
@@ -110,7 +158,8 @@ impl Drop for Forget {
 /// The identical requests in flight, by key.
 #[derive(Default)]
 pub struct Coalescer {
-    in_flight: Arc<Mutex<HashMap<[u8; 32], Pending>>>,
+    in_flight: Table,
+    generations: AtomicU64,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -153,15 +202,25 @@ impl Coalescer {
         request_id: &str,
         call: impl FnOnce() -> BoxFuture<'static, Response>,
     ) -> (Response, bool) {
-        let (pending, shared) = {
+        let (pending, shared, waiting) = {
             let mut in_flight = self.in_flight.lock().expect("coalescer poisoned");
-            match in_flight.get(&key) {
-                Some(pending) => (pending.clone(), true),
+            match in_flight.get_mut(&key) {
+                Some(call) => {
+                    call.waiters += 1;
+                    let waiting = Waiting {
+                        table: self.in_flight.clone(),
+                        key,
+                        generation: call.generation,
+                    };
+                    (call.pending.clone(), true, waiting)
+                }
                 None => {
                     let call = call();
+                    let generation = self.generations.fetch_add(1, Ordering::Relaxed);
                     let forget = Forget {
                         table: self.in_flight.clone(),
                         key,
+                        generation,
                     };
                     let task = tokio::spawn(async move {
                         // Later identical requests make a call of their
@@ -169,6 +228,7 @@ impl Coalescer {
                         let _forget = forget;
                         SharedAnswer::of(call.await).await
                     });
+                    let abort = task.abort_handle();
                     let pending = async move {
                         task.await.unwrap_or_else(|_| {
                             SharedAnswer::failed(
@@ -180,12 +240,26 @@ impl Coalescer {
                     }
                     .boxed()
                     .shared();
-                    in_flight.insert(key, pending.clone());
-                    (pending, false)
+                    in_flight.insert(
+                        key,
+                        InFlight {
+                            pending: pending.clone(),
+                            generation,
+                            waiters: 1,
+                            task: abort,
+                        },
+                    );
+                    let waiting = Waiting {
+                        table: self.in_flight.clone(),
+                        key,
+                        generation,
+                    };
+                    (pending, false, waiting)
                 }
             }
         };
         let answer = pending.await;
+        drop(waiting);
         (answer.respond(request_id, shared), shared)
     }
 }
