@@ -403,3 +403,38 @@ async fn a_request_waits_for_a_cooldown_that_ends_before_its_deadline() {
         "nothing was sent while it cooled down"
     );
 }
+
+/// An embeddings request meets the deployment's RPM once per upstream call
+/// (Titan takes one text a call), not once per request: with 4 requests a
+/// minute, 3 texts are served and 10 are not, and the simulator sees no
+/// more than 4 calls in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_take_a_request_of_quota_per_upstream_call() {
+    const TITAN: &str = "amazon.titan-embed-text-v2:0";
+    let sim = start_sim(vec![sim_model(TITAN, None)], SystemClock::shared()).await;
+    let config = format!(
+        "{}rpm = 4\n[[model_groups]]\nname = \"titan\"\ndeployments = [\"t\"]\n",
+        deployment("t", TITAN, 1, &sim)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let embed = |n: usize| {
+        let texts: Vec<String> = (0..n).map(|i| format!("text {i}")).collect();
+        serde_json::json!({ "model": "titan", "input": texts }).to_string()
+    };
+    let headers = [("x-switchyard-max-wait-ms", "300")];
+    let three = raw_post(gw.addr, "/v1/embeddings", &headers, embed(3).as_bytes()).await;
+    assert_eq!(three.status, 200, "{}", three.body_text());
+    assert_eq!(three.json()["data"].as_array().unwrap().len(), 3);
+    let ten = raw_post(gw.addr, "/v1/embeddings", &headers, embed(10).as_bytes()).await;
+    assert_ne!(
+        ten.status,
+        200,
+        "10 calls do not fit 4 a minute: {}",
+        ten.body_text()
+    );
+    let calls = sim.counts(TITAN).calls;
+    assert!(
+        calls <= 4,
+        "{calls} upstream calls within a quota of 4 a minute"
+    );
+}

@@ -312,6 +312,68 @@ impl DeploymentAdmission {
         }
     }
 
+    /// Admits one more upstream call inside an attempt that holds its own
+    /// ticket (an embeddings batch makes many): the call takes its own share
+    /// of the quotas (a request and `tokens`) and budgets, but no place of
+    /// concurrency (the attempt's lanes are its places; see
+    /// [`Self::try_lane`]). Hand it back with [`Self::finish_call`].
+    pub async fn try_start_call(&self, tokens: u64, now_ms: u64) -> Result<Ticket, Refusal> {
+        let open_ms = self.lock().breaker.open_remaining_ms(now_ms);
+        if open_ms > 0 {
+            return Err(Refusal::CircuitOpen { wait_ms: open_ms });
+        }
+        let grant = self.state.reserve(&self.quota, tokens, now_ms).await?;
+        let held = QuotaHold {
+            admission: self,
+            grant: Some(grant),
+            now_ms,
+        };
+        let budget = match &self.budget {
+            None => None,
+            Some(spec) => Some(self.state.take_budget(spec, tokens, now_ms).await?),
+        };
+        Ok(Ticket {
+            grant: held.keep(),
+            budget,
+        })
+    }
+
+    /// A call [`Self::try_start_call`] admitted has ended, having used
+    /// `used_tokens` when known (`None` on a failure: nothing, on a
+    /// success: the whole reservation). Its attempt judges the deployment.
+    pub fn finish_call(
+        &self,
+        ticket: Ticket,
+        success: bool,
+        used_tokens: Option<u64>,
+        now_ms: u64,
+    ) {
+        let actual = |reserved: u64| match success {
+            true => used_tokens.unwrap_or(reserved),
+            false => used_tokens.unwrap_or(0),
+        };
+        let reserved = ticket.grant.tokens;
+        self.state
+            .settle(&self.quota, ticket.grant, true, actual(reserved), now_ms);
+        if let Some(taken) = ticket.budget {
+            let tokens = actual(taken.tokens);
+            self.settle_budget(Some(taken), true, tokens);
+        }
+    }
+
+    /// Takes one more place of concurrency for an attempt that runs several
+    /// calls at once, if one is free now (never waits). Give it back with
+    /// [`Self::release_lane`].
+    pub fn try_lane(&self) -> bool {
+        self.lock().concurrency.try_acquire()
+    }
+
+    /// Gives back a place [`Self::try_lane`] took.
+    pub fn release_lane(&self) {
+        self.lock().concurrency.release();
+        self.freed.notify_one();
+    }
+
     /// Resolves when capacity may have come back: an attempt on it ended or
     /// its circuit closed. One release wakes one waiter, in the order they
     /// began to wait; a release while nobody waits is kept for the next

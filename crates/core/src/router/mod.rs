@@ -19,6 +19,7 @@
 //! an attempt's end changes, and `wit` what policies see of it all.
 
 mod group;
+mod more_calls;
 mod record;
 mod wit;
 
@@ -42,6 +43,7 @@ use crate::upstream::{AttemptFailure, Upstream};
 
 pub use crate::attempt::safe_cooldown;
 pub use group::{Deployment, GroupSlots, ModelGroup, UserAffinity};
+pub use more_calls::{CallGrant, Lanes, MoreCalls};
 pub use record::{AttemptCompletion, AttemptEnd};
 pub use switchyard_policy_host::candidate::{deployment_table, wit_candidate};
 pub use wit::candidate;
@@ -168,7 +170,8 @@ impl Router {
     }
 
     /// Runs the attempt loop for `request` on group `group_name`, calling
-    /// `attempt` once per deployment tried. `permit` is the request's place
+    /// `attempt` once per deployment tried (with what it needs to make more
+    /// calls to that deployment, if it makes several). `permit` is the request's place
     /// in the fair queue: it is given back while the request waits for a
     /// deployment's capacity, and taken again before the next pass.
     pub async fn route<T, F, Fut>(
@@ -179,7 +182,7 @@ impl Router {
         attempt: F,
     ) -> Result<Routed<T>, RouteError>
     where
-        F: Fn(Upstream, Bytes) -> Fut,
+        F: Fn(Upstream, Bytes, MoreCalls) -> Fut,
         Fut: Future<Output = Result<T, AttemptFailure>>,
     {
         // One span per request: every line it logs carries its id and group.
@@ -201,7 +204,7 @@ impl Router {
         attempt: F,
     ) -> Result<Routed<T>, RouteError>
     where
-        F: Fn(Upstream, Bytes) -> Fut,
+        F: Fn(Upstream, Bytes, MoreCalls) -> Fut,
         Fut: Future<Output = Result<T, AttemptFailure>>,
     {
         let group = self
@@ -353,7 +356,7 @@ impl Router {
         attempt: &F,
     ) -> Pass<T>
     where
-        F: Fn(Upstream, Bytes) -> Fut,
+        F: Fn(Upstream, Bytes, MoreCalls) -> Fut,
         Fut: Future<Output = Result<T, AttemptFailure>>,
     {
         let (info, options) = self.policy_view(group, request);
@@ -417,7 +420,8 @@ impl Router {
                 deployment = %deployment.config.id,
                 attempt = attempt_number
             );
-            let result = attempt(deployment.upstream.clone(), request.body.clone())
+            let more = MoreCalls::new(deployment.clone(), self.clock.clone(), request.deadline);
+            let result = attempt(deployment.upstream.clone(), request.body.clone(), more)
                 .instrument(attempt_span)
                 .await;
             let failure = match result {

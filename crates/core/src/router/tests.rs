@@ -126,7 +126,7 @@ async fn route(
         .expect("a turn in an empty queue");
     let router: &Router = gateway.router();
     router
-        .route("g", &request, &mut permit, |upstream, _body| {
+        .route("g", &request, &mut permit, |upstream, _body, _more| {
             script.attempt(upstream)
         })
         .await

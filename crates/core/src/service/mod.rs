@@ -20,7 +20,7 @@ pub use caller::{Caller, MAX_USER_BYTES};
 pub use error::{ErrorCode, GatewayError};
 
 use crate::admission::{FairQueue, Permit};
-use crate::router::{AttemptEnd, RouteRequest, Routed, Router};
+use crate::router::{AttemptEnd, MoreCalls, RouteRequest, Routed, Router};
 use crate::upstream::{AttemptFailure, ConverseReply, InvokeReply, OpenStream, Upstream};
 
 /// One call of a model group.
@@ -47,11 +47,15 @@ pub trait Operation: Send + Sync {
     /// What a successful attempt gives.
     type Reply: Send;
 
-    /// One attempt on `upstream` with the call's `body`.
+    /// One attempt on `upstream` with the call's `body`. An operation that
+    /// makes more than one upstream call admits each further one with
+    /// `more`, so it meets the deployment's quotas and concurrency as that
+    /// many requests would.
     fn attempt(
         &self,
         upstream: Upstream,
         body: Bytes,
+        more: MoreCalls,
     ) -> impl Future<Output = Result<Self::Reply, AttemptFailure>> + Send;
 }
 
@@ -70,6 +74,7 @@ impl Operation for Converse {
         &self,
         upstream: Upstream,
         body: Bytes,
+        _: MoreCalls,
     ) -> Result<ConverseReply, AttemptFailure> {
         upstream.converse(body).await
     }
@@ -77,7 +82,12 @@ impl Operation for Converse {
 
 impl Operation for ConverseStream {
     type Reply = OpenStream;
-    async fn attempt(&self, upstream: Upstream, body: Bytes) -> Result<OpenStream, AttemptFailure> {
+    async fn attempt(
+        &self,
+        upstream: Upstream,
+        body: Bytes,
+        _: MoreCalls,
+    ) -> Result<OpenStream, AttemptFailure> {
         upstream.converse_stream(body).await
     }
 }
@@ -88,6 +98,7 @@ impl Operation for Invoke {
         &self,
         upstream: Upstream,
         body: Bytes,
+        _: MoreCalls,
     ) -> Result<InvokeReply, AttemptFailure> {
         upstream.invoke(body).await
     }
@@ -95,7 +106,12 @@ impl Operation for Invoke {
 
 impl Operation for InvokeStream {
     type Reply = OpenStream;
-    async fn attempt(&self, upstream: Upstream, body: Bytes) -> Result<OpenStream, AttemptFailure> {
+    async fn attempt(
+        &self,
+        upstream: Upstream,
+        body: Bytes,
+        _: MoreCalls,
+    ) -> Result<OpenStream, AttemptFailure> {
         upstream.invoke_stream(body).await
     }
 }
@@ -244,8 +260,8 @@ impl Service {
         };
         let routed = self
             .router
-            .route(&group, &request, &mut permit, |upstream, body| {
-                operation.attempt(upstream, body)
+            .route(&group, &request, &mut permit, |upstream, body, more| {
+                operation.attempt(upstream, body, more)
             })
             .await;
         match routed {

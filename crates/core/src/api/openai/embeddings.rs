@@ -2,16 +2,21 @@
 //! Amazon Titan Text Embeddings (one text an InvokeModel call, so a list is
 //! several calls) and Cohere Embed (up to 96 texts a call). The request
 //! takes the same path as a chat one: fair queue, router, policies, quotas
-//! and fallbacks. Every text of one request is embedded by one deployment,
-//! so the vectors share one space.
+//! and fallbacks. Every upstream call is admitted as a request would be
+//! (the deployment's RPM, TPM and concurrency), not the request once. Every
+//! text of one request is embedded by one model, so the vectors share one
+//! space: a fallback to a deployment of the same model makes only the calls
+//! still to make, one to another model starts over.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use futures::{StreamExt, TryStreamExt};
+
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -20,6 +25,7 @@ use super::super::extract::{routed_headers, CallFacts};
 use super::super::AppState;
 use super::request::{check_unmapped, unsupported, Unsupported};
 use super::{error_response, model_group, parse_body, refuse};
+use crate::router::MoreCalls;
 use crate::service::{estimate_tokens, Caller, ErrorCode, GatewayError, ModelCall, Operation};
 use crate::upstream::{AttemptFailure, Upstream};
 
@@ -75,12 +81,28 @@ struct EmbeddingJob {
     texts: Vec<String>,
     dimensions: Option<u32>,
     input_type: String,
+    /// The batches earlier attempts finished.
+    done: Mutex<Finished>,
+}
+
+/// Batches an attempt finished, by index, and the model that made them: a
+/// fallback to a deployment of the same model makes only the calls still
+/// to make (another model's vectors would not compare with these).
+#[derive(Debug, Default)]
+struct Finished {
+    model_id: String,
+    batches: HashMap<usize, Embedded>,
 }
 
 /// The vectors, in input order, and the input tokens Bedrock counted.
+#[derive(Debug)]
 struct Embedded {
     vectors: Vec<Vec<f64>>,
+    /// Tokens of every call.
     tokens: u64,
+    /// Tokens of the call the attempt's own ticket covered (each further
+    /// call settled its own share of the quota).
+    attempt_tokens: u64,
 }
 
 impl EmbeddingsRequest {
@@ -130,11 +152,13 @@ pub async fn embeddings(
     let delivered = match state.service.call(call, &job).await {
         Err(e) => return error_response(&e, &request_id),
         Ok(admitted) => {
-            let tokens = admitted.routed.value.tokens;
+            let tokens = admitted.routed.value.attempt_tokens;
             admitted.delivered(Some(tokens))
         }
     };
-    let Embedded { vectors, tokens } = &delivered.value;
+    let Embedded {
+        vectors, tokens, ..
+    } = &delivered.value;
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
@@ -225,6 +249,7 @@ fn check(
         input_type: request
             .input_type
             .unwrap_or_else(|| "search_document".to_owned()),
+        done: Mutex::default(),
     };
     Ok((job, call, base64, group))
 }
@@ -234,14 +259,26 @@ fn check(
 impl Operation for EmbeddingJob {
     type Reply = Embedded;
 
-    async fn attempt(&self, upstream: Upstream, _body: Bytes) -> Result<Embedded, AttemptFailure> {
-        self.embed(&upstream).await
+    async fn attempt(
+        &self,
+        upstream: Upstream,
+        _body: Bytes,
+        more: MoreCalls,
+    ) -> Result<Embedded, AttemptFailure> {
+        self.embed(&upstream, &more).await
     }
 }
 
 impl EmbeddingJob {
-    /// One attempt: every text through `upstream`'s model.
-    async fn embed(&self, upstream: &Upstream) -> Result<Embedded, AttemptFailure> {
+    /// Embeds every text on `upstream`: the batches no earlier attempt
+    /// finished on the same model, as many at once as the attempt has
+    /// places of concurrency (at most 8), each call after the first
+    /// admitted on its own.
+    async fn embed(
+        &self,
+        upstream: &Upstream,
+        more: &MoreCalls,
+    ) -> Result<Embedded, AttemptFailure> {
         let model = EmbeddingModel::of(upstream.model_id()).ok_or_else(|| {
             AttemptFailure::server_error("the deployment is not an embedding model")
         })?;
@@ -249,22 +286,73 @@ impl EmbeddingJob {
             EmbeddingModel::Titan => 1,
             EmbeddingModel::Cohere => COHERE_BATCH,
         };
+        let batches = self.texts.len().div_ceil(batch);
+        let todo: Vec<usize> = {
+            let mut done = self.done.lock().expect("embedding batches poisoned");
+            if done.model_id != upstream.model_id() {
+                *done = Finished {
+                    model_id: upstream.model_id().to_owned(),
+                    batches: HashMap::new(),
+                };
+            }
+            (0..batches)
+                .filter(|i| !done.batches.contains_key(i))
+                .collect()
+        };
+        let lanes = more.lanes(CALLS_IN_FLIGHT);
         // Owned batches: a stream over borrowed chunks trips the compiler's
         // higher-ranked lifetime check for Send futures.
-        let calls: Vec<_> = self
-            .texts
-            .chunks(batch)
-            .map(|texts| self.call(upstream, model, texts.to_vec()))
+        let calls: Vec<_> = todo
+            .into_iter()
+            .enumerate()
+            .map(|(n, index)| {
+                let texts =
+                    self.texts[index * batch..((index + 1) * batch).min(self.texts.len())].to_vec();
+                async move {
+                    // The attempt's own ticket covers its first call.
+                    let grant = match n {
+                        0 => None,
+                        _ => {
+                            let bytes: usize = texts.iter().map(String::len).sum();
+                            Some(more.admit(bytes.div_ceil(4) as u64).await?)
+                        }
+                    };
+                    let embedded = self.call(upstream, model, texts).await;
+                    let covered = grant.is_none();
+                    if let Some(grant) = grant {
+                        grant.finish(embedded.is_ok(), embedded.as_ref().ok().map(|e| e.tokens));
+                    }
+                    embedded.map(|mut e| {
+                        e.attempt_tokens = if covered { e.tokens } else { 0 };
+                        (index, e)
+                    })
+                }
+            })
             .collect();
-        let batches: Vec<Embedded> = futures::stream::iter(calls)
-            .buffered(CALLS_IN_FLIGHT)
-            .try_collect()
-            .await?;
+        let mut finished = futures::stream::iter(calls).buffer_unordered(lanes.count());
+        let mut attempt_tokens = 0;
+        while let Some(result) = finished.next().await {
+            let (index, embedded) = result?;
+            attempt_tokens += embedded.attempt_tokens;
+            self.done
+                .lock()
+                .expect("embedding batches poisoned")
+                .batches
+                .insert(index, embedded);
+        }
+        drop(finished);
+        drop(lanes);
+        let mut done = self.done.lock().expect("embedding batches poisoned");
         let mut all = Embedded {
             vectors: Vec::with_capacity(self.texts.len()),
             tokens: 0,
+            attempt_tokens,
         };
-        for b in batches {
+        for index in 0..batches {
+            let b = done
+                .batches
+                .remove(&index)
+                .expect("every batch is finished");
             all.vectors.extend(b.vectors);
             all.tokens += b.tokens;
         }
@@ -313,7 +401,11 @@ impl EmbeddingJob {
             .and_then(Value::as_u64)
             .or(reply.input_tokens)
             .unwrap_or_else(|| texts.iter().map(|t| t.len().div_ceil(4) as u64).sum());
-        Ok(Embedded { vectors, tokens })
+        Ok(Embedded {
+            vectors,
+            tokens,
+            attempt_tokens: tokens,
+        })
     }
 }
 
