@@ -259,3 +259,75 @@ deployments = ["a"]
     let answer = raw_post(gw.addr, "/model/g/converse", &[], &converse_body("hi")).await;
     assert_eq!(answer.status, 200, "{}", answer.body_text());
 }
+
+/// A provider that takes seconds to fail is asked once for all the
+/// requests waiting on it, which share its failure and fall over at once
+/// (ten requests ended after 2, 4, ... 20 s, each asking it in turn), and
+/// the requests right after fail without asking it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_failing_provider_is_asked_once_for_every_waiting_request() {
+    let sim = start_sim(vec![sim_model("model-a", None)], SystemClock::shared()).await;
+    let dir = ScratchDir::new("credentials-slow");
+    let process = executable(
+        &dir,
+        "slow-failure.sh",
+        &format!(
+            "#!/bin/sh\necho asked >> \"{}/asked\"\nsleep 2\nexit 1\n",
+            dir.display()
+        ),
+    );
+    let gateway = gateway_with_process(&sim, &dir, process.to_str().unwrap()).await;
+    let asked = || {
+        std::fs::read_to_string(dir.join("asked"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let requests: Vec<_> = (0..10)
+        .map(|n| {
+            let addr = gateway.addr;
+            tokio::spawn(async move {
+                // Requests that find the deployment failed give up at once
+                // rather than wait for it to recover.
+                let headers = [("x-switchyard-max-wait-ms", "1000")];
+                raw_post(
+                    addr,
+                    "/model/g/converse",
+                    &headers,
+                    &converse_body(&format!("n{n}")),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut without_credentials = 0;
+    for request in requests {
+        let answer = request.await.unwrap();
+        assert_ne!(answer.status, 200, "{}", answer.body_text());
+        let json = answer.json();
+        without_credentials += usize::from(
+            json["attempts"][0]["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("no credentials for this deployment")),
+        );
+    }
+    assert!(
+        without_credentials >= 1,
+        "the attempts failed for want of credentials"
+    );
+    assert_eq!(asked(), 1, "the provider was asked once for ten requests");
+    let headers = [("x-switchyard-max-wait-ms", "0")];
+    let right_after = raw_post(
+        gateway.addr,
+        "/model/g/converse",
+        &headers,
+        &converse_body("again"),
+    )
+    .await;
+    assert_ne!(right_after.status, 200);
+    assert_eq!(
+        asked(),
+        1,
+        "a remembered failure is not asked again at once"
+    );
+}

@@ -8,7 +8,10 @@
 //! Both upstream paths read one cache per deployment: the signed path asks
 //! it before every call, and the SDK client (streams) uses it as its
 //! provider. Credentials are refreshed shortly before they expire, by one
-//! caller at a time; a failure to get them is the deployment's failure.
+//! caller at a time, whose result every caller waiting shares; a failure to
+//! get them is the deployment's failure, remembered for a moment so that
+//! the requests meanwhile fail over at once instead of asking a provider
+//! that may take seconds to fail, one after another.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,10 +38,11 @@ const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(10);
 /// Bedrock after their end).
 const LAST_USE_BEFORE_EXPIRY: Duration = Duration::from_secs(2);
 
-/// After a failed refresh, requests sign with the keys in hand for this
-/// long before the provider is asked again, so a provider that is down
-/// (STS, IMDS timing out) is not asked once per request.
-const RETRY_REFRESH_AFTER: Duration = Duration::from_secs(1);
+/// After a failed refresh, the provider is not asked again for this long:
+/// requests sign with the keys in hand, or, with none, fail at once with the
+/// same error. A provider that is down (STS, IMDS timing out) is not asked
+/// once per request.
+const RETRY_REFRESH_AFTER: Duration = Duration::from_secs(2);
 
 /// One deployment's credentials, cached.
 #[derive(Debug, Clone)]
@@ -53,8 +57,8 @@ struct Cache {
     /// One refresh at a time; the others wait for its result, unless keys
     /// in hand are still good.
     refreshing: Mutex<()>,
-    /// When a refresh last failed.
-    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When a refresh last failed, and why.
+    failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 /// The provider behind the cache, built on first use: aws-config's default
@@ -85,7 +89,7 @@ impl DeploymentCredentials {
                 },
                 current: std::sync::RwLock::new(None),
                 refreshing: Mutex::new(()),
-                failed_at: std::sync::Mutex::new(None),
+                failed: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -99,31 +103,34 @@ impl DeploymentCredentials {
         // caller refreshes, or while a failed refresh waits to be retried:
         // a slow or failing provider must not hold requests up.
         let in_hand = self.valid_for(LAST_USE_BEFORE_EXPIRY);
+        if let Some(failure) = self.recent_failure() {
+            return in_hand.ok_or(failure);
+        }
         let _turn = match (self.inner.refreshing.try_lock(), &in_hand) {
             (Ok(turn), _) => turn,
             (Err(_), Some(keys)) => return Ok(keys.clone()),
             (Err(_), None) => self.inner.refreshing.lock().await,
         };
-        // Another caller may have refreshed while this one waited.
+        // The refresh this caller waited for decides: its keys, or its
+        // failure (the provider is not asked again at once).
         if let Some(fresh) = self.cached() {
             return Ok(fresh);
         }
-        if let Some(keys) = &in_hand {
-            if self.failed_within(RETRY_REFRESH_AFTER) {
-                return Ok(keys.clone());
-            }
+        if let Some(failure) = self.recent_failure() {
+            return in_hand.ok_or(failure);
         }
         let provider = self.inner.source.provider().await;
         match provider.provide_credentials().await {
             Ok(credentials) => {
                 *self.inner.current.write().expect("credentials poisoned") =
                     Some(credentials.clone());
-                *self.inner.failed_at.lock().expect("credentials poisoned") = None;
+                *self.inner.failed.lock().expect("credentials poisoned") = None;
                 Ok(credentials)
             }
             Err(e) => {
-                *self.inner.failed_at.lock().expect("credentials poisoned") =
-                    Some(std::time::Instant::now());
+                let why = crate::error_chain::render(&e);
+                *self.inner.failed.lock().expect("credentials poisoned") =
+                    Some((std::time::Instant::now(), why));
                 // A refresh ahead of expiry that fails (STS or IMDS briefly
                 // away) leaves the keys in hand, good until shortly before
                 // they expire.
@@ -132,13 +139,13 @@ impl DeploymentCredentials {
         }
     }
 
-    /// Whether a refresh failed less than `window` ago.
-    fn failed_within(&self, window: Duration) -> bool {
-        self.inner
-            .failed_at
-            .lock()
-            .expect("credentials poisoned")
-            .is_some_and(|at| at.elapsed() < window)
+    /// The failure of a refresh less than [`RETRY_REFRESH_AFTER`] ago.
+    fn recent_failure(&self) -> Option<CredentialsError> {
+        let failed = self.inner.failed.lock().expect("credentials poisoned");
+        failed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < RETRY_REFRESH_AFTER)
+            .map(|(_, why)| CredentialsError::provider_error(why.clone()))
     }
 
     /// The credentials in hand, unless they expire within the refresh margin.
