@@ -359,3 +359,43 @@ async fn calls_that_wait_for_a_busy_core_do_not_time_out() {
         .collect();
     assert!(faults.is_empty(), "{faults:?}");
 }
+
+/// One call's key-value writes are bounded (each goes to the sibling
+/// instances), and the host's words about the writes it refused are lines
+/// of the call's log, within its budget: a policy that writes 2,000 entries
+/// and 100 oversized ones a call stores about 64 KiB, and its log holds at
+/// most 16 lines.
+#[test]
+fn a_policy_that_floods_its_store_is_held_to_a_budget_per_call() {
+    let runtime = runtime();
+    let kv = Arc::new(KvStore::new(ManualClock::new(0)));
+    let policy = runtime
+        .load(
+            PolicyKind::Selection,
+            "kv-flood",
+            &policy_bytes("kv-flood"),
+            &serde_json::json!({}),
+            kv.clone(),
+        )
+        .expect("fixture loads");
+    let (order, report) = policy
+        .select(&request(), &candidates(3), &CallOptions::default())
+        .expect("writing too much is refused, not a fault");
+    assert_eq!(order, [0, 1, 2]);
+    let stored = (0..2_000)
+        .filter(|i| kv.get(&format!("k{i}")).is_some())
+        .count();
+    assert!(
+        (1..=64).contains(&stored),
+        "{stored} entries of 1 KiB stored in one call"
+    );
+    assert!(report.logs.len() <= 16, "{} log lines", report.logs.len());
+    assert!(
+        report
+            .logs
+            .iter()
+            .any(|l| l.level == "warn" && l.message.contains("refused")),
+        "{:?}",
+        report.logs
+    );
+}

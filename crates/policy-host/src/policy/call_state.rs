@@ -24,6 +24,10 @@ pub struct CallState {
     pub(crate) log_budget: u32,
     /// Bytes of log a policy may write per call; a line past it is cut.
     pub(crate) log_bytes_left: usize,
+    /// Bytes of key-value writes (and deletes) the call may still make:
+    /// each is told to the sibling instances, so one call must not flood
+    /// them.
+    pub(crate) kv_bytes_left: usize,
     /// The lines it wrote, kept for the load check and `policy test`.
     pub(crate) logs: Vec<PolicyLog>,
     /// Decides, at each epoch deadline, whether the call has used its time.
@@ -34,6 +38,14 @@ pub struct CallState {
 
 /// Bytes of log one policy call may write in all.
 pub const LOG_BYTES_PER_CALL: usize = 4 * 1024;
+
+/// Bytes of key-value writes one policy call may make in all (keys, values,
+/// and a fixed cost a write for the message that carries it to the
+/// siblings); a write past it is refused.
+pub const KV_BYTES_PER_CALL: usize = 64 * 1024;
+
+/// What one write costs of [`KV_BYTES_PER_CALL`] beyond its key and value.
+const KV_WRITE_OVERHEAD: usize = 64;
 
 /// `message` as one log line: control characters (newlines included)
 /// escaped, so a policy cannot forge lines of the gateway's log, and cut
@@ -82,6 +94,60 @@ impl host::Host for CallState {
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
+        self.log_line(level, message);
+    }
+
+    fn describe(&mut self, deployment: String) -> Option<DeploymentInfo> {
+        self.deployments.describe(&deployment).cloned()
+    }
+
+    fn params(&mut self) -> String {
+        self.params.to_string()
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.kv.get(&key)
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) {
+        let cost = key.len() + value.len() + KV_WRITE_OVERHEAD;
+        if cost > self.kv_bytes_left {
+            self.kv_bytes_left = 0;
+            let message = format!(
+                "host: kv-set of `{key}` refused: the call's writes passed {KV_BYTES_PER_CALL} bytes"
+            );
+            return self.log_line(LogLevel::Warn, message);
+        }
+        self.kv_bytes_left -= cost;
+        if !self.kv.set(key.clone(), value, ttl_ms) {
+            let message = format!("host: kv-set of `{key}` refused: entry too large or store full");
+            self.log_line(LogLevel::Warn, message);
+        }
+    }
+
+    fn kv_delete(&mut self, key: String) {
+        // A delete of nothing tells no sibling, and costs nothing.
+        let cost = key.len() + KV_WRITE_OVERHEAD;
+        if self.kv.get(&key).is_none() {
+            return;
+        }
+        if cost > self.kv_bytes_left {
+            self.kv_bytes_left = 0;
+            let message = format!(
+                "host: kv-delete of `{key}` refused: the call's writes passed {KV_BYTES_PER_CALL} bytes"
+            );
+            return self.log_line(LogLevel::Warn, message);
+        }
+        self.kv_bytes_left -= cost;
+        self.kv.delete(&key);
+    }
+}
+
+impl CallState {
+    /// Writes one line of the policy's log (its own, or the host's about
+    /// it), within the call's budget of lines and bytes: past it, lines are
+    /// dropped, so no policy can fill the gateway's log.
+    fn log_line(&mut self, level: LogLevel, message: String) {
         if self.log_budget == 0 || self.log_bytes_left == 0 {
             return;
         }
@@ -106,31 +172,6 @@ impl host::Host for CallState {
             LogLevel::Warn => tracing::warn!(policy, request_id, "{message}"),
             LogLevel::Error => tracing::error!(policy, request_id, "{message}"),
         }
-    }
-
-    fn describe(&mut self, deployment: String) -> Option<DeploymentInfo> {
-        self.deployments.describe(&deployment).cloned()
-    }
-
-    fn params(&mut self) -> String {
-        self.params.to_string()
-    }
-
-    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.kv.get(&key)
-    }
-
-    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) {
-        if !self.kv.set(key, value, ttl_ms) {
-            tracing::warn!(
-                policy = &*self.policy_name,
-                "kv-set refused: entry too large or store full"
-            );
-        }
-    }
-
-    fn kv_delete(&mut self, key: String) {
-        self.kv.delete(&key);
     }
 }
 

@@ -332,6 +332,7 @@ impl Policy {
             request_id: options.request_id.clone(),
             log_budget: 16,
             log_bytes_left: call_state::LOG_BYTES_PER_CALL,
+            kv_bytes_left: call_state::KV_BYTES_PER_CALL,
             logs: Vec::new(),
             cpu: limits::CpuWatch::new(deadline),
             _ticking: self.shared.ticker.call_starting(),
