@@ -399,3 +399,77 @@ fn a_policy_that_floods_its_store_is_held_to_a_budget_per_call() {
         report.logs
     );
 }
+
+/// A runtime whose compile cache is in `dir`.
+fn runtime_caching_in(dir: &std::path::Path) -> PolicyRuntime {
+    let config = PolicyRuntimeConfig {
+        call_deadline_us: TEST_CALL_DEADLINE_US,
+        compile_cache: true,
+        cache_dir: Some(dir.to_owned()),
+        ..PolicyRuntimeConfig::default()
+    };
+    PolicyRuntime::new(&config, ManualClock::new(0)).unwrap()
+}
+
+/// The files in `dir`.
+fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The compile cache holds native code the gateway runs: the folder it
+/// makes is 0700, a folder others can write is not used, and an entry put
+/// in another's place is compiled afresh, not run.
+#[cfg(unix)]
+#[test]
+fn the_compile_cache_runs_only_what_it_wrote_in_a_folder_of_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = ScratchDir::new("compile-cache");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // Made by the cache: 0700.
+    let made = scratch.join("made/policies");
+    let runtime = runtime_caching_in(&made);
+    load(&runtime, PolicyKind::Selection, "trap").expect("loads");
+    assert_eq!(mode(&made), 0o700);
+    assert_eq!(files_in(&made).len(), 1, "the trap is cached");
+
+    // Writable by others: not used, nothing written or read there.
+    let open = scratch.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let runtime = runtime_caching_in(&open);
+    let policy = load(&runtime, PolicyKind::Selection, "trap").expect("compiled in memory");
+    assert!(files_in(&open).is_empty(), "{:?}", files_in(&open));
+    assert!(policy
+        .select(&request(), &candidates(2), &CallOptions::default())
+        .is_err());
+
+    // Another entry in the trap's place: the trap is compiled afresh.
+    let runtime = runtime_caching_in(&made);
+    load(&runtime, PolicyKind::Selection, "hog").expect("loads");
+    let files = files_in(&made);
+    assert_eq!(files.len(), 2);
+    let trap_entry = files
+        .iter()
+        .find(|f| {
+            let name = f.file_name().unwrap().to_str().unwrap();
+            name.starts_with(&switchyard::policy::sha256_hex(&policy_bytes("trap")))
+        })
+        .expect("the trap's entry")
+        .clone();
+    let hog_entry = files.iter().find(|f| **f != trap_entry).unwrap();
+    std::fs::copy(hog_entry, &trap_entry).unwrap();
+    let runtime = runtime_caching_in(&made);
+    let policy = load(&runtime, PolicyKind::Selection, "trap").expect("loads");
+    let fault = policy
+        .select(&request(), &candidates(2), &CallOptions::default())
+        .expect_err("the trap traps");
+    assert!(
+        matches!(fault, PolicyFault::Trap(_)),
+        "the trap ran as the trap, not the hog put in its place: {fault:?}"
+    );
+}

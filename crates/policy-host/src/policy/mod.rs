@@ -133,7 +133,14 @@ impl PolicyRuntime {
             .compile_cache
             .then(|| config.cache_dir.clone().or_else(cache::default_dir))
             .flatten()
-            .map(|dir| cache::CompileCache::new(&dir, &engine));
+            .and_then(|dir| match cache::CompileCache::new(&dir, &engine) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    let error = crate::error_chain::render(&e);
+                    tracing::error!(%error, "not using the policy compile cache: it holds native code the gateway runs, so its folder must be the gateway's alone; policies are compiled in memory");
+                    None
+                }
+            });
         Ok(Self {
             shared: Arc::new(EngineShared {
                 engine,
