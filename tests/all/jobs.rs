@@ -927,3 +927,64 @@ async fn on_redis_a_users_jobs_are_listed_whoever_else_is_busy() {
     let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
     assert!(ttl > 0, "an unfinished job's record expires: PTTL {ttl}");
 }
+
+/// A job runs as its submitter whatever their name: a user whose name is
+/// not ASCII keeps their cap of running requests (jobs once travelled back
+/// into the gateway with the user in a header, and such a name made the job
+/// anonymous, free of the cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_keeps_its_submitters_cap_whatever_their_name() {
+    const KEY: &str = "zoe-key-0123456789ab";
+    let sim = start_sim(
+        vec![SimModelConfig {
+            ttft_ms: 3_000,
+            ..sim_model("model-a", None)
+        }],
+        SystemClock::shared(),
+    )
+    .await;
+    let dir = ScratchDir::new("jobs-identity");
+    let config = format!(
+        "[[api_keys]]\nkey = \"{KEY}\"\nuser = \"Zoë Ødegård\"\nmax_concurrent = 1\n{}",
+        jobs_config(&sim, &dir, 2)
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let bearer = format!("Bearer {KEY}");
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let job = converse_job(&format!("mine {n}")).to_string();
+        let answer = raw_post(
+            gw.addr,
+            "/v1/jobs",
+            &[("authorization", bearer.as_str())],
+            job.as_bytes(),
+        )
+        .await;
+        assert_eq!(answer.status, 202, "{}", answer.body_text());
+        ids.push(answer.json()["id"].as_str().unwrap().to_owned());
+    }
+    // Two workers, one running place for the user: one call at a time.
+    let until = Instant::now() + Duration::from_secs(30);
+    while sim.counts("model-a").calls < 1 {
+        assert!(Instant::now() < until, "a job started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        sim.counts("model-a").calls,
+        1,
+        "the second job waits for the user's one running place"
+    );
+    for id in &ids {
+        let job = raw_request(
+            gw.addr,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            &[("authorization", bearer.as_str())],
+            b"",
+        )
+        .await
+        .json();
+        assert_eq!(job["user"], "Zoë Ødegård", "{job}");
+    }
+}
