@@ -9,6 +9,7 @@ mod attempt_engine;
 mod auth;
 mod authoring;
 mod budgets;
+mod chaos;
 mod clients;
 mod coalescing;
 mod cooldown;

@@ -38,6 +38,15 @@ pub fn exception(exception_type: &str, message: &str) -> Bytes {
     )
 }
 
+/// `frame` with its message checksum broken, as a damaged frame arrives.
+pub fn corrupted(frame: Bytes) -> Bytes {
+    let mut bytes = frame.to_vec();
+    if let Some(last) = bytes.last_mut() {
+        *last ^= 0xff;
+    }
+    Bytes::from(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

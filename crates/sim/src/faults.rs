@@ -19,6 +19,10 @@ pub enum Fault {
     /// Start a stream normally, then send a `throttlingException` frame after
     /// the first text delta. On Converse (not streaming) it acts as `Throttle`.
     StreamThrottle,
+    /// Start a stream normally, then send a frame whose checksum is wrong
+    /// after the first text delta, and end the stream. On Converse (not
+    /// streaming) it acts as `Reset`.
+    MalformedFrame,
 }
 
 /// A fault that happens at random with the given probability.

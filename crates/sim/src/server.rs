@@ -200,7 +200,7 @@ impl SimState {
                 model.counts.faults += 1;
                 return Plan::Stall;
             }
-            Some(Fault::Reset) if !streaming => {
+            Some(Fault::Reset) | Some(Fault::MalformedFrame) if !streaming => {
                 model.counts.faults += 1;
                 return Plan::Reset;
             }
@@ -221,7 +221,7 @@ impl SimState {
         }
         match fault {
             Some(Fault::StreamThrottle) => model.counts.throttles += 1,
-            Some(Fault::Reset) => model.counts.faults += 1,
+            Some(Fault::Reset) | Some(Fault::MalformedFrame) => model.counts.faults += 1,
             _ => model.counts.successes += 1,
         }
         let per_token = match model.config.tokens_per_s {
@@ -438,6 +438,15 @@ async fn send_converse_stream(
                             "throttlingException",
                             "Too many requests, please wait before trying again.",
                         )))
+                        .await;
+                    return;
+                }
+                Some(Fault::MalformedFrame) => {
+                    let _ = tx
+                        .send(Ok(eventstream::corrupted(eventstream::event(
+                            "contentBlockDelta",
+                            json!({"contentBlockIndex": 0, "delta": {"text": "?"}}),
+                        ))))
                         .await;
                     return;
                 }
