@@ -31,7 +31,7 @@ pub use config::{SimConfig, SimModelConfig};
 #[cfg(feature = "server")]
 pub use embed::EmbeddingFamily;
 #[cfg(feature = "server")]
-pub use faults::Fault;
+pub use faults::{ConfiguredFault, Fault};
 #[cfg(feature = "server")]
 pub use server::{ModelCounts, SimHandle, Simulator};
 #[cfg(feature = "server")]
