@@ -9,7 +9,8 @@
 //! 2% of calls, answers 1% with 503, resets 1% of connections and breaks 1%
 //! of streams with a malformed frame.
 //!
-//! Run: `cargo bench -p switchyard --bench soak` (10 minutes). Under
+//! Run: `cargo bench -p switchyard --bench soak` (10 minutes; `SOAK_SECONDS`
+//! sets another length). Under
 //! `cargo test` it runs a 10 s smoke version of itself. Either fails if a
 //! request is left without a definite answer or a job is lost.
 
@@ -34,6 +35,18 @@ struct Tally {
     errors: AtomicU64,
     broken_streams: AtomicU64,
     lost: AtomicU64,
+    /// Why requests were lost, with their route (the first 50).
+    why_lost: std::sync::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn lose(&self, path: &str, why: String) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        let mut why_lost = self.why_lost.lock().unwrap();
+        if why_lost.len() < 50 {
+            why_lost.push(format!("{path}: {why}"));
+        }
+    }
 }
 
 /// The gateway's resident memory (KiB) and open file descriptors now.
@@ -108,12 +121,13 @@ fn chat(text: &str, stream: bool) -> String {
 }
 
 fn main() {
+    // `SOAK_SECONDS` sets another length (to look into a finding).
     let full = std::env::args().any(|a| a == "--bench");
-    let duration = if full {
-        Duration::from_secs(600)
-    } else {
-        Duration::from_secs(10)
-    };
+    let seconds = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if full { 600 } else { 10 });
+    let duration = Duration::from_secs(seconds);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     runtime.block_on(run(duration));
 }
@@ -212,11 +226,18 @@ async fn run(duration: Duration) {
         tally.sent.fetch_add(1, Ordering::Relaxed);
         in_flight.spawn(async move {
             match call(addr, path, body.as_bytes()).await {
-                Ok((200, true)) => tally.ok.fetch_add(1, Ordering::Relaxed),
-                Ok((_, true)) => tally.errors.fetch_add(1, Ordering::Relaxed),
-                Ok((200, false)) if streams => tally.broken_streams.fetch_add(1, Ordering::Relaxed),
-                Ok(_) | Err(_) => tally.lost.fetch_add(1, Ordering::Relaxed),
-            };
+                Ok((200, true)) => {
+                    tally.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((_, true)) => {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((200, false)) if streams => {
+                    tally.broken_streams.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((status, _)) => tally.lose(path, format!("a {status} answer cut short")),
+                Err(why) => tally.lose(path, why),
+            }
         });
         if Instant::now() >= next_job {
             next_job += JOB_EVERY;
@@ -264,6 +285,9 @@ async fn run(duration: Duration) {
         samples.get(1).map_or(0, |s| s.0)
     );
     println!("soak: samples (s, RSS KiB, fds): {samples:?}");
+    for why in t.why_lost.lock().unwrap().iter() {
+        println!("soak: lost: {why}");
+    }
     let _ = gateway.start_kill();
     let _ = gateway.wait().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -4,6 +4,7 @@
 
 mod admission;
 mod agent_frameworks;
+mod anthropic;
 mod api_errors;
 mod attempt_engine;
 mod auth;

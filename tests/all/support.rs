@@ -336,7 +336,7 @@ pub fn converse_body(text: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// A Python with the official `openai` and `boto3` packages, in a virtual
+/// A Python with the official `openai`, `anthropic` and `boto3` packages, in a virtual
 /// environment under `target/` made on first use (pip from PyPI), shared by
 /// every test of the run.
 pub fn python_with_clients() -> std::path::PathBuf {
@@ -348,7 +348,7 @@ pub fn python_with_clients() -> std::path::PathBuf {
             let python = venv.join("bin/python");
             let ready = |python: &std::path::Path| {
                 std::process::Command::new(python)
-                    .args(["-c", "import openai, boto3"])
+                    .args(["-c", "import openai, anthropic, boto3"])
                     .output()
                     .is_ok_and(|o| o.status.success())
             };
@@ -372,6 +372,7 @@ pub fn python_with_clients() -> std::path::PathBuf {
                     "--quiet",
                     "--disable-pip-version-check",
                     "openai",
+                    "anthropic",
                     "boto3",
                 ]));
             }

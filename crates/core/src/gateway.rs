@@ -115,7 +115,12 @@ impl Gateway {
             config.limits.max_attempts,
             config.policy_runtime.seed,
             metrics,
-        );
+        )
+        .with_aliases(config.model_groups.iter().flat_map(|g| {
+            g.aliases
+                .iter()
+                .map(|alias| (alias.clone(), g.name.clone()))
+        }));
         let gateway = Self {
             state: Arc::new(AppState {
                 service: Service::new(router, queue, config.admission.max_wait_ms),

@@ -171,6 +171,21 @@ pub fn parse_prompt(body: &[u8]) -> Result<Prompt, String> {
 pub fn converse_from_anthropic(body: &[u8]) -> Result<Vec<u8>, String> {
     let json: Value =
         serde_json::from_slice(body).map_err(|e| format!("Malformed input request: {e}"))?;
+    // As Bedrock checks the body: a version (`bedrock-2023-05-31`, or the
+    // API version newer SDKs send), and no `model` or `stream` (the path
+    // and the operation say those).
+    if !json.get("anthropic_version").is_some_and(Value::is_string) {
+        return Err(
+            "Malformed input request: #: required key [anthropic_version] not found".into(),
+        );
+    }
+    for extraneous in ["model", "stream"] {
+        if json.get(extraneous).is_some() {
+            return Err(format!(
+                "Malformed input request: #: extraneous key [{extraneous}] is not permitted"
+            ));
+        }
+    }
     let messages = json.get("messages").and_then(Value::as_array).ok_or(
         "The simulator's InvokeModel speaks Anthropic's Messages body: `messages` is required.",
     )?;

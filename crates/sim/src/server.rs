@@ -590,7 +590,7 @@ async fn invoke_stream(
             work: Chat { prompt, reply },
             ttft,
             per_token,
-            ..
+            fault,
         }) => {
             let chunk = |event: serde_json::Value| {
                 eventstream::event(
@@ -620,11 +620,32 @@ async fn invoke_stream(
                     "usage": {"output_tokens": reply.output_tokens()},
                 })));
                 frames.push(chunk(json!({"type": "message_stop"})));
-                for f in frames {
+                // The first text delta is the third frame: a fault breaks
+                // the stream after it, once its first words are out.
+                const FIRST_DELTA: usize = 2;
+                for (n, f) in frames.into_iter().enumerate() {
+                    let delta = f.clone();
                     if tx.send(Ok(f)).await.is_err() {
                         return;
                     }
                     pause(per_token).await;
+                    if n != FIRST_DELTA {
+                        continue;
+                    }
+                    let broken = match fault {
+                        Some(Fault::StreamThrottle) => Ok(eventstream::exception(
+                            "throttlingException",
+                            "Too many requests, please wait before trying again.",
+                        )),
+                        Some(Fault::MalformedFrame) => Ok(eventstream::corrupted(delta)),
+                        Some(Fault::Reset) => Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "simulated connection reset",
+                        )),
+                        _ => continue,
+                    };
+                    let _ = tx.send(broken).await;
+                    return;
                 }
             });
             let mut response = Response::new(Body::from_stream(Abandonable::new(
@@ -637,6 +658,51 @@ async fn invoke_stream(
             );
             response
         }
+    };
+    with_request_id(response, &request_id)
+}
+
+/// `POST /model/{modelId}/count-tokens`: the input tokens of an
+/// InvokeModel body (base64 in `input.invokeModel.body`), as Bedrock's
+/// CountTokens counts them for Claude. Counting takes none of the model's
+/// quota.
+async fn count_tokens(
+    State(state): State<Arc<SimState>>,
+    Path(model_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    #[derive(Deserialize)]
+    struct CountTokens {
+        input: CountInput,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct CountInput {
+        invoke_model: Option<InvokeModelInput>,
+    }
+    #[derive(Deserialize)]
+    struct InvokeModelInput {
+        body: String,
+    }
+    let request_id = state.request_id();
+    let counted = (|| {
+        let request: CountTokens =
+            serde_json::from_slice(&body).map_err(|e| format!("Malformed input request: {e}"))?;
+        let invoke = request
+            .input
+            .invoke_model
+            .ok_or("The simulator counts the tokens of `invokeModel` inputs only.")?;
+        let body = aws_smithy_types::base64::decode(&invoke.body)
+            .map_err(|_| "invokeModel.body is not base64".to_owned())?;
+        if EmbeddingFamily::of(&model_id).is_some() {
+            return Err("The provided model doesn't support counting tokens.".to_owned());
+        }
+        let converse = converse_from_anthropic(&body)?;
+        parse_prompt(&converse).map(|prompt| prompt.input_tokens)
+    })();
+    let response = match counted {
+        Ok(tokens) => (StatusCode::OK, Json(json!({ "inputTokens": tokens }))).into_response(),
+        Err(message) => BedrockError::validation(message).into_response(),
     };
     with_request_id(response, &request_id)
 }
@@ -744,6 +810,7 @@ impl Simulator {
                 "/model/{model_id}/invoke-with-response-stream",
                 post(invoke_stream),
             )
+            .route("/model/{model_id}/count-tokens", post(count_tokens))
             .route("/sim/faults", post(inject_faults))
             .route("/sim/stats", get(stats))
             .with_state(self.state.clone())

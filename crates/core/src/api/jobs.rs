@@ -111,12 +111,7 @@ fn route_of(state: &AppState, submission: &Submission) -> Result<JobRoute, Gatew
             )))
         }
     };
-    if state.service.router().group(&group).is_none() {
-        return Err(GatewayError::refused(
-            ErrorCode::UnknownModel,
-            format!("no model group `{group}`"),
-        ));
-    }
+    state.service.group_for(&group)?;
     Ok(route)
 }
 

@@ -2,6 +2,7 @@
 //! metrics, and their errors.
 
 mod admin;
+mod anthropic;
 pub mod auth;
 mod bedrock;
 mod body;
@@ -11,6 +12,7 @@ pub mod extract;
 mod jobs;
 mod openai;
 mod reload;
+mod sse;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -157,6 +159,10 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route_layer(refuse_over(openai::error_response));
+    let anthropic_routes = HttpRouter::new()
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route_layer(refuse_over(anthropic::error_response));
     let api = HttpRouter::new()
         .route("/model/{model_id}/converse", post(bedrock::converse))
         .route(
@@ -173,6 +179,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/task_status/{id}", get(jobs::task_status))
         .route_layer(refuse_over(gateway_shape))
         .merge(openai_routes)
+        .merge(anthropic_routes)
         .layer(DefaultBodyLimit::max(max_body_bytes));
     let observability = HttpRouter::new()
         .route("/", get(status_page))

@@ -223,6 +223,10 @@ pub struct ObservabilityConfig {
 pub struct ModelGroupConfig {
     /// What clients put in the model id.
     pub name: String,
+    /// Other names clients may use for it: the model ids their tools send
+    /// unchanged (Claude Code's defaults, inference-profile ids and ARNs).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// Deployment ids, in any order (priority decides the safe order).
     pub deployments: Vec<String>,
     /// The group's policies; each defaults to the built-in one.

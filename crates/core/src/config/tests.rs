@@ -115,3 +115,25 @@ fn accounts_name_a_deployments_account_once_with_budgets_above_zero() {
     let twice = "[[accounts]]\nname = \"default\"\n[[accounts]]\nname = \"default\"\n";
     assert!(error_of(&with(twice)).contains("twice"));
 }
+
+#[test]
+fn an_alias_names_one_group_only() {
+    let groups = |a: &str, b: &str| {
+        format!(
+            "[[deployments]]\nid = \"d\"\nmodel_id = \"m\"\n[[model_groups]]\nname = \"one\"\naliases = [{a}]\ndeployments = [\"d\"]\n[[model_groups]]\nname = \"two\"\naliases = [{b}]\ndeployments = [\"d\"]\n"
+        )
+    };
+    let ok = Config::parse(&groups("\"x\"", "\"y\", \"z\""), "test.toml").unwrap();
+    assert_eq!(ok.model_groups[1].aliases, ["y", "z"]);
+    for (a, b, problem) in [
+        ("\"x\"", "\"x\"", "used twice"),
+        ("\"two\"", "\"y\"", "already a model group's name"),
+        ("\"\"", "\"y\"", "must not be empty"),
+    ] {
+        let error = error_of(&groups(a, b));
+        assert!(
+            error.contains("aliases") && error.contains(problem),
+            "{error}"
+        );
+    }
+}

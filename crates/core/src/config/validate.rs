@@ -125,6 +125,28 @@ impl Config {
                     format!("model group `{}` is defined twice", g.name),
                 ));
             }
+        }
+        // An alias names one group: not another's name or alias.
+        let mut aliases = HashSet::new();
+        for (i, g) in self.model_groups.iter().enumerate() {
+            for alias in &g.aliases {
+                let key = format!("model_groups[{i}].aliases");
+                if alias.is_empty() {
+                    return Err(invalid(key, "an alias must not be empty"));
+                }
+                if names.contains(alias.as_str()) {
+                    return Err(invalid(
+                        key,
+                        format!("`{alias}` is already a model group's name"),
+                    ));
+                }
+                if !aliases.insert(alias.as_str()) {
+                    return Err(invalid(key, format!("alias `{alias}` is used twice")));
+                }
+            }
+        }
+        for (i, g) in self.model_groups.iter().enumerate() {
+            let key = format!("model_groups[{i}]");
             if g.deployments.is_empty() {
                 return Err(invalid(
                     format!("{key}.deployments"),

@@ -122,6 +122,8 @@ pub struct Routed<T> {
 /// Routes requests to model groups.
 pub struct Router {
     groups: HashMap<String, ModelGroup>,
+    /// Other names of the groups: alias to group name.
+    aliases: HashMap<String, String>,
     clock: SharedClock,
     max_attempts: u32,
     /// Policy calls' randomness is seeded with this XOR the request's
@@ -142,6 +144,7 @@ impl Router {
     ) -> Self {
         Self {
             groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+            aliases: HashMap::new(),
             clock,
             max_attempts,
             seed,
@@ -154,9 +157,44 @@ impl Router {
         &self.metrics
     }
 
+    /// Gives groups other names: `(alias, group name)`.
+    pub fn with_aliases(mut self, aliases: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.aliases.extend(aliases);
+        self
+    }
+
     /// The model group `name`.
     pub fn group(&self, name: &str) -> Option<&ModelGroup> {
         self.groups.get(name)
+    }
+
+    /// The model group a client's model id names: a group's name or alias;
+    /// for an ARN (`arn:aws:bedrock:...:inference-profile/ID`), also the id
+    /// after its last `/`.
+    pub fn resolve(&self, model: &str) -> Option<&ModelGroup> {
+        let named = |name: &str| {
+            self.groups.get(name).or_else(|| {
+                self.aliases
+                    .get(name)
+                    .and_then(|group| self.groups.get(group))
+            })
+        };
+        named(model).or_else(|| {
+            let (_, id) = model.strip_prefix("arn:")?.rsplit_once('/')?;
+            named(id)
+        })
+    }
+
+    /// The aliases of group `name`, sorted.
+    pub fn aliases_of(&self, name: &str) -> Vec<&str> {
+        let mut aliases: Vec<&str> = self
+            .aliases
+            .iter()
+            .filter(|(_, group)| *group == name)
+            .map(|(alias, _)| alias.as_str())
+            .collect();
+        aliases.sort_unstable();
+        aliases
     }
 
     /// All model groups.

@@ -67,6 +67,9 @@ pub struct ConverseStream;
 pub struct Invoke;
 /// Bedrock's InvokeModelWithResponseStream: the body is the model's own JSON.
 pub struct InvokeStream;
+/// Bedrock's CountTokens: the body is an InvokeModel body, whose input
+/// tokens are counted.
+pub struct CountTokens;
 
 impl Operation for Converse {
     type Reply = ConverseReply;
@@ -101,6 +104,18 @@ impl Operation for Invoke {
         _: MoreCalls,
     ) -> Result<InvokeReply, AttemptFailure> {
         upstream.invoke(body).await
+    }
+}
+
+impl Operation for CountTokens {
+    type Reply = u64;
+    async fn attempt(
+        &self,
+        upstream: Upstream,
+        body: Bytes,
+        _: MoreCalls,
+    ) -> Result<u64, AttemptFailure> {
+        upstream.count_tokens(&body).await
     }
 }
 
@@ -203,12 +218,13 @@ impl Service {
         &self.queue
     }
 
-    /// The model group `model` names, or 404 `unknown_model` listing the
-    /// groups. Operators who want existing clients to work unchanged name
-    /// a group after the model id they use.
+    /// The model group `model` names (its name or an alias), or 404
+    /// `unknown_model` listing the groups. Operators who want existing
+    /// clients to work unchanged give a group the model ids they use as
+    /// aliases.
     pub fn group_for(&self, model: &str) -> Result<String, GatewayError> {
-        if self.router.group(model).is_some() {
-            return Ok(model.to_owned());
+        if let Some(group) = self.router.resolve(model) {
+            return Ok(group.name.clone());
         }
         let mut known: Vec<&str> = self.router.groups().map(|g| g.name.as_str()).collect();
         known.sort_unstable();

@@ -236,6 +236,27 @@ impl Upstream {
         })
     }
 
+    /// One CountTokens call for the InvokeModel body `body`: the input
+    /// tokens Bedrock counts in it.
+    pub async fn count_tokens(&self, body: &[u8]) -> Result<u64, AttemptFailure> {
+        #[derive(serde::Deserialize)]
+        struct Counted {
+            #[serde(rename = "inputTokens")]
+            input_tokens: u64,
+        }
+        let request = serde_json::json!({
+            "input": { "invokeModel": { "body": aws_smithy_types::base64::encode(body) } }
+        });
+        let answer = self
+            .signed_call("count-tokens", Bytes::from(request.to_string()))
+            .await?;
+        serde_json::from_slice::<Counted>(&answer.body)
+            .map(|c| c.input_tokens)
+            .map_err(|_| {
+                AttemptFailure::server_error("the token count is not JSON with inputTokens")
+            })
+    }
+
     /// One InvokeModelWithResponseStream attempt. Returns once the first
     /// event has arrived, like [`converse_stream`](Self::converse_stream).
     pub async fn invoke_stream(&self, body: Bytes) -> Result<OpenStream, AttemptFailure> {

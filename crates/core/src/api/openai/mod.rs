@@ -17,14 +17,11 @@ pub use embeddings::embeddings;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
-use aws_smithy_types::event_stream::Message;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
 use serde_json::{json, Value};
 
 use futures::FutureExt;
@@ -33,12 +30,12 @@ use super::bedrock::used_tokens;
 use super::coalesce;
 use super::error::{retry_after, unreadable_body};
 use super::extract::{routed_headers, CallFacts};
+use super::sse::{sse_response, Reframe};
 use super::AppState;
 use crate::jobs::JobAnswer;
-use crate::router::Routed;
 use crate::service::{
-    estimate_tokens, Admitted, Caller, Converse, ConverseStream, Delivered, ErrorCode,
-    GatewayError, ModelCall,
+    estimate_tokens, Caller, Converse, ConverseStream, Delivered, ErrorCode, GatewayError,
+    ModelCall,
 };
 use chunks::ChunkTranslator;
 use request::ChatRequest;
@@ -90,18 +87,19 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
     if let Err(e) = state.api_keys.authenticate(&headers) {
         return error_response(&e, &super::extract::request_id(&headers));
     }
-    let mut names: Vec<&str> = state
-        .service
-        .router()
-        .groups()
-        .map(|g| g.name.as_str())
-        .collect();
+    let router = state.service.router();
+    let mut names: Vec<&str> = router.groups().map(|g| g.name.as_str()).collect();
     names.sort_unstable();
+    // Each group, then each of its aliases, naming the group it stands for.
     let data: Vec<Value> = names
         .into_iter()
-        .map(
-            |name| json!({ "id": name, "object": "model", "created": 0, "owned_by": "switchyard" }),
-        )
+        .flat_map(|name| {
+            let group = json!({ "id": name, "object": "model", "created": 0, "owned_by": "switchyard" });
+            let aliases = router.aliases_of(name).into_iter().map(move |alias| {
+                json!({ "id": alias, "object": "model", "created": 0, "owned_by": "switchyard", "alias_of": name })
+            });
+            std::iter::once(group).chain(aliases)
+        })
         .collect();
     axum::Json(json!({ "object": "list", "data": data })).into_response()
 }
@@ -132,7 +130,7 @@ pub async fn chat_completions(
         let translator = ChunkTranslator::new(id, created, chat.model, include_usage, json_mode);
         return match state.service.call(call, &ConverseStream).await {
             Err(e) => error_response(&e, &request_id),
-            Ok(admitted) => stream_response(admitted, translator),
+            Ok(admitted) => sse_response(admitted, translator),
         };
     }
     let answer = Completion {
@@ -304,129 +302,25 @@ fn check(
     Ok((chat, json_mode, call))
 }
 
-/// Answers a started ConverseStream as server-sent events: one `data:` chunk
-/// per text delta, the finish reason, the usage when asked, then `[DONE]`.
-fn stream_response(
-    admitted: Admitted<crate::upstream::OpenStream>,
-    mut translator: ChunkTranslator,
-) -> Response {
-    let Admitted {
-        request_id,
-        routed:
-            Routed {
-                value: stream,
-                deployment,
-                attempts,
-                completion,
-            },
-        permit,
-    } = admitted;
-    // Bounded: a slow client slows the translation, and through it Bedrock.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(32);
-    let mut frames = stream.frames;
-    let finished = stream.finished;
-    tokio::spawn(async move {
-        let sse = |v: &Value| Ok(Bytes::from(format!("data: {v}\n\n")));
-        let error_event = |code: &str, message: &str| {
-            sse(&json!({ "error": { "message": message, "type": "api_error", "code": code } }))
-        };
-        let mut buffer = BytesMut::new();
-        let mut decoder = MessageFrameDecoder::new();
-        // A failed stream ends with its error event, not with `[DONE]`.
-        let mut failed = false;
-        'frames: loop {
-            // A client that leaves between two deltas is noticed at once,
-            // not at the next delta: dropping `frames` closes the upstream.
-            let chunk = tokio::select! {
-                () = tx.closed() => break 'frames,
-                chunk = frames.recv() => match chunk {
-                    Some(chunk) => chunk,
-                    None => break 'frames,
-                },
-            };
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(broken) => {
-                    let _ = tx
-                        .send(error_event("stream_broken", &broken.to_string()))
-                        .await;
-                    failed = true;
-                    break 'frames;
-                }
-            };
-            buffer.extend_from_slice(&chunk);
-            loop {
-                let event = match decoder.decode_frame(&mut buffer) {
-                    Ok(DecodedFrame::Incomplete) => break,
-                    Ok(DecodedFrame::Complete(message)) => event_of(&message),
-                    Err(e) => StreamEvent::Exception(
-                        "bad_stream".into(),
-                        format!("unreadable event stream: {e}"),
-                    ),
-                };
-                match event {
-                    StreamEvent::Event(event_type, payload) => {
-                        for c in translator.chunks(&event_type, &payload) {
-                            if tx.send(sse(&c)).await.is_err() {
-                                // The client left: dropping `frames` closes the upstream.
-                                break 'frames;
-                            }
-                        }
-                    }
-                    StreamEvent::Exception(kind, message) => {
-                        let _ = tx.send(error_event(&kind, &message)).await;
-                        failed = true;
-                        break 'frames;
-                    }
-                }
-            }
-        }
-        drop(frames);
-        if !failed {
-            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
-        }
-        drop(tx);
-        completion.finish_when_ended(finished).await;
-        drop(permit);
-    });
-    let mut response = Response::new(Body::from_stream(super::bedrock::receiver_stream(rx)));
-    let headers = response.headers_mut();
-    headers.insert(
-        "content-type",
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
-    routed_headers(&mut response, &request_id, &deployment, attempts.len() + 1);
-    response
-}
+/// A ConverseStream as OpenAI's server-sent events: one `data:` chunk per
+/// text delta, the finish reason, the usage when asked, then `[DONE]`; a
+/// stream that fails ends with an error event instead of `[DONE]`.
+impl Reframe for ChunkTranslator {
+    fn event(&mut self, event_type: &str, payload: &[u8], out: &mut Vec<Bytes>) {
+        let payload: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        out.extend(
+            self.chunks(event_type, &payload)
+                .iter()
+                .map(|c| Bytes::from(format!("data: {c}\n\n"))),
+        );
+    }
 
-enum StreamEvent {
-    /// An event's type and JSON payload.
-    Event(String, Value),
-    /// An in-stream exception's type and message.
-    Exception(String, String),
-}
+    fn failure(&mut self, kind: &str, message: &str) -> Bytes {
+        let error = json!({ "error": { "message": message, "type": "api_error", "code": kind } });
+        Bytes::from(format!("data: {error}\n\n"))
+    }
 
-fn event_of(message: &Message) -> StreamEvent {
-    let header = |name: &str| {
-        message
-            .headers()
-            .iter()
-            .find(|h| h.name().as_str() == name)
-            .and_then(|h| h.value().as_string().ok())
-            .map(|s| s.as_str().to_owned())
-            .unwrap_or_default()
-    };
-    let payload: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
-    if header(":message-type") == "exception" {
-        let text = payload
-            .get("message")
-            .or_else(|| payload.get("Message"))
-            .and_then(Value::as_str)
-            .unwrap_or("the stream failed")
-            .to_owned();
-        StreamEvent::Exception(header(":exception-type"), text)
-    } else {
-        StreamEvent::Event(header(":event-type"), payload)
+    fn end(&mut self) -> Option<Bytes> {
+        Some(Bytes::from_static(b"data: [DONE]\n\n"))
     }
 }

@@ -1,0 +1,221 @@
+//! Anthropic's Messages API through the gateway, driven by the official
+//! `anthropic` Python SDK, unchanged, against the simulator.
+
+use serde_json::json;
+use switchyard::clock::SystemClock;
+use switchyard::sim::Fault;
+
+use crate::support::*;
+
+const CLAUDE: &str = "anthropic.claude-sonnet-4-5-20250929-v1:0";
+const HAIKU: &str = "anthropic.claude-haiku-4-5-20251001-v1:0";
+
+/// A gateway with group `claude` over the simulator's Claude, and group
+/// `scarce`, whose deployment takes one request a minute.
+async fn gateway() -> (switchyard::sim::SimHandle, TestGateway) {
+    let sim = start_sim(
+        vec![sim_model(CLAUDE, None), sim_model(HAIKU, None)],
+        SystemClock::shared(),
+    )
+    .await;
+    let config = format!(
+        "{}{}rpm = 1\n[[model_groups]]\nname = \"claude\"\ndeployments = [\"a\"]\n[[model_groups]]\nname = \"scarce\"\ndeployments = [\"s\"]\n",
+        deployment("a", CLAUDE, 1, &sim),
+        deployment("s", HAIKU, 1, &sim),
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    (sim, gw)
+}
+
+const SDK_SCRIPT: &str = r#"
+import json, sys, anthropic
+client = anthropic.Anthropic(base_url=sys.argv[1], api_key="unused", max_retries=0)
+ask = [{"role": "user", "content": "hello there gateway"}]
+out = {}
+m = client.messages.create(model="claude", max_tokens=64, system="be brief", messages=ask)
+out["plain"] = {"type": m.type, "role": m.role, "text": m.content[0].text, "stop_reason": m.stop_reason, "usage": m.usage.model_dump()}
+with client.messages.stream(model="claude", max_tokens=64, messages=ask) as stream:
+    streamed = "".join(stream.text_stream)
+    final = stream.get_final_message()
+out["streamed"] = {"text": streamed, "final_text": final.content[0].text, "stop_reason": final.stop_reason}
+out["counted"] = client.messages.count_tokens(model="claude", system="be brief", messages=ask).input_tokens
+b = client.beta.messages.create(model="claude", max_tokens=16, messages=ask, betas=["token-efficient-tools-2025-02-19"])
+out["beta"] = b.content[0].text
+def failure(call):
+    try:
+        call()
+        return None
+    except anthropic.APIStatusError as e:
+        return {"class": type(e).__name__, "status": e.status_code, "type": e.body["error"]["type"], "retry_after": e.response.headers.get("retry-after")}
+out["unknown_model"] = failure(lambda: client.messages.create(model="nope", max_tokens=8, messages=ask))
+out["no_messages"] = failure(lambda: client.messages.create(model="claude", max_tokens=8, messages=[]))
+client.messages.create(model="scarce", max_tokens=8, messages=ask)
+out["rate_limited"] = failure(lambda: client.messages.create(model="scarce", max_tokens=8, messages=ask, extra_headers={"x-switchyard-max-wait-ms": "0"}))
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_sdk_works_through_the_gateway() {
+    let (_sim, gw) = gateway().await;
+    let out = run_python(SDK_SCRIPT, &[&format!("http://{}", gw.addr)]).await;
+    let plain = &out["plain"];
+    assert_eq!(plain["type"], "message", "{out}");
+    assert_eq!(plain["role"], "assistant");
+    assert!(!plain["text"].as_str().unwrap().is_empty(), "{out}");
+    assert_eq!(plain["stop_reason"], "end_turn");
+    assert!(
+        plain["usage"]["input_tokens"].as_u64().unwrap() > 0,
+        "{out}"
+    );
+    let streamed = &out["streamed"];
+    assert_eq!(streamed["text"], streamed["final_text"], "{out}");
+    assert_eq!(
+        streamed["text"], plain["text"],
+        "the same answer, streamed: {out}"
+    );
+    assert_eq!(streamed["stop_reason"], "end_turn");
+    assert!(!out["beta"].as_str().unwrap().is_empty(), "{out}");
+    assert_eq!(
+        out["counted"], plain["usage"]["input_tokens"],
+        "count_tokens counts what the message's usage says: {out}"
+    );
+    assert_eq!(
+        out["unknown_model"],
+        json!({ "class": "NotFoundError", "status": 404, "type": "not_found_error", "retry_after": null })
+    );
+    assert_eq!(out["no_messages"]["class"], "BadRequestError", "{out}");
+    assert_eq!(out["no_messages"]["type"], "invalid_request_error", "{out}");
+    let limited = &out["rate_limited"];
+    assert_eq!(limited["class"], "RateLimitError", "{out}");
+    assert_eq!(limited["status"], 429);
+    assert_eq!(limited["type"], "rate_limit_error");
+    assert!(limited["retry_after"].as_str().is_some(), "{out}");
+}
+
+const THROTTLED_STREAM_SCRIPT: &str = r#"
+import json, sys, anthropic
+client = anthropic.Anthropic(base_url=sys.argv[1], api_key="unused", max_retries=0)
+events = []
+error = None
+try:
+    with client.messages.stream(model="claude", max_tokens=64, messages=[{"role": "user", "content": "a long answer please"}]) as stream:
+        for event in stream:
+            events.append(event.type)
+except anthropic.APIStatusError as e:
+    error = {"type": e.body["error"]["type"], "message": e.body["error"]["message"]}
+print(json.dumps({"events": events, "error": error}))
+"#;
+
+/// A stream whose upstream throttles after its first words ends with an
+/// Anthropic `error` event, never a clean `message_stop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_throttled_mid_way_ends_with_an_error_event() {
+    let (sim, gw) = gateway().await;
+    sim.inject(CLAUDE, Fault::StreamThrottle, 1);
+    let out = run_python(THROTTLED_STREAM_SCRIPT, &[&format!("http://{}", gw.addr)]).await;
+    let events: Vec<&str> = out["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"text"), "its first words arrived: {out}");
+    assert!(!events.contains(&"message_stop"), "{out}");
+    assert_eq!(out["error"]["type"], "rate_limit_error", "{out}");
+}
+
+/// The events of a raw stream, as the wire carries them: `event:` lines
+/// whose names match their data's `type`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_stream_is_anthropics_server_sent_events() {
+    let (_sim, gw) = gateway().await;
+    let body = json!({ "model": "claude", "max_tokens": 32, "stream": true, "messages": [{ "role": "user", "content": "hi" }] });
+    let answer = raw_post(
+        gw.addr,
+        "/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    assert_eq!(answer.headers["content-type"], "text/event-stream");
+    let text = answer.body_text();
+    let mut names = Vec::new();
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let (name, data) = event
+            .strip_prefix("event: ")
+            .and_then(|e| e.split_once("\ndata: "))
+            .unwrap_or_else(|| panic!("not an SSE event: {event:?}"));
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(data["type"], name, "{event}");
+        assert!(data.get("amazon-bedrock-invocationMetrics").is_none());
+        names.push(name.to_owned());
+    }
+    assert_eq!(names.first().map(String::as_str), Some("message_start"));
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    assert!(
+        names.iter().any(|n| n == "content_block_delta"),
+        "{names:?}"
+    );
+}
+
+const SONNET_PROFILE: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+const HAIKU_PROFILE_ARN: &str =
+    "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0";
+
+const BEDROCK_SDK_SCRIPT: &str = r#"
+import json, sys, anthropic
+client = anthropic.AnthropicBedrock(base_url=sys.argv[1], aws_access_key="test", aws_secret_key="test", aws_region="us-east-1", max_retries=0)
+ask = [{"role": "user", "content": "hello there gateway"}]
+out = {}
+for model in sys.argv[2:]:
+    m = client.messages.create(model=model, max_tokens=64, messages=ask)
+    with client.messages.stream(model=model, max_tokens=64, messages=ask) as stream:
+        streamed = "".join(stream.text_stream)
+    out[model] = {"text": m.content[0].text, "streamed": streamed, "stop_reason": m.stop_reason}
+print(json.dumps(out))
+"#;
+
+/// A group answers to its aliases: the model ids Claude Code and
+/// `AnthropicBedrock` send unchanged, an inference-profile ARN among them
+/// (URL-encoded in the path), on Bedrock's own routes; `/v1/models` lists
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_answers_to_its_aliases_in_bedrock_mode() {
+    let sim = start_sim(vec![sim_model(CLAUDE, None)], SystemClock::shared()).await;
+    let config = format!(
+        "{}[[model_groups]]\nname = \"claude\"\naliases = [\"{SONNET_PROFILE}\", \"{HAIKU_PROFILE_ARN}\"]\ndeployments = [\"a\"]\n",
+        deployment("a", CLAUDE, 1, &sim),
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let out = run_python(
+        BEDROCK_SDK_SCRIPT,
+        &[
+            &format!("http://{}", gw.addr),
+            SONNET_PROFILE,
+            HAIKU_PROFILE_ARN,
+            "claude",
+        ],
+    )
+    .await;
+    let by_name = &out["claude"];
+    assert!(!by_name["text"].as_str().unwrap().is_empty(), "{out}");
+    for model in [SONNET_PROFILE, HAIKU_PROFILE_ARN] {
+        assert_eq!(out[model]["text"], by_name["text"], "{model}: {out}");
+        assert_eq!(out[model]["streamed"], by_name["text"], "{model}: {out}");
+        assert_eq!(out[model]["stop_reason"], "end_turn");
+    }
+    let models = raw_get(gw.addr, "/v1/models").await.json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["claude", HAIKU_PROFILE_ARN, SONNET_PROFILE],
+        "{models}"
+    );
+    assert_eq!(models["data"][1]["alias_of"], "claude");
+}
