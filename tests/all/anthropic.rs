@@ -219,3 +219,55 @@ async fn a_group_answers_to_its_aliases_in_bedrock_mode() {
     );
     assert_eq!(models["data"][1]["alias_of"], "claude");
 }
+
+const CACHING_SCRIPT: &str = r#"
+import json, sys, anthropic, openai
+base = sys.argv[1]
+long_system = "You are a careful assistant. " * 40
+claude = anthropic.Anthropic(base_url=base, api_key="unused", max_retries=0)
+out = {"messages": [], "chat": []}
+for question in ["first question", "second question"]:
+    m = claude.messages.create(
+        model="claude", max_tokens=32,
+        system=[{"type": "text", "text": long_system, "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": question}],
+    )
+    out["messages"].append(m.usage.model_dump())
+chat = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+for question in ["third question", "fourth question"]:
+    r = chat.chat.completions.create(
+        model="claude", max_tokens=32,
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": long_system + "(chat)", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "user", "content": question},
+        ],
+    )
+    out["chat"].append(r.usage.model_dump())
+print(json.dumps(out))
+"#;
+
+/// Prompt caching on both routes: two requests sharing a prefix marked
+/// `cache_control` write the cache, then read it, and say so in usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_cached_prefix_is_written_then_read_on_both_routes() {
+    let (_sim, gw) = gateway().await;
+    let out = run_python(CACHING_SCRIPT, &[&format!("http://{}", gw.addr)]).await;
+    let messages = out["messages"].as_array().unwrap();
+    let written = messages[0]["cache_creation_input_tokens"].as_u64().unwrap();
+    assert!(written > 100, "{out}");
+    assert_eq!(messages[0]["cache_read_input_tokens"], 0, "{out}");
+    assert_eq!(messages[1]["cache_read_input_tokens"], written, "{out}");
+    assert_eq!(messages[1]["cache_creation_input_tokens"], 0, "{out}");
+    let chat = out["chat"].as_array().unwrap();
+    let written = chat[0]["cache_creation_input_tokens"].as_u64().unwrap();
+    assert!(written > 100, "{out}");
+    assert_eq!(
+        chat[0]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{out}"
+    );
+    assert_eq!(
+        chat[1]["prompt_tokens_details"]["cached_tokens"], written,
+        "{out}"
+    );
+    assert_eq!(chat[1]["cache_read_input_tokens"], written, "{out}");
+}

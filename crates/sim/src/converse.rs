@@ -23,6 +23,54 @@ pub struct Prompt {
     pub tools: ToolUseContext,
     /// Extended thinking asked for (`additionalModelRequestFields.thinking`).
     pub thinking: bool,
+    /// The prefix up to its last `cachePoint`, when it marks one.
+    pub cache_prefix: Option<CachePrefix>,
+    /// Of the input, the tokens read from the prompt cache and written to
+    /// it (not in `input_tokens`); set by the simulator's cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+/// A prompt's prefix up to a `cachePoint`: what identifies it, and its
+/// tokens (those of its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePrefix {
+    pub key: u64,
+    pub tokens: u64,
+}
+
+/// Finds the prefix up to the last `cachePoint` block of `system` and
+/// `messages`, in order.
+fn cache_prefix(system: Option<&Value>, messages: &[Value]) -> Option<CachePrefix> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut tokens = 0;
+    let mut found = None;
+    let mut walk = |role: &str, blocks: &Value| {
+        for block in blocks.as_array().into_iter().flatten() {
+            if block.get("cachePoint").is_some() {
+                found = Some(CachePrefix {
+                    key: hasher.clone().finish(),
+                    tokens,
+                });
+                continue;
+            }
+            role.hash(&mut hasher);
+            block.to_string().hash(&mut hasher);
+            tokens += block
+                .get("text")
+                .and_then(Value::as_str)
+                .map_or(0, count_tokens);
+        }
+    };
+    if let Some(system) = system {
+        walk("system", system);
+    }
+    for message in messages {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+        walk(role, message.get("content").unwrap_or(&Value::Null));
+    }
+    found
 }
 
 /// Words stand in for tokens: stable, easy to predict in tests.
@@ -161,6 +209,9 @@ pub fn parse_prompt(body: &[u8]) -> Result<Prompt, String> {
         max_tokens,
         tools,
         thinking,
+        cache_prefix: cache_prefix(json.get("system"), messages),
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
     })
 }
 
@@ -189,14 +240,20 @@ pub fn converse_from_anthropic(body: &[u8]) -> Result<Vec<u8>, String> {
     let messages = json.get("messages").and_then(Value::as_array).ok_or(
         "The simulator's InvokeModel speaks Anthropic's Messages body: `messages` is required.",
     )?;
+    // Text blocks; one marked `cache_control` is followed by a cachePoint,
+    // as Bedrock reads it.
     let blocks = |content: &Value| -> Value {
         match content {
             Value::String(text) => serde_json::json!([{ "text": text }]),
             Value::Array(parts) => Value::Array(
                 parts
                     .iter()
-                    .filter_map(|p| p.get("text"))
-                    .map(|t| serde_json::json!({ "text": t }))
+                    .filter_map(|p| Some((p.get("text")?, p.get("cache_control").is_some())))
+                    .flat_map(|(t, cached)| {
+                        let text = serde_json::json!({ "text": t });
+                        let point = serde_json::json!({ "cachePoint": { "type": "default" } });
+                        std::iter::once(text).chain(cached.then_some(point))
+                    })
                     .collect(),
             ),
             _ => serde_json::json!([]),

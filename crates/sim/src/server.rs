@@ -100,7 +100,12 @@ struct SimState {
     abandoned_streams: Arc<AtomicU64>,
     /// Access keys it refuses, and how.
     refused_keys: Mutex<HashMap<String, KeyRefusal>>,
+    /// Cached prompt prefixes, by model and prefix: when each expires.
+    prompt_cache: Mutex<HashMap<(String, u64), u64>>,
 }
+
+/// How long a cached prefix lives after its last use, as Bedrock's default.
+const PROMPT_CACHE_TTL_MS: u64 = 5 * 60 * 1000;
 
 /// What one call asks the simulator to produce, once read.
 trait Work {
@@ -128,13 +133,34 @@ impl Work for EmbeddingRequest {
 
 /// Reads a chat body for `model_id`: a Converse one, which an embedding
 /// model does not take.
-fn chat(model_id: &str, converse_body: &[u8]) -> Result<Chat, String> {
+fn chat(state: &SimState, model_id: &str, converse_body: &[u8]) -> Result<Chat, String> {
     if EmbeddingFamily::of(model_id).is_some() {
         return Err("This model doesn't support the Converse API or chat messages.".into());
     }
-    let prompt = parse_prompt(converse_body)?;
+    let mut prompt = parse_prompt(converse_body)?;
+    state.use_prompt_cache(model_id, &mut prompt);
     let reply = reply_to(model_id, &prompt);
     Ok(Chat { prompt, reply })
+}
+
+impl SimState {
+    /// A prompt with a cached prefix reads it from the cache if it is
+    /// there (a second identical prefix within 5 minutes), else writes it;
+    /// either way those tokens leave `input_tokens`, as Bedrock counts them.
+    fn use_prompt_cache(&self, model_id: &str, prompt: &mut Prompt) {
+        let Some(prefix) = prompt.cache_prefix else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        let mut cache = self.prompt_cache.lock().expect("simulator state poisoned");
+        cache.retain(|_, expires| *expires > now);
+        let key = (model_id.to_owned(), prefix.key);
+        match cache.insert(key, now + PROMPT_CACHE_TTL_MS) {
+            Some(_) => prompt.cache_read_tokens = prefix.tokens,
+            None => prompt.cache_write_tokens = prefix.tokens,
+        }
+        prompt.input_tokens = prompt.input_tokens.saturating_sub(prefix.tokens).max(1);
+    }
 }
 
 /// What the simulator decided for one call, before any waiting.
@@ -314,7 +340,12 @@ async fn converse(
     let request_id = state.request_id();
     let started = Instant::now();
     let response = match state
-        .answer_or_refuse(&model_id, &headers, || chat(&model_id, &body), false)
+        .answer_or_refuse(
+            &model_id,
+            &headers,
+            || chat(&state, &model_id, &body),
+            false,
+        )
         .await
     {
         Err(response) => response,
@@ -334,11 +365,17 @@ async fn converse(
 }
 
 fn usage(prompt: &Prompt, reply: &Reply) -> serde_json::Value {
-    json!({
+    let cached = prompt.cache_read_tokens + prompt.cache_write_tokens;
+    let mut usage = json!({
         "inputTokens": prompt.input_tokens,
         "outputTokens": reply.output_tokens(),
-        "totalTokens": prompt.input_tokens + reply.output_tokens(),
-    })
+        "totalTokens": prompt.input_tokens + cached + reply.output_tokens(),
+    });
+    if prompt.cache_prefix.is_some() {
+        usage["cacheReadInputTokens"] = json!(prompt.cache_read_tokens);
+        usage["cacheWriteInputTokens"] = json!(prompt.cache_write_tokens);
+    }
+    usage
 }
 
 /// A 200 whose body fails at once: the client sees the connection drop.
@@ -364,7 +401,7 @@ async fn converse_stream(
 ) -> Response {
     let request_id = state.request_id();
     let response = match state
-        .answer_or_refuse(&model_id, &headers, || chat(&model_id, &body), true)
+        .answer_or_refuse(&model_id, &headers, || chat(&state, &model_id, &body), true)
         .await
     {
         Err(response) => response,
@@ -496,7 +533,12 @@ fn anthropic_message(
         "content": [{"type": "text", "text": reply.text()}],
         "stop_reason": reply.stop_reason,
         "stop_sequence": null,
-        "usage": {"input_tokens": prompt.input_tokens, "output_tokens": reply.output_tokens()},
+        "usage": {
+            "input_tokens": prompt.input_tokens,
+            "output_tokens": reply.output_tokens(),
+            "cache_creation_input_tokens": prompt.cache_write_tokens,
+            "cache_read_input_tokens": prompt.cache_read_tokens,
+        },
     })
 }
 
@@ -569,7 +611,7 @@ async fn invoke_answer(
         .answer_or_refuse(
             model_id,
             headers,
-            || chat(model_id, &converse_body),
+            || chat(state, model_id, &converse_body),
             streaming,
         )
         .await
@@ -794,6 +836,7 @@ impl Simulator {
                 models: Mutex::new(models),
                 abandoned_streams: Arc::new(AtomicU64::new(0)),
                 refused_keys: Mutex::new(HashMap::new()),
+                prompt_cache: Mutex::new(HashMap::new()),
                 request_ids: AtomicU64::new(1),
                 calls: AtomicU64::new(0),
             }),

@@ -18,18 +18,30 @@ pub fn finish_reason(stop_reason: &str, has_tool_calls: bool) -> &'static str {
 }
 
 /// OpenAI's `usage` for a Converse `usage`. Bedrock counts cached input
-/// apart from `inputTokens`; OpenAI's `prompt_tokens` includes it.
+/// apart from `inputTokens`; OpenAI's `prompt_tokens` includes it. OpenAI
+/// has no word for tokens written to the cache: when the prompt used the
+/// cache, Anthropic's `cache_creation_input_tokens` and
+/// `cache_read_input_tokens` say both, as LiteLLM reports them.
 pub fn usage(converse_usage: &Value) -> Value {
     let n = |k: &str| converse_usage.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cached = n("cacheReadInputTokens");
-    let prompt = n("inputTokens") + cached + n("cacheWriteInputTokens");
+    let written = n("cacheWriteInputTokens");
+    let prompt = n("inputTokens") + cached + written;
     let completion = n("outputTokens");
-    json!({
+    let mut usage = json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": { "cached_tokens": cached },
-    })
+    });
+    let used_cache = ["cacheReadInputTokens", "cacheWriteInputTokens"]
+        .iter()
+        .any(|k| converse_usage.get(k).is_some());
+    if used_cache {
+        usage["cache_creation_input_tokens"] = json!(written);
+        usage["cache_read_input_tokens"] = json!(cached);
+    }
+    usage
 }
 
 /// The `chat.completion` object for a Converse answer.
@@ -110,7 +122,8 @@ mod tests {
         assert_eq!(c["choices"][0]["finish_reason"], "length");
         assert_eq!(
             c["usage"],
-            json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9, "prompt_tokens_details": {"cached_tokens": 4}})
+            json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9, "prompt_tokens_details": {"cached_tokens": 4},
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4})
         );
         assert_eq!(c["object"], "chat.completion");
         assert!(c["choices"][0]["message"].get("tool_calls").is_none());

@@ -109,6 +109,18 @@ pub struct Part {
     pub text: Option<String>,
     #[serde(default)]
     pub image_url: Option<ImageUrl>,
+    /// Anthropic's prompt-caching mark (`{"type": "ephemeral"}`), which
+    /// clients of Claude through OpenAI's API put on a part: the prefix up
+    /// to it is cached.
+    #[serde(default)]
+    pub cache_control: Option<CacheControl>,
+}
+
+/// A part's prompt-caching mark.
+#[derive(Debug, Deserialize)]
+pub struct CacheControl {
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// An `image_url` part's image.

@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use super::request::{
-    check_unmapped, unsupported, ChatMessage, ChatRequest, Content, Stop, Tool, Unsupported,
+    check_unmapped, unsupported, ChatMessage, ChatRequest, Content, Part, Stop, Tool, Unsupported,
 };
 
 /// The tool JSON mode forces the model to call: its input is the answer.
@@ -289,8 +289,7 @@ fn conversation(
         check_unmapped(&m.other, &format!("messages[{i}]."))?;
         let (role, blocks) = match m.role.as_str() {
             "system" | "developer" => {
-                let text = text_only(m, i)?;
-                system.push(json!({ "text": text }));
+                system.extend(system_blocks(m, i)?);
                 continue;
             }
             "user" => ("user", content_blocks(m.content.as_ref(), i, images)?),
@@ -321,22 +320,44 @@ fn conversation(
     Ok((system, turns))
 }
 
-/// A system message's text (text parts only).
-fn text_only(m: &ChatMessage, i: usize) -> Result<String, Unsupported> {
+/// A system message's text blocks (text parts only), each part marked
+/// `cache_control` followed by a cache point.
+fn system_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, Unsupported> {
     match &m.content {
         None => Err(unsupported(format!("messages[{i}].content"), "is missing")),
-        Some(Content::Text(t)) => Ok(t.clone()),
-        Some(Content::Parts(parts)) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, p)| match (p.kind.as_str(), &p.text) {
-                ("text", Some(t)) => Ok(t.as_str()),
-                (kind, _) => Err(unsupported(
-                    format!("messages[{i}].content[{j}]"),
-                    format!("content part `{kind}` is not supported here (text is)"),
-                )),
-            })
-            .collect(),
+        Some(Content::Text(t)) => Ok(vec![json!({ "text": t })]),
+        Some(Content::Parts(parts)) => {
+            let mut blocks = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => blocks.push(json!({ "text": t })),
+                    (kind, _) => {
+                        return Err(unsupported(
+                            format!("messages[{i}].content[{j}]"),
+                            format!("content part `{kind}` is not supported here (text is)"),
+                        ))
+                    }
+                }
+                cache_point(p, i, j, &mut blocks)?;
+            }
+            Ok(blocks)
+        }
+    }
+}
+
+/// After a part marked `cache_control: {"type": "ephemeral"}`, Converse's
+/// cache point: the prefix up to it is cached.
+fn cache_point(p: &Part, i: usize, j: usize, blocks: &mut Vec<Value>) -> Result<(), Unsupported> {
+    match p.cache_control.as_ref().map(|c| c.kind.as_str()) {
+        None => Ok(()),
+        Some("ephemeral") => {
+            blocks.push(json!({ "cachePoint": { "type": "default" } }));
+            Ok(())
+        }
+        Some(other) => Err(unsupported(
+            format!("messages[{i}].content[{j}].cache_control.type"),
+            format!("`{other}` is not a cache type (ephemeral is)"),
+        )),
     }
 }
 
@@ -348,18 +369,26 @@ fn content_blocks(
     match content {
         None => Err(unsupported(format!("messages[{i}].content"), "is missing")),
         Some(Content::Text(t)) => Ok(vec![json!({ "text": t })]),
-        Some(Content::Parts(parts)) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, p)| match (p.kind.as_str(), &p.text, &p.image_url) {
-                ("text", Some(t), _) => Ok(json!({ "text": t })),
-                ("image_url", _, Some(image)) => image_block(&image.url, i, j, images),
-                (kind, _, _) => Err(unsupported(
-                    format!("messages[{i}].content[{j}]"),
-                    format!("content part `{kind}` is not supported (text and image_url are)"),
-                )),
-            })
-            .collect(),
+        Some(Content::Parts(parts)) => {
+            let mut blocks = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                let block = match (p.kind.as_str(), &p.text, &p.image_url) {
+                    ("text", Some(t), _) => json!({ "text": t }),
+                    ("image_url", _, Some(image)) => image_block(&image.url, i, j, images)?,
+                    (kind, _, _) => {
+                        return Err(unsupported(
+                            format!("messages[{i}].content[{j}]"),
+                            format!(
+                                "content part `{kind}` is not supported (text and image_url are)"
+                            ),
+                        ))
+                    }
+                };
+                blocks.push(block);
+                cache_point(p, i, j, &mut blocks)?;
+            }
+            Ok(blocks)
+        }
     }
 }
 
@@ -430,6 +459,25 @@ fn assistant_blocks(
         }}));
     }
     Ok(blocks)
+}
+
+/// A message's text (text parts only, joined).
+fn text_only(m: &ChatMessage, i: usize) -> Result<String, Unsupported> {
+    match &m.content {
+        None => Err(unsupported(format!("messages[{i}].content"), "is missing")),
+        Some(Content::Text(t)) => Ok(t.clone()),
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| match (p.kind.as_str(), &p.text) {
+                ("text", Some(t)) => Ok(t.as_str()),
+                (kind, _) => Err(unsupported(
+                    format!("messages[{i}].content[{j}]"),
+                    format!("content part `{kind}` is not supported here (text is)"),
+                )),
+            })
+            .collect(),
+    }
 }
 
 /// A `tool` message as a `toolResult` block.
