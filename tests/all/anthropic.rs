@@ -271,3 +271,130 @@ async fn a_shared_cached_prefix_is_written_then_read_on_both_routes() {
     );
     assert_eq!(chat[1]["cache_read_input_tokens"], written, "{out}");
 }
+
+/// The Claude Code release the test drives: its default Bedrock model ids
+/// are the aliases below (a later release may change them).
+const CLAUDE_CODE: &str = "@anthropic-ai/claude-code@2.1.197";
+const CLAUDE_CODE_SONNET: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+const CLAUDE_CODE_HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+
+/// Claude Code's `claude`, installed from npm under `target/` on first
+/// use; `None` (with the reason printed) where npm cannot install it.
+fn claude_code() -> Option<std::path::PathBuf> {
+    static CLAUDE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    CLAUDE
+        .get_or_init(|| {
+            let dir = repo().join("target/claude-code");
+            let claude = dir.join("node_modules/.bin/claude");
+            let version = CLAUDE_CODE.rsplit('@').next().unwrap();
+            let installed = std::process::Command::new(&claude)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with(version));
+            if installed {
+                return Some(claude);
+            }
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = std::process::Command::new("npm")
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    CLAUDE_CODE,
+                ])
+                .current_dir(&dir)
+                .output();
+            match out {
+                Ok(out) if out.status.success() => Some(claude),
+                Ok(out) => {
+                    eprintln!(
+                        "SKIPPED: npm could not install {CLAUDE_CODE}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    None
+                }
+                Err(e) => {
+                    eprintln!("SKIPPED: npm is not available to install {CLAUDE_CODE}: {e}");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// Runs `claude -p PROMPT --output-format json` with `env`, in a home of
+/// its own, and returns its result.
+async fn claude_p(claude: &std::path::Path, env: &[(&str, &str)]) -> serde_json::Value {
+    let home = ScratchDir::new("claude-home");
+    let run = tokio::process::Command::new(claude)
+        .args(["-p", "Say hello", "--output-format", "json"])
+        .current_dir(&*home)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &*home)
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("claude finished in time")
+        .expect("claude ran");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "claude printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Claude Code itself, headless, completes a one-turn prompt through the
+/// gateway in both of its modes: Anthropic API mode (`ANTHROPIC_BASE_URL`,
+/// model pinned to the group) and Bedrock mode (`ANTHROPIC_BEDROCK_BASE_URL`,
+/// its default model ids unchanged, which the group has as aliases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_completes_a_prompt_in_both_modes() {
+    let Some(claude) = tokio::task::spawn_blocking(claude_code).await.unwrap() else {
+        return;
+    };
+    let sim = start_sim(vec![sim_model(CLAUDE, None)], SystemClock::shared()).await;
+    let config = format!(
+        "{}[[model_groups]]\nname = \"claude\"\naliases = [\"{CLAUDE_CODE_SONNET}\", \"{CLAUDE_CODE_HAIKU}\"]\ndeployments = [\"a\"]\n",
+        deployment("a", CLAUDE, 1, &sim),
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let url = format!("http://{}", gw.addr);
+
+    let api_mode = claude_p(
+        &claude,
+        &[
+            ("ANTHROPIC_BASE_URL", &url),
+            ("ANTHROPIC_API_KEY", "sk-test-0123456789abcdef"),
+            ("ANTHROPIC_MODEL", "claude"),
+            ("ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude"),
+        ],
+    )
+    .await;
+    let bedrock_mode = claude_p(
+        &claude,
+        &[
+            ("CLAUDE_CODE_USE_BEDROCK", "1"),
+            ("ANTHROPIC_BEDROCK_BASE_URL", &url),
+            ("CLAUDE_CODE_SKIP_BEDROCK_AUTH", "1"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    )
+    .await;
+    for (mode, result) in [("API", &api_mode), ("Bedrock", &bedrock_mode)] {
+        assert_eq!(result["is_error"], false, "{mode} mode: {result}");
+        assert!(
+            result["result"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Simulated reply") && r.contains("Say hello")),
+            "{mode} mode: {result}"
+        );
+    }
+    assert!(sim.counts(CLAUDE).calls >= 2);
+}

@@ -259,17 +259,29 @@ pub fn converse_from_anthropic(body: &[u8]) -> Result<Vec<u8>, String> {
             _ => serde_json::json!([]),
         }
     };
+    // A `system` message in the conversation (Claude Code sends them, with
+    // the beta that allows them) is read as more system text.
+    let is_system = |m: &&Value| m.get("role").and_then(Value::as_str) == Some("system");
     let mut converse = serde_json::json!({
         "messages": messages
             .iter()
+            .filter(|m| !is_system(m))
             .map(|m| serde_json::json!({
                 "role": m.get("role").cloned().unwrap_or(Value::Null),
                 "content": blocks(m.get("content").unwrap_or(&Value::Null)),
             }))
             .collect::<Vec<_>>(),
     });
-    if let Some(system) = json.get("system") {
-        converse["system"] = blocks(system);
+    let mut system: Vec<Value> = json
+        .get("system")
+        .map(|s| blocks(s).as_array().cloned().unwrap_or_default())
+        .unwrap_or_default();
+    for m in messages.iter().filter(is_system) {
+        let more = blocks(m.get("content").unwrap_or(&Value::Null));
+        system.extend(more.as_array().cloned().unwrap_or_default());
+    }
+    if !system.is_empty() {
+        converse["system"] = Value::Array(system);
     }
     if let Some(max) = json.get("max_tokens").and_then(Value::as_u64) {
         converse["inferenceConfig"] = serde_json::json!({ "maxTokens": max });
