@@ -353,15 +353,19 @@ async fn claude_p(claude: &std::path::Path, env: &[(&str, &str)]) -> serde_json:
 /// Claude Code itself, headless, completes a one-turn prompt through the
 /// gateway in both of its modes: Anthropic API mode (`ANTHROPIC_BASE_URL`,
 /// model pinned to the group) and Bedrock mode (`ANTHROPIC_BEDROCK_BASE_URL`,
-/// its default model ids unchanged, which the group has as aliases).
+/// its default model ids unchanged, which the group has as aliases), each
+/// with the gateway's API key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claude_code_completes_a_prompt_in_both_modes() {
     let Some(claude) = tokio::task::spawn_blocking(claude_code).await.unwrap() else {
         return;
     };
     let sim = start_sim(vec![sim_model(CLAUDE, None)], SystemClock::shared()).await;
+    // With API keys: Claude Code presents its key as `x-api-key` in API
+    // mode and as a Bedrock API key (a bearer token) in Bedrock mode.
+    const KEY: &str = "sk-claude-code-0123456789";
     let config = format!(
-        "{}[[model_groups]]\nname = \"claude\"\naliases = [\"{CLAUDE_CODE_SONNET}\", \"{CLAUDE_CODE_HAIKU}\"]\ndeployments = [\"a\"]\n",
+        "[[api_keys]]\nkey = \"{KEY}\"\nuser = \"dev\"\n{}[[model_groups]]\nname = \"claude\"\naliases = [\"{CLAUDE_CODE_SONNET}\", \"{CLAUDE_CODE_HAIKU}\"]\ndeployments = [\"a\"]\n",
         deployment("a", CLAUDE, 1, &sim),
     );
     let gw = start_gateway(&config, SystemClock::shared()).await;
@@ -371,7 +375,7 @@ async fn claude_code_completes_a_prompt_in_both_modes() {
         &claude,
         &[
             ("ANTHROPIC_BASE_URL", &url),
-            ("ANTHROPIC_API_KEY", "sk-test-0123456789abcdef"),
+            ("ANTHROPIC_API_KEY", KEY),
             ("ANTHROPIC_MODEL", "claude"),
             ("ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude"),
         ],
@@ -382,7 +386,7 @@ async fn claude_code_completes_a_prompt_in_both_modes() {
         &[
             ("CLAUDE_CODE_USE_BEDROCK", "1"),
             ("ANTHROPIC_BEDROCK_BASE_URL", &url),
-            ("CLAUDE_CODE_SKIP_BEDROCK_AUTH", "1"),
+            ("AWS_BEARER_TOKEN_BEDROCK", KEY),
             ("AWS_REGION", "us-east-1"),
         ],
     )
