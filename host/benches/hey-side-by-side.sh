@@ -12,6 +12,10 @@
 # connection on its own ticker, all started together, so requests arrive
 # in bursts of CONNS. It prints p50 and p99 (ms) and, for the gateway and
 # nginx, their CPU time a request (µs, from /proc/<pid>/stat).
+#
+# With MESSAGES=1 it also measures Anthropic's Messages route
+# (`/v1/messages`, onto InvokeModel) next to the simulator's InvokeModel
+# called straight, in the same run as the Converse route.
 set -euo pipefail
 
 RATE=${RATE:-1000}
@@ -38,7 +42,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-BODY='{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":16}}'
+CONVERSE_BODY='{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":16}}'
+INVOKE_BODY='{"anthropic_version":"bedrock-2023-05-31","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
+MESSAGES_BODY='{"model":"g","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
+BODY=$CONVERSE_BODY
 # hey's summary: "50% in 0.0012 secs"; prints p50 and p99 in ms and the 200s.
 run_hey() {
   local out
@@ -109,6 +116,14 @@ CONF
   measure "http://127.0.0.1:$sim_port/model/model-a/converse" - direct
   [ -z "$nginx_pid" ] || measure "http://127.0.0.1:$nginx_port/model/model-a/converse" "$nginx_pid" nginx
   measure "http://127.0.0.1:$gw_port/model/g/converse" "$gateway" gateway
+  if [ "${MESSAGES:-}" = 1 ]; then
+    BODY=$INVOKE_BODY
+    measure "http://127.0.0.1:$sim_port/model/model-a/invoke" - direct-inv
+    [ -z "$nginx_pid" ] || measure "http://127.0.0.1:$nginx_port/model/model-a/invoke" "$nginx_pid" nginx-inv
+    BODY=$MESSAGES_BODY
+    measure "http://127.0.0.1:$gw_port/v1/messages" "$gateway" messages
+    BODY=$CONVERSE_BODY
+  fi
   awk '/VmRSS/ {printf "gateway RSS %.1f MiB\n", $2 / 1024}' "/proc/$gateway/status"
   stop_all
 done
