@@ -402,3 +402,83 @@ async fn claude_code_completes_a_prompt_in_both_modes() {
     }
     assert!(sim.counts(CLAUDE).calls >= 2);
 }
+
+const CONTENT_SCRIPT: &str = r#"
+import base64, json, struct, sys, zlib, anthropic
+client = anthropic.Anthropic(base_url=sys.argv[1], api_key="unused", max_retries=0)
+out = {}
+tools = [{"name": "get_weather", "description": "The weather in a city", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+ask = [{"role": "user", "content": "use get_weather for Oslo"}]
+first = client.messages.create(model="claude", max_tokens=256, tools=tools, messages=ask)
+call = next(b for b in first.content if b.type == "tool_use")
+answer = [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny, 21 C"}]
+second = client.messages.create(model="claude", max_tokens=256, tools=tools, messages=ask + [
+    {"role": "assistant", "content": first.content}, {"role": "user", "content": answer}])
+out["tool"] = {"stop": first.stop_reason, "name": call.name, "input": call.input, "final": second.content[0].text, "final_stop": second.stop_reason}
+with client.messages.stream(model="claude", max_tokens=256, tools=tools, messages=ask) as stream:
+    streamed = stream.get_final_message()
+out["streamed_tool"] = [{"type": b.type, "name": getattr(b, "name", None), "input": getattr(b, "input", None)} for b in streamed.content]
+plain = client.messages.create(model="claude", max_tokens=64, tools=tools, messages=[{"role": "user", "content": "just say hello"}])
+out["no_tool"] = [b.type for b in plain.content]
+thinking = {"type": "enabled", "budget_tokens": 1024}
+t = client.messages.create(model="claude", max_tokens=2048, thinking=thinking, messages=[{"role": "user", "content": "think first"}])
+out["thinking"] = {"types": [b.type for b in t.content], "signature": t.content[0].signature, "thought": t.content[0].thinking}
+with client.messages.stream(model="claude", max_tokens=2048, thinking=thinking, messages=[{"role": "user", "content": "think first"}]) as stream:
+    s = stream.get_final_message()
+out["streamed_thinking"] = {"types": [b.type for b in s.content], "signature": s.content[0].signature, "thought": s.content[0].thinking}
+
+def png(width, height):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + b"\x40\x80\xc0" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(png(300, 250)).decode()}}
+text = {"type": "text", "text": "What is in this image?"}
+with_image = client.messages.create(model="claude", max_tokens=64, messages=[{"role": "user", "content": [image, text]}])
+without = client.messages.create(model="claude", max_tokens=64, messages=[{"role": "user", "content": [text]}])
+out["image_tokens"] = [with_image.usage.input_tokens, without.usage.input_tokens]
+print(json.dumps(out))
+"#;
+
+/// A tool-use round trip (plain and streamed), extended thinking with its
+/// signature, and an image, through the Anthropic SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_thinking_and_images_pass_through() {
+    let (_sim, gw) = gateway().await;
+    let out = run_python(CONTENT_SCRIPT, &[&format!("http://{}", gw.addr)]).await;
+    let tool = &out["tool"];
+    assert_eq!(tool["stop"], "tool_use", "{out}");
+    assert_eq!(tool["name"], "get_weather");
+    assert_eq!(tool["input"]["city"], "sample city", "{out}");
+    assert!(
+        tool["final"].as_str().unwrap().contains("sunny, 21 C"),
+        "the answer uses the tool's result: {out}"
+    );
+    assert_eq!(tool["final_stop"], "end_turn");
+    assert_eq!(
+        out["streamed_tool"],
+        json!([{ "type": "tool_use", "name": "get_weather", "input": { "city": "sample city" } }])
+    );
+    assert_eq!(
+        out["no_tool"],
+        json!(["text"]),
+        "auto: words, no tool: {out}"
+    );
+    for key in ["thinking", "streamed_thinking"] {
+        let t = &out[key];
+        assert_eq!(t["types"], json!(["thinking", "text"]), "{key}: {out}");
+        assert_eq!(t["signature"], "switchyard-simulator-signature", "{key}");
+        assert!(!t["thought"].as_str().unwrap().is_empty(), "{key}");
+    }
+    assert_eq!(
+        out["thinking"]["thought"],
+        out["streamed_thinking"]["thought"]
+    );
+    let tokens = out["image_tokens"].as_array().unwrap();
+    assert!(
+        tokens[0].as_u64() > tokens[1].as_u64(),
+        "the image counts as input: {out}"
+    );
+}

@@ -12,6 +12,9 @@ use super::tools::{sample_of, ToolUseContext};
 pub struct Prompt {
     /// The text of the last user message that has text.
     pub last_user_text: String,
+    /// The last text block of that message (what a tool like Claude Code
+    /// puts after its reminders: the prompt itself).
+    pub last_user_block: String,
     /// The text of the tool results the last user message carries, when it
     /// carries any: the simulator's final answer repeats them.
     pub tool_results: Option<String>,
@@ -148,6 +151,7 @@ pub fn parse_prompt(body: &[u8]) -> Result<Prompt, String> {
         input_tokens += texts(system).map(count_tokens).sum::<u64>();
     }
     let mut last_user_text = None;
+    let mut last_user_block = String::new();
     let mut tool_results = None;
     let mut uses_tools = false;
     for message in messages {
@@ -180,6 +184,7 @@ pub fn parse_prompt(body: &[u8]) -> Result<Prompt, String> {
             Some("user") => {
                 if !text.is_empty() {
                     last_user_text = Some(text.join(" "));
+                    last_user_block = text.last().map_or(String::new(), |t| (*t).to_owned());
                 }
                 tool_results = (!results.is_empty()).then(|| results.join(" "));
             }
@@ -204,6 +209,7 @@ pub fn parse_prompt(body: &[u8]) -> Result<Prompt, String> {
         == Some("enabled");
     Ok(Prompt {
         last_user_text,
+        last_user_block,
         tool_results,
         input_tokens: input_tokens.max(1),
         max_tokens,
@@ -240,25 +246,7 @@ pub fn converse_from_anthropic(body: &[u8]) -> Result<Vec<u8>, String> {
     let messages = json.get("messages").and_then(Value::as_array).ok_or(
         "The simulator's InvokeModel speaks Anthropic's Messages body: `messages` is required.",
     )?;
-    // Text blocks; one marked `cache_control` is followed by a cachePoint,
-    // as Bedrock reads it.
-    let blocks = |content: &Value| -> Value {
-        match content {
-            Value::String(text) => serde_json::json!([{ "text": text }]),
-            Value::Array(parts) => Value::Array(
-                parts
-                    .iter()
-                    .filter_map(|p| Some((p.get("text")?, p.get("cache_control").is_some())))
-                    .flat_map(|(t, cached)| {
-                        let text = serde_json::json!({ "text": t });
-                        let point = serde_json::json!({ "cachePoint": { "type": "default" } });
-                        std::iter::once(text).chain(cached.then_some(point))
-                    })
-                    .collect(),
-            ),
-            _ => serde_json::json!([]),
-        }
-    };
+    let blocks = |content: &Value| Value::Array(crate::anthropic::content(content));
     // A `system` message in the conversation (Claude Code sends them, with
     // the beta that allows them) is read as more system text.
     let is_system = |m: &&Value| m.get("role").and_then(Value::as_str) == Some("system");
@@ -274,14 +262,21 @@ pub fn converse_from_anthropic(body: &[u8]) -> Result<Vec<u8>, String> {
     });
     let mut system: Vec<Value> = json
         .get("system")
-        .map(|s| blocks(s).as_array().cloned().unwrap_or_default())
+        .map(|s| crate::anthropic::content(s))
         .unwrap_or_default();
     for m in messages.iter().filter(is_system) {
-        let more = blocks(m.get("content").unwrap_or(&Value::Null));
-        system.extend(more.as_array().cloned().unwrap_or_default());
+        system.extend(crate::anthropic::content(
+            m.get("content").unwrap_or(&Value::Null),
+        ));
     }
     if !system.is_empty() {
         converse["system"] = Value::Array(system);
+    }
+    if let Some(config) = crate::anthropic::tool_config(&json) {
+        converse["toolConfig"] = config;
+    }
+    if let Some(thinking) = json.get("thinking") {
+        converse["additionalModelRequestFields"] = serde_json::json!({ "thinking": thinking });
     }
     if let Some(max) = json.get("max_tokens").and_then(Value::as_u64) {
         converse["inferenceConfig"] = serde_json::json!({ "maxTokens": max });
@@ -384,7 +379,9 @@ pub fn reply_to(model_id: &str, prompt: &Prompt) -> Reply {
     } else {
         Vec::new()
     };
-    let calls = prompt.tools.calls_for(&prompt.last_user_text);
+    let calls = prompt
+        .tools
+        .calls_for(&prompt.last_user_text, &prompt.last_user_block);
     if !calls.is_empty() {
         // Ids unique within a conversation: the turn number and the tool.
         let turn = prompt.tools.called.len();

@@ -8,6 +8,7 @@
 
 #[cfg(feature = "server")]
 mod abandonable;
+mod anthropic;
 #[cfg(feature = "server")]
 mod config;
 #[cfg(feature = "server")]

@@ -530,7 +530,7 @@ fn anthropic_message(
         "type": "message",
         "role": "assistant",
         "model": model_id,
-        "content": [{"type": "text", "text": reply.text()}],
+        "content": crate::anthropic::message_content(reply),
         "stop_reason": reply.stop_reason,
         "stop_sequence": null,
         "usage": {
@@ -646,32 +646,31 @@ async fn invoke_stream(
             let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
             tokio::spawn(async move {
                 pause(ttft).await;
-                let mut frames = vec![
+                // Each frame, and whether it is the first text delta (a
+                // fault breaks the stream after it).
+                let mut frames = vec![(
                     chunk(json!({"type": "message_start", "message": message})),
-                    chunk(
-                        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                    ),
-                ];
-                for piece in &reply.pieces {
-                    frames.push(chunk(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+                    false,
+                )];
+                for (event, first_delta) in crate::anthropic::content_events(&reply) {
+                    frames.push((chunk(event), first_delta));
                 }
-                frames.push(chunk(json!({"type": "content_block_stop", "index": 0})));
-                frames.push(chunk(json!({
-                    "type": "message_delta",
-                    "delta": {"stop_reason": reply.stop_reason, "stop_sequence": null},
-                    "usage": {"output_tokens": reply.output_tokens()},
-                })));
-                frames.push(chunk(json!({"type": "message_stop"})));
-                // The first text delta is the third frame: a fault breaks
-                // the stream after it, once its first words are out.
-                const FIRST_DELTA: usize = 2;
-                for (n, f) in frames.into_iter().enumerate() {
+                frames.push((
+                    chunk(json!({
+                        "type": "message_delta",
+                        "delta": {"stop_reason": reply.stop_reason, "stop_sequence": null},
+                        "usage": {"output_tokens": reply.output_tokens()},
+                    })),
+                    false,
+                ));
+                frames.push((chunk(json!({"type": "message_stop"})), false));
+                for (f, first_delta) in frames {
                     let delta = f.clone();
                     if tx.send(Ok(f)).await.is_err() {
                         return;
                     }
                     pause(per_token).await;
-                    if n != FIRST_DELTA {
+                    if !first_delta {
                         continue;
                     }
                     let broken = match fault {

@@ -34,6 +34,10 @@ pub enum ToolChoice {
 pub struct ToolUseContext {
     pub tools: Vec<ToolSpec>,
     pub choice: Option<ToolChoice>,
+    /// Call a tool only when the prompt's last text block names it (an
+    /// Anthropic body with `auto`: a model answers "hello" in words, and
+    /// Claude Code offers two dozen tools with every prompt).
+    pub named_only: bool,
     /// Tools the conversation's assistant turns called already.
     pub called: Vec<String>,
 }
@@ -68,6 +72,10 @@ impl ToolUseContext {
                 schema,
             });
         }
+        context.named_only = config
+            .get("namedOnly")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         context.choice = match config.get("toolChoice") {
             None => None,
             Some(c) if c.get("auto").is_some() => Some(ToolChoice::Auto),
@@ -86,23 +94,30 @@ impl ToolUseContext {
         Ok(context)
     }
 
-    /// The tools to call, in declaration order (empty: answer in text).
-    pub fn calls_for(&self, last_user_text: &str) -> Vec<&ToolSpec> {
+    /// The tools to call, in declaration order (empty: answer in text),
+    /// for a prompt whose last user message says `last_user_text`, the
+    /// last of its text blocks `last_block`.
+    pub fn calls_for(&self, last_user_text: &str, last_block: &str) -> Vec<&ToolSpec> {
         if self.tools.is_empty() {
             return Vec::new();
         }
         if let Some(ToolChoice::Named(name)) = &self.choice {
             return self.tools.iter().filter(|t| &t.name == name).collect();
         }
+        let text = if self.named_only {
+            last_block
+        } else {
+            last_user_text
+        };
         let named: Vec<&ToolSpec> = self
             .tools
             .iter()
-            .filter(|t| last_user_text.contains(t.name.as_str()))
+            .filter(|t| text.contains(t.name.as_str()))
             .collect();
-        let wanted = if named.is_empty() {
-            vec![&self.tools[0]]
-        } else {
-            named
+        let wanted = match (named.is_empty(), self.named_only) {
+            (false, _) => named,
+            (true, false) => vec![&self.tools[0]],
+            (true, true) => return Vec::new(),
         };
         let left: Vec<&ToolSpec> = wanted
             .into_iter()
@@ -188,13 +203,15 @@ mod tests {
     #[test]
     fn named_tools_are_called_together_and_then_answered_in_text() {
         let mut c = context(json!({"tools": [tool("weather"), tool("time"), tool("news")]}));
-        assert_eq!(names(c.calls_for("hello")), ["weather"]);
+        assert_eq!(names(c.calls_for("hello", "hello")), ["weather"]);
         assert_eq!(
-            names(c.calls_for("use time and weather")),
+            names(c.calls_for("use time and weather", "use time and weather")),
             ["weather", "time"]
         );
         c.called = vec!["weather".into(), "time".into()];
-        assert!(c.calls_for("use time and weather").is_empty());
+        assert!(c
+            .calls_for("use time and weather", "use time and weather")
+            .is_empty());
     }
 
     #[test]
@@ -203,10 +220,10 @@ mod tests {
             json!({"tools": [tool("a"), tool("b")], "toolChoice": {"tool": {"name": "b"}}}),
         );
         c.called = vec!["b".into()];
-        assert_eq!(names(c.calls_for("a")), ["b"]);
+        assert_eq!(names(c.calls_for("a", "a")), ["b"]);
         let mut c = context(json!({"tools": [tool("a"), tool("b")], "toolChoice": {"any": {}}}));
         c.called = vec!["a".into()];
-        assert_eq!(names(c.calls_for("x")), ["b"]);
+        assert_eq!(names(c.calls_for("x", "x")), ["b"]);
         assert!(ToolUseContext::parse(
             &json!({"toolConfig": {"tools": [tool("a")], "toolChoice": {"tool": {"name": "z"}}}})
         )
