@@ -262,7 +262,7 @@ pub fn converse_from_anthropic(body: &[u8]) -> Result<Vec<u8>, String> {
     });
     let mut system: Vec<Value> = json
         .get("system")
-        .map(|s| crate::anthropic::content(s))
+        .map(crate::anthropic::content)
         .unwrap_or_default();
     for m in messages.iter().filter(is_system) {
         system.extend(crate::anthropic::content(
