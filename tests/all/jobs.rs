@@ -11,6 +11,15 @@ use switchyard::sim::{SimHandle, SimModelConfig};
 
 use crate::support::*;
 
+/// A simulator whose `model-a` takes `ttft_ms` to answer.
+async fn slow_sim(ttft_ms: u64) -> SimHandle {
+    let model = SimModelConfig {
+        ttft_ms,
+        ..sim_model("model-a", None)
+    };
+    start_sim(vec![model], SystemClock::shared()).await
+}
+
 fn jobs_config(sim: &SimHandle, data_dir: &std::path::Path, workers: u32) -> String {
     format!(
         "[jobs]\ndata_dir = \"{}\"\nworkers = {workers}\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
@@ -112,14 +121,7 @@ async fn a_job_answers_as_the_synchronous_route_would() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_jobs_are_refused_and_a_queued_job_can_be_cancelled() {
     // One worker, held by a slow first job: the second waits in the queue.
-    let sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 1_500,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = slow_sim(1_500).await;
     let dir = ScratchDir::new("jobs");
     let gw = start_gateway(&jobs_config(&sim, &dir, 1), SystemClock::shared()).await;
 
@@ -211,14 +213,7 @@ async fn without_a_jobs_table_the_route_says_how_to_turn_it_on() {
 /// 5 that were running run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_survive_the_gateway_being_killed() {
-    let sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 3_000,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = slow_sim(3_000).await;
     let dir = ScratchDir::new("jobs-store");
     let config = jobs_config(&sim, &dir, 5);
     let mut first = GatewayProcess::start("jobs", &config).await;
@@ -293,14 +288,7 @@ async fn jobs_survive_the_gateway_being_killed() {
 /// arrives behind three waiting jobs runs before them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interactive_requests_go_before_waiting_jobs() {
-    let sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 500,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = slow_sim(500).await;
     let dir = ScratchDir::new("jobs");
     let config = format!(
         "[admission]\nmax_concurrent = 1\nmax_per_user = 1\nmax_wait_ms = 60000\n{}",
@@ -505,14 +493,7 @@ async fn an_ended_job_is_posted_to_its_callback_until_taken() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_redis_another_instance_finishes_a_killed_instances_job() {
     let redis = crate::redis_server::RedisServer::start();
-    let sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 2_000,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = slow_sim(2_000).await;
     let config = format!(
         "[state]\nbackend = \"redis\"\nurl = \"{}\"\ninstances = 2\nkey_prefix = \"jobs-{}\"\n[jobs]\nworkers = 1\nclaim_after_ms = 1500\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
         redis.url(),
@@ -553,14 +534,7 @@ async fn on_redis_another_instance_finishes_a_killed_instances_job() {
 /// users.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_past_their_job_caps_is_refused_with_429() {
-    let sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 10_000,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = slow_sim(10_000).await;
     let dir = ScratchDir::new("jobs-caps");
     let config = jobs_config(&sim, &dir, 1).replace(
         "[jobs]\n",
@@ -665,14 +639,7 @@ async fn jobs_are_listed_a_page_at_a_time_without_their_answers() {
 /// fails with `job_interrupted`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_interrupted_on_every_run_ends_after_max_runs() {
-    let sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 60_000,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = slow_sim(60_000).await;
     let dir = ScratchDir::new("jobs-interrupted");
     let config = jobs_config(&sim, &dir, 1).replace("[jobs]\n", "[jobs]\nmax_runs = 2\n");
     let mut gateway = GatewayProcess::start("interrupted-1", &config).await;
@@ -798,14 +765,7 @@ async fn callbacks_survive_a_restart_and_cancelled_jobs_call_back() {
     assert_eq!(received[1]["answer"]["status"], 200);
 
     // A cancelled job's callback.
-    let slow_sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 5_000,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let slow_sim = slow_sim(5_000).await;
     let dir = ScratchDir::new("jobs-outbox-cancel");
     let config =
         jobs_config(&slow_sim, &dir, 1).replace("[jobs]\n", "[jobs]\nprivate_callbacks = true\n");
@@ -870,14 +830,7 @@ async fn on_redis_a_users_jobs_are_listed_whoever_else_is_busy() {
     const ALICE: &str = "alice-key-0123456789";
     const BOB: &str = "bob-key-0123456789ab";
     let redis = crate::redis_server::RedisServer::start();
-    let sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 30_000,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = slow_sim(30_000).await;
     let prefix = format!("jobs-{}", uuid::Uuid::new_v4().simple());
     let config = format!(
         "[[api_keys]]\nkey = \"{ALICE}\"\nuser = \"alice\"\n[[api_keys]]\nkey = \"{BOB}\"\nuser = \"bob\"\n[state]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n[jobs]\nworkers = 1\nmax_jobs_per_user = 5000\n{}[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
@@ -935,14 +888,7 @@ async fn on_redis_a_users_jobs_are_listed_whoever_else_is_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_keeps_its_submitters_cap_whatever_their_name() {
     const KEY: &str = "zoe-key-0123456789ab";
-    let sim = start_sim(
-        vec![SimModelConfig {
-            ttft_ms: 3_000,
-            ..sim_model("model-a", None)
-        }],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = slow_sim(3_000).await;
     let dir = ScratchDir::new("jobs-identity");
     let config = format!(
         "[[api_keys]]\nkey = \"{KEY}\"\nuser = \"Zoë Ødegård\"\nmax_concurrent = 1\n{}",
