@@ -540,3 +540,58 @@ fn private_file(dir: &Path, path: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store of the first layout (whole jobs as JSON in one table) is
+    /// moved to this one when it opens: no job is lost to an upgrade.
+    #[test]
+    fn a_store_of_the_first_layout_is_moved_at_open() {
+        let dir = std::env::temp_dir().join(format!("jobs-legacy-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = serde_json::json!({
+            "id": "job_old", "status": "succeeded", "route": { "type": "chat_completions" },
+            "body": { "model": "g", "messages": [] }, "user": "ann", "priority": -10,
+            "max_concurrent": null, "runs": 1, "created_ms": 5, "started_ms": 6,
+            "finished_ms": 7, "not_before_ms": 0,
+            "answer": { "status": 200, "body": { "object": "chat.completion" } },
+        });
+        {
+            let db = Database::create(dir.join("jobs.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(LEGACY)
+                .unwrap()
+                .insert("job_old", serde_json::to_vec(&old).unwrap().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = JobStore::open(&dir).unwrap();
+        let job = store.get("job_old").unwrap().expect("moved");
+        assert_eq!(
+            (job.user.as_deref(), job.answer_status),
+            (Some("ann"), Some(200))
+        );
+        let request: serde_json::Value =
+            serde_json::from_slice(&store.request("job_old").unwrap().unwrap()).unwrap();
+        assert_eq!(request, old["body"]);
+        let answer: serde_json::Value =
+            serde_json::from_slice(&store.answer("job_old").unwrap().unwrap()).unwrap();
+        assert_eq!(answer, old["answer"]["body"]);
+        let page = store
+            .page(&PageQuery {
+                user: Some(Some("ann".into())),
+                after: None,
+                limit: 10,
+            })
+            .unwrap();
+        assert_eq!(page.jobs.len(), 1);
+        drop(store);
+        // Opened again, nothing is moved twice.
+        let store = JobStore::open(&dir).unwrap();
+        assert_eq!(store.forget_ended_before(u64::MAX).unwrap(), 1);
+        assert!(store.get("job_old").unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
