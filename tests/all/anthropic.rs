@@ -482,3 +482,36 @@ async fn tools_thinking_and_images_pass_through() {
         "the image counts as input: {out}"
     );
 }
+
+/// A streamed message settles the deployment's TPM from the usage Bedrock
+/// reports at its end (`amazon-bedrock-invocationMetrics`), not from its
+/// reservation of `max_tokens`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_message_settles_its_tokens_from_its_usage() {
+    let sim = start_sim(vec![sim_model(CLAUDE, None)], SystemClock::shared()).await;
+    let config = format!(
+        "{}tpm = 100000\n[[model_groups]]\nname = \"claude\"\ndeployments = [\"a\"]\n",
+        deployment("a", CLAUDE, 1, &sim),
+    );
+    let gw = start_gateway(&config, SystemClock::shared()).await;
+    let body = json!({ "model": "claude", "max_tokens": 8000, "stream": true, "messages": [{ "role": "user", "content": "hello" }] });
+    let answer = raw_post(gw.addr, "/v1/messages", &[], body.to_string().as_bytes()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    assert!(answer.body_text().contains("event: message_stop"));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stats = raw_get(gw.addr, "/model_stats").await.json();
+        let available = stats["stats"]["models"][0]["tpm_available"]
+            .as_u64()
+            .unwrap();
+        // The simulator's answer to "hello" is a few dozen tokens.
+        if available > 99_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{available} tokens left of 100000 after a short stream: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -663,7 +663,19 @@ async fn invoke_stream(
                     })),
                     false,
                 ));
-                frames.push((chunk(json!({"type": "message_stop"})), false));
+                // Bedrock adds its own count of the call to the last chunk.
+                let metrics = json!({
+                    "inputTokenCount": prompt.input_tokens,
+                    "outputTokenCount": reply.output_tokens(),
+                    "cacheReadInputTokenCount": prompt.cache_read_tokens,
+                    "cacheWriteInputTokenCount": prompt.cache_write_tokens,
+                    "invocationLatency": 0,
+                    "firstByteLatency": 0,
+                });
+                frames.push((
+                    chunk(json!({"type": "message_stop", "amazon-bedrock-invocationMetrics": metrics})),
+                    false,
+                ));
                 for (f, first_delta) in frames {
                     let delta = f.clone();
                     if tx.send(Ok(f)).await.is_err() {

@@ -272,11 +272,12 @@ impl Upstream {
             .interceptor(StreamTee::new(tx))
             .send();
         let output = self.in_time(call).await?;
-        // Model families report usage in their own chunk JSON; the
-        // reservation settles an InvokeModel stream.
-        self.follow(output.body, raw, classify::invoke_stream_exception, |_| {
-            None
-        })
+        self.follow(
+            output.body,
+            raw,
+            classify::invoke_stream_exception,
+            invoke_stream_usage,
+        )
         .await
     }
 
@@ -385,6 +386,34 @@ fn client_left() -> StreamEnd {
         // Unknown: the reservation settles it.
         used_tokens: None,
     }
+}
+
+/// The tokens an InvokeModel stream's last chunk reports: Bedrock adds
+/// `amazon-bedrock-invocationMetrics` to it (input, output, cache reads and
+/// writes), whatever the model family. Other chunks report none; the
+/// reservation settles a stream that never says.
+fn invoke_stream_usage(event: &aws_sdk_bedrockruntime::types::ResponseStream) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        #[serde(rename = "amazon-bedrock-invocationMetrics")]
+        metrics: Option<Metrics>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Metrics {
+        input_token_count: Option<u64>,
+        output_token_count: Option<u64>,
+        cache_read_input_token_count: Option<u64>,
+        cache_write_input_token_count: Option<u64>,
+    }
+    let bytes = event.as_chunk().ok()?.bytes()?.as_ref();
+    let metrics = serde_json::from_slice::<Chunk>(bytes).ok()?.metrics?;
+    Some(
+        metrics.input_token_count?
+            + metrics.output_token_count.unwrap_or(0)
+            + metrics.cache_read_input_token_count.unwrap_or(0)
+            + metrics.cache_write_input_token_count.unwrap_or(0),
+    )
 }
 
 /// The tokens a ConverseStream's `metadata` event reports.
