@@ -362,9 +362,9 @@ async fn calls_that_wait_for_a_busy_core_do_not_time_out() {
 
 /// One call's key-value writes are bounded (each goes to the sibling
 /// instances), and the host's words about the writes it refused are lines
-/// of the call's log, within its budget: a policy that writes 2,000 entries
-/// and 100 oversized ones a call stores about 64 KiB, and its log holds at
-/// most 16 lines.
+/// of the call's log, within its budget: a policy that writes 200 entries
+/// of 1 KiB and 20 oversized ones a call stores about 64 KiB, and its log
+/// holds at most 16 lines.
 #[test]
 fn a_policy_that_floods_its_store_is_held_to_a_budget_per_call() {
     let runtime = runtime();
@@ -382,7 +382,7 @@ fn a_policy_that_floods_its_store_is_held_to_a_budget_per_call() {
         .select(&request(), &candidates(3), &CallOptions::default())
         .expect("writing too much is refused, not a fault");
     assert_eq!(order, [0, 1, 2]);
-    let stored = (0..2_000)
+    let stored = (0..200)
         .filter(|i| kv.get(&format!("k{i}")).is_some())
         .count();
     assert!(
