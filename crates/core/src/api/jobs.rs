@@ -198,15 +198,24 @@ pub async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let answer = async {
-        let job = own_job(&state, &headers, &id).await?;
-        let answer = jobs(&state)?
-            .answer(&job)
-            .await
-            .map_err(|e| store_error(&e))?;
-        Ok::<_, GatewayError>(json_response(job.view(answer.as_ref())))
-    };
-    answer.await.unwrap_or_else(IntoResponse::into_response)
+    match own_job_and_answer(&state, &headers, &id).await {
+        Ok((job, answer)) => json_response(job.view(answer.as_ref())),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The caller's job `id` and, once it has ended, its answer.
+async fn own_job_and_answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(Job, Option<JobAnswer>), GatewayError> {
+    let job = own_job(state, headers, id).await?;
+    let answer = jobs(state)?
+        .answer(&job)
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok((job, answer))
 }
 
 /// A 200 answer of JSON already written.
@@ -225,15 +234,10 @@ pub async fn task_status(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let answer = async {
-        let job = own_job(&state, &headers, &id).await?;
-        let answer = jobs(&state)?
-            .answer(&job)
-            .await
-            .map_err(|e| store_error(&e))?;
-        Ok::<_, GatewayError>(json_response(job.task_status(answer.as_ref())))
-    };
-    answer.await.unwrap_or_else(IntoResponse::into_response)
+    match own_job_and_answer(&state, &headers, &id).await {
+        Ok((job, answer)) => json_response(job.task_status(answer.as_ref())),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels it (409 `job_ended` once it has ended).

@@ -156,6 +156,9 @@ struct View<'a> {
     answer: Option<AnswerView>,
     callback_url: &'a Option<String>,
     callback: &'a Option<super::callback::CallbackState>,
+    /// In a list only, where the answer itself is left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer_status: Option<Option<u16>>,
 }
 
 #[derive(Serialize)]
@@ -178,7 +181,11 @@ impl Job {
     /// What `GET /v1/jobs/{id}` shows: the record and, once the job has
     /// ended, `answer` (status and body) as the route returned it.
     pub fn view(&self, answer: Option<&JobAnswer>) -> String {
-        let view = View {
+        serde_json::to_string(&self.view_of(answer)).expect("a job serializes")
+    }
+
+    fn view_of(&self, answer: Option<&JobAnswer>) -> View<'_> {
+        View {
             id: &self.id,
             object: "job",
             status: self.status,
@@ -194,16 +201,17 @@ impl Job {
             }),
             callback_url: &self.callback_url,
             callback: &self.callback,
-        };
-        serde_json::to_string(&view).expect("a job serializes")
+            answer_status: None,
+        }
     }
 
     /// What a list shows of it: the record, with the answer's status only.
     pub fn summary(&self) -> serde_json::Value {
-        let mut view: serde_json::Value =
-            serde_json::from_str(&self.view(None)).expect("a view is JSON");
-        view["answer_status"] = serde_json::json!(self.answer_status);
-        view
+        let view = View {
+            answer_status: Some(self.answer_status),
+            ..self.view_of(None)
+        };
+        serde_json::to_value(view).expect("a job serializes")
     }
 
     /// What `GET /task_status/{id}` shows.
