@@ -270,6 +270,41 @@ async fn a_shared_cached_prefix_is_written_then_read_on_both_routes() {
         "{out}"
     );
     assert_eq!(chat[1]["cache_read_input_tokens"], written, "{out}");
+
+    // /metrics counts each kind of token the four answers said they used.
+    let u = |answer: &serde_json::Value, key: &str| answer[key].as_u64().unwrap();
+    let (mut input, mut output, mut read, mut write) = (0, 0, 0, 0);
+    for m in messages {
+        input += u(m, "input_tokens");
+        output += u(m, "output_tokens");
+        read += u(m, "cache_read_input_tokens");
+        write += u(m, "cache_creation_input_tokens");
+    }
+    for c in chat {
+        let (cached, created) = (
+            u(c, "cache_read_input_tokens"),
+            u(c, "cache_creation_input_tokens"),
+        );
+        input += u(c, "prompt_tokens") - cached - created;
+        output += u(c, "completion_tokens");
+        read += cached;
+        write += created;
+    }
+    let metrics = raw_get(gw.addr, "/metrics").await.body_text();
+    let counted = |kind: &str| {
+        let series = format!(
+            "switchyard_tokens_total{{group=\"claude\",deployment=\"a\",kind=\"{kind}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {series}in /metrics:\n{metrics}"))
+    };
+    assert_eq!(counted("input"), input);
+    assert_eq!(counted("output"), output);
+    assert_eq!(counted("cache_read"), read);
+    assert_eq!(counted("cache_write"), write);
 }
 
 /// The Claude Code release the test drives: its default Bedrock model ids

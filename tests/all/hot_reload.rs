@@ -594,3 +594,98 @@ async fn faults_racing_on_many_threads_roll_back_once() {
         slot.activate(1).unwrap();
     }
 }
+
+/// A reload applies the client keys, the admin token and `require_key`
+/// while serving; a changed listen address needs a restart, and is named
+/// again by the next reload, since the gateway still listens where it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_keys_token_and_require_key_and_names_what_needs_a_restart() {
+    let clock = switchyard::clock::SystemClock::shared();
+    let sim = start_sim(vec![sim_model("model-a", None)], clock.clone()).await;
+    let dir = ScratchDir::new("reload-access");
+    let path = dir.join("switchyard.toml");
+    let (old_key, new_key) = ("sk-old-key-0123456789abcdef", "sk-new-key-0123456789abcdef");
+    let (old_token, new_token) = ("old-admin-token-0123456789", "new-admin-token-0123456789");
+    let write = |listen: &str, key: &str, token: &str, require_key: bool| {
+        let text = format!(
+            "listen = \"{listen}\"\n[policy_runtime]\ncall_deadline_us = {TEST_CALL_DEADLINE_US}\n[admission]\nmax_wait_ms = 0\n[admin]\ntoken = \"{token}\"\n[observability]\nrequire_key = {require_key}\n[[api_keys]]\nkey = \"{key}\"\nuser = \"someone\"\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            deployment("a", "model-a", 1, &sim),
+        );
+        std::fs::write(&path, &text).unwrap();
+        text
+    };
+    let text = write("127.0.0.1:4000", old_key, old_token, false);
+    let gw = start_gateway(&text, clock).await;
+    gw.gateway.set_config_path(path.clone());
+    let converse = |key: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let auth = format!("Bearer {key}");
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            raw_post(addr, "/model/g/converse", &headers, &converse_body("hi"))
+                .await
+                .status
+        }
+    };
+    let reload = |token: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let auth = format!("Bearer {token}");
+            raw_post(
+                addr,
+                "/admin/reload",
+                &[("authorization", auth.as_str())],
+                b"",
+            )
+            .await
+        }
+    };
+    let metrics = |key: Option<&'static str>| {
+        let addr = gw.addr;
+        async move {
+            let auth = key.map(|k| format!("Bearer {k}"));
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            raw_request(addr, "GET", "/metrics", &headers, b"")
+                .await
+                .status
+        }
+    };
+    assert_eq!(converse(old_key).await, 200);
+    assert_eq!(converse(new_key).await, 401);
+    assert_eq!(metrics(None).await, 200);
+
+    write("127.0.0.1:4001", new_key, new_token, true);
+    let first = reload(old_token).await;
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    let first = first.json();
+    assert_eq!(
+        first["applied"],
+        serde_json::json!(["admin.token", "api_keys", "observability.require_key"]),
+        "{first}"
+    );
+    assert_eq!(
+        first["needs_restart"],
+        serde_json::json!(["listen"]),
+        "{first}"
+    );
+
+    assert_eq!(converse(old_key).await, 401);
+    assert_eq!(converse(new_key).await, 200);
+    assert_eq!(metrics(None).await, 401);
+    assert_eq!(metrics(Some(new_key)).await, 200);
+    assert_eq!(reload(old_token).await.status, 401);
+
+    let second = reload(new_token).await;
+    assert_eq!(second.status, 200, "{}", second.body_text());
+    let second = second.json();
+    assert_eq!(second["applied"], serde_json::json!([]), "{second}");
+    assert_eq!(
+        second["needs_restart"],
+        serde_json::json!(["listen"]),
+        "{second}"
+    );
+}

@@ -124,11 +124,10 @@ impl Gateway {
         let gateway = Self {
             state: Arc::new(AppState {
                 service: Service::new(router, queue, config.admission.max_wait_ms),
-                api_keys: crate::api::auth::ApiKeys::new(&config.api_keys),
+                access: api::access::Access::new(api::access::AccessRules::of(config)),
                 shared_state: shared,
                 state_mirror: mirror,
                 runtime,
-                admin_token: config.admin.token.clone(),
                 running_config: std::sync::Mutex::new(config.clone()),
                 config_path: std::sync::Mutex::new(None),
                 reloading: tokio::sync::Mutex::new(()),
@@ -154,8 +153,14 @@ impl Gateway {
     /// Remembers the file the config came from, so `/admin/reload` and
     /// SIGHUP can read it again.
     pub fn with_config_path(self, path: PathBuf) -> Self {
-        *self.state.config_path.lock().expect("config path poisoned") = Some(path);
+        self.set_config_path(path);
         self
+    }
+
+    /// [`with_config_path`](Self::with_config_path) on a gateway already
+    /// shared (serving).
+    pub fn set_config_path(&self, path: PathBuf) {
+        *self.state.config_path.lock().expect("config path poisoned") = Some(path);
     }
 
     /// Asks every deployment's credentials source once (at most 10 s
@@ -290,7 +295,14 @@ impl Gateway {
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
                     match api::reload(&state).await {
-                        Ok(report) => tracing::info!(?report, "config reloaded on SIGHUP"),
+                        Ok(report) if report.needs_restart.is_empty() => {
+                            tracing::info!(?report, "config reloaded on SIGHUP")
+                        }
+                        Ok(report) => tracing::warn!(
+                            needs_restart = ?report.needs_restart,
+                            ?report,
+                            "config reloaded on SIGHUP; some changes need a restart"
+                        ),
                         Err(e) => {
                             let error = crate::error_chain::render(&e);
                             tracing::error!(%error, "config reload on SIGHUP failed")

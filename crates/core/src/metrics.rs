@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crate::outcome::OutcomeKind;
+use crate::upstream::TokenUsage;
 use crate::vocabulary::{PolicyKind, Refusal};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +30,14 @@ struct AttemptLabels {
     group: String,
     deployment: String,
     outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    group: String,
+    deployment: String,
+    /// input, output, cache_read or cache_write.
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,6 +126,7 @@ struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     attempt_seconds: Family<DeploymentLabels, Histogram>,
+    tokens: Family<TokenLabels, Counter>,
     admission_skips: Family<SkipLabels, Counter>,
     queue_rejections: Family<RequestLabels, Counter>,
     coalesced: Family<GroupLabels, Counter>,
@@ -145,6 +155,12 @@ impl RequestMetrics {
             "attempt_duration_seconds",
             "Latency of upstream attempts",
             attempt_seconds.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens Bedrock's answers said they used, by deployment and kind (input, output, cache_read, cache_write)",
+            tokens.clone(),
         );
         let admission_skips = Family::<SkipLabels, Counter>::default();
         registry.register(
@@ -180,6 +196,7 @@ impl RequestMetrics {
             requests,
             attempts,
             attempt_seconds,
+            tokens,
             admission_skips,
             queue_rejections,
             coalesced,
@@ -378,6 +395,30 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// An upstream call on `deployment` used `usage`.
+    pub fn tokens(&self, group: &str, deployment: &str, usage: &TokenUsage) {
+        let kinds = [
+            ("input", usage.input),
+            ("output", usage.output),
+            ("cache_read", usage.cache_read),
+            ("cache_write", usage.cache_write),
+        ];
+        for (kind, count) in kinds {
+            // A kind never used has no series, as a group never asked has none.
+            if count == 0 {
+                continue;
+            }
+            self.requests
+                .tokens
+                .get_or_create(&TokenLabels {
+                    group: group.to_owned(),
+                    deployment: deployment.to_owned(),
+                    kind,
+                })
+                .inc_by(count);
+        }
     }
 
     /// An attempt ended.

@@ -70,7 +70,11 @@ pub struct ReloadReport {
     pub swapped: Vec<String>,
     /// Slots whose new policy was refused, with why.
     pub refused: Vec<String>,
-    /// Config changes that need a restart to take effect.
+    /// Other settings that changed and now apply (client keys, the admin
+    /// token, `observability`).
+    pub applied: Vec<String>,
+    /// Settings that changed and need a restart to take effect; the
+    /// gateway runs on with their old values.
     pub needs_restart: Vec<String>,
 }
 
@@ -162,46 +166,18 @@ impl Swapper<'_> {
         Ok(number)
     }
 
-    /// Applies the policies of a re-read config. Policies whose component
-    /// or params changed are swapped in through the gate; anything else that
-    /// changed is reported as needing a restart.
-    pub fn reload(&self, config: &Config, running: &Config) -> ReloadReport {
+    /// Applies the policies of a re-read config to the groups that run:
+    /// those whose component or params changed are swapped in through the
+    /// gate. (Anything else that changed is the reload's to report.)
+    pub fn reload(&self, config: &Config) -> ReloadReport {
         let mut report = ReloadReport::default();
-        if config.deployments != running.deployments {
-            report.needs_restart.push("deployments".into());
-        }
-        // Budgets and jobs are set up at start (their books and workers).
-        if config.accounts != running.accounts {
-            report.needs_restart.push("accounts".into());
-        }
-        if config.jobs != running.jobs {
-            report.needs_restart.push("jobs".into());
-        }
         for group in &config.model_groups {
-            let Some(live) = self.router.group(&group.name) else {
-                report
-                    .needs_restart
-                    .push(format!("model group `{}` (new)", group.name));
+            if self.router.group(&group.name).is_none() {
                 continue;
-            };
-            let mut members: Vec<&str> =
-                live.members.iter().map(|d| d.config.id.as_str()).collect();
-            let mut wanted: Vec<&str> = group.deployments.iter().map(String::as_str).collect();
-            members.sort_unstable();
-            wanted.sort_unstable();
-            if members != wanted {
-                report
-                    .needs_restart
-                    .push(format!("model group `{}` deployments", group.name));
             }
             for kind in PolicyKind::ALL {
-                let policy = match kind {
-                    PolicyKind::Selection => &group.policies.selection,
-                    PolicyKind::Cooldown => &group.policies.cooldown,
-                    PolicyKind::Fallback => &group.policies.fallback,
-                };
                 let key = crate::vocabulary::SlotId::new(&group.name, kind).to_string();
-                match self.reload_slot(&group.name, kind, policy) {
+                match self.reload_slot(&group.name, kind, group.policies_of(kind)) {
                     Ok(true) => report.swapped.push(key),
                     Ok(false) => {}
                     Err(e) => {

@@ -53,7 +53,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
 /// The caller of a request with `headers` (see [`Caller`]'s extractor).
 pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, GatewayError> {
-    if let Some(keyed) = state.api_keys.authenticate(headers)? {
+    if let Some(keyed) = state.access.rules().keys.authenticate(headers)? {
         return Ok(keyed);
     }
     let priority = header_number::<i32>(headers, PRIORITY_HEADER)?.unwrap_or(0);

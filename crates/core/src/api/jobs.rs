@@ -188,7 +188,7 @@ async fn own_job(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Job,
 
 /// With API keys a job is its submitter's; an open gateway shows every job.
 fn visible(who: &Caller, state: &AppState, job: &Job) -> bool {
-    !state.api_keys.enabled() || who.user == job.user
+    !state.access.rules().keys.enabled() || who.user == job.user
 }
 
 /// `GET /v1/jobs/{id}`: its status, runs, timestamps and, once it has
@@ -299,7 +299,12 @@ pub async fn list(
         }
         let page = jobs
             .page(PageQuery {
-                user: state.api_keys.enabled().then(|| who.user.clone()),
+                user: state
+                    .access
+                    .rules()
+                    .keys
+                    .enabled()
+                    .then(|| who.user.clone()),
                 after: query.after,
                 limit,
             })
@@ -331,7 +336,7 @@ impl crate::jobs::JobRunner for AppState {
                 priority: job.priority,
                 max_concurrent: job.max_concurrent,
                 // Its key was checked when it was submitted.
-                keyed: job.user.is_some() && self.api_keys.enabled(),
+                keyed: job.user.is_some() && self.access.rules().keys.enabled(),
             };
             match &job.route {
                 JobRoute::Converse { model } => {

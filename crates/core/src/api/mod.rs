@@ -1,6 +1,7 @@
 //! The HTTP API: Bedrock-compatible routes, the admin API, health and
 //! metrics, and their errors.
 
+pub mod access;
 mod admin;
 mod anthropic;
 pub mod auth;
@@ -33,15 +34,13 @@ pub(crate) use reload::reload;
 pub struct AppState {
     /// Routing behind the fair queue: what every model call goes to.
     pub service: Service,
-    /// The client API keys (none: the gateway runs open).
-    pub api_keys: auth::ApiKeys,
+    /// The client API keys, the admin token and who may read the stats.
+    pub access: access::Access,
     /// Where quotas, cooldowns and the rest are shared with sibling instances.
     pub shared_state: Arc<dyn crate::state::StateBackend>,
     /// This instance's copy of the shared state (the backend holds it weakly).
     pub state_mirror: Arc<dyn crate::state::ChangeSink>,
     pub runtime: PolicyRuntime,
-    /// The bearer token `/admin` requires; `None` turns `/admin` off.
-    pub admin_token: Option<String>,
     /// The config the gateway runs, as last loaded.
     pub running_config: Mutex<Config>,
     /// Where the config came from, for reloads.
@@ -142,12 +141,6 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
             state.clone(),
             admin::require_token,
         ));
-    // Without a token there is no admin API at all, not a locked one.
-    let admin = if state.admin_token.is_some() {
-        admin
-    } else {
-        HttpRouter::new()
-    };
     // Each group refuses a body declared too large in its own error shape.
     let refuse_over = |render: body::Render| {
         axum::middleware::from_fn(move |request, next| {
@@ -187,21 +180,12 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/model_stats", get(stats::model_stats))
         .route("/cooldowns", get(stats::cooldowns))
         .route("/queue_stats", get(stats::queue_stats))
-        .route("/state_stats", get(stats::state_stats));
-    let require_key = state
-        .running_config
-        .lock()
-        .expect("config poisoned")
-        .observability
-        .require_key;
-    let observability = if require_key {
-        observability.route_layer(axum::middleware::from_fn_with_state(
+        .route("/state_stats", get(stats::state_stats))
+        // Always layered: a reload may turn `require_key` on or off.
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             stats::require_observer,
-        ))
-    } else {
-        observability
-    };
+        ));
     HttpRouter::new()
         .merge(api)
         .merge(admin)

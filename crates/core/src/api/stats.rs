@@ -177,19 +177,17 @@ pub async fn cooldowns(State(state): State<Arc<AppState>>) -> Response {
     Json(json!({ "cooldowns": cooldowns })).into_response()
 }
 
-/// Runs before the stats routes when `[observability] require_key` is on.
+/// Runs before the stats routes: with `[observability] require_key` on,
+/// lets only a client key or the admin token through.
 pub async fn require_observer(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let allowed = super::auth::presented_observer_key(request.headers()).is_some_and(|key| {
-        state.api_keys.is_client_key(&key)
-            || state
-                .admin_token
-                .as_deref()
-                .is_some_and(|token| super::auth::same_secret(&key, token))
-    });
+    let rules = state.access.rules();
+    let allowed = !rules.require_key
+        || super::auth::presented_observer_key(request.headers())
+            .is_some_and(|key| rules.keys.is_client_key(&key) || rules.is_admin_token(&key));
     if allowed {
         next.run(request).await
     } else {

@@ -4,6 +4,7 @@
 //! Parsing is strict (unknown keys are errors) and validation names the key
 //! at fault, so a typo fails at start instead of silently routing wrong.
 
+pub mod changes;
 mod jobs;
 pub mod preset;
 pub mod show;

@@ -21,6 +21,7 @@
 mod group;
 mod more_calls;
 mod record;
+mod usage_book;
 mod wit;
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ pub use wit::candidate;
 
 use group::PolicyObserver;
 use record::PendingAttempt;
+use usage_book::UsageBook;
 
 /// A client request on its way to a model group.
 #[derive(Debug, Clone)]
@@ -382,6 +384,7 @@ impl Router {
                 .clone()
                 .map(|u| (group.affinity.clone(), u, member)),
             ticket: Some(ticket),
+            book: UsageBook::new(self.metrics.clone(), group.name.clone(), deployment.clone()),
         }
     }
 
@@ -458,7 +461,12 @@ impl Router {
                 deployment = %deployment.config.id,
                 attempt = attempt_number
             );
-            let more = MoreCalls::new(deployment.clone(), self.clock.clone(), request.deadline);
+            let more = MoreCalls::new(
+                deployment.clone(),
+                self.clock.clone(),
+                request.deadline,
+                pending.book.clone(),
+            );
             let result = attempt(deployment.upstream.clone(), request.body.clone(), more)
                 .instrument(attempt_span)
                 .await;

@@ -13,9 +13,10 @@ use std::time::Duration;
 use switchyard_clock::SharedClock;
 
 use super::group::Deployment;
+use super::usage_book::UsageBook;
 use super::CONCURRENCY_RECHECK_MS;
 use crate::admission::{Refusal, Ticket};
-use crate::upstream::AttemptFailure;
+use crate::upstream::{AttemptFailure, TokenUsage};
 
 /// What an attempt may use to make more calls to its deployment.
 #[derive(Clone)]
@@ -24,6 +25,7 @@ pub struct MoreCalls {
     clock: SharedClock,
     /// Until when a call may wait for quota: the request's deadline.
     deadline: tokio::time::Instant,
+    book: UsageBook,
 }
 
 /// Places of concurrency an attempt took beyond its own; given back on drop.
@@ -54,17 +56,20 @@ pub struct CallGrant {
     deployment: Arc<Deployment>,
     clock: SharedClock,
     ticket: Option<Ticket>,
+    book: UsageBook,
 }
 
 impl CallGrant {
-    /// The call ended (`success` or not), having used `used_tokens` when
-    /// known.
-    pub fn finish(mut self, success: bool, used_tokens: Option<u64>) {
+    /// The call ended (`success` or not), having used `usage` when known.
+    pub fn finish(mut self, success: bool, usage: Option<TokenUsage>) {
         if let Some(ticket) = self.ticket.take() {
             let now = self.clock.now_ms();
             self.deployment
                 .admission
-                .finish_call(ticket, success, used_tokens, now);
+                .finish_call(ticket, success, usage.map(|u| u.total()), now);
+        }
+        if let Some(usage) = &usage {
+            self.book.book(usage);
         }
     }
 }
@@ -85,11 +90,13 @@ impl MoreCalls {
         deployment: Arc<Deployment>,
         clock: SharedClock,
         deadline: tokio::time::Instant,
+        book: UsageBook,
     ) -> Self {
         Self {
             deployment,
             clock,
             deadline,
+            book,
         }
     }
 
@@ -117,6 +124,7 @@ impl MoreCalls {
                         deployment: self.deployment.clone(),
                         clock: self.clock.clone(),
                         ticket: Some(ticket),
+                        book: self.book.clone(),
                     })
                 }
                 Err(Refusal::Concurrency) => CONCURRENCY_RECHECK_MS,

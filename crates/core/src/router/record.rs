@@ -10,9 +10,10 @@ use crate::clock::SharedClock;
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::policy::{self, CallOptions, DeploymentTable, PolicySlot, PolicyVersion};
 use crate::state::Change;
-use crate::upstream::{AttemptFailure, StreamEnd};
+use crate::upstream::{AttemptFailure, StreamEnd, TokenUsage};
 
 use super::group::{Deployment, PolicyObserver, UserAffinity};
+use super::usage_book::UsageBook;
 use super::wit::candidate;
 use crate::attempt::{safe_cooldown, settle, Settled};
 
@@ -27,19 +28,19 @@ pub struct AttemptEnd {
     pub detail: Option<String>,
     /// Bedrock's status, when it answered with an error.
     pub upstream_status: Option<u16>,
-    /// The tokens (input plus output) Bedrock said the attempt used.
-    pub used_tokens: Option<u64>,
+    /// The tokens Bedrock said the attempt used.
+    pub usage: Option<TokenUsage>,
 }
 
 impl AttemptEnd {
-    /// A success that used `used_tokens`, when Bedrock said.
-    pub fn success(used_tokens: Option<u64>) -> Self {
+    /// A success that used `usage`, when Bedrock said.
+    pub fn success(usage: Option<TokenUsage>) -> Self {
         Self {
             kind: OutcomeKind::Success,
             retry_after_ms: None,
             detail: None,
             upstream_status: None,
-            used_tokens,
+            usage,
         }
     }
 
@@ -50,7 +51,7 @@ impl AttemptEnd {
             retry_after_ms: failure.retry_after_ms,
             detail: Some(failure.detail.clone()),
             upstream_status: failure.status,
-            used_tokens: None,
+            usage: None,
         }
     }
 
@@ -61,7 +62,7 @@ impl AttemptEnd {
             retry_after_ms: None,
             detail: end.detail,
             upstream_status: None,
-            used_tokens: end.used_tokens,
+            usage: end.usage,
         }
     }
 }
@@ -137,6 +138,8 @@ pub(super) struct PendingAttempt {
     pub(super) affinity: Option<(Arc<UserAffinity>, String, usize)>,
     /// What admission let the attempt take (None once settled).
     pub(super) ticket: Option<Ticket>,
+    /// Where the tokens it used are booked.
+    pub(super) book: UsageBook,
 }
 
 impl Drop for PendingAttempt {
@@ -159,13 +162,16 @@ impl PendingAttempt {
             retry_after_ms,
             detail,
             upstream_status,
-            used_tokens,
+            usage,
         } = end;
         let now = self.clock.now_ms();
         if let Some(ticket) = self.ticket.take() {
             self.deployment
                 .admission
-                .finish(ticket, kind, used_tokens, now);
+                .finish(ticket, kind, usage.map(|u| u.total()), now);
+        }
+        if let Some(usage) = &usage {
+            self.book.book(usage);
         }
         let outcome = Outcome {
             deployment: self.deployment.config.id.clone(),

@@ -15,7 +15,7 @@ use crate::clock::TokioClock;
 use crate::config::Config;
 use crate::gateway::{Gateway, Upstreams};
 use crate::outcome::OutcomeKind;
-use crate::upstream::{AttemptFailure, Upstream};
+use crate::upstream::{AttemptFailure, TokenUsage, Upstream};
 
 /// Deployments `a` (priority 1) and `b` (priority 2) in group `g`, with
 /// `extra` TOML for `a` (its quotas), behind the default policies:
@@ -134,7 +134,9 @@ async fn route(
 
 /// Finishes a routed answer as delivered.
 fn deliver(routed: Routed<&'static str>) -> String {
-    routed.completion.finish(AttemptEnd::success(Some(10)));
+    routed
+        .completion
+        .finish(AttemptEnd::success(Some(TokenUsage::input(10))));
     routed.deployment
 }
 

@@ -21,7 +21,9 @@ pub use error::{ErrorCode, GatewayError};
 
 use crate::admission::{FairQueue, Permit};
 use crate::router::{AttemptEnd, MoreCalls, RouteRequest, Routed, Router};
-use crate::upstream::{AttemptFailure, ConverseReply, InvokeReply, OpenStream, Upstream};
+use crate::upstream::{
+    AttemptFailure, ConverseReply, InvokeReply, OpenStream, TokenUsage, Upstream,
+};
 
 /// One call of a model group.
 #[derive(Debug, Clone)]
@@ -142,15 +144,15 @@ pub struct Admitted<T> {
 
 impl<T> Admitted<T> {
     /// The answer is delivered (a whole one, not a stream): records the
-    /// attempt's success with the tokens it `used`, when known, and gives
-    /// the call's place in the queue back.
-    pub fn delivered(self, used_tokens: Option<u64>) -> Delivered<T> {
+    /// attempt's success with the tokens it used (its `usage`), when known,
+    /// and gives the call's place in the queue back.
+    pub fn delivered(self, usage: Option<TokenUsage>) -> Delivered<T> {
         let Self {
             request_id,
             routed,
             permit,
         } = self;
-        routed.completion.finish(AttemptEnd::success(used_tokens));
+        routed.completion.finish(AttemptEnd::success(usage));
         drop(permit);
         Delivered {
             request_id,

@@ -12,6 +12,7 @@ mod classify;
 mod credentials;
 mod passthrough;
 mod signed;
+mod usage;
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use futures::channel::mpsc;
 pub use classify::AttemptFailure;
 pub use credentials::DeploymentCredentials;
 pub use signed::TransportError;
+pub use usage::TokenUsage;
 
 use crate::config::{DeploymentConfig, Limits};
 use crate::outcome::OutcomeKind;
@@ -75,6 +77,21 @@ pub struct InvokeReply {
     pub content_type: String,
     /// The input tokens Bedrock counted (its `x-amzn-bedrock-input-token-count`).
     pub input_tokens: Option<u64>,
+    /// The output tokens Bedrock counted (its `x-amzn-bedrock-output-token-count`).
+    pub output_tokens: Option<u64>,
+}
+
+impl InvokeReply {
+    /// The tokens the answer used: the Anthropic body's usage (which tells
+    /// cache reads and writes apart), else Bedrock's counting headers.
+    pub fn usage(&self) -> Option<TokenUsage> {
+        let counted = self.input_tokens.map(|input| TokenUsage {
+            input,
+            output: self.output_tokens.unwrap_or(0),
+            ..TokenUsage::default()
+        });
+        TokenUsage::of_invoke(&self.body, counted)
+    }
 }
 
 /// A stream (ConverseStream or InvokeModelWithResponseStream) that has
@@ -100,9 +117,9 @@ pub struct StreamEnd {
     pub kind: OutcomeKind,
     /// Bedrock's words for a failure.
     pub detail: Option<String>,
-    /// The tokens (input plus output) the stream's metadata event reported,
-    /// to settle the quota with instead of the reservation.
-    pub used_tokens: Option<u64>,
+    /// The tokens the stream's last event reported, to settle the quota
+    /// with instead of the reservation.
+    pub usage: Option<TokenUsage>,
 }
 
 impl Upstream {
@@ -218,7 +235,7 @@ impl Upstream {
             output.stream,
             raw,
             classify::converse_stream_exception,
-            converse_stream_usage,
+            TokenUsage::of_converse_stream,
         )
         .await
     }
@@ -233,6 +250,7 @@ impl Upstream {
                 .content_type
                 .unwrap_or_else(|| "application/json".to_owned()),
             input_tokens: answer.input_tokens,
+            output_tokens: answer.output_tokens,
         })
     }
 
@@ -276,7 +294,7 @@ impl Upstream {
             output.body,
             raw,
             classify::invoke_stream_exception,
-            invoke_stream_usage,
+            TokenUsage::of_invoke_stream,
         )
         .await
     }
@@ -289,7 +307,7 @@ impl Upstream {
         mut events: EventReceiver<T, E>,
         raw: mpsc::UnboundedReceiver<Bytes>,
         exception: fn(&E) -> Option<&'static str>,
-        usage: fn(&T) -> Option<u64>,
+        usage: fn(&T) -> Option<TokenUsage>,
     ) -> Result<OpenStream, AttemptFailure>
     where
         T: Send + 'static,
@@ -315,7 +333,7 @@ impl Upstream {
         let (to_client, frames) = tokio::sync::mpsc::channel(CLIENT_BUFFER_FRAMES);
         let finished = tokio::spawn(async move {
             let mut raw = raw;
-            let mut used_tokens = usage(&first);
+            let mut used = usage(&first);
             let end = loop {
                 // Forward what the SDK has decoded so far; waiting here for
                 // the client's room is the backpressure on Bedrock.
@@ -330,7 +348,7 @@ impl Upstream {
                 };
                 match next {
                     Ok(Ok(Some(event))) => {
-                        used_tokens = usage(&event).or(used_tokens);
+                        used = usage(&event).or(used);
                         continue;
                     }
                     Ok(Ok(None)) => {
@@ -342,7 +360,7 @@ impl Upstream {
                         return StreamEnd {
                             kind: OutcomeKind::Success,
                             detail: None,
-                            used_tokens,
+                            usage: used,
                         };
                     }
                     Err(_) => break AttemptFailure::timeout("the stream went silent"),
@@ -356,7 +374,7 @@ impl Upstream {
                             return StreamEnd {
                                 kind: failure.kind,
                                 detail: Some(failure.detail),
-                                used_tokens,
+                                usage: used,
                             };
                         }
                         break failure;
@@ -370,7 +388,7 @@ impl Upstream {
             StreamEnd {
                 kind: end.kind,
                 detail: Some(end.detail),
-                used_tokens,
+                usage: used,
             }
         });
         Ok(OpenStream { frames, finished })
@@ -384,43 +402,6 @@ fn client_left() -> StreamEnd {
         kind: OutcomeKind::Success,
         detail: Some("the client left mid-stream; the upstream stream was closed".into()),
         // Unknown: the reservation settles it.
-        used_tokens: None,
+        usage: None,
     }
-}
-
-/// The tokens an InvokeModel stream's last chunk reports: Bedrock adds
-/// `amazon-bedrock-invocationMetrics` to it (input, output, cache reads and
-/// writes), whatever the model family. Other chunks report none; the
-/// reservation settles a stream that never says.
-fn invoke_stream_usage(event: &aws_sdk_bedrockruntime::types::ResponseStream) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Chunk {
-        #[serde(rename = "amazon-bedrock-invocationMetrics")]
-        metrics: Option<Metrics>,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Metrics {
-        input_token_count: Option<u64>,
-        output_token_count: Option<u64>,
-        cache_read_input_token_count: Option<u64>,
-        cache_write_input_token_count: Option<u64>,
-    }
-    let bytes = event.as_chunk().ok()?.bytes()?.as_ref();
-    let metrics = serde_json::from_slice::<Chunk>(bytes).ok()?.metrics?;
-    Some(
-        metrics.input_token_count?
-            + metrics.output_token_count.unwrap_or(0)
-            + metrics.cache_read_input_token_count.unwrap_or(0)
-            + metrics.cache_write_input_token_count.unwrap_or(0),
-    )
-}
-
-/// The tokens a ConverseStream's `metadata` event reports.
-fn converse_stream_usage(
-    event: &aws_sdk_bedrockruntime::types::ConverseStreamOutput,
-) -> Option<u64> {
-    let metadata = event.as_metadata().ok()?;
-    let total = metadata.usage()?.total_tokens();
-    u64::try_from(total).ok()
 }

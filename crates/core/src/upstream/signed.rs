@@ -69,12 +69,14 @@ pub enum TransportError {
     },
 }
 
-/// A successful answer: its body and content type.
+/// A successful answer: its body, content type and the tokens Bedrock's
+/// headers counted.
 #[derive(Debug)]
 pub struct Answer {
     pub body: Bytes,
     pub content_type: Option<String>,
     pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
 }
 
 impl SignedClient {
@@ -179,6 +181,7 @@ impl SignedClient {
         Ok(Answer {
             content_type: header("content-type"),
             input_tokens: header("x-amzn-bedrock-input-token-count").and_then(|v| v.parse().ok()),
+            output_tokens: header("x-amzn-bedrock-output-token-count").and_then(|v| v.parse().ok()),
             body,
         })
     }

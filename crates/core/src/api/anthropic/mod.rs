@@ -35,6 +35,7 @@ use crate::service::{
     estimate_tokens, Admitted, CountTokens, ErrorCode, GatewayError, Invoke, InvokeStream,
     ModelCall,
 };
+use crate::upstream::TokenUsage;
 
 pub(super) use error::error_response;
 
@@ -142,29 +143,6 @@ fn translate(
     })
 }
 
-/// The tokens an Anthropic message's usage counts: input (cache reads and
-/// writes included) and output.
-fn used_tokens(body: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Message {
-        usage: Option<Usage>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Usage {
-        input_tokens: Option<u64>,
-        output_tokens: Option<u64>,
-        cache_creation_input_tokens: Option<u64>,
-        cache_read_input_tokens: Option<u64>,
-    }
-    let usage = serde_json::from_slice::<Message>(body).ok()?.usage?;
-    Some(
-        usage.input_tokens?
-            + usage.output_tokens.unwrap_or(0)
-            + usage.cache_creation_input_tokens.unwrap_or(0)
-            + usage.cache_read_input_tokens.unwrap_or(0),
-    )
-}
-
 /// The call a Messages request makes, once its caller and body are checked.
 fn model_call(
     state: &AppState,
@@ -241,7 +219,7 @@ pub async fn count_tokens(
     };
     match state.service.call(call, &CountTokens).await {
         Ok(admitted) => {
-            let delivered = admitted.delivered(Some(0));
+            let delivered = admitted.delivered(Some(TokenUsage::default()));
             let body = serde_json::json!({ "input_tokens": delivered.value });
             let mut response = axum::Json(body).into_response();
             routed_headers(
@@ -259,8 +237,8 @@ pub async fn count_tokens(
 
 /// Answers with Bedrock's Anthropic message, as it came.
 fn message(admitted: Admitted<crate::upstream::InvokeReply>, request_id: &str) -> Response {
-    let used = used_tokens(&admitted.routed.value.body);
-    let delivered = admitted.delivered(used);
+    let usage = admitted.routed.value.usage();
+    let delivered = admitted.delivered(usage);
     let mut response = (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         delivered.value.body.clone(),
@@ -317,11 +295,5 @@ mod tests {
         let request = translate(body, None, Purpose::CountTokens).unwrap();
         let sent: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(sent["max_tokens"], 2049);
-    }
-
-    #[test]
-    fn usage_counts_cache_reads_and_writes() {
-        let body = br#"{"usage":{"input_tokens":10,"output_tokens":5,"cache_creation_input_tokens":100,"cache_read_input_tokens":1000}}"#;
-        assert_eq!(used_tokens(body), Some(1115));
     }
 }

@@ -27,7 +27,7 @@ use super::request::{check_unmapped, unsupported, Unsupported};
 use super::{error_response, model_group, parse_body, refuse};
 use crate::router::MoreCalls;
 use crate::service::{estimate_tokens, Caller, ErrorCode, GatewayError, ModelCall, Operation};
-use crate::upstream::{AttemptFailure, Upstream};
+use crate::upstream::{AttemptFailure, TokenUsage, Upstream};
 
 /// Most inputs one request may hold (OpenAI's own limit).
 const MAX_INPUTS: usize = 2_048;
@@ -153,7 +153,7 @@ pub async fn embeddings(
         Err(e) => return error_response(&e, &request_id),
         Ok(admitted) => {
             let tokens = admitted.routed.value.attempt_tokens;
-            admitted.delivered(Some(tokens))
+            admitted.delivered(Some(TokenUsage::input(tokens)))
         }
     };
     let Embedded {
@@ -320,7 +320,10 @@ impl EmbeddingJob {
                     let embedded = self.call(upstream, model, texts).await;
                     let covered = grant.is_none();
                     if let Some(grant) = grant {
-                        grant.finish(embedded.is_ok(), embedded.as_ref().ok().map(|e| e.tokens));
+                        grant.finish(
+                            embedded.is_ok(),
+                            embedded.as_ref().ok().map(|e| TokenUsage::input(e.tokens)),
+                        );
                     }
                     embedded.map(|mut e| {
                         e.attempt_tokens = if covered { e.tokens } else { 0 };

@@ -26,7 +26,6 @@ use serde_json::{json, Value};
 
 use futures::FutureExt;
 
-use super::bedrock::used_tokens;
 use super::coalesce;
 use super::error::{retry_after, unreadable_body};
 use super::extract::{routed_headers, CallFacts};
@@ -37,6 +36,7 @@ use crate::service::{
     estimate_tokens, Caller, Converse, ConverseStream, Delivered, ErrorCode, GatewayError,
     ModelCall,
 };
+use crate::upstream::TokenUsage;
 use chunks::ChunkTranslator;
 use request::ChatRequest;
 
@@ -84,7 +84,7 @@ pub(super) fn error_response(e: &GatewayError, request_id: &str) -> Response {
 
 /// `GET /v1/models`: the model groups.
 pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.api_keys.authenticate(&headers) {
+    if let Err(e) = state.access.rules().keys.authenticate(&headers) {
         return error_response(&e, &super::extract::request_id(&headers));
     }
     let router = state.service.router();
@@ -203,8 +203,8 @@ impl Completion {
         call: ModelCall,
     ) -> Result<Delivered<Value>, GatewayError> {
         let admitted = state.service.call(call, &Converse).await?;
-        let used = used_tokens(&admitted.routed.value.body);
-        Ok(admitted.delivered(used).map(|reply| {
+        let usage = TokenUsage::of_converse(&admitted.routed.value.body);
+        Ok(admitted.delivered(usage).map(|reply| {
             let converse: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
             answer::completion(
                 &self.id,

@@ -1,0 +1,34 @@
+//! Where an upstream call's tokens go once Bedrock says how many it used.
+//! Every call books here, an attempt's own and each further call of an
+//! embeddings request alike, so each token is counted once, on the
+//! deployment that spent it.
+
+use std::sync::Arc;
+
+use super::group::Deployment;
+use crate::metrics::Metrics;
+use crate::upstream::TokenUsage;
+
+/// The book of one attempt's calls: its model group and deployment.
+#[derive(Clone)]
+pub(crate) struct UsageBook {
+    metrics: Arc<Metrics>,
+    group: String,
+    deployment: Arc<Deployment>,
+}
+
+impl UsageBook {
+    pub(super) fn new(metrics: Arc<Metrics>, group: String, deployment: Arc<Deployment>) -> Self {
+        Self {
+            metrics,
+            group,
+            deployment,
+        }
+    }
+
+    /// Books what one call used.
+    pub(crate) fn book(&self, usage: &TokenUsage) {
+        self.metrics
+            .tokens(&self.group, &self.deployment.config.id, usage);
+    }
+}
