@@ -41,6 +41,20 @@ struct TokenLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TeamTokenLabels {
+    team: String,
+    group: String,
+    /// input, output, cache_read or cache_write.
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TeamLabels {
+    team: String,
+    group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeploymentLabels {
     deployment: String,
 }
@@ -127,6 +141,8 @@ struct RequestMetrics {
     attempts: Family<AttemptLabels, Counter>,
     attempt_seconds: Family<DeploymentLabels, Histogram>,
     tokens: Family<TokenLabels, Counter>,
+    team_tokens: Family<TeamTokenLabels, Counter>,
+    spend_usd: Family<TeamLabels, Counter<f64, AtomicU64>>,
     admission_skips: Family<SkipLabels, Counter>,
     queue_rejections: Family<RequestLabels, Counter>,
     coalesced: Family<GroupLabels, Counter>,
@@ -161,6 +177,18 @@ impl RequestMetrics {
             "tokens",
             "Tokens Bedrock's answers said they used, by deployment and kind (input, output, cache_read, cache_write)",
             tokens.clone(),
+        );
+        let team_tokens = Family::<TeamTokenLabels, Counter>::default();
+        registry.register(
+            "team_tokens",
+            "Tokens used by each team's keys, by model group and kind (team \"\": calls without a team's key)",
+            team_tokens.clone(),
+        );
+        let spend_usd = Family::<TeamLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "spend_usd",
+            "What answers cost at the price table's on-demand prices, in USD, by team and model group",
+            spend_usd.clone(),
         );
         let admission_skips = Family::<SkipLabels, Counter>::default();
         registry.register(
@@ -197,6 +225,8 @@ impl RequestMetrics {
             attempts,
             attempt_seconds,
             tokens,
+            team_tokens,
+            spend_usd,
             admission_skips,
             queue_rejections,
             coalesced,
@@ -399,13 +429,7 @@ impl Metrics {
 
     /// An upstream call on `deployment` used `usage`.
     pub fn tokens(&self, group: &str, deployment: &str, usage: &TokenUsage) {
-        let kinds = [
-            ("input", usage.input),
-            ("output", usage.output),
-            ("cache_read", usage.cache_read),
-            ("cache_write", usage.cache_write),
-        ];
-        for (kind, count) in kinds {
+        for (kind, count) in usage.kinds() {
             // A kind never used has no series, as a group never asked has none.
             if count == 0 {
                 continue;
@@ -418,6 +442,33 @@ impl Metrics {
                     kind,
                 })
                 .inc_by(count);
+        }
+    }
+
+    /// A call of `team`'s key (`""`: none) on `group` used `usage`,
+    /// which cost `usd`.
+    pub fn team_spend(&self, team: &str, group: &str, usage: &TokenUsage, usd: f64) {
+        for (kind, count) in usage.kinds() {
+            if count == 0 {
+                continue;
+            }
+            self.requests
+                .team_tokens
+                .get_or_create(&TeamTokenLabels {
+                    team: team.to_owned(),
+                    group: group.to_owned(),
+                    kind,
+                })
+                .inc_by(count);
+        }
+        if usd > 0.0 {
+            self.requests
+                .spend_usd
+                .get_or_create(&TeamLabels {
+                    team: team.to_owned(),
+                    group: group.to_owned(),
+                })
+                .inc_by(usd);
         }
     }
 

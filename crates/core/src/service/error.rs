@@ -57,6 +57,10 @@ pub enum ErrorCode {
     InvalidPolicy,
     InvalidParams,
     InvalidConfig,
+    KeyRateLimited,
+    TeamRateLimited,
+    KeyBudgetExhausted,
+    TeamBudgetExhausted,
     Internal,
 }
 
@@ -100,6 +104,10 @@ impl ErrorCode {
             Self::InvalidPolicy => "invalid_policy",
             Self::InvalidParams => "invalid_params",
             Self::InvalidConfig => "invalid_config",
+            Self::KeyRateLimited => "key_rate_limited",
+            Self::TeamRateLimited => "team_rate_limited",
+            Self::KeyBudgetExhausted => "key_budget_exhausted",
+            Self::TeamBudgetExhausted => "team_budget_exhausted",
             Self::Internal => "internal",
         }
     }
@@ -136,7 +144,11 @@ impl ErrorCode {
             | Self::UserQueueFull
             | Self::NoCapacity
             | Self::JobQuotaExceeded
-            | Self::AllAttemptsThrottled => StatusCode::TOO_MANY_REQUESTS,
+            | Self::AllAttemptsThrottled
+            | Self::KeyRateLimited
+            | Self::TeamRateLimited
+            | Self::KeyBudgetExhausted
+            | Self::TeamBudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::DeadlineInQueue => StatusCode::GATEWAY_TIMEOUT,
             Self::AllAttemptsFailed | Self::JobStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::JobEnded | Self::NothingToRollBackTo => StatusCode::CONFLICT,
@@ -198,6 +210,14 @@ pub enum GatewayError {
         detail: String,
         attempts: Vec<AttemptRecord>,
     },
+    /// A key's or a team's limit refused the call until `retry_after_ms`
+    /// from now (a rate limit, or a budget until its period renews).
+    #[error("{message}")]
+    Limited {
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: u64,
+    },
     /// Something in the gateway broke.
     #[error("{message}")]
     Internal { message: String },
@@ -241,7 +261,7 @@ impl GatewayError {
     /// Its stable code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Refused { code, .. } => *code,
+            Self::Refused { code, .. } | Self::Limited { code, .. } => *code,
             Self::Queue(AdmitError::QueueFull { .. }) => ErrorCode::QueueFull,
             Self::Queue(AdmitError::UserQueueFull { .. }) => ErrorCode::UserQueueFull,
             Self::Queue(AdmitError::DeadlineInQueue { .. }) => ErrorCode::DeadlineInQueue,
@@ -269,9 +289,9 @@ impl GatewayError {
             Self::Queue(AdmitError::QueueFull { .. } | AdmitError::UserQueueFull { .. }) => {
                 Some(1_000)
             }
-            Self::NoCapacity { retry_after_ms } | Self::AllThrottled { retry_after_ms, .. } => {
-                Some(*retry_after_ms)
-            }
+            Self::NoCapacity { retry_after_ms }
+            | Self::AllThrottled { retry_after_ms, .. }
+            | Self::Limited { retry_after_ms, .. } => Some(*retry_after_ms),
             Self::AllFailed { retry_after_ms, .. } => *retry_after_ms,
             _ => None,
         }

@@ -101,10 +101,16 @@ impl LocalQuotas {
     }
 }
 
+/// Books made after the start: (rpm, tpm) limits and the books.
+type AddedQuotas = HashMap<String, ((Option<u64>, Option<u64>), LocalQuotas)>;
+
 /// Quotas kept in this process; nothing is shared.
 #[derive(Debug)]
 pub struct MemoryState {
     quotas: HashMap<String, Mutex<LocalQuotas>>,
+    /// Keys' and teams' books, by pool, with the limits they were made for.
+    added: Mutex<AddedQuotas>,
+    window_ms: u64,
     /// By account, made at its first request.
     budgets: Mutex<HashMap<String, BudgetBook>>,
     divisor: u64,
@@ -125,6 +131,8 @@ impl MemoryState {
                 })
                 .collect(),
             budgets: Mutex::new(HashMap::new()),
+            added: Mutex::new(HashMap::new()),
+            window_ms,
             divisor,
         }
     }
@@ -175,10 +183,26 @@ impl MemoryState {
         self.with_budget(budget, |b| b.usage(now_ms))
     }
 
-    fn books(&self, quota: &QuotaSpec) -> Option<std::sync::MutexGuard<'_, LocalQuotas>> {
-        self.quotas
-            .get(&quota.pool)
-            .map(|m| m.lock().expect("quota books poisoned"))
+    /// Runs `f` on `quota`'s books: a deployment's, made at the start, or
+    /// a key's or a team's, made at its first request and made again when
+    /// its limits change. `None`: the quota is not limited.
+    fn with_books<R>(&self, quota: &QuotaSpec, f: impl FnOnce(&mut LocalQuotas) -> R) -> Option<R> {
+        if let Some(books) = self.quotas.get(&quota.pool) {
+            return Some(f(&mut books.lock().expect("quota books poisoned")));
+        }
+        if quota.rpm.is_none() && quota.tpm.is_none() {
+            return None;
+        }
+        let mut added = self.added.lock().expect("quota books poisoned");
+        let books = match added.get_mut(&quota.pool) {
+            Some((limits, books)) if *limits == (quota.rpm, quota.tpm) => books,
+            _ => {
+                let books = LocalQuotas::new(quota, self.divisor, self.window_ms);
+                added.insert(quota.pool.clone(), ((quota.rpm, quota.tpm), books));
+                &mut added.get_mut(&quota.pool).expect("inserted above").1
+            }
+        };
+        Some(f(books))
     }
 
     /// Takes the quota at once, or says why not.
@@ -188,8 +212,8 @@ impl MemoryState {
         tokens: u64,
         now_ms: u64,
     ) -> Result<QuotaGrant, Refusal> {
-        match self.books(quota) {
-            Some(mut books) => books.reserve(tokens, now_ms),
+        match self.with_books(quota, |books| books.reserve(tokens, now_ms)) {
+            Some(answer) => answer,
             None => Ok(QuotaGrant {
                 source: GrantSource::Local,
                 id: u64::MAX,
@@ -204,7 +228,7 @@ impl MemoryState {
     /// Books a spend made through another store, so these books stay a
     /// conservative picture of this instance's own use.
     pub fn record_spend(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> Option<u64> {
-        self.books(quota).map(|mut b| b.take(tokens, now_ms).id)
+        self.with_books(quota, |b| b.take(tokens, now_ms).id)
     }
 
     /// Settles grant `id` of these books.
@@ -216,9 +240,9 @@ impl MemoryState {
         used_tokens: u64,
         now_ms: u64,
     ) {
-        if let Some(mut books) = self.books(quota) {
-            books.settle(id, request, used_tokens, now_ms);
-        }
+        self.with_books(quota, |books| {
+            books.settle(id, request, used_tokens, now_ms)
+        });
     }
 }
 
@@ -250,14 +274,13 @@ impl QuotaBooks for MemoryState {
     }
 
     fn quota_view(&self, quota: &QuotaSpec, now_ms: u64) -> QuotaView {
-        self.books(quota)
-            .map(|mut b| b.view(now_ms))
+        self.with_books(quota, |b| b.view(now_ms))
             .unwrap_or_default()
     }
 
     fn quota_wait_ms(&self, quota: &QuotaSpec, tokens: u64, now_ms: u64) -> u64 {
-        self.books(quota)
-            .map_or(0, |mut b| b.wait_ms(tokens, now_ms))
+        self.with_books(quota, |b| b.wait_ms(tokens, now_ms))
+            .unwrap_or(0)
     }
 }
 

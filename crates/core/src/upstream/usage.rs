@@ -30,6 +30,16 @@ impl TokenUsage {
         }
     }
 
+    /// Each kind's count, by its name in metrics and reports.
+    pub fn kinds(&self) -> [(&'static str, u64); 4] {
+        [
+            ("input", self.input),
+            ("output", self.output),
+            ("cache_read", self.cache_read),
+            ("cache_write", self.cache_write),
+        ]
+    }
+
     /// Every token of every kind: what a tokens-per-minute quota counts.
     pub fn total(&self) -> u64 {
         self.input + self.output + self.cache_read + self.cache_write

@@ -19,6 +19,8 @@
 
 mod budget;
 mod keys;
+mod lazy;
+pub use lazy::LazyConnection;
 mod link;
 
 use std::collections::{HashMap, VecDeque};
