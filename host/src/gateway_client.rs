@@ -34,6 +34,27 @@ pub async fn call(
     bearer: Option<&str>,
     body: Option<(&'static str, Vec<u8>)>,
 ) -> Result<serde_json::Value, ClientError> {
+    let (status, body) = exchange(gateway, method, path, bearer, body).await?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Refused {
+        status,
+        body: format!("unreadable answer: {e}"),
+    })
+}
+
+/// A GET of `path` whose answer is text (a CSV report, say).
+pub async fn get_text(gateway: &str, path: &str, bearer: &str) -> Result<String, ClientError> {
+    let (_, body) = exchange(gateway, "GET", path, Some(bearer), None).await?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends one request; a 2xx answer's status and body, else `Refused`.
+async fn exchange(
+    gateway: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<(&'static str, Vec<u8>)>,
+) -> Result<(u16, Bytes), ClientError> {
     let base = gateway.trim_end_matches('/');
     if !base.starts_with("http://") {
         return Err(ClientError::Url(gateway.to_owned()));
@@ -67,10 +88,7 @@ pub async fn call(
             body: String::from_utf8_lossy(&body).into_owned(),
         });
     }
-    serde_json::from_slice(&body).map_err(|e| ClientError::Refused {
-        status,
-        body: format!("unreadable answer: {e}"),
-    })
+    Ok((status, body))
 }
 
 /// Uploads `component` into `group`'s `kind` slot; activates it unless

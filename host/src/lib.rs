@@ -12,8 +12,8 @@ pub mod gateway_client;
 pub use switchyard_authoring as authoring;
 pub use switchyard_clock as clock;
 pub use switchyard_core::{
-    admission, api, attempt, config, edge, error_chain, gateway, health, jobs, metrics, offline,
-    outcome, policy, router, service, state, swap, upstream, vocabulary,
+    admission, api, attempt, config, edge, error_chain, gateway, health, jobs, keys, metrics,
+    offline, outcome, policy, router, service, spend, state, swap, upstream, vocabulary,
 };
 pub use switchyard_lab as lab;
 pub use switchyard_sim as sim;

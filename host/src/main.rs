@@ -1,6 +1,7 @@
 //! The `switchyard` command: run the gateway, run the Bedrock simulator.
 
 mod jobs_command;
+mod keys_command;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,27 @@ enum Command {
     /// Async jobs of a running gateway: list, show, cancel.
     #[command(subcommand)]
     Jobs(jobs_command::JobsCommand),
+    /// API keys of a running gateway: create, list, show, disable, enable,
+    /// rotate, update, delete.
+    ///
+    /// Each key belongs to a team and may have limits of its own (requests
+    /// and tokens per minute, requests running at once, token and USD
+    /// budgets per UTC day, week from Monday, and month). A key's secret is
+    /// printed once, when it is created or rotated. Needs the admin token.
+    #[command(subcommand)]
+    Keys(keys_command::KeysCommand),
+    /// Teams of a running gateway: create, list, show, set-limits, delete.
+    ///
+    /// A team's limits are shared by all its keys; its spend is counted per
+    /// UTC day, week (from Monday) and month. Needs the admin token.
+    #[command(subcommand)]
+    Teams(keys_command::TeamsCommand),
+    /// Usage report of a running gateway: requests, tokens and USD.
+    ///
+    /// One row per team, key, user, model, model group, deployment or day,
+    /// over a range of UTC days, and a total; --csv for spreadsheets. Needs
+    /// the admin token.
+    Usage(keys_command::UsageArgs),
     /// The policy lab: compare policy combinations on a scenario.
     ///
     /// Runs each `[[policies]]` entry of the scenario over the same arrivals
@@ -612,6 +634,9 @@ async fn main() -> ExitCode {
             json,
         } => lab(&scenario, &out, json),
         Command::Jobs(command) => jobs_command::run(command).await,
+        Command::Keys(command) => keys_command::keys(command).await,
+        Command::Teams(command) => keys_command::teams(command).await,
+        Command::Usage(args) => keys_command::usage(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ mod fair_queue;
 mod fuzz;
 mod hot_reload;
 mod jobs;
+mod keys_and_teams;
 mod lab;
 mod policy_faults;
 mod policy_library;

@@ -19,13 +19,18 @@ use crate::config::{Config, ConfigError, CredentialsConfig};
 use crate::edge::{self, HttpConfig};
 use crate::health::DeploymentHealth;
 use crate::jobs::JobRunner;
+use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::policy::{
     KvStore, LoadError, PolicyKind, PolicyRuntime, PolicySlot, PolicyVersion, RollbackRule,
 };
 use crate::router::{Deployment, GroupSlots, ModelGroup, Router};
 use crate::service::Service;
-use crate::state::{self, ChangeSink, QuotaSpec, SlotId, StateBackend, StateError};
+use crate::spend::counters::Counters;
+use crate::spend::prices::PriceTable;
+use crate::spend::Spending;
+use crate::state::redis::LazyConnection;
+use crate::state::{self, BackendKind, ChangeSink, QuotaSpec, SlotId, StateBackend, StateError};
 use crate::swap::{self, ReloadReport, SwapError, Swapper};
 use crate::upstream::{Upstream, UpstreamError};
 use mirror::GatewayMirror;
@@ -50,9 +55,107 @@ pub enum StartError {
     /// The shared state backend could not start.
     #[error("the shared state backend could not start")]
     State(#[source] StateError),
+    /// A `[prices]` entry is not a price.
+    #[error("prices.\"{model}\": {problem}")]
+    Prices { model: String, problem: String },
     /// The job store could not be opened.
     #[error("async jobs could not start")]
     Jobs(#[source] crate::jobs::StoreError),
+}
+
+/// The books of spend and the key store: in Redis when state is shared,
+/// else in this process and the embedded store.
+fn spend_books(
+    config: &Config,
+    shared: &Arc<dyn StateBackend>,
+    clock: &SharedClock,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<Spending>, KeyStore), StartError> {
+    let prefix = config.state.key_prefix.clone();
+    let redis = match (&config.state.backend, &config.state.url) {
+        (BackendKind::Redis, Some(url)) => {
+            // Budget reads and key loads are rarer than quota calls and
+            // may take a little longer than they may.
+            let timeout = Duration::from_millis(config.state.timeout_ms.max(250));
+            let conn = LazyConnection::new(url, timeout).map_err(|source| {
+                StartError::State(StateError::Url {
+                    url: url.clone(),
+                    source,
+                })
+            })?;
+            Some(Arc::new(conn))
+        }
+        _ => None,
+    };
+    let counters = match &redis {
+        Some(conn) => Counters::redis(conn.clone()),
+        None => Counters::memory(),
+    };
+    let key_store = match redis {
+        Some(conn) => KeyStore::Redis {
+            conn,
+            prefix: prefix.clone(),
+        },
+        None => KeyStore::Embedded(
+            config
+                .key_store
+                .data_dir
+                .clone()
+                .or_else(|| crate::config::JobsConfig::default().dir()),
+        ),
+    };
+    let prices = PriceTable::with(&config.prices)
+        .map_err(|(model, problem)| StartError::Prices { model, problem })?;
+    let quotas: Arc<dyn crate::state::QuotaBooks> = shared.clone();
+    let spending = Spending::new(
+        prices,
+        counters,
+        &prefix,
+        quotas,
+        clock.clone(),
+        metrics.clone(),
+    );
+    Ok((Arc::new(spending), key_store))
+}
+
+/// How often instances look for a change of the shared key store.
+const KEY_STORE_POLL: Duration = Duration::from_millis(250);
+
+/// Loads the key store's keys and teams into the access rules: once for
+/// the embedded store (the admin API reloads it after each change), and
+/// whenever its version moves for a shared one, until the gateway is gone.
+async fn follow_key_store(state: std::sync::Weak<AppState>) {
+    let mut seen: Option<u64> = None;
+    let mut failing = false;
+    loop {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let changed = match state.key_store.version().await {
+            Ok(version) => seen != Some(version) || !state.key_store.is_shared(),
+            Err(_) => false,
+        };
+        if changed {
+            match state.key_store.load().await {
+                Ok(stored) => {
+                    seen = Some(stored.version);
+                    state.access.apply_stored(stored);
+                    failing = false;
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %crate::error_chain::render(&e), "the key store could not be read; the keys last read stay in force");
+                }
+                Err(_) => {}
+            }
+        }
+        let shared = state.key_store.is_shared();
+        drop(state);
+        if !shared && !failing {
+            return;
+        }
+        tokio::time::sleep(KEY_STORE_POLL).await;
+    }
 }
 
 /// Where deployments without an `endpoint_url` go.
@@ -109,6 +212,7 @@ impl Gateway {
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
+        let (spending, key_store) = spend_books(config, &shared, &clock, &metrics)?;
         let router = Router::new(
             groups,
             clock,
@@ -123,8 +227,9 @@ impl Gateway {
         }));
         let gateway = Self {
             state: Arc::new(AppState {
-                service: Service::new(router, queue, config.admission.max_wait_ms),
-                access: api::access::Access::new(api::access::AccessRules::of(config)),
+                service: Service::new(router, spending, queue, config.admission.max_wait_ms),
+                key_store,
+                access: api::access::Access::new(config),
                 shared_state: shared,
                 state_mirror: mirror,
                 runtime,
@@ -143,6 +248,9 @@ impl Gateway {
             max_body_bytes: config.limits.max_body_bytes,
             http: config.http.clone(),
         };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(follow_key_store(Arc::downgrade(&gateway.state)));
+        }
         if let Some(jobs) = &gateway.state.jobs {
             let runner: Arc<dyn JobRunner> = gateway.state.clone();
             jobs.start(Arc::downgrade(&runner));

@@ -10,37 +10,96 @@
 //! presented key with stored ones byte by byte.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use sha2::{Digest, Sha256};
 
-use crate::config::ApiKeyConfig;
+use crate::config::{ApiKeyConfig, TeamConfig};
+use crate::keys::record::digest;
+use crate::keys::{Limits, Stored, Tenant};
 use crate::service::{Caller, ErrorCode, GatewayError};
 
-/// The configured keys.
+/// The keys the gateway knows: the config's and the key store's.
 #[derive(Debug, Default)]
 pub struct ApiKeys {
-    by_digest: HashMap<[u8; 32], Caller>,
+    by_digest: HashMap<[u8; 32], KeyEntry>,
 }
 
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+/// What a key grants, and whether it still may.
+#[derive(Debug)]
+struct KeyEntry {
+    caller: Caller,
+    disabled: bool,
+    expires_at_ms: Option<u64>,
 }
 
 impl ApiKeys {
     /// The keys of the config (validated there: unique, long enough).
     pub fn new(keys: &[ApiKeyConfig]) -> Self {
-        Self {
-            by_digest: keys
-                .iter()
-                .map(|k| {
-                    (
-                        digest(&k.key),
-                        Caller::keyed(k.user.clone(), k.priority, k.max_concurrent),
-                    )
-                })
-                .collect(),
+        Self::build(keys, &[], &Stored::default())
+    }
+
+    /// The config's keys and the stored ones, with the teams of both
+    /// (a stored team wins over a config team of the same name).
+    pub fn build(keys: &[ApiKeyConfig], teams: &[TeamConfig], stored: &Stored) -> Self {
+        let mut team_limits: HashMap<&str, &Limits> =
+            teams.iter().map(|t| (t.name.as_str(), &t.limits)).collect();
+        team_limits.extend(stored.teams.iter().map(|t| (t.name.as_str(), &t.limits)));
+        let limits_of = |team: &str| {
+            team_limits
+                .get(team)
+                .map_or_else(Limits::default, |l| (*l).clone())
+        };
+        let mut by_digest = HashMap::new();
+        for k in keys {
+            let team = k.team.clone().unwrap_or_default();
+            let tenant = Tenant {
+                key_id: format!("config:{}", k.user),
+                team_limits: limits_of(&team),
+                team,
+                user: Some(k.user.clone()),
+                model_groups: Vec::new(),
+                key_limits: Limits {
+                    max_running: k.max_concurrent,
+                    ..Limits::default()
+                },
+            };
+            let caller = Caller::keyed(k.user.clone(), k.priority, k.max_concurrent)
+                .with_tenant(Arc::new(tenant));
+            by_digest.insert(
+                digest(&k.key),
+                KeyEntry {
+                    caller,
+                    disabled: false,
+                    expires_at_ms: None,
+                },
+            );
         }
+        for k in &stored.keys {
+            let Some(key_digest) = parse_digest(&k.digest) else {
+                tracing::warn!(key = %k.id, "a stored key's digest does not parse; it is ignored");
+                continue;
+            };
+            let tenant = Tenant {
+                key_id: k.id.clone(),
+                team: k.team.clone(),
+                user: k.user.clone(),
+                model_groups: k.model_groups.clone(),
+                key_limits: k.limits.clone(),
+                team_limits: limits_of(&k.team),
+            };
+            let caller = Caller::keyed(k.queue_user(), k.priority, k.limits.max_running)
+                .with_tenant(Arc::new(tenant));
+            by_digest.insert(
+                key_digest,
+                KeyEntry {
+                    caller,
+                    disabled: k.disabled,
+                    expires_at_ms: k.expires_at_ms,
+                },
+            );
+        }
+        Self { by_digest }
     }
 
     /// Whether keys are required.
@@ -54,7 +113,8 @@ impl ApiKeys {
     }
 
     /// The caller of a request: `None` when the gateway runs open, the key's
-    /// caller otherwise, or 401 without a key or with an unknown one.
+    /// caller otherwise, or 401 without a key, with an unknown one, or
+    /// with one disabled or expired.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, GatewayError> {
         if !self.enabled() {
             return Ok(None);
@@ -65,14 +125,40 @@ impl ApiKeys {
                 "this gateway needs an API key: send `authorization: Bearer <key>` or `x-api-key: <key>`",
             ));
         };
-        self.by_digest
-            .get(&digest(key))
-            .cloned()
-            .map(Some)
-            .ok_or_else(|| {
-                GatewayError::refused(ErrorCode::InvalidApiKey, "the API key is not known")
-            })
+        let Some(entry) = self.by_digest.get(&digest(key)) else {
+            return Err(GatewayError::refused(
+                ErrorCode::InvalidApiKey,
+                "the API key is not known",
+            ));
+        };
+        if entry.disabled {
+            return Err(GatewayError::refused(
+                ErrorCode::InvalidApiKey,
+                "the API key is disabled",
+            ));
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if entry.expires_at_ms.is_some_and(|at| at <= now_ms) {
+            return Err(GatewayError::refused(
+                ErrorCode::InvalidApiKey,
+                "the API key has expired",
+            ));
+        }
+        Ok(Some(entry.caller.clone()))
     }
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Whether `given` is `expected`, in a time that does not tell where they differ.
@@ -136,6 +222,7 @@ mod tests {
             user: "alice".into(),
             priority: 2,
             max_concurrent: Some(4),
+            team: None,
         }])
     }
 

@@ -337,6 +337,9 @@ impl crate::jobs::JobRunner for AppState {
                 max_concurrent: job.max_concurrent,
                 // Its key was checked when it was submitted.
                 keyed: job.user.is_some() && self.access.rules().keys.enabled(),
+                // Not yet: a job does not record its key, so its run is
+                // neither limited nor booked as the key's (issue 29).
+                tenant: None,
             };
             match &job.route {
                 JobRoute::Converse { model } => {

@@ -11,10 +11,12 @@ pub mod coalesce;
 mod error;
 pub mod extract;
 mod jobs;
+mod keys;
 mod openai;
 mod reload;
 mod sse;
 pub mod stats;
+mod usage;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,8 @@ pub(crate) use reload::reload;
 pub struct AppState {
     /// Routing behind the fair queue: what every model call goes to.
     pub service: Service,
+    /// Where keys and teams made through the admin API are kept.
+    pub key_store: crate::keys::KeyStore,
     /// The client API keys, the admin token and who may read the stats.
     pub access: access::Access,
     /// Where quotas, cooldowns and the rest are shared with sibling instances.
@@ -137,6 +141,32 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
             put(admin::params).layer(small()),
         )
         .route("/admin/reload", post(admin::reload).layer(small()))
+        .route(
+            "/admin/teams",
+            post(keys::create_team).get(keys::list_teams).layer(small()),
+        )
+        .route(
+            "/admin/teams/{name}",
+            get(keys::show_team)
+                .patch(keys::change_team)
+                .delete(keys::delete_team)
+                .layer(small()),
+        )
+        .route(
+            "/admin/keys",
+            post(keys::create_key).get(keys::list_keys).layer(small()),
+        )
+        .route(
+            "/admin/keys/{id}",
+            get(keys::show_key)
+                .patch(keys::change_key)
+                .delete(keys::delete_key)
+                .layer(small()),
+        )
+        .route("/admin/keys/{id}/disable", post(keys::disable_key))
+        .route("/admin/keys/{id}/enable", post(keys::enable_key))
+        .route("/admin/keys/{id}/rotate", post(keys::rotate_key))
+        .route("/admin/usage", get(usage::usage))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,

@@ -8,7 +8,6 @@
 use crate::config::{changes, Config, ConfigError};
 use crate::swap::{ReloadReport, Swapper};
 
-use super::access::AccessRules;
 use super::AppState;
 
 /// Re-reads the config file and applies what can change while serving.
@@ -38,6 +37,11 @@ pub(crate) async fn reload(state: &AppState) -> Result<ReloadReport, ConfigError
     applied.api_keys.clone_from(&wanted.api_keys);
     applied.admin.token.clone_from(&wanted.admin.token);
     applied.observability = wanted.observability.clone();
+    applied.teams.clone_from(&wanted.teams);
+    if let Ok(prices) = crate::spend::prices::PriceTable::with(&wanted.prices) {
+        applied.prices.clone_from(&wanted.prices);
+        state.service.spending().set_prices(prices);
+    }
     // A policy the gate refused stays refused on the next reload too: the
     // swapper compares with the active version, not with this config.
     for group in &mut applied.model_groups {
@@ -47,7 +51,7 @@ pub(crate) async fn reload(state: &AppState) -> Result<ReloadReport, ConfigError
     }
     report.applied = changes::differences(&applied, &running);
     if !report.applied.is_empty() {
-        state.access.replace(AccessRules::of(&applied));
+        state.access.apply_config(&applied);
     }
     report.needs_restart = changes::differences(&wanted, &applied);
     *state.running_config.lock().expect("config poisoned") = applied;

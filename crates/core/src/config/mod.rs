@@ -108,6 +108,16 @@ pub struct Config {
     /// several instances.
     #[serde(default)]
     pub state: crate::state::StateConfig,
+    /// `[[teams]]`: teams and their limits.
+    #[serde(default)]
+    pub teams: Vec<TeamConfig>,
+    /// `[prices."<model id>"]`: USD per million tokens, over the built-in
+    /// on-demand prices.
+    #[serde(default)]
+    pub prices: std::collections::BTreeMap<String, crate::spend::prices::PriceConfig>,
+    /// `[key_store]`: where stored keys live without Redis.
+    #[serde(default)]
+    pub key_store: KeyStoreConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -128,6 +138,30 @@ pub struct ApiKeyConfig {
     /// Its cap of requests running at once, instead of `admission.max_per_user`.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// The team it belongs to: its spend is booked there, and the team's
+    /// limits (`[[teams]]` or the admin API) apply to it.
+    #[serde(default)]
+    pub team: Option<String>,
+}
+
+/// A `[[teams]]` entry: a team and its limits, beside those the admin API
+/// keeps (a stored team of the same name wins).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    pub name: String,
+    #[serde(default)]
+    pub limits: crate::keys::Limits,
+}
+
+/// `[key_store]`: where keys and teams made through the admin API are kept
+/// when state is not shared (with `[state] backend = "redis"` they live in Redis).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyStoreConfig {
+    /// The folder of `keys.redb` (default: the jobs' folder,
+    /// `$XDG_DATA_HOME/switchyard` or `~/.local/share/switchyard`).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// `[logging]`: what the gateway logs and how. `RUST_LOG` wins over

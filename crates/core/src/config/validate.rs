@@ -189,6 +189,26 @@ impl Config {
         Ok(())
     }
 
+    /// Teams' limits and the price table.
+    fn validate_spend(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, team) in self.teams.iter().enumerate() {
+            if let Some(problem) = crate::keys::record::name_problem("name", &team.name) {
+                return Err(invalid(format!("teams[{i}].name"), problem));
+            }
+            if !names.insert(team.name.as_str()) {
+                return Err(invalid(format!("teams[{i}].name"), "is used twice"));
+            }
+            if let Some(problem) = team.limits.problem() {
+                return Err(invalid(format!("teams[{i}].limits"), problem));
+            }
+        }
+        if let Err((model, problem)) = crate::spend::prices::PriceTable::with(&self.prices) {
+            return Err(invalid(format!("prices.\"{model}\""), problem));
+        }
+        Ok(())
+    }
+
     /// API keys, the admin token and who may read the stats.
     fn validate_access(&self) -> Result<(), ConfigError> {
         let mut keys = HashSet::new();
@@ -211,7 +231,15 @@ impl Config {
                     "is the admin token; use another",
                 ));
             }
+            if let Some(problem) = k
+                .team
+                .as_deref()
+                .and_then(|t| crate::keys::record::name_problem("team", t))
+            {
+                return Err(invalid(format!("api_keys[{i}].team"), problem));
+            }
         }
+        self.validate_spend()?;
         if self.observability.require_key && self.api_keys.is_empty() && self.admin.token.is_none()
         {
             return Err(invalid(

@@ -63,6 +63,8 @@ pub struct RouteRequest {
     /// Until when the request may wait for capacity before its first
     /// attempt; past it, it fails with `retry-after` instead.
     pub deadline: tokio::time::Instant,
+    /// Where its calls' usage is priced and booked (`None`: metrics only).
+    pub bill: Option<crate::spend::Bill>,
 }
 
 /// One attempt, as reported to the client when all fail.
@@ -384,7 +386,12 @@ impl Router {
                 .clone()
                 .map(|u| (group.affinity.clone(), u, member)),
             ticket: Some(ticket),
-            book: UsageBook::new(self.metrics.clone(), group.name.clone(), deployment.clone()),
+            book: UsageBook::new(
+                self.metrics.clone(),
+                group.name.clone(),
+                deployment.clone(),
+                request.bill.clone(),
+            ),
         }
     }
 

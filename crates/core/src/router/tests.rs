@@ -118,6 +118,7 @@ async fn route(
         estimated_tokens: 10,
         body: Bytes::from_static(b"{}"),
         deadline,
+        bill: None,
     };
     let mut permit = gateway
         .queue()

@@ -2,14 +2,17 @@
 //! open gateway's user header or body field, a job's submitter) and then
 //! carried as a value: the fair queue ranks and caps by it.
 
+use std::sync::Arc;
+
 use super::{ErrorCode, GatewayError};
+use crate::keys::Tenant;
 
 /// Longest user name a call may give: the fair queue keeps one entry per
 /// user, so names are bounded like any other client-controlled key.
 pub const MAX_USER_BYTES: usize = 256;
 
 /// Who a call is from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Caller {
     /// Its user (`None`: anonymous, capped as one).
     pub user: Option<String>,
@@ -20,6 +23,8 @@ pub struct Caller {
     pub max_concurrent: Option<u32>,
     /// Whether an API key named it: then no request field may rename it.
     pub keyed: bool,
+    /// Its key and team, for their limits and their spend (`None`: no key).
+    pub tenant: Option<Arc<Tenant>>,
 }
 
 impl Caller {
@@ -30,6 +35,15 @@ impl Caller {
             priority,
             max_concurrent,
             keyed: true,
+            tenant: None,
+        }
+    }
+
+    /// The same caller, with its key's and team's limits and spend.
+    pub fn with_tenant(self, tenant: Arc<Tenant>) -> Self {
+        Self {
+            tenant: Some(tenant),
+            ..self
         }
     }
 
@@ -42,6 +56,7 @@ impl Caller {
             priority,
             max_concurrent: None,
             keyed: false,
+            tenant: None,
         })
     }
 

@@ -57,6 +57,11 @@ pub enum ErrorCode {
     InvalidPolicy,
     InvalidParams,
     InvalidConfig,
+    UnknownKey,
+    UnknownTeam,
+    TeamExists,
+    TeamHasKeys,
+    KeyStoreUnavailable,
     KeyRateLimited,
     TeamRateLimited,
     KeyBudgetExhausted,
@@ -104,6 +109,11 @@ impl ErrorCode {
             Self::InvalidPolicy => "invalid_policy",
             Self::InvalidParams => "invalid_params",
             Self::InvalidConfig => "invalid_config",
+            Self::UnknownKey => "unknown_key",
+            Self::UnknownTeam => "unknown_team",
+            Self::TeamExists => "team_exists",
+            Self::TeamHasKeys => "team_has_keys",
+            Self::KeyStoreUnavailable => "key_store_unavailable",
             Self::KeyRateLimited => "key_rate_limited",
             Self::TeamRateLimited => "team_rate_limited",
             Self::KeyBudgetExhausted => "key_budget_exhausted",
@@ -134,7 +144,9 @@ impl ErrorCode {
             | Self::JobsDisabled
             | Self::UnknownJob
             | Self::UnknownKind
-            | Self::UnknownVersion => StatusCode::NOT_FOUND,
+            | Self::UnknownVersion
+            | Self::UnknownKey
+            | Self::UnknownTeam => StatusCode::NOT_FOUND,
             Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::ObserverKeyRequired
@@ -150,8 +162,12 @@ impl ErrorCode {
             | Self::KeyBudgetExhausted
             | Self::TeamBudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::DeadlineInQueue => StatusCode::GATEWAY_TIMEOUT,
-            Self::AllAttemptsFailed | Self::JobStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::JobEnded | Self::NothingToRollBackTo => StatusCode::CONFLICT,
+            Self::AllAttemptsFailed | Self::JobStoreUnavailable | Self::KeyStoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::JobEnded | Self::NothingToRollBackTo | Self::TeamExists | Self::TeamHasKeys => {
+                StatusCode::CONFLICT
+            }
             Self::InvalidPolicy | Self::InvalidConfig => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -12,6 +12,7 @@ mod caller;
 mod error;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ pub use error::{ErrorCode, GatewayError};
 
 use crate::admission::{FairQueue, Permit};
 use crate::router::{AttemptEnd, MoreCalls, RouteRequest, Routed, Router};
+use crate::spend::Spending;
 use crate::upstream::{
     AttemptFailure, ConverseReply, InvokeReply, OpenStream, TokenUsage, Upstream,
 };
@@ -195,6 +197,8 @@ pub fn estimate_tokens(body_len: usize, max_tokens: Option<u64>) -> u32 {
 /// Routing behind the fair queue.
 pub struct Service {
     router: Router,
+    /// Key and team limits, prices and the books of spend.
+    spending: Arc<Spending>,
     queue: FairQueue,
     /// How long a call may wait for its turn and for capacity, in ms.
     max_wait_ms: u64,
@@ -202,9 +206,15 @@ pub struct Service {
 
 impl Service {
     /// Calls wait in `queue` for at most `max_wait_ms`, then `router` routes them.
-    pub fn new(router: Router, queue: FairQueue, max_wait_ms: u64) -> Self {
+    pub fn new(
+        router: Router,
+        spending: Arc<Spending>,
+        queue: FairQueue,
+        max_wait_ms: u64,
+    ) -> Self {
         Self {
             router,
+            spending,
             queue,
             max_wait_ms,
         }
@@ -213,6 +223,11 @@ impl Service {
     /// The router, for inspection.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// Prices, key and team limits and the books of spend.
+    pub fn spending(&self) -> &Arc<Spending> {
+        &self.spending
     }
 
     /// The fair queue calls wait in.
@@ -251,14 +266,38 @@ impl Service {
         let max_wait_ms = call
             .max_wait_ms
             .map_or(self.max_wait_ms, |ms| ms.min(self.max_wait_ms));
+        let group = call.group;
+        let tenant = call.caller.tenant.as_ref();
+        if let Some(tenant) = tenant.filter(|t| !t.may_call(&group)) {
+            let e = GatewayError::refused(
+                ErrorCode::Forbidden,
+                format!(
+                    "this API key may call the model groups {} only, not `{group}`",
+                    tenant.model_groups.join(", ")
+                ),
+            );
+            metrics.request(&group, e.code().as_str());
+            return Err(e);
+        }
+        let bill = match self
+            .spending
+            .admit(tenant, &group, u64::from(call.estimated_tokens))
+            .await
+        {
+            Ok(bill) => bill,
+            Err(e) => {
+                metrics.request(&group, e.code().as_str());
+                return Err(e);
+            }
+        };
         let request = RouteRequest {
             request_id: call.request_id,
             user: call.caller.user,
             estimated_tokens: call.estimated_tokens,
             body: call.body,
             deadline: tokio::time::Instant::now() + Duration::from_millis(max_wait_ms),
+            bill: Some(bill),
         };
-        let group = call.group;
         let admitted = self
             .queue
             .admit_capped(

@@ -303,6 +303,15 @@ struct BillInner {
     counted: AtomicBool,
 }
 
+impl std::fmt::Debug for Bill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bill")
+            .field("tenant", &self.0.tenant)
+            .field("group", &self.0.group)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Bill {
     /// One upstream call on `deployment` (which calls `model` under
     /// `account`) used `usage`: priced and booked to the key, its team and
