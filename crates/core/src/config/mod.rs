@@ -114,7 +114,7 @@ pub struct Config {
     /// `[prices."<model id>"]`: USD per million tokens, over the built-in
     /// on-demand prices.
     #[serde(default)]
-    pub prices: std::collections::BTreeMap<String, crate::spend::prices::PriceConfig>,
+    pub prices: std::collections::BTreeMap<String, PriceConfig>,
     /// `[key_store]`: where stored keys live without Redis.
     #[serde(default)]
     pub key_store: KeyStoreConfig,
@@ -152,6 +152,37 @@ pub struct TeamConfig {
     pub name: String,
     #[serde(default)]
     pub limits: crate::keys::Limits,
+}
+
+/// A `[prices."<model id>"]` table: USD per million tokens. Cache prices
+/// left out cost nothing (models without prompt caching).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default)]
+    pub cache_read: f64,
+    #[serde(default)]
+    pub cache_write: f64,
+}
+
+impl PriceConfig {
+    /// Why it is not a price, naming the field.
+    pub fn problem(&self) -> Option<String> {
+        let prices = [
+            ("input", self.input),
+            ("output", self.output),
+            ("cache_read", self.cache_read),
+            ("cache_write", self.cache_write),
+        ];
+        prices
+            .iter()
+            .find(|(_, usd)| !usd.is_finite() || !(0.0..=1_000_000.0).contains(usd))
+            .map(|(name, _)| {
+                format!("`{name}` must be a price in USD per million tokens, from 0 to 1000000")
+            })
+    }
 }
 
 /// `[key_store]`: where keys and teams made through the admin API are kept

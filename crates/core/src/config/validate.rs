@@ -203,8 +203,10 @@ impl Config {
                 return Err(invalid(format!("teams[{i}].limits"), problem));
             }
         }
-        if let Err((model, problem)) = crate::spend::prices::PriceTable::with(&self.prices) {
-            return Err(invalid(format!("prices.\"{model}\""), problem));
+        for (model, price) in &self.prices {
+            if let Some(problem) = price.problem() {
+                return Err(invalid(format!("prices.\"{model}\""), problem));
+            }
         }
         Ok(())
     }

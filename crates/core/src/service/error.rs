@@ -239,6 +239,23 @@ pub enum GatewayError {
     Internal { message: String },
 }
 
+impl From<crate::spend::OverLimit> for GatewayError {
+    fn from(e: crate::spend::OverLimit) -> Self {
+        use crate::spend::{Holder, Limit};
+        let code = match (e.holder, e.limit) {
+            (Holder::Key, Limit::Rate) => ErrorCode::KeyRateLimited,
+            (Holder::Team, Limit::Rate) => ErrorCode::TeamRateLimited,
+            (Holder::Key, Limit::Budget) => ErrorCode::KeyBudgetExhausted,
+            (Holder::Team, Limit::Budget) => ErrorCode::TeamBudgetExhausted,
+        };
+        Self::Limited {
+            code,
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        }
+    }
+}
+
 impl GatewayError {
     /// A refusal with `code` and a message for people.
     pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {

@@ -286,6 +286,7 @@ impl Service {
         {
             Ok(bill) => bill,
             Err(e) => {
+                let e = GatewayError::from(e);
                 metrics.request(&group, e.code().as_str());
                 return Err(e);
             }

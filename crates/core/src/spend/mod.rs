@@ -24,7 +24,6 @@ use arc_swap::ArcSwap;
 use crate::clock::SharedClock;
 use crate::keys::{Limits, Tenant};
 use crate::metrics::Metrics;
-use crate::service::{ErrorCode, GatewayError};
 use crate::state::{QuotaBooks, QuotaGrant, QuotaSpec};
 use crate::upstream::TokenUsage;
 use counters::{Add, Counters, Sums};
@@ -49,10 +48,30 @@ pub struct Spending {
 }
 
 /// Whose limits refused a call.
-#[derive(Debug, Clone, Copy)]
-enum Holder {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
     Key,
     Team,
+}
+
+/// Which limit refused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Requests or tokens per minute.
+    Rate,
+    /// A token or USD budget of a day, a week or a month.
+    Budget,
+}
+
+/// A call refused by its key's or its team's limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct OverLimit {
+    pub holder: Holder,
+    pub limit: Limit,
+    pub message: String,
+    /// When the limit lets the call through again.
+    pub retry_after_ms: u64,
 }
 
 impl Spending {
@@ -91,7 +110,7 @@ impl Spending {
         tenant: Option<&Arc<Tenant>>,
         group: &str,
         estimated_tokens: u64,
-    ) -> Result<Bill, GatewayError> {
+    ) -> Result<Bill, OverLimit> {
         let mut grants = Vec::new();
         if let Some(tenant) = tenant.filter(|t| t.is_limited()) {
             let now_ms = self.clock.now_ms();
@@ -123,7 +142,7 @@ impl Spending {
     }
 
     /// Refuses a call whose key or team has spent a budget.
-    async fn check_budgets(&self, tenant: &Tenant, now_ms: u64) -> Result<(), GatewayError> {
+    async fn check_budgets(&self, tenant: &Tenant, now_ms: u64) -> Result<(), OverLimit> {
         let budgeted: Vec<_> = subjects(tenant)
             .into_iter()
             .filter(|(_, _, limits)| limits.has_budget())
@@ -239,13 +258,10 @@ fn spent_budget(limits: &Limits, period: Period, spent: &Sums) -> Option<String>
         .map(|b| format!("${b:.2}"))
 }
 
-fn rate_limited(holder: Holder, subject: &str, wait_ms: u64) -> GatewayError {
-    let code = match holder {
-        Holder::Key => ErrorCode::KeyRateLimited,
-        Holder::Team => ErrorCode::TeamRateLimited,
-    };
-    GatewayError::Limited {
-        code,
+fn rate_limited(holder: Holder, subject: &str, wait_ms: u64) -> OverLimit {
+    OverLimit {
+        holder,
+        limit: Limit::Rate,
         message: format!(
             "{} is over its requests or tokens per minute; retry in {} s",
             describe(subject),
@@ -261,13 +277,10 @@ fn budget_exhausted(
     period: Period,
     what: &str,
     retry_after_ms: u64,
-) -> GatewayError {
-    let code = match holder {
-        Holder::Key => ErrorCode::KeyBudgetExhausted,
-        Holder::Team => ErrorCode::TeamBudgetExhausted,
-    };
-    GatewayError::Limited {
-        code,
+) -> OverLimit {
+    OverLimit {
+        holder,
+        limit: Limit::Budget,
         message: format!(
             "{} has spent its {} budget of {what}; it renews at the start of the next UTC {}",
             describe(subject),
@@ -451,9 +464,8 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("the team's budget is spent"),
         };
-        assert_eq!(e.code(), ErrorCode::TeamBudgetExhausted);
-        assert_eq!(e.status().as_u16(), 429);
-        assert_eq!(e.retry_after_ms(), Some(23 * 3_600_000));
+        assert_eq!((e.holder, e.limit), (Holder::Team, Limit::Budget));
+        assert_eq!(e.retry_after_ms, 23 * 3_600_000);
         let [(_, tokens, nano), ..] = spending.spent("team:search").await.unwrap();
         assert_eq!((tokens, nano), (1_000, 15_000_000));
     }
@@ -476,7 +488,7 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("the key's RPM is spent"),
         };
-        assert_eq!(e.code(), ErrorCode::KeyRateLimited);
-        assert!(e.retry_after_ms().unwrap() > 0);
+        assert_eq!((e.holder, e.limit), (Holder::Key, Limit::Rate));
+        assert!(e.retry_after_ms > 0);
     }
 }

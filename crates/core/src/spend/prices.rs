@@ -8,8 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::config::PriceConfig;
 use crate::upstream::TokenUsage;
 
 /// One model's prices, in micro-USD per million tokens.
@@ -33,38 +32,19 @@ impl Price {
     }
 }
 
-/// A `[prices."<model id>"]` table: USD per million tokens. Cache prices
-/// left out cost nothing (models without prompt caching).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriceConfig {
-    pub input: f64,
-    pub output: f64,
-    #[serde(default)]
-    pub cache_read: f64,
-    #[serde(default)]
-    pub cache_write: f64,
-}
-
-impl PriceConfig {
-    /// The price in micro-USD per million tokens, or why it is not one.
-    fn price(&self) -> Result<Price, String> {
-        let micro = |usd: f64, name: &str| {
-            if usd.is_finite() && (0.0..=1_000_000.0).contains(&usd) {
-                Ok((usd * 1_000_000.0).round() as u64)
-            } else {
-                Err(format!(
-                    "`{name}` must be a price in USD per million tokens, from 0 to 1000000"
-                ))
-            }
-        };
-        Ok(Price {
-            input: micro(self.input, "input")?,
-            output: micro(self.output, "output")?,
-            cache_read: micro(self.cache_read, "cache_read")?,
-            cache_write: micro(self.cache_write, "cache_write")?,
-        })
+/// The price of a `[prices."<model id>"]` table in micro-USD per million
+/// tokens, or why it is not one.
+fn price_of(config: &PriceConfig) -> Result<Price, String> {
+    if let Some(problem) = config.problem() {
+        return Err(problem);
     }
+    let micro = |usd: f64| (usd * 1_000_000.0).round() as u64;
+    Ok(Price {
+        input: micro(config.input),
+        output: micro(config.output),
+        cache_read: micro(config.cache_read),
+        cache_write: micro(config.cache_write),
+    })
 }
 
 /// (model id, input, output, cache read, cache write), USD per 1M tokens.
@@ -168,13 +148,12 @@ impl Default for PriceTable {
         let by_model = ON_DEMAND
             .iter()
             .map(|&(model, input, output, cache_read, cache_write)| {
-                let price = PriceConfig {
+                let price = price_of(&PriceConfig {
                     input,
                     output,
                     cache_read,
                     cache_write,
-                }
-                .price()
+                })
                 .expect("the built-in prices are valid");
                 (model.to_owned(), price)
             })
@@ -189,7 +168,7 @@ impl PriceTable {
     pub fn with(overrides: &BTreeMap<String, PriceConfig>) -> Result<Self, (String, String)> {
         let mut table = Self::default();
         for (model, config) in overrides {
-            let price = config.price().map_err(|problem| (model.clone(), problem))?;
+            let price = price_of(config).map_err(|problem| (model.clone(), problem))?;
             table.by_model.insert(base_model(model).to_owned(), price);
         }
         Ok(table)
