@@ -3,9 +3,10 @@
 //! through its `/admin` API.
 
 use anyhow::Context;
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use serde_json::{json, Map, Value};
 use switchyard::gateway_client::{call, get_text, ClientError};
+use switchyard::spend::ledger::GroupBy;
 
 /// What to do with API keys.
 #[derive(Debug, Subcommand)]
@@ -242,30 +243,14 @@ impl LimitsArgs {
     }
 }
 
-/// The grouping of a usage report.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum GroupBy {
-    Team,
-    Key,
-    User,
-    Model,
-    Group,
-    Deployment,
-    Day,
-}
-
-impl GroupBy {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Team => "team",
-            Self::Key => "key",
-            Self::User => "user",
-            Self::Model => "model",
-            Self::Group => "group",
-            Self::Deployment => "deployment",
-            Self::Day => "day",
-        }
-    }
+/// A grouping of the usage report, as the gateway's own type knows them,
+/// so the command and the server cannot drift apart.
+fn parse_group_by(text: &str) -> Result<GroupBy, String> {
+    serde_json::from_value(Value::String(text.to_owned())).map_err(|_| {
+        format!(
+            "`{text}` is not a grouping: team, key, user, model, group, deployment, account or day"
+        )
+    })
 }
 
 /// `switchyard usage`: requests, tokens and USD over UTC days.
@@ -273,8 +258,9 @@ impl GroupBy {
 pub struct UsageArgs {
     #[command(flatten)]
     admin: AdminArgs,
-    /// One row per team, key, user, model, model group, deployment or day.
-    #[arg(long, value_enum, default_value = "team")]
+    /// One row per team, key, user, model, group (model group), deployment,
+    /// account or day.
+    #[arg(long, default_value = "team", value_parser = parse_group_by)]
     group_by: GroupBy,
     /// First UTC day (YYYY-MM-DD) [default: the gateway's].
     #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
@@ -524,7 +510,7 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
         to,
         csv,
     } = args;
-    let mut path = format!("/admin/usage?group_by={}", group_by.as_str());
+    let mut path = format!("/admin/usage?group_by={}", group_by.name());
     for (name, day) in [("from", &from), ("to", &to)] {
         if let Some(day) = day {
             path.push_str(&format!("&{name}={day}"));
