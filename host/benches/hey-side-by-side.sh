@@ -16,6 +16,14 @@
 # With MESSAGES=1 it also measures Anthropic's Messages route
 # (`/v1/messages`, onto InvokeModel) next to the simulator's InvokeModel
 # called straight, in the same run as the Converse route.
+#
+# With KEYS=1 it also starts a second gateway whose clients need a key, made
+# through the admin API in a team, both with RPM, TPM and a daily USD budget
+# set (set high, so nothing is refused), and measures Converse through it
+# with that key: the cost of key lookup, limits and cost booking, next to
+# the open gateway. With REDIS=1 as well, both gateways keep their state in
+# a redis-server started on a free port, and the keyed phase also prints the
+# Redis commands a request cost (from INFO commandstats).
 set -euo pipefail
 
 RATE=${RATE:-1000}
@@ -47,9 +55,11 @@ INVOKE_BODY='{"anthropic_version":"bedrock-2023-05-31","max_tokens":16,"messages
 MESSAGES_BODY='{"model":"g","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
 BODY=$CONVERSE_BODY
 # hey's summary: "50% in 0.0012 secs"; prints p50 and p99 in ms and the 200s.
+HEADERS=()
 run_hey() {
   local out
-  out=$(hey -z "${SECONDS_EACH}s" -c "$CONNS" -q $((RATE / CONNS)) -m POST -T application/json -d "$BODY" "$1")
+  out=$(hey -z "${SECONDS_EACH}s" -c "$CONNS" -q $((RATE / CONNS)) ${HEADERS[@]+"${HEADERS[@]}"} \
+    -m POST -T application/json -d "$BODY" "$1")
   local p50 p99 ok
   p50=$(awk '/ 50% in/ {print $3 * 1000}' <<<"$out")
   p99=$(awk '/ 99% in/ {print $3 * 1000}' <<<"$out")
@@ -66,6 +76,21 @@ measure() {
   [ "$2" = - ] || cpu=$(( (after - before) * 1000000 / $(getconf CLK_TCK) / (ok > 0 ? ok : 1) ))
   printf '%-10s p50 %6.1f ms  p99 %6.1f ms  ok %6d  CPU %4s µs/req\n' "$3" "$p50" "$p99" "$ok" "$cpu"
 }
+
+if [ "${REDIS:-}" = 1 ]; then
+  command -v redis-server >/dev/null || { echo "redis-server is not installed: apt-get install redis-server" >&2; exit 2; }
+fi
+# The Redis commands run since the last call, in all (from INFO commandstats).
+redis_commands() {
+  redis-cli -p "$1" info commandstats | awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" {n += $3} END {print n + 0}'
+}
+# Starts a gateway on config $1 and port $2; its pid lands in $started.
+start_gateway() {
+  RUST_LOG=warn "$binary" serve --config "$1" --listen "127.0.0.1:$2" >/dev/null 2>&1 &
+  started=$!
+  PIDS+=("$started")
+}
+ADMIN=bench-admin-token-0123456789
 
 echo "hey -z ${SECONDS_EACH}s -c $CONNS -q $((RATE / CONNS)): $RATE req/s in bursts of $CONNS"
 for binary in "$@"; do
@@ -87,9 +112,25 @@ cache_dir = "$WORK/cache"
 TOML
   RUST_LOG=warn "$binary" sim --config "$WORK/sim.toml" --listen "127.0.0.1:$sim_port" >/dev/null 2>&1 &
   PIDS+=($!)
-  RUST_LOG=warn "$binary" serve --config "$WORK/gateway.toml" --listen "127.0.0.1:$gw_port" >/dev/null 2>&1 &
-  gateway=$!
-  PIDS+=("$gateway")
+  if [ "${REDIS:-}" = 1 ]; then
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+    PIDS+=($!)
+    wait_port "$redis_port"
+    printf '[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s/"\n' "$redis_port" >>"$WORK/gateway.toml"
+  fi
+  start_gateway "$WORK/gateway.toml" "$gw_port"
+  gateway=$started
+  if [ "${KEYS:-}" = 1 ]; then
+    keyed_port=$(free_port)
+    rm -rf "$WORK/keys"
+    { cat "$WORK/gateway.toml"; printf '[admin]\ntoken = "%s"\n[key_store]\ndata_dir = "%s"\n' "$ADMIN" "$WORK/keys"
+      # One key sends every request: let its user run and queue as many as
+      # the open gateway's callers do, so only the key's own work differs.
+      printf '[admission]\nmax_per_user = 1024\nmax_queued_per_user = 4096\n'; } >"$WORK/keyed.toml"
+    start_gateway "$WORK/keyed.toml" "$keyed_port"
+    keyed=$started
+  fi
   nginx_pid=
   if [ -n "$NGINX" ]; then
     mkdir -p "$WORK/nginx"
@@ -116,6 +157,24 @@ CONF
   measure "http://127.0.0.1:$sim_port/model/model-a/converse" - direct
   [ -z "$nginx_pid" ] || measure "http://127.0.0.1:$nginx_port/model/model-a/converse" "$nginx_pid" nginx
   measure "http://127.0.0.1:$gw_port/model/g/converse" "$gateway" gateway
+  if [ "${KEYS:-}" = 1 ]; then
+    wait_port "$keyed_port"
+    limits='"limits":{"rpm":100000000,"tpm":100000000000,"daily_usd":1000000}'
+    admin() { curl -fsS -H "authorization: Bearer $ADMIN" -H 'content-type: application/json' -d "$2" "http://127.0.0.1:$keyed_port$1"; }
+    admin /admin/teams "{\"name\":\"bench\",$limits}" >/dev/null
+    secret=$(admin /admin/keys "{\"team\":\"bench\",\"user\":\"bench\",$limits}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+    HEADERS=(-H "authorization: Bearer $secret")
+    hey -z 2s -c "$CONNS" -q $((RATE / CONNS)) "${HEADERS[@]}" -m POST -T application/json -d "$BODY" \
+      "http://127.0.0.1:$keyed_port/model/g/converse" >/dev/null
+    [ "${REDIS:-}" != 1 ] || { redis-cli -p "$redis_port" config resetstat >/dev/null; }
+    measure "http://127.0.0.1:$keyed_port/model/g/converse" "$keyed" keyed
+    if [ "${REDIS:-}" = 1 ]; then
+      commands=$(redis_commands "$redis_port")
+      echo "keyed: $commands Redis commands, $(awk "BEGIN {printf \"%.2f\", $commands / ($ok > 0 ? $ok : 1)}") a request ($(redis-cli -p "$redis_port" info commandstats | grep -v cmdstat_info | sed 's/:calls=\([0-9]*\).*/=\1/;s/cmdstat_//' | tr -d '\r' | grep = | tr '\n' ' '))"
+    fi
+    HEADERS=()
+    awk '/VmRSS/ {printf "keyed gateway RSS %.1f MiB\n", $2 / 1024}' "/proc/$keyed/status"
+  fi
   if [ "${MESSAGES:-}" = 1 ]; then
     BODY=$INVOKE_BODY
     measure "http://127.0.0.1:$sim_port/model/model-a/invoke" - direct-inv

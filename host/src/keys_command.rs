@@ -193,7 +193,7 @@ pub struct LimitsArgs {
     /// Tokens per minute.
     #[arg(long)]
     tpm: Option<u64>,
-    /// Requests running at once.
+    /// Requests running at once (a key's limit; a team refuses it).
     #[arg(long)]
     max_running: Option<u32>,
     /// Tokens per UTC day.

@@ -387,3 +387,123 @@ data_dir = "{dir}"
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A job is its key's: its run is booked to the key and stopped by the
+/// key's budget, and every route (Bedrock, OpenAI, Anthropic, both kinds
+/// of job) answers that budget in its own API's error shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_jobs_are_booked_and_limited_as_the_key_and_every_route_says_so_in_its_shape() {
+    let sim = start_sim(vec![sim_model("priced-model", None)], SystemClock::shared()).await;
+    let dir = ScratchDir::new("keyed-jobs");
+    let config = format!(
+        r#"
+{primary}
+[[model_groups]]
+name = "g"
+deployments = ["primary"]
+
+[admin]
+token = "{TOKEN}"
+
+[key_store]
+data_dir = "{keys}"
+
+[jobs]
+data_dir = "{jobs}"
+workers = 1
+max_runs = 1
+"#,
+        primary = deployment("primary", "priced-model", 1, &sim),
+        keys = dir.join("keys").display(),
+        jobs = dir.join("jobs").display(),
+    );
+    let gateway = start_gateway(&config, SystemClock::shared()).await;
+    let (id, secret) = team_and_key(&gateway, "batch", json!({}), json!({"daily_tokens": 1})).await;
+    let bearer = format!("Bearer {secret}");
+    let keyed = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let run_job = async |job: Value| -> Value {
+        let answer = raw_post(gateway.addr, "/v1/jobs", &keyed, job.to_string().as_bytes()).await;
+        assert_eq!(answer.status, 202, "{}", answer.body_text());
+        let id = answer.json()["id"].as_str().unwrap().to_owned();
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let job = raw_request(gateway.addr, "GET", &format!("/v1/jobs/{id}"), &keyed, b"")
+                .await
+                .json();
+            if ["succeeded", "failed"].contains(&job["status"].as_str().unwrap_or("")) {
+                return job;
+            }
+            assert!(Instant::now() < until, "job {id} has not ended: {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let converse_job = json!({ "type": "converse", "model": "g", "body": serde_json::from_slice::<Value>(&converse_body("hi")).unwrap() });
+    let chat = json!({ "model": "g", "messages": [{ "role": "user", "content": "hi" }] });
+
+    // The first job runs and is booked to its key: its tokens spend the
+    // key's budget of one token a day.
+    let job = run_job(converse_job.clone()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let report = admin(&gateway, "GET", "/admin/usage?group_by=key", Value::Null)
+        .await
+        .json();
+    let row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("the job was not booked to key {id}: {report}"));
+    assert_eq!(row["requests"], 1, "{row}");
+    assert!(row["output_tokens"].as_u64().unwrap() > 0, "{row}");
+
+    // Now every route refuses the key, each in its own shape.
+    let job = run_job(converse_job).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["answer"]["status"], 429, "{job}");
+    assert_eq!(
+        job["answer"]["body"]["code"], "key_budget_exhausted",
+        "{job}"
+    );
+    let job = run_job(json!({ "type": "chat_completions", "body": chat })).await;
+    assert_eq!(job["answer"]["status"], 429, "{job}");
+    let error = &job["answer"]["body"]["error"];
+    assert_eq!(error["code"], "key_budget_exhausted", "{job}");
+    assert_eq!(error["type"], "rate_limit_error", "{job}");
+
+    let bedrock = converse(&gateway, &secret).await;
+    assert_eq!(bedrock.status, 429, "{}", bedrock.body_text());
+    assert_eq!(bedrock.json()["code"], "key_budget_exhausted");
+    let openai = raw_post(
+        gateway.addr,
+        "/v1/chat/completions",
+        &keyed,
+        chat.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(openai.status, 429, "{}", openai.body_text());
+    let body = openai.json();
+    assert_eq!(body["error"]["code"], "key_budget_exhausted", "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    let messages = json!({ "model": "g", "max_tokens": 16, "messages": [{ "role": "user", "content": "hi" }] });
+    let anthropic = raw_post(
+        gateway.addr,
+        "/v1/messages",
+        &keyed,
+        messages.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(anthropic.status, 429, "{}", anthropic.body_text());
+    let body = anthropic.json();
+    assert_eq!(body["type"], "error", "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    assert_eq!(body["error"]["code"], "key_budget_exhausted", "{body}");
+    // Each says when the budget renews: the next UTC midnight.
+    for answer in [&bedrock, &openai, &anthropic] {
+        let retry_after: u64 = answer.headers["retry-after"].parse().unwrap();
+        assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    }
+}

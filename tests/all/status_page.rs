@@ -48,16 +48,32 @@ async fn headless(url: &str, args: &[String]) -> std::process::Output {
     out
 }
 
+const KEY: &str = "status-page-key-0123456789";
+
 #[tokio::test]
-async fn the_status_page_shows_a_cooldown_after_a_throttle() {
+async fn the_status_page_shows_a_cooldown_after_a_throttle_and_a_teams_spend() {
     let clock = ManualClock::new(1_000_000);
     let sim = start_sim(
         vec![sim_model("model-a", None), sim_model("model-b", None)],
         clock.clone(),
     )
     .await;
+    // A team with a daily budget, and a price for model-b, so its spend shows.
     let config = format!(
-        "{}{}[[model_groups]]\nname = \"claude\"\ndeployments = [\"a\", \"b\"]\n",
+        r#"{}{}[[model_groups]]
+name = "claude"
+deployments = ["a", "b"]
+[[teams]]
+name = "search"
+limits = {{ daily_usd = 5.0 }}
+[[api_keys]]
+key = "{KEY}"
+user = "alice"
+team = "search"
+[prices."model-b"]
+input = 1000.0
+output = 1000.0
+"#,
         deployment("a", "model-a", 1, &sim),
         deployment("b", "model-b", 2, &sim),
     );
@@ -73,7 +89,14 @@ async fn the_status_page_shows_a_cooldown_after_a_throttle() {
     assert!(dom.contains("priority v1"), "the active policies: {dom}");
 
     sim.inject("model-a", Fault::Throttle, 1);
-    let raw = raw_post(gw.addr, "/model/claude/converse", &[], &converse_body("x")).await;
+    let bearer = format!("Bearer {KEY}");
+    let raw = raw_post(
+        gw.addr,
+        "/model/claude/converse",
+        &[("authorization", bearer.as_str())],
+        &converse_body("x"),
+    )
+    .await;
     assert_eq!(raw.headers["x-switchyard-deployment"], "b");
 
     let after = headless(&url, &["--dump-dom".to_owned()]).await;
@@ -89,6 +112,13 @@ async fn the_status_page_shows_a_cooldown_after_a_throttle() {
     assert!(
         dom.contains("in cooldown"),
         "the pill reads in cooldown: {dom}"
+    );
+    // The team's row: what it spent today of its $5.00 budget.
+    assert!(dom.contains(r#"data-team="search""#), "{dom}");
+    assert!(dom.contains(" of $5.00 ("), "the day's budget: {dom}");
+    assert!(
+        !dom.contains("$0.00 of $5.00"),
+        "the answer was booked: {dom}"
     );
 
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");

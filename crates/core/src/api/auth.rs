@@ -23,6 +23,8 @@ use crate::service::{Caller, ErrorCode, GatewayError};
 #[derive(Debug, Default)]
 pub struct ApiKeys {
     by_digest: HashMap<[u8; 32], KeyEntry>,
+    /// Each key's digest by its id, for work a key left to run later (jobs).
+    by_id: HashMap<String, [u8; 32]>,
 }
 
 /// What a key grants, and whether it still may.
@@ -51,6 +53,7 @@ impl ApiKeys {
                 .map_or_else(Limits::default, |l| (*l).clone())
         };
         let mut by_digest = HashMap::new();
+        let mut by_id = HashMap::new();
         for k in keys {
             let team = k.team.clone().unwrap_or_default();
             let tenant = Tenant {
@@ -66,6 +69,7 @@ impl ApiKeys {
             };
             let caller = Caller::keyed(k.user.clone(), k.priority, k.max_concurrent)
                 .with_tenant(Arc::new(tenant));
+            by_id.insert(format!("config:{}", k.user), digest(&k.key));
             by_digest.insert(
                 digest(&k.key),
                 KeyEntry {
@@ -90,6 +94,7 @@ impl ApiKeys {
             };
             let caller = Caller::keyed(k.queue_user(), k.priority, k.limits.max_running)
                 .with_tenant(Arc::new(tenant));
+            by_id.insert(k.id.clone(), key_digest);
             by_digest.insert(
                 key_digest,
                 KeyEntry {
@@ -99,7 +104,7 @@ impl ApiKeys {
                 },
             );
         }
-        Self { by_digest }
+        Self { by_digest, by_id }
     }
 
     /// Whether keys are required.
@@ -131,22 +136,44 @@ impl ApiKeys {
                 "the API key is not known",
             ));
         };
-        if entry.disabled {
+        entry.usable("the API key").map(Some)
+    }
+
+    /// The caller of key `key_id` now, for work it submitted earlier (a
+    /// job): 401 when the key has since been deleted, disabled or expired,
+    /// so revoking a key also stops what it left queued.
+    pub fn caller_of_key(&self, key_id: &str) -> Result<Caller, GatewayError> {
+        let entry = self.by_id.get(key_id).and_then(|d| self.by_digest.get(d));
+        let Some(entry) = entry else {
             return Err(GatewayError::refused(
                 ErrorCode::InvalidApiKey,
-                "the API key is disabled",
+                format!("the API key `{key_id}` that submitted this is no longer known"),
+            ));
+        };
+        entry.usable(&format!("the API key `{key_id}` that submitted this"))
+    }
+}
+
+impl KeyEntry {
+    /// Its caller, unless the key is disabled or has expired (`what` names
+    /// the key in the refusal).
+    fn usable(&self, what: &str) -> Result<Caller, GatewayError> {
+        if self.disabled {
+            return Err(GatewayError::refused(
+                ErrorCode::InvalidApiKey,
+                format!("{what} is disabled"),
             ));
         }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        if entry.expires_at_ms.is_some_and(|at| at <= now_ms) {
+        if self.expires_at_ms.is_some_and(|at| at <= now_ms) {
             return Err(GatewayError::refused(
                 ErrorCode::InvalidApiKey,
-                "the API key has expired",
+                format!("{what} has expired"),
             ));
         }
-        Ok(Some(entry.caller.clone()))
+        Ok(self.caller.clone())
     }
 }
 

@@ -144,6 +144,7 @@ pub async fn submit(
             id: format!("job_{}", uuid::Uuid::new_v4().simple()),
             status: JobStatus::Queued,
             route,
+            key_id: who.tenant.as_ref().map(|t| t.key_id.clone()),
             user: who.user,
             priority,
             max_concurrent: who.max_concurrent,
@@ -325,21 +326,39 @@ pub async fn list(
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// A job's answer of `e`, in the shape of its route.
+fn job_error(route: &JobRoute, e: &GatewayError) -> JobAnswer {
+    match route {
+        JobRoute::Converse { .. } => super::bedrock::job_error(e),
+        JobRoute::ChatCompletions => super::openai::job_error(e),
+    }
+}
+
 /// Jobs run in process: each one's request goes straight to the routing
 /// service, with the submitter as its caller, and is answered as its
 /// synchronous route would have answered it.
 impl crate::jobs::JobRunner for AppState {
     fn run(self: Arc<Self>, job: Job, body: Bytes) -> BoxFuture<'static, JobAnswer> {
         async move {
-            let caller = Caller {
-                user: job.user.clone(),
-                priority: job.priority,
-                max_concurrent: job.max_concurrent,
-                // Its key was checked when it was submitted.
-                keyed: job.user.is_some() && self.access.rules().keys.enabled(),
-                // Not yet: a job does not record its key, so its run is
-                // neither limited nor booked as the key's (issue 29).
-                tenant: None,
+            let caller = match &job.key_id {
+                // The key as it is now: its limits, its team's, and
+                // whether it may still run work.
+                Some(key_id) => match self.access.rules().keys.caller_of_key(key_id) {
+                    Ok(caller) => Caller {
+                        priority: job.priority,
+                        ..caller
+                    },
+                    Err(e) => return job_error(&job.route, &e),
+                },
+                // A gateway without keys, or a job from before jobs kept
+                // their key.
+                None => Caller {
+                    user: job.user.clone(),
+                    priority: job.priority,
+                    max_concurrent: job.max_concurrent,
+                    keyed: job.user.is_some() && self.access.rules().keys.enabled(),
+                    tenant: None,
+                },
             };
             match &job.route {
                 JobRoute::Converse { model } => {

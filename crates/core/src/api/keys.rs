@@ -18,7 +18,7 @@ use super::AppState;
 use crate::keys::record::{self, name_problem};
 use crate::keys::{KeyRecord, KeyStoreError, Limits, TeamRecord};
 use crate::service::{ErrorCode, GatewayError};
-use crate::spend::prices::usd;
+use crate::spend::{self, prices::usd};
 
 type Answer = Result<Response, GatewayError>;
 
@@ -57,16 +57,40 @@ fn check_limits(limits: &Limits) -> Result<(), GatewayError> {
     }
 }
 
+fn check_team_limits(limits: &Limits) -> Result<(), GatewayError> {
+    match limits.team_problem() {
+        Some(problem) => Err(invalid(problem, "limits")),
+        None => Ok(()),
+    }
+}
+
+/// Every team, stored or in the config (a stored team wins over a config
+/// team of the same name, as in the access rules), sorted by name. A config
+/// team's `created_at_ms` is 0.
+pub(super) fn all_teams(state: &AppState) -> Vec<TeamRecord> {
+    let mut teams = state.access.stored().teams.clone();
+    let configured = state
+        .running_config
+        .lock()
+        .expect("config poisoned")
+        .teams
+        .clone();
+    for t in configured {
+        if !teams.iter().any(|stored| stored.name == t.name) {
+            teams.push(TeamRecord {
+                name: t.name,
+                limits: t.limits,
+                created_at_ms: 0,
+            });
+        }
+    }
+    teams.sort_by(|a, b| a.name.cmp(&b.name));
+    teams
+}
+
 /// Whether a team of `name` exists (stored or in the config).
 fn team_exists(state: &AppState, name: &str) -> bool {
-    state.access.stored().teams.iter().any(|t| t.name == name)
-        || state
-            .running_config
-            .lock()
-            .expect("config poisoned")
-            .teams
-            .iter()
-            .any(|t| t.name == name)
+    all_teams(state).iter().any(|t| t.name == name)
 }
 
 fn stored_key(state: &AppState, id: &str) -> Result<KeyRecord, GatewayError> {
@@ -117,7 +141,8 @@ fn key_view(key: &KeyRecord) -> Value {
     })
 }
 
-async fn team_view(state: &AppState, name: &str, limits: &Limits, created_at_ms: u64) -> Value {
+async fn team_view(state: &AppState, team: &TeamRecord) -> Value {
+    let name = &team.name;
     let keys = keys_of(state, name);
     let spend = match state
         .service
@@ -128,10 +153,15 @@ async fn team_view(state: &AppState, name: &str, limits: &Limits, created_at_ms:
         Ok(periods) => {
             let mut spend = serde_json::Map::new();
             for (period, tokens, nano) in periods {
-                spend.insert(
-                    period.name().to_owned(),
-                    json!({ "tokens": tokens, "usd": usd(nano) }),
-                );
+                let mut spent = json!({ "tokens": tokens, "usd": usd(nano) });
+                let (token_budget, usd_budget) = spend::budgets(&team.limits, period);
+                if let Some(budget) = token_budget {
+                    spent["tokens_left"] = json!(budget.saturating_sub(tokens));
+                }
+                if let Some(budget) = usd_budget {
+                    spent["usd_left"] = json!((budget - usd(nano)).max(0.0));
+                }
+                spend.insert(period.name().to_owned(), spent);
             }
             Value::Object(spend)
         }
@@ -139,9 +169,9 @@ async fn team_view(state: &AppState, name: &str, limits: &Limits, created_at_ms:
     };
     json!({
         "name": name,
-        "limits": limits,
+        "limits": team.limits,
         "keys": keys,
-        "created_at_ms": created_at_ms,
+        "created_at_ms": team.created_at_ms,
         "spend": spend,
     })
 }
@@ -163,7 +193,7 @@ pub async fn create_team(
     if let Some(problem) = name_problem("name", &new.name) {
         return Err(invalid(problem, "name"));
     }
-    check_limits(&new.limits)?;
+    check_team_limits(&new.limits)?;
     if team_exists(&state, &new.name) {
         return Err(GatewayError::refused(
             ErrorCode::TeamExists,
@@ -177,56 +207,41 @@ pub async fn create_team(
     };
     state.key_store.put_team(&team).await.map_err(store_error)?;
     refresh(&state).await?;
-    let view = team_view(&state, &team.name, &team.limits, team.created_at_ms).await;
+    let view = team_view(&state, &team).await;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// `GET /admin/teams`: stored teams and the config's.
 pub async fn list_teams(State(state): State<Arc<AppState>>) -> Answer {
-    let mut teams: Vec<(String, Limits, u64)> = state
-        .access
-        .stored()
-        .teams
-        .iter()
-        .map(|t| (t.name.clone(), t.limits.clone(), t.created_at_ms))
-        .collect();
-    let configured = state
-        .running_config
-        .lock()
-        .expect("config poisoned")
-        .teams
-        .clone();
-    for t in configured {
-        if !teams.iter().any(|(name, ..)| *name == t.name) {
-            teams.push((t.name, t.limits, 0));
-        }
-    }
-    teams.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Json(json!({ "teams": team_views(&state).await })).into_response())
+}
+
+/// `GET /team_stats` (an observer's route, beside `/model_stats`): each
+/// team's limits and what it spent and has left this UTC day, week and
+/// month, for the status page.
+pub async fn team_stats(State(state): State<Arc<AppState>>) -> Response {
+    Json(json!({ "success": true, "teams": team_views(&state).await })).into_response()
+}
+
+/// Every team as the admin API shows it.
+async fn team_views(state: &AppState) -> Vec<Value> {
+    let teams = all_teams(state);
     let mut views = Vec::with_capacity(teams.len());
-    for (name, limits, created) in &teams {
-        views.push(team_view(&state, name, limits, *created).await);
+    for team in &teams {
+        views.push(team_view(state, team).await);
     }
-    Ok(Json(json!({ "teams": views })).into_response())
+    views
 }
 
 /// `GET /admin/teams/{name}`.
 pub async fn show_team(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Answer {
-    let (limits, created) = match stored_team(&state, &name) {
-        Ok(t) => (t.limits, t.created_at_ms),
-        Err(e) => {
-            let configured = state
-                .running_config
-                .lock()
-                .expect("config poisoned")
-                .teams
-                .clone();
-            match configured.into_iter().find(|t| t.name == name) {
-                Some(t) => (t.limits, 0),
-                None => return Err(e),
-            }
-        }
-    };
-    Ok(Json(team_view(&state, &name, &limits, created).await).into_response())
+    let team = all_teams(&state)
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| {
+            GatewayError::refused(ErrorCode::UnknownTeam, format!("no team `{name}`"))
+        })?;
+    Ok(Json(team_view(&state, &team).await).into_response())
 }
 
 /// `PATCH /admin/teams/{name}`: its limits, replaced.
@@ -242,12 +257,12 @@ pub async fn change_team(
     change: Result<Json<TeamChange>, JsonRejection>,
 ) -> Answer {
     let change = body(change)?;
-    check_limits(&change.limits)?;
+    check_team_limits(&change.limits)?;
     let mut team = stored_team(&state, &name)?;
     team.limits = change.limits;
     state.key_store.put_team(&team).await.map_err(store_error)?;
     refresh(&state).await?;
-    Ok(Json(team_view(&state, &team.name, &team.limits, team.created_at_ms).await).into_response())
+    Ok(Json(team_view(&state, &team).await).into_response())
 }
 
 /// `DELETE /admin/teams/{name}`: only a team without keys.

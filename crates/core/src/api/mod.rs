@@ -208,6 +208,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/model_stats", get(stats::model_stats))
+        .route("/team_stats", get(keys::team_stats))
         .route("/cooldowns", get(stats::cooldowns))
         .route("/queue_stats", get(stats::queue_stats))
         .route("/state_stats", get(stats::state_stats))

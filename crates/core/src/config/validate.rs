@@ -199,7 +199,7 @@ impl Config {
             if !names.insert(team.name.as_str()) {
                 return Err(invalid(format!("teams[{i}].name"), "is used twice"));
             }
-            if let Some(problem) = team.limits.problem() {
+            if let Some(problem) = team.limits.team_problem() {
                 return Err(invalid(format!("teams[{i}].limits"), problem));
             }
         }

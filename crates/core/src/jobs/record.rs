@@ -104,6 +104,11 @@ pub struct Job {
     pub route: JobRoute,
     /// Who submitted it (their share of the fair queue), when known.
     pub user: Option<String>,
+    /// The API key that submitted it: its run is that key's, limited and
+    /// booked as the key's and its team's, and refused once the key is
+    /// deleted, disabled or expired. `None` on a gateway without keys.
+    #[serde(default)]
+    pub key_id: Option<String>,
     /// Its rank in the fair queue.
     pub priority: i32,
     /// Its user's cap of running requests, when their API key sets one.

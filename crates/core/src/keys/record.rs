@@ -16,7 +16,7 @@ pub struct Limits {
     /// Tokens per minute (every kind: input, output, cache reads and writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<u64>,
-    /// Requests running at once (a key's; a team's is not enforced yet).
+    /// Requests running at once: a key's only (see [`Self::team_problem`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +60,19 @@ impl Limits {
             .iter()
             .find(|(_, v)| v.is_some_and(|usd| !usd.is_finite() || usd <= 0.0))
             .map(|(name, _)| format!("`{name}` must be a positive amount of USD"))
+    }
+
+    /// Why these limits cannot be a team's: as [`Self::problem`], and
+    /// `max_running`, which caps a key's requests in the fair queue and has
+    /// no team-wide counterpart.
+    pub fn team_problem(&self) -> Option<String> {
+        if self.max_running.is_some() {
+            return Some(
+                "`max_running` is a key's limit, not a team's: set it on each of the team's keys"
+                    .into(),
+            );
+        }
+        self.problem()
     }
 
     /// Whether any token or USD budget is set.

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -36,10 +36,52 @@ pub struct CountersError(#[source] redis::RedisError);
 
 /// The sums of every hash.
 pub enum Counters {
-    /// In this process.
-    Memory(Mutex<HashMap<String, Sums>>),
+    /// In this process (lost when it stops).
+    Memory(Mutex<MemoryCounters>),
     /// In Redis, shared by every instance.
     Redis(RedisCounters),
+}
+
+/// Counters in this process: each hash is dropped `keep_ms` after its
+/// first write, as Redis expires its own.
+pub struct MemoryCounters {
+    hashes: HashMap<String, Kept>,
+    /// When hashes past their time are next swept out.
+    next_sweep: Instant,
+}
+
+struct Kept {
+    sums: Sums,
+    until: Instant,
+}
+
+/// How often ended hashes are swept out of memory.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+impl MemoryCounters {
+    fn add(&mut self, adds: Vec<Add>) {
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.hashes.retain(|_, kept| kept.until > now);
+            self.next_sweep = now + SWEEP_EVERY;
+        }
+        for add in adds {
+            let kept = self.hashes.entry(add.hash).or_insert_with(|| Kept {
+                sums: Sums::new(),
+                until: now + Duration::from_millis(add.keep_ms),
+            });
+            *kept.sums.entry(add.field).or_default() += add.delta;
+        }
+    }
+
+    fn read(&self, hash: &str) -> Sums {
+        let now = Instant::now();
+        self.hashes
+            .get(hash)
+            .filter(|kept| kept.until > now)
+            .map(|kept| kept.sums.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// Counters in Redis.
@@ -53,7 +95,10 @@ pub struct RedisCounters {
 impl Counters {
     /// Counters in this process.
     pub fn memory() -> Self {
-        Self::Memory(Mutex::new(HashMap::new()))
+        Self::Memory(Mutex::new(MemoryCounters {
+            hashes: HashMap::new(),
+            next_sweep: Instant::now() + SWEEP_EVERY,
+        }))
     }
 
     /// Counters in the Redis server `conn` talks to; starts their writer
@@ -71,16 +116,7 @@ impl Counters {
     /// Adds `adds`, now (memory) or in the background (Redis).
     pub fn add(&self, adds: Vec<Add>) {
         match self {
-            Self::Memory(sums) => {
-                let mut sums = sums.lock().expect("spend counters poisoned");
-                for add in adds {
-                    *sums
-                        .entry(add.hash)
-                        .or_default()
-                        .entry(add.field)
-                        .or_default() += add.delta;
-                }
-            }
+            Self::Memory(sums) => sums.lock().expect("spend counters poisoned").add(adds),
             Self::Redis(redis) => {
                 // The writer ends only with the runtime.
                 let _ = redis.adds.send(adds);
@@ -93,10 +129,7 @@ impl Counters {
         match self {
             Self::Memory(sums) => {
                 let sums = sums.lock().expect("spend counters poisoned");
-                Ok(hashes
-                    .iter()
-                    .map(|h| sums.get(h).cloned().unwrap_or_default())
-                    .collect())
+                Ok(hashes.iter().map(|h| sums.read(h)).collect())
             }
             Self::Redis(redis) => {
                 let read = redis
@@ -175,7 +208,7 @@ mod tests {
             hash: "h".into(),
             field: field.into(),
             delta,
-            keep_ms: 1,
+            keep_ms: 60_000,
         };
         counters.add(vec![add("t", 5), add("u", 7)]);
         counters.add(vec![add("t", 3)]);
@@ -183,5 +216,24 @@ mod tests {
         assert_eq!(sums[0].get("t"), Some(&8));
         assert_eq!(sums[0].get("u"), Some(&7));
         assert!(sums[1].is_empty());
+    }
+
+    #[tokio::test]
+    async fn memory_counters_drop_a_hash_past_its_time() {
+        let counters = Counters::memory();
+        let add = |hash: &str, keep_ms| Add {
+            hash: hash.into(),
+            field: "t".into(),
+            delta: 1,
+            keep_ms,
+        };
+        counters.add(vec![add("brief", 1), add("kept", 60_000)]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sums = counters
+            .read(&["brief".into(), "kept".into()])
+            .await
+            .unwrap();
+        assert!(sums[0].is_empty(), "{sums:?}");
+        assert_eq!(sums[1].get("t"), Some(&1));
     }
 }

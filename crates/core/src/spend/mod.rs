@@ -242,13 +242,18 @@ fn quota_of(subject: &str, limits: &Limits) -> Option<QuotaSpec> {
     })
 }
 
-/// Which budget of `period` is spent, described for people.
-fn spent_budget(limits: &Limits, period: Period, spent: &Sums) -> Option<String> {
-    let (tokens, dollars) = match period {
+/// The token and USD budgets `limits` set for `period`.
+pub fn budgets(limits: &Limits, period: Period) -> (Option<u64>, Option<f64>) {
+    match period {
         Period::Day => (limits.daily_tokens, limits.daily_usd),
         Period::Week => (limits.weekly_tokens, limits.weekly_usd),
         Period::Month => (limits.monthly_tokens, limits.monthly_usd),
-    };
+    }
+}
+
+/// Which budget of `period` is spent, described for people.
+fn spent_budget(limits: &Limits, period: Period, spent: &Sums) -> Option<String> {
+    let (tokens, dollars) = budgets(limits, period);
     let of = |f: &str| spent.get(f).copied().unwrap_or(0).max(0) as u64;
     if let Some(budget) = tokens.filter(|b| of("t") >= *b) {
         return Some(format!("{budget} tokens"));

@@ -183,7 +183,7 @@ pub(super) async fn chat_completion_job(
 }
 
 /// A job's answer of `e`, in OpenAI's shape.
-fn job_error(e: &GatewayError) -> JobAnswer {
+pub(super) fn job_error(e: &GatewayError) -> JobAnswer {
     JobAnswer::of_value(e.status().as_u16(), &error_body(e))
 }
 
