@@ -20,8 +20,8 @@
 # With KEYS=1 it also starts a second gateway whose clients need a key, made
 # through the admin API in a team, both with RPM, TPM and a daily USD budget
 # set (set high, so nothing is refused), and measures Converse through it
-# with that key: the cost of key lookup, limits and cost booking, next to
-# the open gateway. With REDIS=1 as well, both gateways keep their state in
+# with that key, after a minute's warm-up at the same rate (KEYED_WARM_S):
+# the cost of key lookup, limits and cost booking, next to the open gateway. With REDIS=1 as well, both gateways keep their state in
 # a redis-server started on a free port, and the keyed phase also prints the
 # Redis commands a request cost (from INFO commandstats).
 set -euo pipefail
@@ -63,7 +63,8 @@ run_hey() {
   local p50 p99 ok
   p50=$(awk '/ 50% in/ {print $3 * 1000}' <<<"$out")
   p99=$(awk '/ 99% in/ {print $3 * 1000}' <<<"$out")
-  ok=$(awk '/\[200\]/ {print $2}' <<<"$out")
+  # Only the status line: the error lines start with a count in brackets too.
+  ok=$(awk '$1 == "[200]" && $3 == "responses" {print $2}' <<<"$out")
   echo "$p50 $p99 ${ok:-0}"
 }
 # Runs hey against $1 and reports, with the CPU a request of pid $2 (or -).
@@ -164,7 +165,9 @@ CONF
     admin /admin/teams "{\"name\":\"bench\",$limits}" >/dev/null
     secret=$(admin /admin/keys "{\"team\":\"bench\",\"user\":\"bench\",$limits}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
     HEADERS=(-H "authorization: Bearer $secret")
-    hey -z 2s -c "$CONNS" -q $((RATE / CONNS)) "${HEADERS[@]}" -m POST -T application/json -d "$BODY" \
+    # A minute at the same rate first: the key's and team's RPM and TPM
+    # windows then hold a minute of reservations, as in a steady state.
+    hey -z "${KEYED_WARM_S:-60}s" -c "$CONNS" -q $((RATE / CONNS)) "${HEADERS[@]}" -m POST -T application/json -d "$BODY" \
       "http://127.0.0.1:$keyed_port/model/g/converse" >/dev/null
     [ "${REDIS:-}" != 1 ] || { redis-cli -p "$redis_port" config resetstat >/dev/null; }
     measure "http://127.0.0.1:$keyed_port/model/g/converse" "$keyed" keyed
