@@ -114,7 +114,10 @@ output = 1000.0
         "the pill reads in cooldown: {dom}"
     );
     // The team's row: what it spent today of its $5.00 budget.
-    assert!(dom.contains(r#"data-team="search""#), "{dom}");
+    assert!(
+        dom.contains(r#"<tr data-team="search"><td>search</td><td class="num">1</td>"#),
+        "the team and its one (config) key: {dom}"
+    );
     assert!(dom.contains(" of $5.00 ("), "the day's budget: {dom}");
     assert!(
         !dom.contains("$0.00 of $5.00"),

@@ -117,10 +117,18 @@ fn stored_team(state: &AppState, name: &str) -> Result<TeamRecord, GatewayError>
         })
 }
 
-/// How many stored keys team `name` has.
+/// How many keys team `name` has, stored or in the config.
 fn keys_of(state: &AppState, name: &str) -> usize {
     let stored = state.access.stored();
-    stored.keys.iter().filter(|k| k.team == name).count()
+    let configured = state
+        .running_config
+        .lock()
+        .expect("config poisoned")
+        .api_keys
+        .iter()
+        .filter(|k| k.team.as_deref() == Some(name))
+        .count();
+    stored.keys.iter().filter(|k| k.team == name).count() + configured
 }
 
 /// A key as the admin API shows it: never its secret.
@@ -272,7 +280,7 @@ pub async fn delete_team(State(state): State<Arc<AppState>>, Path(name): Path<St
     if keys > 0 {
         return Err(GatewayError::refused(
             ErrorCode::TeamHasKeys,
-            format!("team `{name}` still has {keys} keys; delete them first"),
+            format!("team `{name}` still has {keys} keys (stored, or `[[api_keys]]` in the config); delete them or move them to another team first"),
         ));
     }
     state

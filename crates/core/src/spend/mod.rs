@@ -114,38 +114,21 @@ impl Spending {
         let mut grants = Vec::new();
         if let Some(tenant) = tenant.filter(|t| t.is_limited()) {
             let now_ms = self.clock.now_ms();
-            let quotas: Vec<(Holder, String, QuotaSpec)> = subjects(tenant)
-                .into_iter()
-                .filter_map(|(holder, subject, limits)| {
-                    quota_of(&subject, limits).map(|quota| (holder, subject, quota))
-                })
-                .collect();
-            // The budget read and every reservation at once: on Redis one
-            // round trip's wait instead of three in a row.
-            let reservations = futures::future::join_all(
-                quotas
-                    .iter()
-                    .map(|(_, _, quota)| self.quotas.reserve(quota, estimated_tokens, now_ms)),
-            );
-            let (budgets, reserved) =
-                tokio::join!(self.check_budgets(tenant, now_ms), reservations);
-            let mut refused = budgets.err();
-            for ((holder, subject, quota), reservation) in quotas.into_iter().zip(reserved) {
-                match reservation {
+            self.check_budgets(tenant, now_ms).await?;
+            for (holder, subject, limits) in subjects(tenant) {
+                let Some(quota) = quota_of(&subject, limits) else {
+                    continue;
+                };
+                match self.quotas.reserve(&quota, estimated_tokens, now_ms).await {
                     Ok(grant) => grants.push((quota, grant)),
                     Err(refusal) => {
-                        refused.get_or_insert_with(|| {
-                            rate_limited(holder, &subject, refusal.wait_ms())
-                        });
+                        // What the key took, the team's refusal gives back.
+                        for (quota, grant) in grants {
+                            self.quotas.settle(&quota, grant, false, 0, now_ms);
+                        }
+                        return Err(rate_limited(holder, &subject, refusal.wait_ms()));
                     }
                 }
-            }
-            if let Some(refused) = refused {
-                // What one limit took, another's refusal gives back.
-                for (quota, grant) in grants {
-                    self.quotas.settle(&quota, grant, false, 0, now_ms);
-                }
-                return Err(refused);
             }
         }
         Ok(Bill(Arc::new(BillInner {
@@ -535,7 +518,12 @@ mod tests {
         elsewhere.team = "unlimited".into();
         elsewhere.team_limits = Limits::default();
         let elsewhere = Arc::new(elsewhere);
-        drop(spending.admit(Some(&elsewhere), "claude", 10).await.unwrap());
+        drop(
+            spending
+                .admit(Some(&elsewhere), "claude", 10)
+                .await
+                .unwrap(),
+        );
         let e = match spending.admit(Some(&elsewhere), "claude", 10).await {
             Err(e) => e,
             Ok(_) => panic!("the key's RPM is spent"),
