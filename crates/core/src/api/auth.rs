@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 
 use crate::config::{ApiKeyConfig, TeamConfig};
-use crate::keys::record::digest;
+use crate::keys::record::{digest, to_hex};
 use crate::keys::{Limits, Stored, Tenant};
 use crate::service::{Caller, ErrorCode, GatewayError};
 
@@ -56,8 +56,10 @@ impl ApiKeys {
         let mut by_id = HashMap::new();
         for k in keys {
             let team = k.team.clone().unwrap_or_default();
+            let key_digest = digest(&k.key);
+            let key_id = config_key_id(&k.user, &key_digest);
             let tenant = Tenant {
-                key_id: format!("config:{}", k.user),
+                key_id: key_id.clone(),
                 team_limits: limits_of(&team),
                 team,
                 user: Some(k.user.clone()),
@@ -69,9 +71,9 @@ impl ApiKeys {
             };
             let caller = Caller::keyed(k.user.clone(), k.priority, k.max_concurrent)
                 .with_tenant(Arc::new(tenant));
-            by_id.insert(format!("config:{}", k.user), digest(&k.key));
+            by_id.insert(key_id, key_digest);
             by_digest.insert(
-                digest(&k.key),
+                key_digest,
                 KeyEntry {
                     caller,
                     disabled: false,
@@ -175,6 +177,13 @@ impl KeyEntry {
         }
         Ok(self.caller.clone())
     }
+}
+
+/// A config key's id: `config:<user>:<8 hex digits of its digest>`, so two
+/// keys of one user (a rotation in progress) stay apart in the usage report
+/// and in the jobs they submit. The digits tell nothing of the secret.
+fn config_key_id(user: &str, key_digest: &[u8; 32]) -> String {
+    format!("config:{user}:{}", to_hex(&key_digest[..4]))
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
@@ -298,6 +307,41 @@ mod tests {
         assert_eq!(
             ApiKeys::default().authenticate(&HeaderMap::new()).unwrap(),
             None
+        );
+    }
+
+    #[test]
+    fn two_config_keys_of_one_user_are_two_keys_to_the_work_they_leave() {
+        let key = |secret: &str, priority| ApiKeyConfig {
+            key: secret.into(),
+            user: "alice".into(),
+            priority,
+            max_concurrent: None,
+            team: None,
+        };
+        let keys = ApiKeys::new(&[
+            key("sk-alice-old-0123456789", 1),
+            key("sk-alice-new-0123456789", 5),
+        ]);
+        let id_of = |secret: &str| {
+            let caller = keys
+                .authenticate(&headers("x-api-key", secret))
+                .unwrap()
+                .unwrap();
+            caller.tenant.unwrap().key_id.clone()
+        };
+        let (old, new) = (
+            id_of("sk-alice-old-0123456789"),
+            id_of("sk-alice-new-0123456789"),
+        );
+        assert_ne!(old, new);
+        assert!(old.starts_with("config:alice:"), "{old}");
+        assert_eq!(keys.caller_of_key(&old).unwrap().priority, 1);
+        assert_eq!(keys.caller_of_key(&new).unwrap().priority, 5);
+        let e = keys.caller_of_key("config:bob:00000000").unwrap_err();
+        assert_eq!(
+            (e.status().as_u16(), e.code()),
+            (401, ErrorCode::InvalidApiKey)
         );
     }
 }
