@@ -123,6 +123,16 @@ output = 1000.0
         !dom.contains("$0.00 of $5.00"),
         "the answer was booked: {dom}"
     );
+    // The JSON behind it tells spend and budgets, not the team's other limits.
+    let stats = raw_get(gw.addr, "/team_stats").await.json();
+    let team = &stats["teams"][0];
+    assert_eq!(team["name"], "search", "{stats}");
+    assert_eq!(team["spend"]["day"]["usd_budget"], 5.0, "{stats}");
+    assert!(
+        team["spend"]["day"]["usd_left"].as_f64().unwrap() < 5.0,
+        "{stats}"
+    );
+    assert!(team.get("limits").is_none(), "{stats}");
 
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();

@@ -142,14 +142,17 @@ impl ApiKeys {
     }
 
     /// The caller of key `key_id` now, for work it submitted earlier (a
-    /// job): 401 when the key has since been deleted, disabled or expired,
-    /// so revoking a key also stops what it left queued.
+    /// job): 401 when the key has since been disabled or has expired, so
+    /// revoking a key also stops what it left queued; 503 (try later) when
+    /// this instance does not know the key, as when its key store has not
+    /// been read yet after a start, or another instance made the key a
+    /// moment ago. A deleted key's work ends after its runs are spent.
     pub fn caller_of_key(&self, key_id: &str) -> Result<Caller, GatewayError> {
         let entry = self.by_id.get(key_id).and_then(|d| self.by_digest.get(d));
         let Some(entry) = entry else {
             return Err(GatewayError::refused(
-                ErrorCode::InvalidApiKey,
-                format!("the API key `{key_id}` that submitted this is no longer known"),
+                ErrorCode::KeyStoreUnavailable,
+                format!("the API key `{key_id}` that submitted this is not known here (deleted, or not yet read from the key store)"),
             ));
         };
         entry.usable(&format!("the API key `{key_id}` that submitted this"))
@@ -341,7 +344,8 @@ mod tests {
         let e = keys.caller_of_key("config:bob:00000000").unwrap_err();
         assert_eq!(
             (e.status().as_u16(), e.code()),
-            (401, ErrorCode::InvalidApiKey)
+            (503, ErrorCode::KeyStoreUnavailable),
+            "not known here yet: a job tries again later"
         );
     }
 }

@@ -207,7 +207,7 @@ pub(super) async fn converse_job(
 
 /// A job's answer of `e`, in the gateway's shape.
 pub(super) fn job_error(e: &GatewayError) -> JobAnswer {
-    JobAnswer::of_value(e.status().as_u16(), &ErrorBody::of(e))
+    JobAnswer::of_value(e.status().as_u16(), &ErrorBody::of(e)).retry_after(e.retry_after_ms())
 }
 
 /// Answers a delivered call with `body`.

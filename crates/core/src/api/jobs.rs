@@ -344,8 +344,9 @@ impl crate::jobs::JobRunner for AppState {
                 // The key as it is now: its limits, its team's, and
                 // whether it may still run work.
                 Some(key_id) => match self.access.rules().keys.caller_of_key(key_id) {
+                    // Never above its key's rank now.
                     Ok(caller) => Caller {
-                        priority: job.priority,
+                        priority: job.priority.min(caller.priority),
                         ..caller
                     },
                     Err(e) => return job_error(&job.route, &e),

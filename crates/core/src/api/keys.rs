@@ -164,9 +164,11 @@ async fn team_view(state: &AppState, team: &TeamRecord) -> Value {
                 let mut spent = json!({ "tokens": tokens, "usd": usd(nano) });
                 let (token_budget, usd_budget) = spend::budgets(&team.limits, period);
                 if let Some(budget) = token_budget {
+                    spent["token_budget"] = json!(budget);
                     spent["tokens_left"] = json!(budget.saturating_sub(tokens));
                 }
                 if let Some(budget) = usd_budget {
+                    spent["usd_budget"] = json!(budget);
                     spent["usd_left"] = json!((budget - usd(nano)).max(0.0));
                 }
                 spend.insert(period.name().to_owned(), spent);
@@ -224,11 +226,19 @@ pub async fn list_teams(State(state): State<Arc<AppState>>) -> Answer {
     Ok(Json(json!({ "teams": team_views(&state).await })).into_response())
 }
 
-/// `GET /team_stats` (an observer's route, beside `/model_stats`): each
-/// team's limits and what it spent and has left this UTC day, week and
-/// month, for the status page.
+/// `GET /team_stats` (an observer's route, beside `/model_stats` and
+/// `/metrics`, which carries the same spend per team): what each team spent
+/// this UTC day, week and month and what is left of each budget, for the
+/// status page. Its other limits (RPM, TPM) stay on the admin API.
 pub async fn team_stats(State(state): State<Arc<AppState>>) -> Response {
-    Json(json!({ "success": true, "teams": team_views(&state).await })).into_response()
+    let mut teams = team_views(&state).await;
+    for team in &mut teams {
+        if let Some(team) = team.as_object_mut() {
+            team.remove("limits");
+            team.remove("created_at_ms");
+        }
+    }
+    Json(json!({ "success": true, "teams": teams })).into_response()
 }
 
 /// Every team as the admin API shows it.

@@ -228,7 +228,11 @@ impl Jobs {
             }
             Backend::Redis(redis) => redis.payload(&job.id, "answer").await?,
         };
-        Ok(body.map(|body| JobAnswer { status, body }))
+        Ok(body.map(|body| JobAnswer {
+            status,
+            body,
+            retry_after_ms: None,
+        }))
     }
 
     /// A page of jobs, newest first: records only.

@@ -64,6 +64,9 @@ pub struct JobAnswer {
     pub status: u16,
     /// Always one JSON value.
     pub body: Bytes,
+    /// When a "try later" answer (429, 503, 504) said the gateway has room
+    /// again: the next run waits at least that long. Not stored.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl JobAnswer {
@@ -76,7 +79,11 @@ impl JobAnswer {
             let text = String::from_utf8_lossy(&body).into_owned();
             Bytes::from(serde_json::to_vec(&text).expect("a string serializes"))
         };
-        Self { status, body }
+        Self {
+            status,
+            body,
+            retry_after_ms: None,
+        }
     }
 
     /// An answer of `status` whose body is `value`.
@@ -85,7 +92,14 @@ impl JobAnswer {
         Self {
             status,
             body: Bytes::from(body),
+            retry_after_ms: None,
         }
+    }
+
+    /// This answer, to be tried again no sooner than `retry_after_ms`.
+    pub fn retry_after(mut self, retry_after_ms: Option<u64>) -> Self {
+        self.retry_after_ms = retry_after_ms;
+        self
     }
 
     /// The body as raw JSON, to embed in a view without decoding it.

@@ -78,7 +78,9 @@ impl Jobs {
             ),
         };
         let again = try_later(answer.status) && job.runs < self.config.max_runs;
-        let backoff_ms = 1_000u64 << job.runs.min(6);
+        // No sooner than the answer said there would be room (a key's RPM
+        // renews within the minute; a spent budget at the next UTC period).
+        let backoff_ms = (1_000u64 << job.runs.min(6)).max(answer.retry_after_ms.unwrap_or(0));
         if again {
             tracing::info!(job = %id, status = answer.status, backoff_ms, "the gateway had no capacity for a job; it runs again later");
         }

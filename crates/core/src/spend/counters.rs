@@ -66,10 +66,16 @@ impl MemoryCounters {
             self.next_sweep = now + SWEEP_EVERY;
         }
         for add in adds {
-            let kept = self.hashes.entry(add.hash).or_insert_with(|| Kept {
+            let fresh = || Kept {
                 sums: Sums::new(),
                 until: now + Duration::from_millis(add.keep_ms),
-            });
+            };
+            let kept = self.hashes.entry(add.hash).or_insert_with(fresh);
+            // Past its time but not swept yet: it starts afresh, as an
+            // expired Redis hash does.
+            if kept.until <= now {
+                *kept = fresh();
+            }
             *kept.sums.entry(add.field).or_default() += add.delta;
         }
     }

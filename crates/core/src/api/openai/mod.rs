@@ -184,7 +184,7 @@ pub(super) async fn chat_completion_job(
 
 /// A job's answer of `e`, in OpenAI's shape.
 pub(super) fn job_error(e: &GatewayError) -> JobAnswer {
-    JobAnswer::of_value(e.status().as_u16(), &error_body(e))
+    JobAnswer::of_value(e.status().as_u16(), &error_body(e)).retry_after(e.retry_after_ms())
 }
 
 /// How a non-streaming chat completion is answered.
