@@ -24,6 +24,8 @@
 # the cost of key lookup, limits and cost booking, next to the open gateway. With REDIS=1 as well, both gateways keep their state in
 # a redis-server started on a free port, and the keyed phase also prints the
 # Redis commands a request cost (from INFO commandstats).
+#
+# With DEPLOYMENT_QUOTAS=1 the deployment has RPM and TPM quotas.
 set -euo pipefail
 
 RATE=${RATE:-1000}
@@ -92,6 +94,12 @@ start_gateway() {
   PIDS+=("$started")
 }
 ADMIN=bench-admin-token-0123456789
+# With DEPLOYMENT_QUOTAS=1 the deployment declares RPM and TPM quotas (set
+# high, so nothing waits): the gateway then keeps a minute of reservations
+# for each, as it does for a real Bedrock quota.
+QUOTAS=
+[ "${DEPLOYMENT_QUOTAS:-}" != 1 ] || QUOTAS=$'rpm = 100000000\ntpm = 4000000000'
+WARM_S=${WARM_S:-$([ "${DEPLOYMENT_QUOTAS:-}" = 1 ] && echo 60 || echo 2)}
 
 echo "hey -z ${SECONDS_EACH}s -c $CONNS -q $((RATE / CONNS)): $RATE req/s in bursts of $CONNS"
 for binary in "$@"; do
@@ -105,6 +113,7 @@ id = "a"
 model_id = "model-a"
 endpoint_url = "http://127.0.0.1:$sim_port"
 credentials = { source = "static", access_key_id = "x", secret_access_key = "x" }
+$QUOTAS
 [[model_groups]]
 name = "g"
 deployments = ["a"]
@@ -151,8 +160,9 @@ CONF
     PIDS+=("$nginx_pid")
   fi
   wait_port "$sim_port"; wait_port "$gw_port"; [ -z "$nginx_pid" ] || wait_port "$nginx_port"
-  # Warm the gateway's connection pool and policy cache.
-  hey -z 2s -c "$CONNS" -q $((RATE / CONNS)) -m POST -T application/json -d "$BODY" \
+  # Warm the gateway's connection pool and policy cache (and with
+  # deployment quotas, fill a minute of their windows).
+  hey -z "${WARM_S}s" -c "$CONNS" -q $((RATE / CONNS)) -m POST -T application/json -d "$BODY" \
     "http://127.0.0.1:$gw_port/model/g/converse" >/dev/null
   echo "== $binary"
   measure "http://127.0.0.1:$sim_port/model/model-a/converse" - direct
