@@ -117,6 +117,14 @@ pub(super) async fn resync(shared: &Shared, conn: &mut MultiplexedConnection) ->
     pull(shared, conn).await
 }
 
+/// How much longer this instance's cooldown (or open circuit) must last
+/// than Redis's for the merge to tell Redis. Within this, the two are the
+/// same one seen at slightly different moments, typically one this
+/// instance got from the channel a moment ago. Pushing it back would
+/// publish a stale copy that can land after a sibling has lifted it, and
+/// put it back on everywhere.
+const SAME_WITHIN_MS: u64 = 1_000;
+
 /// Merges what Redis holds with this instance's state: a cooldown or an
 /// open circuit that lasts longer on one side wins on both; Redis's policy
 /// entries are taken.
@@ -169,7 +177,7 @@ pub(super) async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> R
                 cause,
                 clear_history: false,
             });
-        } else if mine_cooldown > remote_cooldown {
+        } else if mine_cooldown > remote_cooldown + SAME_WITHIN_MS {
             let change = local
                 .iter()
                 .find(|c| matches!(c, Change::Cooldown { deployment, .. } if deployment == d));
@@ -183,7 +191,7 @@ pub(super) async fn pull(shared: &Shared, conn: &mut MultiplexedConnection) -> R
                 deployment: d.clone(),
                 remaining_ms: remote_circuit,
             });
-        } else if mine_circuit > remote_circuit {
+        } else if mine_circuit > remote_circuit + SAME_WITHIN_MS {
             add(
                 shared,
                 &mut push,
