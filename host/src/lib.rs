@@ -13,7 +13,7 @@ pub use switchyard_authoring as authoring;
 pub use switchyard_clock as clock;
 pub use switchyard_core::{
     admission, api, attempt, config, edge, error_chain, gateway, health, jobs, keys, metrics,
-    offline, outcome, policy, router, service, spend, state, swap, upstream, vocabulary,
+    offline, outcome, policy, router, service, spend, state, swap, telemetry, upstream, vocabulary,
 };
 pub use switchyard_lab as lab;
 pub use switchyard_sim as sim;

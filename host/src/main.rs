@@ -276,19 +276,57 @@ impl From<KindArg> for switchyard::policy::PolicyKind {
     }
 }
 
-/// Starts logging: `RUST_LOG` wins over `level`, `--log-format` over `format`.
-fn init_logging(flag: Option<LogFormat>, logging: &config::LoggingConfig) {
+/// Starts logging: `RUST_LOG` wins over `level`, `--log-format` over
+/// `format`. A gateway (`otlp` given) with `[observability.otlp]` or the
+/// `OTEL_*` variables set exports its spans too; the handle keeps the
+/// exporter alive.
+fn init_logging(
+    flag: Option<LogFormat>,
+    logging: &config::LoggingConfig,
+    otlp: Option<&switchyard::telemetry::OtlpConfig>,
+) -> anyhow::Result<Option<switchyard::telemetry::Traces>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&logging.level));
     let format = flag.unwrap_or(match logging.format {
         config::LogFormat::Text => LogFormat::Text,
         config::LogFormat::Json => LogFormat::Json,
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let traces = match otlp {
+        Some(otlp) => otlp
+            .resolve(|name| std::env::var(name).ok())
+            .map_err(|(key, problem)| anyhow::anyhow!("traces: {key}: {problem}"))?,
+        None => None,
+    };
+    let Some(traces) = traces else {
+        // No traces: the plain subscriber, whose one filter costs least.
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        match format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return Ok(None);
+    };
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+    };
+    let (spans, handle) =
+        switchyard::telemetry::layer(&traces).map_err(|e| anyhow::anyhow!("traces: {e}"))?;
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .init();
+    tracing::info!(
+        url = %traces.traces_url,
+        sampling_ratio = traces.sampling_ratio,
+        service = %traces.service_name,
+        "exporting traces over OTLP/HTTP"
+    );
+    Ok(Some(handle))
 }
 
 fn read_sim_config(path: &Path) -> anyhow::Result<SimConfig> {
@@ -321,7 +359,11 @@ async fn serve(config_path: &Path, args: ServeArgs) -> anyhow::Result<()> {
     } = args;
     let config = Config::load_with(config_path, preset)?;
     // After the config: its preset and `[logging]` say how to log.
-    init_logging(log_format, &config.logging);
+    let _traces = init_logging(
+        log_format,
+        &config.logging,
+        Some(&config.observability.otlp),
+    )?;
     if let Some(preset) = config.preset {
         tracing::info!(%preset, "defaults from the preset; `switchyard config show` prints the effective config");
     }
@@ -604,7 +646,8 @@ fn lab(path: &Path, out: &Path, json: bool) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve { .. }) {
-        init_logging(cli.log_format, &config::LoggingConfig::default());
+        // Without traces, logging cannot fail to start.
+        let _ = init_logging(cli.log_format, &config::LoggingConfig::default(), None);
     }
     let result = match cli.command {
         Command::Serve {

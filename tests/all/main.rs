@@ -33,3 +33,4 @@ mod status_page;
 mod stream_endings;
 mod streaming;
 mod support;
+mod traces;

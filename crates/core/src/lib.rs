@@ -29,4 +29,5 @@ pub mod service;
 pub mod spend;
 pub mod state;
 pub mod swap;
+pub mod telemetry;
 pub mod upstream;

@@ -93,6 +93,7 @@ pub struct Metrics {
     policies: PolicyMetrics,
     deployments: DeploymentMetrics,
     shared: StateMetrics,
+    traces: TraceMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,10 +113,7 @@ fn policy_call_histogram() -> Histogram {
 }
 
 fn outcome_label(kind: OutcomeKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    kind.as_str().to_owned()
 }
 
 impl Default for Metrics {
@@ -125,12 +123,14 @@ impl Default for Metrics {
         let policies = PolicyMetrics::register(&mut registry);
         let deployments = DeploymentMetrics::register(&mut registry);
         let shared = StateMetrics::register(&mut registry);
+        let traces = TraceMetrics::register(&mut registry);
         Self {
             registry,
             requests,
             policies,
             deployments,
             shared,
+            traces,
         }
     }
 }
@@ -367,6 +367,39 @@ impl StateMetrics {
     }
 }
 
+/// What became of the spans traces export (all 0 when traces are off).
+struct TraceMetrics {
+    exported: Counter,
+    dropped: Counter,
+    failed: Counter,
+}
+
+impl TraceMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            exported: Counter::default(),
+            dropped: Counter::default(),
+            failed: Counter::default(),
+        };
+        registry.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            metrics.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full (the collector is slower than the traffic)",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "trace_spans_failed",
+            "Spans lost because the collector was unreachable or refused them",
+            metrics.failed.clone(),
+        );
+        metrics
+    }
+}
+
 impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
@@ -567,6 +600,17 @@ impl Metrics {
         catch_up(&self.shared.state_local_decisions, status.local_decisions);
         catch_up(&self.shared.state_resyncs, status.resyncs);
         catch_up(&self.shared.state_changes_received, status.changes_received);
+    }
+
+    /// Sets the trace export's counters, at scrape time.
+    pub fn traces(&self, counts: &crate::telemetry::SpanCounts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.traces.exported, counts.exported.load(Relaxed));
+        catch_up(&self.traces.dropped, counts.dropped.load(Relaxed));
+        catch_up(&self.traces.failed, counts.failed.load(Relaxed));
     }
 
     /// A slot's active version changed.

@@ -23,6 +23,18 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
+    /// Its name, as in JSON and the metrics' labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Success => "success",
+            OutcomeKind::Throttled => "throttled",
+            OutcomeKind::Unavailable => "unavailable",
+            OutcomeKind::Timeout => "timeout",
+            OutcomeKind::ClientError => "client_error",
+            OutcomeKind::ServerError => "server_error",
+        }
+    }
+
     /// Whether another deployment may do better than this one did.
     pub fn worth_falling_back(self) -> bool {
         !matches!(self, OutcomeKind::Success | OutcomeKind::ClientError)

@@ -102,7 +102,13 @@ struct SimState {
     refused_keys: Mutex<HashMap<String, KeyRefusal>>,
     /// Cached prompt prefixes, by model and prefix: when each expires.
     prompt_cache: Mutex<HashMap<(String, u64), u64>>,
+    /// The W3C `traceparent` of the last calls that carried one (Bedrock
+    /// ignores it; tests read it to see a trace reach the upstream).
+    traceparents: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many `traceparent` headers the simulator remembers.
+const TRACEPARENTS_KEPT: usize = 64;
 
 /// How long a cached prefix lives after its last use, as Bedrock's default.
 const PROMPT_CACHE_TTL_MS: u64 = 5 * 60 * 1000;
@@ -271,6 +277,13 @@ impl SimState {
         read: impl FnOnce() -> Result<W, String>,
         streaming: bool,
     ) -> Result<Answer<W>, Response> {
+        if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+            let mut kept = self.traceparents.lock().expect("simulator state poisoned");
+            if kept.len() == TRACEPARENTS_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(traceparent.to_owned());
+        }
         let key = access_key(headers);
         let refusal = self
             .refused_keys
@@ -848,6 +861,7 @@ impl Simulator {
                 abandoned_streams: Arc::new(AtomicU64::new(0)),
                 refused_keys: Mutex::new(HashMap::new()),
                 prompt_cache: Mutex::new(HashMap::new()),
+                traceparents: Mutex::default(),
                 request_ids: AtomicU64::new(1),
                 calls: AtomicU64::new(0),
             }),
@@ -938,6 +952,17 @@ impl SimHandle {
             .lock()
             .expect("simulator state poisoned")
             .insert(access_key.to_owned(), refusal);
+    }
+
+    /// The `traceparent` headers of the last calls that carried one
+    /// (at most 64), oldest first.
+    pub fn traceparents(&self) -> Vec<String> {
+        let kept = self
+            .state
+            .traceparents
+            .lock()
+            .expect("simulator state poisoned");
+        kept.iter().cloned().collect()
     }
 
     /// Streams whose client (the gateway) closed the connection before the

@@ -81,6 +81,7 @@ fn model_call(
     kind: BodyKind,
 ) -> Result<ModelCall, GatewayError> {
     let request_id = facts.request_id.clone();
+    let trace = facts.trace.clone();
     let (caller, max_wait_ms) = facts.checked()?;
     let group = state.service.group_for(model_id)?;
     let body = body.map_err(|rejection| unreadable_body(&rejection))?;
@@ -92,6 +93,7 @@ fn model_call(
         max_wait_ms,
         body,
         estimated_tokens,
+        trace,
     })
 }
 
@@ -189,6 +191,7 @@ pub(super) async fn converse_job(
             max_wait_ms: None,
             body,
             estimated_tokens,
+            trace: None,
         })
     });
     let answered = match call {

@@ -84,6 +84,8 @@ impl<S: Send + Sync> FromRequestParts<S> for MaxWait {
 /// that their errors come in its API's shape, under the request's id.
 pub struct CallFacts {
     pub request_id: String,
+    /// The client's W3C trace context, when traces are on.
+    pub trace: Option<crate::telemetry::TraceContext>,
     caller: Result<Caller, GatewayError>,
     max_wait: Result<MaxWait, GatewayError>,
 }
@@ -106,6 +108,7 @@ impl FromRequestParts<Arc<AppState>> for CallFacts {
     ) -> Result<Self, Infallible> {
         Ok(Self {
             request_id: request_id(&parts.headers),
+            trace: crate::telemetry::TraceContext::from_headers(&parts.headers),
             caller: Caller::from_request_parts(parts, state).await,
             max_wait: MaxWait::from_request_parts(parts, state).await,
         })

@@ -102,6 +102,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let queue = state.service.queue().stats();
     metrics.queue_state(queue.queued, queue.running);
     metrics.shared_state(&state.shared_state.status());
+    metrics.traces(crate::telemetry::counts());
     let mut response = metrics.render().into_response();
     response.headers_mut().insert(
         "content-type",

@@ -281,6 +281,9 @@ pub struct ObservabilityConfig {
     /// `/state_stats` and the status page need a client API key or the
     /// admin token (they name users, deployments and accounts).
     pub require_key: bool,
+    /// `[observability.otlp]`: traces over OpenTelemetry (off when unset
+    /// and no `OTEL_EXPORTER_OTLP_*ENDPOINT` is set). Needs a restart.
+    pub otlp: crate::telemetry::OtlpConfig,
 }
 
 /// A name clients ask for, and the deployments behind it.

@@ -249,6 +249,11 @@ impl Config {
                 "needs [[api_keys]] or an [admin] token to accept",
             ));
         }
+        // The config's own settings; the `OTEL_*` variables are checked
+        // when the gateway starts.
+        if let Err((key, problem)) = self.observability.otlp.resolve(|_| None) {
+            return Err(invalid(key, problem));
+        }
         if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(invalid("admin.token", "must be at least 16 characters"));
         }

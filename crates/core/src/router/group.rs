@@ -11,7 +11,10 @@ use crate::admission::DeploymentAdmission;
 use crate::config::DeploymentConfig;
 use crate::health::DeploymentHealth;
 use crate::metrics::Metrics;
-use crate::policy::{self, DeploymentTable, PolicyFault, PolicyKind, PolicySlot, PolicyVersion};
+use crate::policy::{
+    self, CallReport, DeploymentTable, PolicyFault, PolicyKind, PolicySlot, PolicyVersion,
+};
+use crate::telemetry::DECISIONS;
 use crate::upstream::Upstream;
 
 use switchyard_policy_host::candidate::deployment_table;
@@ -54,6 +57,8 @@ pub(super) struct PolicyObserver {
     pub(super) group: String,
     pub(super) request_id: String,
     pub(super) metrics: Arc<Metrics>,
+    /// The request's span, which each decision is an event of.
+    pub(super) span: tracing::Span,
 }
 
 impl PolicyObserver {
@@ -61,10 +66,29 @@ impl PolicyObserver {
         &self,
         slot: &PolicySlot,
         version: &PolicyVersion,
-        result: &Result<T, PolicyFault>,
+        result: &Result<(T, CallReport), PolicyFault>,
         elapsed: Duration,
+        decision: impl FnOnce(&T) -> String,
     ) {
         let fault = result.as_ref().err();
+        if tracing::enabled!(target: DECISIONS, tracing::Level::DEBUG) {
+            let (decision, fuel) = match result {
+                Ok((value, report)) => (decision(value), report.fuel_used),
+                Err(fault) => (format!("fault: {}", fault.code()), None),
+            };
+            tracing::event!(
+                target: DECISIONS,
+                parent: &self.span,
+                tracing::Level::DEBUG,
+                policy.kind = %slot.kind(),
+                policy.name = version.policy.name(),
+                policy.version = version.number,
+                policy.decision = %decision,
+                policy.fuel = fuel,
+                policy.duration_us = elapsed.as_micros() as u64,
+                "policy decision"
+            );
+        }
         self.metrics.policy_call(
             &self.group,
             slot.kind(),

@@ -227,28 +227,6 @@ impl Router {
         F: Fn(Upstream, Bytes, MoreCalls) -> Fut,
         Fut: Future<Output = Result<T, AttemptFailure>>,
     {
-        // One span per request: every line it logs carries its id and group.
-        let span = tracing::info_span!(
-            "request",
-            request_id = %request.request_id,
-            group = %group_name
-        );
-        self.route_in_span(group_name, request, permit, attempt)
-            .instrument(span)
-            .await
-    }
-
-    async fn route_in_span<T, F, Fut>(
-        &self,
-        group_name: &str,
-        request: &RouteRequest,
-        permit: &mut Permit,
-        attempt: F,
-    ) -> Result<Routed<T>, RouteError>
-    where
-        F: Fn(Upstream, Bytes, MoreCalls) -> Fut,
-        Fut: Future<Output = Result<T, AttemptFailure>>,
-    {
         let group = self
             .groups
             .get(group_name)
@@ -392,6 +370,7 @@ impl Router {
                 deployment.clone(),
                 request.bill.clone(),
             ),
+            span: tracing::Span::none(),
         }
     }
 
@@ -415,6 +394,7 @@ impl Router {
                 group: group.name.clone(),
                 request_id: request.request_id.clone(),
                 metrics: self.metrics.clone(),
+                span: tracing::Span::current(),
             },
         };
         let now = || Members {
@@ -462,12 +442,10 @@ impl Router {
             let members = now();
             run.begin(&members, index, members.now_ms);
             let seed = run.options().seed;
-            let pending = self.pending_attempt(&calls, seed, index, deployment, request, ticket);
-            let attempt_span = tracing::info_span!(
-                "attempt",
-                deployment = %deployment.config.id,
-                attempt = attempt_number
-            );
+            let mut pending =
+                self.pending_attempt(&calls, seed, index, deployment, request, ticket);
+            let attempt_span = attempt_span(deployment, attempt_number, &request.request_id);
+            pending.span = attempt_span.clone();
             let more = MoreCalls::new(
                 deployment.clone(),
                 self.clock.clone(),
@@ -567,6 +545,7 @@ impl RunPolicies for ObservedPolicies<'_> {
             selection,
             &selected,
             called.elapsed(),
+            |order| order_of(order, candidates),
         );
         selected.ok().map(|(order, _)| order)
     }
@@ -593,9 +572,46 @@ impl RunPolicies for ObservedPolicies<'_> {
             fallback,
             &next,
             called.elapsed(),
+            |order| order_of(order, remaining),
         );
         next.ok().map(|(order, _)| order)
     }
+}
+
+/// The span of attempt number `number` (from 0) on `deployment`: its
+/// outcome, status and tokens are recorded when it is settled.
+fn attempt_span(deployment: &Deployment, number: usize, request_id: &str) -> tracing::Span {
+    let config = &deployment.config;
+    if !crate::telemetry::enabled() {
+        return tracing::info_span!("attempt", deployment = %config.id, attempt = number);
+    }
+    let empty = tracing::field::Empty;
+    tracing::info_span!(
+        "attempt",
+        otel.name = format!("attempt {}", config.id),
+        otel.kind = "client",
+        otel.status_code = empty,
+        request_id = %request_id,
+        deployment = %config.id,
+        attempt = number,
+        switchyard.account = %config.account,
+        cloud.region = %config.region,
+        gen_ai.request.model = %config.model_id,
+        switchyard.outcome = empty,
+        http.response.status_code = empty,
+        switchyard.latency_ms = empty,
+        gen_ai.usage.input_tokens = empty,
+        gen_ai.usage.output_tokens = empty,
+    )
+}
+
+/// A policy's order as the deployments' ids, for its decision event.
+fn order_of(order: &[usize], candidates: &[policy::Candidate]) -> String {
+    let ids: Vec<&str> = order
+        .iter()
+        .filter_map(|&i| candidates.get(i).map(|c| c.deployment.as_str()))
+        .collect();
+    format!("[{}]", ids.join(", "))
 }
 
 /// How one pass of selection and attempts ended.

@@ -140,6 +140,8 @@ pub(super) struct PendingAttempt {
     pub(super) ticket: Option<Ticket>,
     /// Where the tokens it used are booked.
     pub(super) book: UsageBook,
+    /// The attempt's span (none until it starts), ended when it is settled.
+    pub(super) span: tracing::Span,
 }
 
 impl Drop for PendingAttempt {
@@ -155,6 +157,45 @@ impl Drop for PendingAttempt {
 }
 
 impl PendingAttempt {
+    /// Records how the attempt ended on its span and, for a success, on
+    /// the request's (traces only).
+    fn trace_end(
+        &self,
+        kind: OutcomeKind,
+        status: Option<u16>,
+        usage: Option<&TokenUsage>,
+        now_ms: u64,
+    ) {
+        if !crate::telemetry::enabled() {
+            return;
+        }
+        let span = &self.span;
+        span.record("switchyard.outcome", kind.as_str());
+        span.record(
+            "switchyard.latency_ms",
+            now_ms.saturating_sub(self.started_ms),
+        );
+        if let Some(status) = status {
+            span.record("http.response.status_code", status);
+        }
+        let request = &self.observer.span;
+        if let Some(usage) = usage {
+            // The input the model read, whether from the cache or not.
+            let input = usage.input + usage.cache_read + usage.cache_write;
+            for span in [span, request] {
+                span.record("gen_ai.usage.input_tokens", input);
+                span.record("gen_ai.usage.output_tokens", usage.output);
+            }
+        }
+        if kind == OutcomeKind::Success {
+            let config = &self.deployment.config;
+            request.record("gen_ai.response.model", config.model_id.as_str());
+            request.record("switchyard.deployment", config.id.as_str());
+        } else {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+
     /// Settles the attempt as `end` says; the outcome it made.
     pub(super) fn settle(mut self, end: AttemptEnd) -> Outcome {
         let AttemptEnd {
@@ -173,6 +214,7 @@ impl PendingAttempt {
         if let Some(usage) = &usage {
             self.book.book(usage);
         }
+        self.trace_end(kind, upstream_status, usage.as_ref(), now);
         let outcome = Outcome {
             deployment: self.deployment.config.id.clone(),
             kind,
@@ -207,6 +249,18 @@ impl PendingAttempt {
                     &self.cooldown,
                     &decision,
                     called.elapsed(),
+                    |d| {
+                        format!(
+                            "{}: cooldown {} ms{}",
+                            outcome.kind.as_str(),
+                            d.cooldown_ms,
+                            if d.clear_history {
+                                ", history cleared"
+                            } else {
+                                ""
+                            }
+                        )
+                    },
                 );
                 match decision {
                     Ok((d, _)) => (d.cooldown_ms, d.clear_history),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tracing::Instrument;
 
 pub use caller::{Caller, MAX_USER_BYTES};
 pub use error::{ErrorCode, GatewayError};
@@ -23,6 +24,7 @@ pub use error::{ErrorCode, GatewayError};
 use crate::admission::{FairQueue, Permit};
 use crate::router::{AttemptEnd, MoreCalls, RouteRequest, Routed, Router};
 use crate::spend::Spending;
+use crate::telemetry::{self, TraceContext};
 use crate::upstream::{
     AttemptFailure, ConverseReply, InvokeReply, OpenStream, TokenUsage, Upstream,
 };
@@ -43,6 +45,9 @@ pub struct ModelCall {
     pub body: Bytes,
     /// A pessimistic estimate of its tokens (see [`estimate_tokens`]).
     pub estimated_tokens: u32,
+    /// The client's trace, which the call's span continues (only read
+    /// when traces are on).
+    pub trace: Option<TraceContext>,
 }
 
 /// What one attempt of a call does with a deployment's client: a Bedrock
@@ -50,6 +55,8 @@ pub struct ModelCall {
 pub trait Operation: Send + Sync {
     /// What a successful attempt gives.
     type Reply: Send;
+    /// Its `gen_ai.operation.name` in traces.
+    const NAME: &'static str;
 
     /// One attempt on `upstream` with the call's `body`. An operation that
     /// makes more than one upstream call admits each further one with
@@ -76,6 +83,7 @@ pub struct InvokeStream;
 pub struct CountTokens;
 
 impl Operation for Converse {
+    const NAME: &'static str = "chat";
     type Reply = ConverseReply;
     async fn attempt(
         &self,
@@ -88,6 +96,7 @@ impl Operation for Converse {
 }
 
 impl Operation for ConverseStream {
+    const NAME: &'static str = "chat";
     type Reply = OpenStream;
     async fn attempt(
         &self,
@@ -100,6 +109,7 @@ impl Operation for ConverseStream {
 }
 
 impl Operation for Invoke {
+    const NAME: &'static str = "generate_content";
     type Reply = InvokeReply;
     async fn attempt(
         &self,
@@ -112,6 +122,7 @@ impl Operation for Invoke {
 }
 
 impl Operation for CountTokens {
+    const NAME: &'static str = "count_tokens";
     type Reply = u64;
     async fn attempt(
         &self,
@@ -124,6 +135,7 @@ impl Operation for CountTokens {
 }
 
 impl Operation for InvokeStream {
+    const NAME: &'static str = "generate_content";
     type Reply = OpenStream;
     async fn attempt(
         &self,
@@ -185,6 +197,38 @@ impl<T> Delivered<T> {
             attempts: self.attempts,
         }
     }
+}
+
+/// The span of one model call: what logs need, and when traces are on the
+/// GenAI semantic conventions' attributes (the usage and the deployment
+/// that answered are recorded when known), as a child of the client's trace.
+fn call_span(operation: &'static str, call: &ModelCall) -> tracing::Span {
+    let (group, request_id) = (&call.group, &call.request_id);
+    if !telemetry::enabled() {
+        return tracing::info_span!("request", request_id = %request_id, group = %group);
+    }
+    let empty = tracing::field::Empty;
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{operation} {group}"),
+        otel.kind = "server",
+        otel.status_code = empty,
+        request_id = %request_id,
+        group = %group,
+        gen_ai.operation.name = operation,
+        gen_ai.provider.name = "aws.bedrock",
+        gen_ai.request.model = %group,
+        gen_ai.response.model = empty,
+        gen_ai.usage.input_tokens = empty,
+        gen_ai.usage.output_tokens = empty,
+        switchyard.deployment = empty,
+        switchyard.attempts = empty,
+        error.type = empty,
+    );
+    if let Some(trace) = &call.trace {
+        trace.adopt(&span);
+    }
+    span
 }
 
 /// About four bytes of JSON per input token, rounded up, plus the whole
@@ -262,6 +306,23 @@ impl Service {
         call: ModelCall,
         operation: &O,
     ) -> Result<Admitted<O::Reply>, GatewayError> {
+        let span = call_span(O::NAME, &call);
+        let called = self
+            .call_in_span(call, operation)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &called {
+            span.record("error.type", e.code().as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        called
+    }
+
+    async fn call_in_span<O: Operation>(
+        &self,
+        call: ModelCall,
+        operation: &O,
+    ) -> Result<Admitted<O::Reply>, GatewayError> {
         let metrics = self.router.metrics();
         let max_wait_ms = call
             .max_wait_ms
@@ -299,6 +360,16 @@ impl Service {
             deadline: tokio::time::Instant::now() + Duration::from_millis(max_wait_ms),
             bill: Some(bill),
         };
+        let queue_span = if telemetry::enabled() {
+            tracing::info_span!(
+                "queue_wait",
+                otel.name = "queue wait",
+                request_id = %request.request_id,
+                switchyard.priority = call.caller.priority,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let admitted = self
             .queue
             .admit_capped(
@@ -307,6 +378,7 @@ impl Service {
                 call.caller.priority,
                 request.deadline,
             )
+            .instrument(queue_span)
             .await;
         let mut permit = match admitted {
             Ok(permit) => permit,

@@ -36,7 +36,7 @@ pub use usage::TokenUsage;
 
 use crate::config::{DeploymentConfig, Limits};
 use crate::outcome::OutcomeKind;
-use passthrough::{RawRequestBody, StreamTee};
+use passthrough::{RawRequestBody, StreamTee, TraceHeaders};
 use signed::SignedClient;
 
 /// Why a deployment's client could not be built.
@@ -228,6 +228,7 @@ impl Upstream {
             .model_id(&self.model_id)
             .customize()
             .interceptor(RawRequestBody::new(body))
+            .interceptor(TraceHeaders::current())
             .interceptor(StreamTee::new(tx))
             .send();
         let output = self.in_time(call).await?;
@@ -287,6 +288,7 @@ impl Upstream {
             .accept("application/json")
             .body(Blob::new(body))
             .customize()
+            .interceptor(TraceHeaders::current())
             .interceptor(StreamTee::new(tx))
             .send();
         let output = self.in_time(call).await?;

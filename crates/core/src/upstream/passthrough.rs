@@ -49,6 +49,41 @@ impl Intercept for RawRequestBody {
     }
 }
 
+/// Passes the attempt's W3C trace headers on to Bedrock (taken when the
+/// attempt starts, inside its span).
+#[derive(Debug)]
+pub struct TraceHeaders {
+    headers: Vec<(&'static str, String)>,
+}
+
+impl TraceHeaders {
+    /// The current span's headers.
+    pub fn current() -> Self {
+        Self {
+            headers: crate::telemetry::current_headers(),
+        }
+    }
+}
+
+impl Intercept for TraceHeaders {
+    fn name(&self) -> &'static str {
+        "switchyard::TraceHeaders"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let headers = context.request_mut().headers_mut();
+        for (name, value) in &self.headers {
+            headers.insert(*name, value.clone());
+        }
+        Ok(())
+    }
+}
+
 /// Copies every chunk of a streaming answer into a channel while the SDK
 /// decodes it, so the raw frames can be forwarded to the client.
 #[derive(Debug)]

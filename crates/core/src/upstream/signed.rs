@@ -221,6 +221,8 @@ impl SignedClient {
             .map_err(|e| failed("signature", &e))?
             .into_parts();
         instructions.apply_to_request_http1x(&mut request);
+        // Unsigned, so a trace header never changes what was signed.
+        crate::telemetry::inject(request.headers_mut());
         Ok(request)
     }
 }

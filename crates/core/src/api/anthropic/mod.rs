@@ -152,6 +152,7 @@ fn model_call(
     purpose: Purpose,
 ) -> Result<(ModelCall, bool), GatewayError> {
     let request_id = facts.request_id.clone();
+    let trace = facts.trace.clone();
     let (caller, max_wait_ms) = facts.checked()?;
     let body = body.map_err(|rejection| super::error::unreadable_body(&rejection))?;
     let beta = headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
@@ -170,6 +171,7 @@ fn model_call(
         max_wait_ms,
         body: request.body,
         estimated_tokens,
+        trace,
     };
     Ok((call, request.stream))
 }

@@ -141,14 +141,16 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = facts.request_id.clone();
+    let trace = facts.trace.clone();
     let checked = facts.checked().and_then(|(caller, max_wait_ms)| {
         let body = body.map_err(|r| unreadable_body(&r))?;
         check(&state, caller, max_wait_ms, &request_id, body)
     });
-    let (job, call, base64, model) = match checked {
+    let (job, mut call, base64, model) = match checked {
         Ok(checked) => checked,
         Err(e) => return error_response(&e, &request_id),
     };
+    call.trace = trace;
     let delivered = match state.service.call(call, &job).await {
         Err(e) => return error_response(&e, &request_id),
         Ok(admitted) => {
@@ -242,6 +244,7 @@ fn check(
         max_wait_ms,
         estimated_tokens: estimate_tokens(input_bytes, Some(0)),
         body,
+        trace: None,
     };
     let job = EmbeddingJob {
         texts,
@@ -257,6 +260,7 @@ fn check(
 /// Each attempt embeds every text on one deployment (the body was only
 /// checked: the texts travel in the job).
 impl Operation for EmbeddingJob {
+    const NAME: &'static str = "embeddings";
     type Reply = Embedded;
 
     async fn attempt(

@@ -112,14 +112,16 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = facts.request_id.clone();
+    let trace = facts.trace.clone();
     let checked = facts.checked().and_then(|(caller, max_wait_ms)| {
         let body = body.map_err(|r| unreadable_body(&r))?;
         check(&state, caller, max_wait_ms, &request_id, &body)
     });
-    let (chat, json_mode, call) = match checked {
+    let (chat, json_mode, mut call) = match checked {
         Ok(c) => c,
         Err(e) => return error_response(&e, &request_id),
     };
+    call.trace = trace;
     let id = format!("chatcmpl-{request_id}");
     let created = unix_now();
     if chat.stream {
@@ -298,6 +300,7 @@ fn check(
         estimated_tokens: estimate_tokens(text_bytes, chat.max_output_tokens())
             .saturating_add(image_tokens),
         body: Bytes::from(converse_json),
+        trace: None,
     };
     Ok((chat, json_mode, call))
 }

@@ -1,0 +1,189 @@
+//! Finished spans to the collector: a bounded queue the request path only
+//! ever `try_send`s into, and one task that batches it and posts each batch
+//! as OTLP/HTTP protobuf. A slow or dead collector costs spans (dropped and
+//! counted), never a request's time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use super::config::Resolved;
+
+/// Most spans in one export.
+const MAX_BATCH: usize = 512;
+/// How long the first span of a batch waits for others.
+const BATCH_DELAY: Duration = Duration::from_millis(500);
+
+/// What became of finished spans, since the start (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct SpanCounts {
+    pub exported: AtomicU64,
+    /// The queue was full: the collector is slower than the spans.
+    pub dropped: AtomicU64,
+    /// Sent, but the collector was unreachable or refused them.
+    pub failed: AtomicU64,
+}
+
+pub(crate) static COUNTS: SpanCounts = SpanCounts {
+    exported: AtomicU64::new(0),
+    dropped: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+};
+
+/// Hands each finished, sampled span to the export task, or drops it.
+#[derive(Debug)]
+pub(super) struct QueueProcessor {
+    queue: mpsc::Sender<SpanData>,
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        if self.queue.try_send(span).is_err() {
+            COUNTS.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+type ExportClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Starts the export task (on the current tokio runtime) and returns the
+/// processor that feeds it.
+pub(super) fn start(settings: &Resolved, resource: &Resource) -> Result<QueueProcessor, String> {
+    let uri: http::Uri = settings
+        .traces_url
+        .parse()
+        .map_err(|e| format!("`{}` is not a URL: {e}", settings.traces_url))?;
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &settings.headers {
+        let name = http::HeaderName::try_from(name.as_str())
+            .map_err(|e| format!("header `{name}`: {e}"))?;
+        let value = http::HeaderValue::try_from(value.as_str())
+            .map_err(|e| format!("header `{name}`'s value: {e}"))?;
+        headers.insert(name, value);
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_millis(settings.export_timeout_ms)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
+        .map_err(|e| format!("no TLS roots: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let exporter = Exporter {
+        client: Client::builder(TokioExecutor::new()).build(https),
+        uri,
+        headers,
+        timeout: Duration::from_millis(settings.export_timeout_ms),
+        resource: ResourceAttributesWithSchema::from(resource),
+        failing: false,
+    };
+    let (queue, spans) = mpsc::channel(settings.max_queued_spans);
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| "traces need a tokio runtime to export from".to_owned())?;
+    runtime.spawn(exporter.run(spans));
+    Ok(QueueProcessor { queue })
+}
+
+struct Exporter {
+    client: ExportClient,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    timeout: Duration,
+    resource: ResourceAttributesWithSchema,
+    /// The last export failed (so a dead collector is logged once, not
+    /// every batch).
+    failing: bool,
+}
+
+impl Exporter {
+    async fn run(mut self, mut spans: mpsc::Receiver<SpanData>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = spans.recv().await {
+            batch.push(first);
+            let deadline = tokio::time::sleep(BATCH_DELAY);
+            tokio::pin!(deadline);
+            while batch.len() < MAX_BATCH {
+                tokio::select! {
+                    span = spans.recv() => match span {
+                        Some(span) => batch.push(span),
+                        None => break,
+                    },
+                    () = &mut deadline => break,
+                }
+            }
+            self.export(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    async fn export(&mut self, batch: Vec<SpanData>) {
+        let count = batch.len() as u64;
+        let body = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
+        }
+        .encode_to_vec();
+        let mut request = http::Request::post(self.uri.clone())
+            .header("content-type", "application/x-protobuf")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid export request");
+        request.headers_mut().extend(self.headers.clone());
+        let sent = tokio::time::timeout(self.timeout, async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            // Read the answer so the connection can be used again.
+            let _ = response.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the collector answered {status}"))
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("the collector did not answer in time".to_owned()));
+        match sent {
+            Ok(()) => {
+                COUNTS.exported.fetch_add(count, Ordering::Relaxed);
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(url = %self.uri, "trace export works again");
+                }
+            }
+            Err(e) => {
+                COUNTS.failed.fetch_add(count, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!(url = %self.uri, error = %e, spans = count,
+                        "trace export failed; spans are dropped until the collector answers (counted in /metrics)");
+                }
+            }
+        }
+    }
+}
