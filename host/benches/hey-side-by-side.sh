@@ -26,6 +26,14 @@
 # Redis commands a request cost (from INFO commandstats).
 #
 # With DEPLOYMENT_QUOTAS=1 the deployment has RPM and TPM quotas.
+#
+# With TRACES=1 it also starts a gateway that traces every request
+# (sampling ratio 1) to an OTLP endpoint where nothing listens, and
+# measures Converse through it right after the untraced one: what a dead
+# collector costs. With TRACES=live the endpoint is a small collector (a
+# Python HTTP server that takes every export), so every span is made,
+# encoded and sent: what tracing every request costs. TRACE_RATIO sets the
+# sampling ratio (default 1).
 set -euo pipefail
 
 RATE=${RATE:-1000}
@@ -141,6 +149,31 @@ TOML
     start_gateway "$WORK/keyed.toml" "$keyed_port"
     keyed=$started
   fi
+  if [ -n "${TRACES:-}" ]; then
+    traced_port=$(free_port)
+    collector_port=$(free_port)
+    if [ "$TRACES" = live ]; then
+      python3 -c '
+import http.server, sys
+class Collector(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Collector).serve_forever()
+' "$collector_port" &
+      PIDS+=($!)
+      wait_port "$collector_port"
+    fi
+    { cat "$WORK/gateway.toml"; printf '[observability.otlp]\nendpoint = "http://127.0.0.1:%s"\nsampling_ratio = %s\n' "$collector_port" "${TRACE_RATIO:-1}"; } >"$WORK/traced.toml"
+    start_gateway "$WORK/traced.toml" "$traced_port"
+    traced=$started
+  fi
   nginx_pid=
   if [ -n "$NGINX" ]; then
     mkdir -p "$WORK/nginx"
@@ -168,6 +201,15 @@ CONF
   measure "http://127.0.0.1:$sim_port/model/model-a/converse" - direct
   [ -z "$nginx_pid" ] || measure "http://127.0.0.1:$nginx_port/model/model-a/converse" "$nginx_pid" nginx
   measure "http://127.0.0.1:$gw_port/model/g/converse" "$gateway" gateway
+  if [ -n "${TRACES:-}" ]; then
+    wait_port "$traced_port"
+    hey -z "${WARM_S}s" -c "$CONNS" -q $((RATE / CONNS)) -m POST -T application/json -d "$BODY" \
+      "http://127.0.0.1:$traced_port/model/g/converse" >/dev/null
+    measure "http://127.0.0.1:$traced_port/model/g/converse" "$traced" traced
+    counts=$(curl -fsS "http://127.0.0.1:$traced_port/metrics" | awk '/^switchyard_trace_(spans_(exported|failed|dropped)|requests_untraced)_total/ {sub("switchyard_trace_", "", $1); printf "%s=%s ", $1, $2}')
+    echo "traced: $counts"
+    awk '/VmRSS/ {printf "traced gateway RSS %.1f MiB\n", $2 / 1024}' "/proc/$traced/status"
+  fi
   if [ "${KEYS:-}" = 1 ]; then
     wait_port "$keyed_port"
     limits='"limits":{"rpm":100000000,"tpm":100000000000,"daily_usd":1000000}'

@@ -37,6 +37,10 @@ struct Collector {
 
 impl Collector {
     async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn start_on(addr: &str) -> Self {
         let received: Received = Arc::default();
         let kept = received.clone();
         let app = axum::Router::new().route(
@@ -63,7 +67,7 @@ impl Collector {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -281,14 +285,50 @@ async fn a_request_that_fell_back_once_is_one_trace_under_the_clients_span() {
     assert!(exported >= 4, "{exported}");
 }
 
+/// The value of the metric line that starts with `name ` in `/metrics`.
+async fn metric(gateway: &GatewayProcess, name: &str) -> Option<f64> {
+    let metrics = raw_get(gateway.addr, "/metrics").await.body_text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits (10 s at most) until `name` satisfies `wanted`; its last value.
+async fn metric_until(gateway: &GatewayProcess, name: &str, wanted: impl Fn(f64) -> bool) -> f64 {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = metric(gateway, name).await.unwrap_or(f64::NAN);
+        if wanted(value) || std::time::Instant::now() > until {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn converse_ok(gateway: &GatewayProcess, headers: &[(&str, &str)], n: usize) {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    for i in 0..n {
+        let response = raw_post(
+            gateway.addr,
+            "/model/g/converse",
+            &all,
+            &converse_body(&format!("request {i}")),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{}", response.body_text());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_collector_fails_no_request_and_its_losses_are_counted() {
+async fn a_dead_collector_fails_no_request_costs_no_spans_and_tracing_resumes_when_it_answers() {
     let sim = start_sim(
         vec![model("model-a"), model("model-b")],
         SystemClock::shared(),
     )
     .await;
-    // A port nothing listens on.
+    // An address nothing listens on, for now.
     let dead = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
@@ -298,31 +338,94 @@ async fn a_dead_collector_fails_no_request_and_its_losses_are_counted() {
         two_deployments(&sim)
     );
     let gateway = GatewayProcess::start("traces-dead", &config).await;
-    for i in 0..20 {
-        let response = raw_post(
-            gateway.addr,
-            "/model/g/converse",
-            &[("content-type", "application/json")],
-            &converse_body(&format!("request {i}")),
-        )
-        .await;
-        assert_eq!(response.status, 200, "{}", response.body_text());
-    }
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    let failed = loop {
-        let metrics = raw_get(gateway.addr, "/metrics").await.body_text();
-        let failed = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("switchyard_trace_spans_failed_total "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        if failed >= 60 || std::time::Instant::now() > until {
-            break failed;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    // Three spans a request (the request, its queue wait, its attempt).
-    assert!(failed >= 60, "spans counted as failed: {failed}");
+    converse_ok(&gateway, &[], 5).await;
+    let reachable = metric_until(&gateway, "switchyard_trace_collector_reachable", |v| {
+        v == 0.0
+    })
+    .await;
+    assert_eq!(reachable, 0.0, "the collector is seen unreachable");
+    let failed = metric(&gateway, "switchyard_trace_spans_failed_total")
+        .await
+        .unwrap();
+    assert!(
+        failed >= 3.0,
+        "the first requests' spans are counted as lost: {failed}"
+    );
+
+    // While it is unreachable, requests are served and no span is made.
+    converse_ok(&gateway, &[], 10).await;
+    let untraced = metric(&gateway, "switchyard_trace_requests_untraced_total")
+        .await
+        .unwrap();
+    assert!(untraced >= 10.0, "{untraced}");
+    assert_eq!(
+        metric(&gateway, "switchyard_trace_spans_failed_total")
+            .await
+            .unwrap(),
+        failed,
+        "no more spans were made"
+    );
+
+    // The collector comes up where it was configured: tracing resumes.
+    let collector = Collector::start_on(&dead.to_string()).await;
+    let reachable = metric_until(&gateway, "switchyard_trace_collector_reachable", |v| {
+        v == 1.0
+    })
+    .await;
+    assert_eq!(reachable, 1.0, "the gateway saw the collector answer again");
+    let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
+    converse_ok(&gateway, &[("traceparent", &traceparent)], 1).await;
+    let spans = collector.trace(&hex(TRACE_ID), 3).await;
+    assert_eq!(
+        spans.len(),
+        3,
+        "the request, its queue wait and its attempt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_sampling_decision_is_followed_and_the_ratio_decides_the_rest() {
+    let sim = start_sim(
+        vec![model("model-a"), model("model-b")],
+        SystemClock::shared(),
+    )
+    .await;
+    let collector = Collector::start().await;
+    let config = format!(
+        "[observability.otlp]\nendpoint = \"{}\"\nsampling_ratio = 0.0\n{}",
+        collector.url,
+        two_deployments(&sim)
+    );
+    let gateway = GatewayProcess::start("traces-sampling", &config).await;
+    // Ratio 0: a call without a trace of its own is not traced...
+    converse_ok(&gateway, &[], 5).await;
+    // ...nor one whose client did not sample it...
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    converse_ok(
+        &gateway,
+        &[(
+            "traceparent",
+            &format!("00-{unsampled}-b7ad6b7169203331-00"),
+        )],
+        1,
+    )
+    .await;
+    // ...but one the client sampled is.
+    converse_ok(
+        &gateway,
+        &[("traceparent", &format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))],
+        1,
+    )
+    .await;
+    let spans = collector.trace(&hex(TRACE_ID), 3).await;
+    assert_eq!(
+        spans.len(),
+        3,
+        "the sampled call's request, queue wait and attempt"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let all = collector.received.lock().unwrap().len();
+    assert_eq!(all, 3, "no other call made a span");
 }
 
 #[tokio::test]

@@ -372,6 +372,8 @@ struct TraceMetrics {
     exported: Counter,
     dropped: Counter,
     failed: Counter,
+    untraced: Counter,
+    collector_reachable: Gauge,
 }
 
 impl TraceMetrics {
@@ -380,6 +382,8 @@ impl TraceMetrics {
             exported: Counter::default(),
             dropped: Counter::default(),
             failed: Counter::default(),
+            untraced: Counter::default(),
+            collector_reachable: Gauge::default(),
         };
         registry.register(
             "trace_spans_exported",
@@ -395,6 +399,16 @@ impl TraceMetrics {
             "trace_spans_failed",
             "Spans lost because the collector was unreachable or refused them",
             metrics.failed.clone(),
+        );
+        registry.register(
+            "trace_requests_untraced",
+            "Model calls not traced because the collector was unreachable (no spans are made then)",
+            metrics.untraced.clone(),
+        );
+        registry.register(
+            "trace_collector_reachable",
+            "1 while traces are exported and the collector took the last export; 0 when traces are off or it is unreachable",
+            metrics.collector_reachable.clone(),
         );
         metrics
     }
@@ -611,6 +625,10 @@ impl Metrics {
         catch_up(&self.traces.exported, counts.exported.load(Relaxed));
         catch_up(&self.traces.dropped, counts.dropped.load(Relaxed));
         catch_up(&self.traces.failed, counts.failed.load(Relaxed));
+        catch_up(&self.traces.untraced, counts.untraced.load(Relaxed));
+        self.traces
+            .collector_reachable
+            .set(i64::from(crate::telemetry::enabled()));
     }
 
     /// A slot's active version changed.

@@ -59,6 +59,8 @@ pub(super) struct PolicyObserver {
     pub(super) metrics: Arc<Metrics>,
     /// The request's span, which each decision is an event of.
     pub(super) span: tracing::Span,
+    /// Whether the request is traced (its span exported).
+    pub(super) traced: bool,
 }
 
 impl PolicyObserver {
@@ -71,7 +73,12 @@ impl PolicyObserver {
         decision: impl FnOnce(&T) -> String,
     ) {
         let fault = result.as_ref().err();
-        if tracing::enabled!(target: DECISIONS, tracing::Level::DEBUG) {
+        // A traced call's decisions are its span's events. Logs show the
+        // others' at debug, unless traces are configured: then an untraced
+        // call's are not worth formatting.
+        let logged = !crate::telemetry::configured()
+            && tracing::enabled!(target: DECISIONS, tracing::Level::DEBUG);
+        if self.traced || logged {
             let (decision, fuel) = match result {
                 Ok((value, report)) => (decision(value), report.fuel_used),
                 Err(fault) => (format!("fault: {}", fault.code()), None),

@@ -394,6 +394,7 @@ impl Router {
                 group: group.name.clone(),
                 request_id: request.request_id.clone(),
                 metrics: self.metrics.clone(),
+                traced: crate::telemetry::is_traced(&tracing::Span::current()),
                 span: tracing::Span::current(),
             },
         };
@@ -444,7 +445,12 @@ impl Router {
             let seed = run.options().seed;
             let mut pending =
                 self.pending_attempt(&calls, seed, index, deployment, request, ticket);
-            let attempt_span = attempt_span(deployment, attempt_number, &request.request_id);
+            let attempt_span = attempt_span(
+                deployment,
+                attempt_number,
+                &request.request_id,
+                calls.observer.traced,
+            );
             pending.span = attempt_span.clone();
             let more = MoreCalls::new(
                 deployment.clone(),
@@ -578,15 +584,22 @@ impl RunPolicies for ObservedPolicies<'_> {
     }
 }
 
-/// The span of attempt number `number` (from 0) on `deployment`: its
-/// outcome, status and tokens are recorded when it is settled.
-fn attempt_span(deployment: &Deployment, number: usize, request_id: &str) -> tracing::Span {
+/// The span of attempt number `number` (from 0) on `deployment` (exported
+/// when the call is `traced`): its outcome, status and tokens are recorded
+/// when it is settled.
+fn attempt_span(
+    deployment: &Deployment,
+    number: usize,
+    request_id: &str,
+    traced: bool,
+) -> tracing::Span {
     let config = &deployment.config;
-    if !crate::telemetry::enabled() {
+    if !traced {
         return tracing::info_span!("attempt", deployment = %config.id, attempt = number);
     }
     let empty = tracing::field::Empty;
     tracing::info_span!(
+        target: crate::telemetry::TRACED,
         "attempt",
         otel.name = format!("attempt {}", config.id),
         otel.kind = "client",

@@ -166,7 +166,7 @@ impl PendingAttempt {
         usage: Option<&TokenUsage>,
         now_ms: u64,
     ) {
-        if !crate::telemetry::enabled() {
+        if !self.observer.traced {
             return;
         }
         let span = &self.span;

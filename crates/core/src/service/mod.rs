@@ -199,16 +199,17 @@ impl<T> Delivered<T> {
     }
 }
 
-/// The span of one model call: what logs need, and when traces are on the
+/// The span of one model call: what logs need, and for a traced call the
 /// GenAI semantic conventions' attributes (the usage and the deployment
 /// that answered are recorded when known), as a child of the client's trace.
-fn call_span(operation: &'static str, call: &ModelCall) -> tracing::Span {
+fn call_span(operation: &'static str, call: &ModelCall, traced: bool) -> tracing::Span {
     let (group, request_id) = (&call.group, &call.request_id);
-    if !telemetry::enabled() {
+    if !traced {
         return tracing::info_span!("request", request_id = %request_id, group = %group);
     }
     let empty = tracing::field::Empty;
     let span = tracing::info_span!(
+        target: telemetry::TRACED,
         "request",
         otel.name = format!("{operation} {group}"),
         otel.kind = "server",
@@ -306,9 +307,10 @@ impl Service {
         call: ModelCall,
         operation: &O,
     ) -> Result<Admitted<O::Reply>, GatewayError> {
-        let span = call_span(O::NAME, &call);
+        let traced = telemetry::tracing_call(call.trace.as_ref());
+        let span = call_span(O::NAME, &call, traced);
         let called = self
-            .call_in_span(call, operation)
+            .call_in_span(call, operation, traced)
             .instrument(span.clone())
             .await;
         if let Err(e) = &called {
@@ -322,6 +324,7 @@ impl Service {
         &self,
         call: ModelCall,
         operation: &O,
+        traced: bool,
     ) -> Result<Admitted<O::Reply>, GatewayError> {
         let metrics = self.router.metrics();
         let max_wait_ms = call
@@ -360,8 +363,9 @@ impl Service {
             deadline: tokio::time::Instant::now() + Duration::from_millis(max_wait_ms),
             bill: Some(bill),
         };
-        let queue_span = if telemetry::enabled() {
+        let queue_span = if traced {
             tracing::info_span!(
+                target: telemetry::TRACED,
                 "queue_wait",
                 otel.name = "queue wait",
                 request_id = %request.request_id,

@@ -35,13 +35,20 @@ pub struct SpanCounts {
     pub dropped: AtomicU64,
     /// Sent, but the collector was unreachable or refused them.
     pub failed: AtomicU64,
+    /// Model calls not traced because the collector was unreachable.
+    pub untraced: AtomicU64,
 }
 
 pub(crate) static COUNTS: SpanCounts = SpanCounts {
     exported: AtomicU64::new(0),
     dropped: AtomicU64::new(0),
     failed: AtomicU64::new(0),
+    untraced: AtomicU64::new(0),
 };
+
+/// While the collector is unreachable, how often it is asked again (an
+/// export of whatever is queued, or of nothing).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Hands each finished, sampled span to the export task, or drops it.
 #[derive(Debug)]
@@ -125,7 +132,23 @@ struct Exporter {
 impl Exporter {
     async fn run(mut self, mut spans: mpsc::Receiver<SpanData>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = spans.recv().await {
+        loop {
+            if self.failing {
+                // No spans are being made; ask the collector again now and
+                // then, with what was queued before it went away.
+                tokio::time::sleep(PROBE_EVERY).await;
+                while batch.len() < MAX_BATCH {
+                    match spans.try_recv() {
+                        Ok(span) => batch.push(span),
+                        Err(_) => break,
+                    }
+                }
+                self.export(std::mem::take(&mut batch)).await;
+                continue;
+            }
+            let Some(first) = spans.recv().await else {
+                return;
+            };
             batch.push(first);
             let deadline = tokio::time::sleep(BATCH_DELAY);
             tokio::pin!(deadline);
@@ -174,14 +197,16 @@ impl Exporter {
             Ok(()) => {
                 COUNTS.exported.fetch_add(count, Ordering::Relaxed);
                 if std::mem::take(&mut self.failing) {
-                    tracing::info!(url = %self.uri, "trace export works again");
+                    super::set_recording(true);
+                    tracing::info!(url = %self.uri, "the trace collector answers again; tracing resumes");
                 }
             }
             Err(e) => {
                 COUNTS.failed.fetch_add(count, Ordering::Relaxed);
                 if !std::mem::replace(&mut self.failing, true) {
+                    super::set_recording(false);
                     tracing::warn!(url = %self.uri, error = %e, spans = count,
-                        "trace export failed; spans are dropped until the collector answers (counted in /metrics)");
+                        "trace export failed; no spans are made until the collector answers (asked every 5 s; counted in /metrics)");
                 }
             }
         }

@@ -12,7 +12,7 @@
 mod config;
 mod export;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider};
@@ -29,18 +29,63 @@ use tracing_subscriber::Layer;
 pub use config::{OtlpConfig, Resolved};
 pub use export::SpanCounts;
 
+/// The target of the spans that are exported: a traced call's own, its
+/// queue wait's and its attempts'. A call that is not traced (traces off,
+/// not sampled, or the collector unreachable) gets plain spans under the
+/// modules' targets, which only logs see: it costs what it did before.
+pub const TRACED: &str = "switchyard_core::traced";
+
 /// The target of policy decision events: at `debug`, so logs show them
 /// only when asked (`RUST_LOG=switchyard_core::policy_decision=debug`),
-/// while traces always carry them.
+/// while a traced call always carries them.
 pub const DECISIONS: &str = "switchyard_core::policy_decision";
 
-/// Traces are on in this process: spans are worth giving attributes and
-/// parents to.
-static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Traces are configured in this process.
+static CONFIGURED: AtomicBool = AtomicBool::new(false);
+/// Spans are being made: traces are configured and the collector took the
+/// last export (or none has been tried yet). While it is unreachable no
+/// span is made, so a dead collector costs the requests nothing; the
+/// exporter probes it and turns this back on when it answers.
+static RECORDING: AtomicBool = AtomicBool::new(false);
+/// The share of calls traced, as `f64` bits.
+static RATIO: AtomicU64 = AtomicU64::new(0);
 
-/// Whether this process exports traces.
+/// Whether traces are configured in this process.
+pub fn configured() -> bool {
+    CONFIGURED.load(Ordering::Relaxed)
+}
+
+/// Whether spans are being made for export now.
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    RECORDING.load(Ordering::Relaxed)
+}
+
+/// A model call starts, continuing `trace` when the client sent one:
+/// whether to trace it. A client's sampling decision is followed; else
+/// the configured ratio decides (head sampling, before any span is made,
+/// so an untraced call costs nothing). Counts the calls left untraced
+/// because the collector is unreachable.
+pub fn tracing_call(trace: Option<&TraceContext>) -> bool {
+    if !RECORDING.load(Ordering::Relaxed) {
+        if CONFIGURED.load(Ordering::Relaxed) {
+            export::COUNTS.untraced.fetch_add(1, Ordering::Relaxed);
+        }
+        return false;
+    }
+    if let Some(sampled) = trace.and_then(TraceContext::sampled) {
+        return sampled;
+    }
+    let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || fastrand::f64() < ratio
+}
+
+/// Whether `span` is a traced call's (exported) span.
+pub fn is_traced(span: &tracing::Span) -> bool {
+    span.metadata().is_some_and(|m| m.target() == TRACED)
+}
+
+fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
 }
 
 /// What became of finished spans since the start.
@@ -72,22 +117,23 @@ where
     let processor = export::start(settings, &resource)?;
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        // A client's sampled trace is followed; new ones by the ratio.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.sampling_ratio,
-        ))))
+        // Sampled already: only traced calls make exported spans.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("switchyard");
-    // Only the gateway's own spans: not the SDK's, hyper's or Redis's.
+    // Only traced calls' spans and decisions: not the gateway's log lines,
+    // nor the SDK's, hyper's or Redis's spans.
     let targets = Targets::new()
-        .with_target("switchyard_core", tracing::Level::INFO)
+        .with_target(TRACED, tracing::Level::INFO)
         .with_target(DECISIONS, tracing::Level::DEBUG);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
         .with_filter(targets);
-    ENABLED.store(true, Ordering::Relaxed);
+    RATIO.store(settings.sampling_ratio.to_bits(), Ordering::Relaxed);
+    CONFIGURED.store(true, Ordering::Relaxed);
+    set_recording(true);
     Ok((
         layer,
         Traces {
@@ -114,6 +160,15 @@ impl TraceContext {
             traceparent: text("traceparent")?.to_owned(),
             tracestate: text("tracestate").map(str::to_owned),
         })
+    }
+
+    /// The client's sampling decision (the `traceparent` flags' last
+    /// bit), when its `traceparent` is well formed.
+    pub fn sampled(&self) -> Option<bool> {
+        let context = TraceContextPropagator::new().extract(self);
+        let span = context.span();
+        let span = span.span_context();
+        span.is_valid().then(|| span.is_sampled())
     }
 
     /// Makes `span` a child of this context's span. A malformed
@@ -153,10 +208,11 @@ pub fn inject(headers: &mut http::HeaderMap) {
 
 /// The current span's W3C trace headers (none when traces are off).
 pub fn current_headers() -> Vec<(&'static str, String)> {
-    if !enabled() {
+    let current = tracing::Span::current();
+    if !is_traced(&current) {
         return Vec::new();
     }
-    let context = tracing::Span::current().context();
+    let context = current.context();
     let mut headers = TraceHeaders(Vec::new());
     TraceContextPropagator::new().inject_context(&context, &mut headers);
     headers.0
