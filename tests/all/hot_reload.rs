@@ -607,8 +607,14 @@ async fn a_reload_applies_keys_token_and_require_key_and_names_what_needs_a_rest
     let (old_key, new_key) = ("sk-old-key-0123456789abcdef", "sk-new-key-0123456789abcdef");
     let (old_token, new_token) = ("old-admin-token-0123456789", "new-admin-token-0123456789");
     let write = |listen: &str, key: &str, token: &str, require_key: bool| {
+        // Traces are set up once, at start: the second config's need a restart.
+        let traces = if require_key {
+            "[observability.otlp]\nendpoint = \"http://127.0.0.1:4318\"\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "listen = \"{listen}\"\n[policy_runtime]\ncall_deadline_us = {TEST_CALL_DEADLINE_US}\n[admission]\nmax_wait_ms = 0\n[admin]\ntoken = \"{token}\"\n[observability]\nrequire_key = {require_key}\n[[api_keys]]\nkey = \"{key}\"\nuser = \"someone\"\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
+            "listen = \"{listen}\"\n[policy_runtime]\ncall_deadline_us = {TEST_CALL_DEADLINE_US}\n[admission]\nmax_wait_ms = 0\n[admin]\ntoken = \"{token}\"\n[observability]\nrequire_key = {require_key}\n{traces}[[api_keys]]\nkey = \"{key}\"\nuser = \"someone\"\n{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\"]\n",
             deployment("a", "model-a", 1, &sim),
         );
         std::fs::write(&path, &text).unwrap();
@@ -669,7 +675,7 @@ async fn a_reload_applies_keys_token_and_require_key_and_names_what_needs_a_rest
     );
     assert_eq!(
         first["needs_restart"],
-        serde_json::json!(["listen"]),
+        serde_json::json!(["listen", "observability.otlp"]),
         "{first}"
     );
 
@@ -685,7 +691,7 @@ async fn a_reload_applies_keys_token_and_require_key_and_names_what_needs_a_rest
     assert_eq!(second["applied"], serde_json::json!([]), "{second}");
     assert_eq!(
         second["needs_restart"],
-        serde_json::json!(["listen"]),
+        serde_json::json!(["listen", "observability.otlp"]),
         "{second}"
     );
 }
