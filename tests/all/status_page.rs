@@ -99,12 +99,51 @@ output = 1000.0
     .await;
     assert_eq!(raw.headers["x-switchyard-deployment"], "b");
 
+    // The history is sampled every 2 s: wait for a sample with the throttle.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let history = raw_get(gw.addr, "/status_history").await.json();
+        let throttles = &history["deployments"]["a"]["throttles"];
+        let seen: u64 = throttles
+            .as_array()
+            .map_or(0, |t| t.iter().filter_map(|v| v.as_u64()).sum());
+        if seen >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no sample with the throttle: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     let after = headless(&url, &["--dump-dom".to_owned()]).await;
     let dom = String::from_utf8_lossy(&after.stdout);
     assert!(
         dom.contains(r#"data-deployment="a" data-status="in_cooldown""#),
         "{dom}"
     );
+    // The charts: a's throttle as a bar, its cooldown on the timeline, and
+    // b's answer among its requests.
+    assert!(
+        dom.contains(r#"data-series="throttles" data-deployment="a" data-total="1""#),
+        "a's throttle on its chart: {dom}"
+    );
+    assert!(
+        dom.contains(
+            r#"data-series="cooldowns" data-deployment="a" data-count="1"><rect class="cooldown""#
+        ),
+        "a's cooldown on its timeline: {dom}"
+    );
+    assert!(
+        dom.contains(r#"data-series="throttles" data-deployment="b" data-total="0""#),
+        "b was not throttled: {dom}"
+    );
+    assert!(
+        dom.contains(r#"data-series="requests" data-deployment="b" data-total="1""#),
+        "b answered once: {dom}"
+    );
+    assert!(dom.contains("priority v1"), "the policy versions: {dom}");
     assert!(
         dom.contains(r#"data-deployment="b" data-status="available""#),
         "{dom}"
@@ -141,7 +180,7 @@ output = 1000.0
     headless(
         &url,
         &[
-            "--window-size=1400,500".to_owned(),
+            "--window-size=1400,1100".to_owned(),
             format!("--screenshot={}", shot.display()),
         ],
     )

@@ -121,6 +121,24 @@ fn spend_books(
 /// How often instances look for a change of the shared key store.
 const KEY_STORE_POLL: Duration = Duration::from_millis(250);
 
+/// Samples the status page's history every [`crate::history::INTERVAL_MS`] until
+/// the gateway is gone.
+async fn keep_history(state: std::sync::Weak<AppState>) {
+    let mut every = tokio::time::interval(Duration::from_millis(crate::history::INTERVAL_MS));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let router = state.service.router();
+        let queue = state.service.queue().stats();
+        state
+            .history
+            .sample(router, &queue, router.clock().now_ms());
+    }
+}
+
 /// Loads the key store's keys and teams into the access rules: once for
 /// the embedded store (the admin API reloads it after each change), and
 /// whenever its version moves for a shared one, until the gateway is gone.
@@ -244,12 +262,14 @@ impl Gateway {
                     .map(|g| g.name.clone())
                     .collect(),
                 jobs,
+                history: crate::history::History::default(),
             }),
             max_body_bytes: config.limits.max_body_bytes,
             http: config.http.clone(),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(follow_key_store(Arc::downgrade(&gateway.state)));
+            runtime.spawn(keep_history(Arc::downgrade(&gateway.state)));
         }
         if let Some(jobs) = &gateway.state.jobs {
             let runner: Arc<dyn JobRunner> = gateway.state.clone();

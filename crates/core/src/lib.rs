@@ -21,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod edge;
 pub mod gateway;
+pub mod history;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;

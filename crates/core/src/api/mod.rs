@@ -57,6 +57,8 @@ pub struct AppState {
     pub coalescing_groups: std::collections::HashSet<String>,
     /// Async jobs, when `[jobs]` is configured.
     pub jobs: Option<Arc<crate::jobs::Jobs>>,
+    /// The last 15 minutes, for the status page's charts.
+    pub history: crate::history::History,
 }
 
 impl AppState {
@@ -209,6 +211,7 @@ pub fn routes(state: Arc<AppState>, max_body_bytes: usize) -> HttpRouter {
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/model_stats", get(stats::model_stats))
+        .route("/status_history", get(stats::status_history))
         .route("/team_stats", get(keys::team_stats))
         .route("/cooldowns", get(stats::cooldowns))
         .route("/queue_stats", get(stats::queue_stats))

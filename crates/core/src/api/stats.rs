@@ -146,6 +146,12 @@ pub async fn model_stats(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
+/// `GET /status_history`: the last 15 minutes, sampled every 2 s.
+pub async fn status_history(State(state): State<Arc<AppState>>) -> Response {
+    let now = state.service.router().clock().now_ms();
+    Json(state.history.report(now)).into_response()
+}
+
 /// One entry of `/cooldowns`.
 #[derive(Debug, Serialize)]
 struct Cooldown {

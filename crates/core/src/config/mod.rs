@@ -277,7 +277,7 @@ impl Default for Limits {
 #[derive(Debug, Clone, Default, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObservabilityConfig {
-    /// `/metrics`, `/model_stats`, `/team_stats`, `/cooldowns`, `/queue_stats`,
+    /// `/metrics`, `/model_stats`, `/status_history`, `/team_stats`, `/cooldowns`, `/queue_stats`,
     /// `/state_stats` and the status page need a client API key or the
     /// admin token (they name users, deployments and accounts).
     pub require_key: bool,

@@ -38,6 +38,19 @@ pub struct HealthSnapshot {
     pub latency_p95_ms: u32,
     pub total_attempts: u64,
     pub successful_attempts: u64,
+    /// Attempts that were throttled, since the start.
+    pub throttled_attempts: u64,
+    /// When the current (or last) cooldown started and ends, on the
+    /// gateway's clock; a cooldown lifted early ends when it was lifted.
+    pub last_cooldown: Option<CooldownPeriod>,
+}
+
+/// One cooldown, from its start to its end (ms on the gateway's clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CooldownPeriod {
+    pub from_ms: u64,
+    pub until_ms: u64,
+    pub reason: OutcomeKind,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +65,8 @@ struct HealthState {
     latency_ewma_ms: Option<f64>,
     total_attempts: u64,
     successful_attempts: u64,
+    throttled_attempts: u64,
+    last_cooldown: Option<CooldownPeriod>,
 }
 
 impl HealthState {
@@ -114,6 +129,8 @@ impl DeploymentHealth {
             latency_p95_ms: percentile(0.95),
             total_attempts: s.total_attempts,
             successful_attempts: s.successful_attempts,
+            throttled_attempts: s.throttled_attempts,
+            last_cooldown: s.last_cooldown,
         }
     }
 
@@ -146,6 +163,7 @@ impl DeploymentHealth {
             s.recent_outcomes.push_back(ok);
         }
         if outcome.kind == OutcomeKind::Throttled {
+            s.throttled_attempts += 1;
             s.throttles.push_back(outcome.at_ms);
             s.last_throttle_ms = Some(outcome.at_ms);
             s.prune(outcome.at_ms);
@@ -171,10 +189,25 @@ impl DeploymentHealth {
     ) {
         let mut s = self.lock();
         if cooldown_ms == 0 {
+            // Lifted early: the period ends now.
+            if let Some(last) = s.last_cooldown.as_mut().filter(|c| c.until_ms > now_ms) {
+                last.until_ms = now_ms;
+            }
             s.cooldown_until_ms = 0;
             s.cooldown_reason = None;
         } else {
-            s.cooldown_until_ms = now_ms.saturating_add(cooldown_ms);
+            let until_ms = now_ms.saturating_add(cooldown_ms);
+            // A cooldown set again while one runs extends that period.
+            let from_ms = match s.last_cooldown {
+                Some(last) if last.until_ms > now_ms => last.from_ms,
+                _ => now_ms,
+            };
+            s.last_cooldown = Some(CooldownPeriod {
+                from_ms,
+                until_ms,
+                reason: cause,
+            });
+            s.cooldown_until_ms = until_ms;
             s.cooldown_reason = Some(cause);
         }
         if clear_history {
@@ -242,5 +275,30 @@ mod tests {
         // 100, then 100 + 0.2 × (200 − 100) = 120, then 120 + 0.2 × (100 − 120) = 116.
         assert_eq!(s.latency_ewma_ms, 116);
         assert_eq!((s.latency_p50_ms, s.latency_p95_ms), (100, 200));
+    }
+
+    #[test]
+    fn a_cooldown_is_one_period_from_its_start_to_its_end_or_its_lifting() {
+        let h = DeploymentHealth::default();
+        let period = |from_ms, until_ms| {
+            Some(CooldownPeriod {
+                from_ms,
+                until_ms,
+                reason: OutcomeKind::Throttled,
+            })
+        };
+        h.apply_cooldown(1_000, 5_000, false, OutcomeKind::Throttled);
+        assert_eq!(h.snapshot(1_000).last_cooldown, period(1_000, 6_000));
+        // Set again while it runs: the same period, longer.
+        h.apply_cooldown(3_000, 10_000, false, OutcomeKind::Throttled);
+        assert_eq!(h.snapshot(3_000).last_cooldown, period(1_000, 13_000));
+        // Lifted early: it ends then.
+        h.apply_cooldown(4_000, 0, false, OutcomeKind::Success);
+        assert_eq!(h.snapshot(4_000).last_cooldown, period(1_000, 4_000));
+        // After it ended, a new one is a new period.
+        h.apply_cooldown(20_000, 1_000, false, OutcomeKind::Throttled);
+        assert_eq!(h.snapshot(20_000).last_cooldown, period(20_000, 21_000));
+        h.end_attempt(&outcome(OutcomeKind::Throttled, 20_000, 5));
+        assert_eq!(h.snapshot(20_000).throttled_attempts, 1);
     }
 }

@@ -1,0 +1,244 @@
+//! The last 15 minutes, for the status page's charts: each deployment's
+//! requests, throttles, latency and quota use, its cooldowns as periods,
+//! the fair queue's depth and waits, and when each policy version was
+//! swapped in. A sample every [`INTERVAL_MS`] (read from the counters the
+//! request path keeps anyway, so it adds nothing to a request), kept in a
+//! ring of [`KEPT`] samples: memory is bounded whatever the traffic.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::admission::QueueStats;
+use crate::health::CooldownPeriod;
+use crate::outcome::OutcomeKind;
+use crate::router::Router;
+use crate::vocabulary::PolicyKind;
+
+/// How often a sample is taken.
+pub const INTERVAL_MS: u64 = 2_000;
+/// Samples kept: 15 minutes.
+pub const KEPT: usize = 450;
+/// Cooldown periods and policy swaps kept per deployment and in all.
+const EVENTS_KEPT: usize = 256;
+
+/// What one deployment did in one interval.
+#[derive(Debug, Clone, Copy, Default)]
+struct Point {
+    /// Attempts that ended in the interval.
+    requests: u64,
+    throttles: u64,
+    latency_p50_ms: u32,
+    quota_used_permille: u32,
+}
+
+/// The queue at one sample.
+#[derive(Debug, Clone, Copy, Default)]
+struct QueuePoint {
+    queued: u32,
+    running: u32,
+    wait_p95_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct DeploymentHistory {
+    /// One per sample, aligned with [`Inner::times`].
+    points: VecDeque<Point>,
+    cooldowns: VecDeque<CooldownPeriod>,
+    /// The counters at the last sample.
+    attempts: u64,
+    throttled: u64,
+}
+
+/// A policy version that became active.
+#[derive(Debug, Clone, Serialize)]
+struct Swap {
+    group: String,
+    kind: PolicyKind,
+    name: String,
+    version: u32,
+    /// When the sampler first saw it active (the gateway's start for the
+    /// versions it started with).
+    since_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// When each sample was taken, on the gateway's clock.
+    times: VecDeque<u64>,
+    deployments: BTreeMap<String, DeploymentHistory>,
+    queue: VecDeque<QueuePoint>,
+    /// The active version of each slot, at the last sample.
+    active: HashMap<(String, PolicyKind), u32>,
+    swaps: VecDeque<Swap>,
+}
+
+/// The recorded history; [`History::sample`] adds to it.
+#[derive(Debug, Default)]
+pub struct History {
+    inner: Mutex<Inner>,
+}
+
+fn push_bounded<T>(ring: &mut VecDeque<T>, value: T, kept: usize) {
+    if ring.len() == kept {
+        ring.pop_front();
+    }
+    ring.push_back(value);
+}
+
+impl History {
+    /// Takes a sample of `router`'s deployments and policies and of the
+    /// fair queue (`queue`) at `now_ms`.
+    pub fn sample(&self, router: &Router, queue: &QueueStats, now_ms: u64) {
+        let mut inner = self.inner.lock().expect("history poisoned");
+        let inner = &mut *inner;
+        push_bounded(&mut inner.times, now_ms, KEPT);
+        push_bounded(
+            &mut inner.queue,
+            QueuePoint {
+                queued: queue.queued,
+                running: queue.running,
+                wait_p95_ms: queue.wait_ms.p95,
+            },
+            KEPT,
+        );
+        let samples = inner.times.len();
+        for deployment in router.groups().flat_map(|g| g.members.iter()) {
+            let id = &deployment.config.id;
+            let entry = inner.deployments.entry(id.clone()).or_default();
+            // Shared by several groups: sampled once.
+            if entry.points.len() == samples {
+                continue;
+            }
+            let health = deployment.health.snapshot(now_ms);
+            let admission = deployment.admission.snapshot(now_ms);
+            // The counters count from the start, as the sampler does.
+            let point = Point {
+                requests: health.total_attempts.saturating_sub(entry.attempts),
+                throttles: health.throttled_attempts.saturating_sub(entry.throttled),
+                latency_p50_ms: health.latency_p50_ms,
+                quota_used_permille: admission.quota_used_permille,
+            };
+            entry.attempts = health.total_attempts;
+            entry.throttled = health.throttled_attempts;
+            // A deployment added later starts with empty points.
+            while entry.points.len() + 1 < samples {
+                entry.points.push_back(Point::default());
+            }
+            push_bounded(&mut entry.points, point, KEPT);
+            if let Some(period) = health.last_cooldown {
+                match entry.cooldowns.back_mut() {
+                    Some(last) if last.from_ms == period.from_ms => *last = period,
+                    _ => push_bounded(&mut entry.cooldowns, period, EVENTS_KEPT),
+                }
+            }
+        }
+        for group in router.groups() {
+            for kind in PolicyKind::ALL {
+                let version = group.slots.get(kind).current();
+                let key = (group.name.clone(), kind);
+                if inner.active.get(&key) != Some(&version.number) {
+                    inner.active.insert(key, version.number);
+                    push_bounded(
+                        &mut inner.swaps,
+                        Swap {
+                            group: group.name.clone(),
+                            kind,
+                            name: version.policy.name().to_owned(),
+                            version: version.number,
+                            since_ms: now_ms,
+                        },
+                        EVENTS_KEPT,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The history as the status page reads it: columns of numbers, one
+    /// value per sample, with `t` the samples' times.
+    pub fn report(&self, now_ms: u64) -> HistoryReport {
+        let inner = self.inner.lock().expect("history poisoned");
+        let oldest = inner.times.front().copied().unwrap_or(now_ms);
+        let deployments = inner
+            .deployments
+            .iter()
+            .map(|(id, h)| {
+                let column = |f: &dyn Fn(&Point) -> u64| h.points.iter().map(f).collect();
+                let report = DeploymentSeries {
+                    requests: column(&|p| p.requests),
+                    throttles: column(&|p| p.throttles),
+                    latency_p50_ms: column(&|p| u64::from(p.latency_p50_ms)),
+                    quota_used_permille: column(&|p| u64::from(p.quota_used_permille)),
+                    cooldowns: h
+                        .cooldowns
+                        .iter()
+                        .filter(|c| c.until_ms >= oldest)
+                        .map(|c| CooldownSpan {
+                            from_ms: c.from_ms,
+                            until_ms: c.until_ms,
+                            reason: c.reason,
+                        })
+                        .collect(),
+                };
+                (id.clone(), report)
+            })
+            .collect();
+        let queue = QueueSeries {
+            queued: inner.queue.iter().map(|q| q.queued).collect(),
+            running: inner.queue.iter().map(|q| q.running).collect(),
+            wait_p95_ms: inner.queue.iter().map(|q| q.wait_p95_ms).collect(),
+        };
+        HistoryReport {
+            now_ms,
+            interval_ms: INTERVAL_MS,
+            t: inner.times.iter().copied().collect(),
+            deployments,
+            queue,
+            policy_swaps: inner.swaps.iter().cloned().collect(),
+        }
+    }
+}
+
+/// `GET /status_history`.
+#[derive(Debug, Serialize)]
+pub struct HistoryReport {
+    pub now_ms: u64,
+    pub interval_ms: u64,
+    /// When each sample was taken (ms on the gateway's clock).
+    pub t: Vec<u64>,
+    pub deployments: BTreeMap<String, DeploymentSeries>,
+    pub queue: QueueSeries,
+    /// Each policy version as it became active, oldest first.
+    policy_swaps: Vec<Swap>,
+}
+
+/// One deployment's columns, one value per sample.
+#[derive(Debug, Serialize)]
+pub struct DeploymentSeries {
+    /// Attempts that ended in the interval before the sample.
+    pub requests: Vec<u64>,
+    pub throttles: Vec<u64>,
+    pub latency_p50_ms: Vec<u64>,
+    pub quota_used_permille: Vec<u64>,
+    /// Its cooldowns that overlap the window.
+    pub cooldowns: Vec<CooldownSpan>,
+}
+
+/// A cooldown, from start to end.
+#[derive(Debug, Serialize)]
+pub struct CooldownSpan {
+    pub from_ms: u64,
+    pub until_ms: u64,
+    pub reason: OutcomeKind,
+}
+
+/// The fair queue's columns.
+#[derive(Debug, Serialize)]
+pub struct QueueSeries {
+    pub queued: Vec<u32>,
+    pub running: Vec<u32>,
+    /// The 95th percentile of the recent waits, ms.
+    pub wait_p95_ms: Vec<u64>,
+}
