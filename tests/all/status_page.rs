@@ -144,6 +144,17 @@ output = 1000.0
         "b answered once: {dom}"
     );
     assert!(dom.contains("priority v1"), "the policy versions: {dom}");
+    // The team's spend today over the last minutes (read every 30 s: the
+    // gateway's first reading, before the call, is there).
+    assert!(
+        dom.contains(r#"data-series="spend_today_usd""#),
+        "the team's spend chart: {dom}"
+    );
+    let history = raw_get(gw.addr, "/status_history").await.json();
+    assert!(
+        history["team_spend_today_usd"]["search"]["usd"].is_array(),
+        "{history}"
+    );
     assert!(
         dom.contains(r#"data-deployment="b" data-status="available""#),
         "{dom}"

@@ -126,16 +126,31 @@ const KEY_STORE_POLL: Duration = Duration::from_millis(250);
 async fn keep_history(state: std::sync::Weak<AppState>) {
     let mut every = tokio::time::interval(Duration::from_millis(crate::history::INTERVAL_MS));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
+    for sample in 0u64.. {
         every.tick().await;
         let Some(state) = state.upgrade() else {
             return;
         };
         let router = state.service.router();
         let queue = state.service.queue().stats();
-        state
-            .history
-            .sample(router, &queue, router.clock().now_ms());
+        let now = router.clock().now_ms();
+        state.history.sample(router, &queue, now);
+        if sample % crate::history::SPEND_EVERY == 0 {
+            for team in api::keys::all_teams(&state) {
+                let subject = format!("team:{}", team.name);
+                // A reading the books cannot give now is left out.
+                let Ok(periods) = state.service.spending().spent(&subject).await else {
+                    continue;
+                };
+                let today = periods
+                    .iter()
+                    .find(|(period, _, _)| matches!(period, crate::spend::period::Period::Day));
+                if let Some((_, _, nano)) = today {
+                    let usd = crate::spend::prices::usd(*nano);
+                    state.history.record_spend(&team.name, now, usd);
+                }
+            }
+        }
     }
 }
 

@@ -22,6 +22,11 @@ pub const INTERVAL_MS: u64 = 2_000;
 pub const KEPT: usize = 450;
 /// Cooldown periods and policy swaps kept per deployment and in all.
 const EVENTS_KEPT: usize = 256;
+/// Teams' spend is read every this many samples (30 s): on Redis it is a
+/// round trip per team.
+pub const SPEND_EVERY: u64 = 15;
+/// Spend readings kept per team: 15 minutes.
+const SPEND_KEPT: usize = KEPT / SPEND_EVERY as usize;
 
 /// What one deployment did in one interval.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,6 +77,8 @@ struct Inner {
     /// The active version of each slot, at the last sample.
     active: HashMap<(String, PolicyKind), u32>,
     swaps: VecDeque<Swap>,
+    /// Each team's spend this UTC day, in USD, when it was read.
+    team_spend: BTreeMap<String, VecDeque<(u64, f64)>>,
 }
 
 /// The recorded history; [`History::sample`] adds to it.
@@ -156,6 +163,13 @@ impl History {
         }
     }
 
+    /// Records what `team` had spent this UTC day (USD) at `now_ms`.
+    pub fn record_spend(&self, team: &str, now_ms: u64, usd_today: f64) {
+        let mut inner = self.inner.lock().expect("history poisoned");
+        let readings = inner.team_spend.entry(team.to_owned()).or_default();
+        push_bounded(readings, (now_ms, usd_today), SPEND_KEPT);
+    }
+
     /// The history as the status page reads it: columns of numbers, one
     /// value per sample, with `t` the samples' times.
     pub fn report(&self, now_ms: u64) -> HistoryReport {
@@ -190,6 +204,17 @@ impl History {
             running: inner.queue.iter().map(|q| q.running).collect(),
             wait_p95_ms: inner.queue.iter().map(|q| q.wait_p95_ms).collect(),
         };
+        let team_spend_today_usd = inner
+            .team_spend
+            .iter()
+            .map(|(team, readings)| {
+                let series = SpendSeries {
+                    t: readings.iter().map(|(t, _)| *t).collect(),
+                    usd: readings.iter().map(|(_, usd)| *usd).collect(),
+                };
+                (team.clone(), series)
+            })
+            .collect();
         HistoryReport {
             now_ms,
             interval_ms: INTERVAL_MS,
@@ -197,6 +222,7 @@ impl History {
             deployments,
             queue,
             policy_swaps: inner.swaps.iter().cloned().collect(),
+            team_spend_today_usd,
         }
     }
 }
@@ -212,6 +238,15 @@ pub struct HistoryReport {
     pub queue: QueueSeries,
     /// Each policy version as it became active, oldest first.
     policy_swaps: Vec<Swap>,
+    /// Each team's spend this UTC day, read every 30 s.
+    pub team_spend_today_usd: BTreeMap<String, SpendSeries>,
+}
+
+/// A team's spend readings: when, and USD spent this UTC day by then.
+#[derive(Debug, Serialize)]
+pub struct SpendSeries {
+    pub t: Vec<u64>,
+    pub usd: Vec<f64>,
 }
 
 /// One deployment's columns, one value per sample.

@@ -67,7 +67,7 @@ fn check_team_limits(limits: &Limits) -> Result<(), GatewayError> {
 /// Every team, stored or in the config (a stored team wins over a config
 /// team of the same name, as in the access rules), sorted by name. A config
 /// team's `created_at_ms` is 0.
-pub(super) fn all_teams(state: &AppState) -> Vec<TeamRecord> {
+pub(crate) fn all_teams(state: &AppState) -> Vec<TeamRecord> {
     let mut teams = state.access.stored().teams.clone();
     let configured = state
         .running_config

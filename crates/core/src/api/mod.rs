@@ -11,7 +11,7 @@ pub mod coalesce;
 mod error;
 pub mod extract;
 mod jobs;
-mod keys;
+pub(crate) mod keys;
 mod openai;
 mod reload;
 mod sse;
