@@ -103,11 +103,13 @@ output = 1000.0
     let until = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let history = raw_get(gw.addr, "/status_history").await.json();
-        let throttles = &history["deployments"]["a"]["throttles"];
-        let seen: u64 = throttles
-            .as_array()
-            .map_or(0, |t| t.iter().filter_map(|v| v.as_u64()).sum());
-        if seen >= 1 {
+        let total = |deployment: &str, series: &str| -> u64 {
+            history["deployments"][deployment][series]
+                .as_array()
+                .map_or(0, |t| t.iter().filter_map(|v| v.as_u64()).sum())
+        };
+        // Both attempts' ends sampled: a's throttle and b's answer.
+        if total("a", "throttles") >= 1 && total("b", "requests") >= 1 {
             break;
         }
         assert!(

@@ -525,6 +525,11 @@ impl GatewayProcess {
             .arg(&path)
             .args(args)
             .env("RUST_LOG", "warn")
+            // The machine's own trace settings must not reach a test's gateway.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .env_remove("OTEL_TRACES_SAMPLER_ARG")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -46,6 +46,18 @@ struct QueuePoint {
     wait_p95_ms: u64,
 }
 
+/// What a deployment's counters said at a sample.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    /// Attempts ended since the start.
+    attempts: u64,
+    /// Of which throttled.
+    throttled: u64,
+    latency_p50_ms: u32,
+    quota_used_permille: u32,
+    last_cooldown: Option<CooldownPeriod>,
+}
+
 #[derive(Debug, Default)]
 struct DeploymentHistory {
     /// One per sample, aligned with [`Inner::times`].
@@ -94,53 +106,70 @@ fn push_bounded<T>(ring: &mut VecDeque<T>, value: T, kept: usize) {
     ring.push_back(value);
 }
 
-impl History {
-    /// Takes a sample of `router`'s deployments and policies and of the
-    /// fair queue (`queue`) at `now_ms`.
-    pub fn sample(&self, router: &Router, queue: &QueueStats, now_ms: u64) {
-        let mut inner = self.inner.lock().expect("history poisoned");
-        let inner = &mut *inner;
-        push_bounded(&mut inner.times, now_ms, KEPT);
-        push_bounded(
-            &mut inner.queue,
-            QueuePoint {
-                queued: queue.queued,
-                running: queue.running,
-                wait_p95_ms: queue.wait_ms.p95,
-            },
-            KEPT,
-        );
-        let samples = inner.times.len();
-        for deployment in router.groups().flat_map(|g| g.members.iter()) {
-            let id = &deployment.config.id;
-            let entry = inner.deployments.entry(id.clone()).or_default();
-            // Shared by several groups: sampled once.
-            if entry.points.len() == samples {
-                continue;
-            }
-            let health = deployment.health.snapshot(now_ms);
-            let admission = deployment.admission.snapshot(now_ms);
+impl Inner {
+    /// Adds the sample taken at `now_ms`: the queue's state, and each
+    /// deployment's counters, turned into what changed since the last.
+    fn record(&mut self, now_ms: u64, queue: QueuePoint, readings: BTreeMap<&str, Reading>) {
+        push_bounded(&mut self.times, now_ms, KEPT);
+        push_bounded(&mut self.queue, queue, KEPT);
+        let samples = self.times.len();
+        for (id, reading) in readings {
+            let entry = self.deployments.entry(id.to_owned()).or_default();
             // The counters count from the start, as the sampler does.
             let point = Point {
-                requests: health.total_attempts.saturating_sub(entry.attempts),
-                throttles: health.throttled_attempts.saturating_sub(entry.throttled),
-                latency_p50_ms: health.latency_p50_ms,
-                quota_used_permille: admission.quota_used_permille,
+                requests: reading.attempts.saturating_sub(entry.attempts),
+                throttles: reading.throttled.saturating_sub(entry.throttled),
+                latency_p50_ms: reading.latency_p50_ms,
+                quota_used_permille: reading.quota_used_permille,
             };
-            entry.attempts = health.total_attempts;
-            entry.throttled = health.throttled_attempts;
-            // A deployment added later starts with empty points.
+            entry.attempts = reading.attempts;
+            entry.throttled = reading.throttled;
+            // Points line up with the times from the newest back.
             while entry.points.len() + 1 < samples {
                 entry.points.push_back(Point::default());
             }
             push_bounded(&mut entry.points, point, KEPT);
-            if let Some(period) = health.last_cooldown {
+            if let Some(period) = reading.last_cooldown {
                 match entry.cooldowns.back_mut() {
                     Some(last) if last.from_ms == period.from_ms => *last = period,
                     _ => push_bounded(&mut entry.cooldowns, period, EVENTS_KEPT),
                 }
             }
         }
+    }
+}
+
+impl History {
+    /// Takes a sample of `router`'s deployments and policies and of the
+    /// fair queue (`queue`) at `now_ms`.
+    pub fn sample(&self, router: &Router, queue: &QueueStats, now_ms: u64) {
+        // Each deployment once, though several groups may share it.
+        let mut readings: BTreeMap<&str, Reading> = BTreeMap::new();
+        for deployment in router.groups().flat_map(|g| g.members.iter()) {
+            readings
+                .entry(deployment.config.id.as_str())
+                .or_insert_with(|| {
+                    let health = deployment.health.snapshot(now_ms);
+                    Reading {
+                        attempts: health.total_attempts,
+                        throttled: health.throttled_attempts,
+                        latency_p50_ms: health.latency_p50_ms,
+                        quota_used_permille: deployment
+                            .admission
+                            .snapshot(now_ms)
+                            .quota_used_permille,
+                        last_cooldown: health.last_cooldown,
+                    }
+                });
+        }
+        let queue = QueuePoint {
+            queued: queue.queued,
+            running: queue.running,
+            wait_p95_ms: queue.wait_ms.p95,
+        };
+        let mut inner = self.inner.lock().expect("history poisoned");
+        inner.record(now_ms, queue, readings);
+        let inner = &mut *inner;
         for group in router.groups() {
             for kind in PolicyKind::ALL {
                 let version = group.slots.get(kind).current();
@@ -276,4 +305,71 @@ pub struct QueueSeries {
     pub running: Vec<u32>,
     /// The 95th percentile of the recent waits, ms.
     pub wait_p95_ms: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(attempts: u64, throttled: u64) -> Reading {
+        Reading {
+            attempts,
+            throttled,
+            latency_p50_ms: 10,
+            quota_used_permille: 0,
+            last_cooldown: None,
+        }
+    }
+
+    /// Past a full window, each sample still moves every series on.
+    #[test]
+    fn the_window_slides_once_full() {
+        let history = History::default();
+        let mut inner = history.inner.lock().unwrap();
+        for i in 0..(KEPT as u64 + 50) {
+            let readings = BTreeMap::from([("a", reading(i * 3, i))]);
+            inner.record(i * INTERVAL_MS, QueuePoint::default(), readings);
+        }
+        let a = &inner.deployments["a"];
+        assert_eq!(inner.times.len(), KEPT);
+        assert_eq!(a.points.len(), KEPT);
+        assert_eq!(
+            *inner.times.back().unwrap(),
+            (KEPT as u64 + 49) * INTERVAL_MS
+        );
+        let last = a.points.back().unwrap();
+        assert_eq!((last.requests, last.throttles), (3, 1));
+        drop(inner);
+        let report = history.report((KEPT as u64 + 49) * INTERVAL_MS);
+        assert_eq!(report.t.len(), report.deployments["a"].requests.len());
+    }
+
+    /// A cooldown set again while it runs is one period; a new one after
+    /// it ended is another.
+    #[test]
+    fn cooldowns_are_periods() {
+        let history = History::default();
+        let mut inner = history.inner.lock().unwrap();
+        let period = |from_ms, until_ms| CooldownPeriod {
+            from_ms,
+            until_ms,
+            reason: OutcomeKind::Throttled,
+        };
+        for (at, cooldown) in [
+            (0, period(0, 5_000)),
+            (2_000, period(0, 9_000)),
+            (20_000, period(20_000, 21_000)),
+        ] {
+            let readings = BTreeMap::from([(
+                "a",
+                Reading {
+                    last_cooldown: Some(cooldown),
+                    ..reading(0, 0)
+                },
+            )]);
+            inner.record(at, QueuePoint::default(), readings);
+        }
+        let cooldowns: Vec<_> = inner.deployments["a"].cooldowns.iter().copied().collect();
+        assert_eq!(cooldowns, vec![period(0, 9_000), period(20_000, 21_000)]);
+    }
 }

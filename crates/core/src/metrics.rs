@@ -402,7 +402,7 @@ impl TraceMetrics {
         );
         registry.register(
             "trace_requests_untraced",
-            "Model calls not traced because the collector was unreachable (no spans are made then)",
+            "Model calls made while the trace collector was unreachable, when no spans are made (sampled or not)",
             metrics.untraced.clone(),
         );
         registry.register(

@@ -612,6 +612,7 @@ fn attempt_span(
         gen_ai.request.model = %config.model_id,
         switchyard.outcome = empty,
         http.response.status_code = empty,
+        error.type = empty,
         switchyard.latency_ms = empty,
         gen_ai.usage.input_tokens = empty,
         gen_ai.usage.output_tokens = empty,

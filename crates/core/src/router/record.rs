@@ -192,8 +192,14 @@ impl PendingAttempt {
             request.record("gen_ai.response.model", config.model_id.as_str());
             request.record("switchyard.deployment", config.id.as_str());
         } else {
+            span.record("error.type", kind.as_str());
             span.record("otel.status_code", "ERROR");
         }
+        // A span ends when it is last exited: a stream settles in a task of
+        // its own, outside both, so enter them once more to end them now
+        // rather than when the stream opened.
+        let _request = request.enter();
+        let _attempt = span.enter();
     }
 
     /// Settles the attempt as `end` says; the outcome it made.

@@ -199,6 +199,18 @@ impl<T> Delivered<T> {
     }
 }
 
+/// Marks a traced call's span as cancelled if dropped while it still holds
+/// it: the call did not end, its client went away.
+struct Cancelled(Option<tracing::Span>);
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if let Some(span) = &self.0 {
+            span.record("error.type", "cancelled");
+        }
+    }
+}
+
 /// The span of one model call: what logs need, and for a traced call the
 /// GenAI semantic conventions' attributes (the usage and the deployment
 /// that answered are recorded when known), as a child of the client's trace.
@@ -223,7 +235,6 @@ fn call_span(operation: &'static str, call: &ModelCall, traced: bool) -> tracing
         gen_ai.usage.input_tokens = empty,
         gen_ai.usage.output_tokens = empty,
         switchyard.deployment = empty,
-        switchyard.attempts = empty,
         error.type = empty,
     );
     if let Some(trace) = &call.trace {
@@ -309,13 +320,20 @@ impl Service {
     ) -> Result<Admitted<O::Reply>, GatewayError> {
         let traced = telemetry::tracing_call(call.trace.as_ref());
         let span = call_span(O::NAME, &call, traced);
+        // A caller that goes away drops this future: its span says so.
+        let mut unfinished = Cancelled(traced.then(|| span.clone()));
         let called = self
             .call_in_span(call, operation, traced)
             .instrument(span.clone())
             .await;
-        if let Err(e) = &called {
+        unfinished.0 = None;
+        if let (true, Err(e)) = (traced, &called) {
             span.record("error.type", e.code().as_str());
-            span.record("otel.status_code", "ERROR");
+            // As HTTP's conventions say of a server span: the client's
+            // errors (4xx) are not the server's.
+            if e.status().is_server_error() {
+                span.record("otel.status_code", "ERROR");
+            }
         }
         called
     }

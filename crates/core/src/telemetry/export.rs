@@ -134,6 +134,10 @@ impl Exporter {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             if self.failing {
+                // The gateway is gone: nothing more will come.
+                if spans.is_closed() && spans.is_empty() {
+                    return;
+                }
                 // No spans are being made; ask the collector again now and
                 // then, with what was queued before it went away.
                 tokio::time::sleep(PROBE_EVERY).await;

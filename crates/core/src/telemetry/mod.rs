@@ -156,8 +156,9 @@ impl TraceContext {
             return None;
         }
         let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let traceparent = text("traceparent").filter(|t| well_formed(t))?;
         Some(Self {
-            traceparent: text("traceparent")?.to_owned(),
+            traceparent: traceparent.to_owned(),
             tracestate: text("tracestate").map(str::to_owned),
         })
     }
@@ -180,6 +181,23 @@ impl TraceContext {
             let _ = span.set_parent(context);
         }
     }
+}
+
+/// A version-00 `traceparent` as W3C Trace Context spells it:
+/// `00-{32 hex}-{16 hex}-{2 hex}`, lowercase. Anything else is ignored, as
+/// the spec asks, and the call starts a trace of its own.
+fn well_formed(traceparent: &str) -> bool {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
 }
 
 impl Extractor for TraceContext {
@@ -228,5 +246,26 @@ impl Injector for TraceHeaders {
             _ => return,
         };
         self.0.push((name, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::well_formed;
+
+    #[test]
+    fn only_a_well_formed_traceparent_is_taken() {
+        assert!(well_formed(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        for bad in [
+            "00-1-2-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(!well_formed(bad), "{bad}");
+        }
     }
 }
