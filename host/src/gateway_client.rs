@@ -47,6 +47,11 @@ pub async fn get_text(gateway: &str, path: &str, bearer: &str) -> Result<String,
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A GET of `path` with no credentials (a probe): Ok on a 2xx answer.
+pub async fn probe(gateway: &str, path: &str) -> Result<(), ClientError> {
+    exchange(gateway, "GET", path, None, None).await.map(|_| ())
+}
+
 /// Sends one request; a 2xx answer's status and body, else `Refused`.
 async fn exchange(
     gateway: &str,

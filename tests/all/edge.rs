@@ -321,3 +321,40 @@ async fn past_the_connection_cap_a_client_waits_for_a_free_connection() {
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body_text());
 }
+
+/// `switchyard healthcheck`, as a container's HEALTHCHECK runs it: 0 when
+/// the gateway answers its probe, 1 with why when nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_command_says_whether_a_gateway_answers() {
+    let sim = start_sim(vec![sim_model(MODEL, None)], SystemClock::shared()).await;
+    let gateway = draining_gateway(&sim).await;
+    let url = format!("http://{}", gateway.addr);
+    for args in [
+        vec!["healthcheck", "--gateway", &url],
+        vec!["healthcheck", "--gateway", &url, "--ready"],
+    ] {
+        let out = switchyard_with_env(&args, &[], Duration::from_secs(30)).await;
+        assert!(out.status.success(), "{}", command_output(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("ok: "),
+            "{}",
+            command_output(&out)
+        );
+    }
+    let nobody = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", probe.local_addr().unwrap())
+    };
+    let out = switchyard_with_env(
+        &["healthcheck", "--gateway", &nobody],
+        &[],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", command_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the gateway"),
+        "{}",
+        command_output(&out)
+    );
+}

@@ -525,6 +525,37 @@ async fn a_collector_that_never_answers_holds_up_no_request() {
     assert!(dropped > 0.0, "a full queue drops spans: {dropped}");
 }
 
+/// The last requests' spans are still queued for their batch when the
+/// gateway is told to stop: they are sent before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_sends_the_spans_it_still_holds() {
+    let sim = start_sim(
+        vec![model("model-a"), model("model-b")],
+        SystemClock::shared(),
+    )
+    .await;
+    let collector = Collector::start().await;
+    let config = format!(
+        "[observability.otlp]\nendpoint = \"{}\"\n{}",
+        collector.url,
+        two_deployments(&sim)
+    );
+    let mut gateway = GatewayProcess::start("traces-stop", &config).await;
+    let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
+    converse_ok(&gateway, &[("traceparent", &traceparent)], 1).await;
+    let pid = gateway.child.id().expect("the gateway runs") as i32;
+    // SAFETY: sends SIGTERM to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let exit = tokio::time::timeout(Duration::from_secs(30), gateway.child.wait())
+        .await
+        .expect("the gateway exits")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    // Gone: what it sent is all there is.
+    let spans = collector.trace(&hex(TRACE_ID), 3).await;
+    assert_eq!(spans.len(), 3, "the call, its queue wait and its attempt");
+}
+
 #[tokio::test]
 async fn a_bad_trace_setting_stops_the_start_with_its_name() {
     let scratch = crate::support::ScratchDir::new("traces-bad");

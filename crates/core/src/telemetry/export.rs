@@ -18,7 +18,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::config::Resolved;
 
@@ -50,6 +50,19 @@ pub(crate) static COUNTS: SpanCounts = SpanCounts {
 /// export of whatever is queued, or of nothing).
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
+/// Moves what is queued into `batch`, up to a batch's worth.
+fn take_queued(spans: &mut mpsc::Receiver<SpanData>, batch: &mut Vec<SpanData>) {
+    while batch.len() < MAX_BATCH {
+        match spans.try_recv() {
+            Ok(span) => batch.push(span),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Asks the export task to send what it holds now: answered once sent.
+pub(super) type FlushRequests = mpsc::Sender<oneshot::Sender<()>>;
+
 /// Hands each finished, sampled span to the export task, or drops it.
 #[derive(Debug)]
 pub(super) struct QueueProcessor {
@@ -80,8 +93,11 @@ impl SpanProcessor for QueueProcessor {
 type ExportClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Starts the export task (on the current tokio runtime) and returns the
-/// processor that feeds it.
-pub(super) fn start(settings: &Resolved, resource: &Resource) -> Result<QueueProcessor, String> {
+/// processor that feeds it, and where to ask it to flush.
+pub(super) fn start(
+    settings: &Resolved,
+    resource: &Resource,
+) -> Result<(QueueProcessor, FlushRequests), String> {
     let uri: http::Uri = settings
         .traces_url
         .parse()
@@ -112,10 +128,11 @@ pub(super) fn start(settings: &Resolved, resource: &Resource) -> Result<QueuePro
         failing: false,
     };
     let (queue, spans) = mpsc::channel(settings.max_queued_spans);
+    let (flush, flushes) = mpsc::channel(1);
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| "traces need a tokio runtime to export from".to_owned())?;
-    runtime.spawn(exporter.run(spans));
-    Ok(QueueProcessor { queue })
+    runtime.spawn(exporter.run(spans, flushes));
+    Ok((QueueProcessor { queue }, flush))
 }
 
 struct Exporter {
@@ -130,7 +147,11 @@ struct Exporter {
 }
 
 impl Exporter {
-    async fn run(mut self, mut spans: mpsc::Receiver<SpanData>) {
+    async fn run(
+        mut self,
+        mut spans: mpsc::Receiver<SpanData>,
+        mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             if self.failing {
@@ -139,33 +160,58 @@ impl Exporter {
                     return;
                 }
                 // No spans are being made; ask the collector again now and
-                // then, with what was queued before it went away.
-                tokio::time::sleep(PROBE_EVERY).await;
-                while batch.len() < MAX_BATCH {
-                    match spans.try_recv() {
-                        Ok(span) => batch.push(span),
-                        Err(_) => break,
+                // then, with what was queued before it went away. A flush
+                // has nothing to wait for meanwhile.
+                tokio::select! {
+                    () = tokio::time::sleep(PROBE_EVERY) => {}
+                    Some(done) = flushes.recv() => {
+                        let _ = done.send(());
+                        continue;
                     }
                 }
+                take_queued(&mut spans, &mut batch);
                 self.export(std::mem::take(&mut batch)).await;
                 continue;
             }
-            let Some(first) = spans.recv().await else {
-                return;
-            };
-            batch.push(first);
-            let deadline = tokio::time::sleep(BATCH_DELAY);
-            tokio::pin!(deadline);
-            while batch.len() < MAX_BATCH {
-                tokio::select! {
-                    span = spans.recv() => match span {
-                        Some(span) => batch.push(span),
-                        None => break,
-                    },
-                    () = &mut deadline => break,
+            let mut flush = None;
+            tokio::select! {
+                span = spans.recv() => match span {
+                    Some(span) => batch.push(span),
+                    None => return,
+                },
+                Some(done) = flushes.recv() => flush = Some(done),
+            }
+            if flush.is_none() {
+                let deadline = tokio::time::sleep(BATCH_DELAY);
+                tokio::pin!(deadline);
+                while batch.len() < MAX_BATCH {
+                    tokio::select! {
+                        span = spans.recv() => match span {
+                            Some(span) => batch.push(span),
+                            None => break,
+                        },
+                        Some(done) = flushes.recv() => {
+                            flush = Some(done);
+                            break;
+                        }
+                        () = &mut deadline => break,
+                    }
                 }
             }
-            self.export(std::mem::take(&mut batch)).await;
+            if !batch.is_empty() {
+                self.export(std::mem::take(&mut batch)).await;
+            }
+            if let Some(done) = flush {
+                // Everything queued now goes out before the answer.
+                loop {
+                    take_queued(&mut spans, &mut batch);
+                    if batch.is_empty() || self.failing {
+                        break;
+                    }
+                    self.export(std::mem::take(&mut batch)).await;
+                }
+                let _ = done.send(());
+            }
         }
     }
 

@@ -96,6 +96,20 @@ pub fn counts() -> &'static SpanCounts {
 /// Keeps the tracer provider alive while the process runs.
 pub struct Traces {
     _provider: SdkTracerProvider,
+    flush: export::FlushRequests,
+}
+
+impl Traces {
+    /// Sends the spans still queued (at shutdown), waiting at most `within`.
+    pub async fn flush(&self, within: std::time::Duration) {
+        let (done, sent) = tokio::sync::oneshot::channel();
+        let asked = async {
+            if self.flush.send(done).await.is_ok() {
+                let _ = sent.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, asked).await;
+    }
 }
 
 /// The layer that exports this process's spans as `settings` say, and its
@@ -114,7 +128,7 @@ where
                 .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
         )
         .build();
-    let processor = export::start(settings, &resource)?;
+    let (processor, flush) = export::start(settings, &resource)?;
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         // Sampled already: only traced calls make exported spans.
@@ -138,6 +152,7 @@ where
         layer,
         Traces {
             _provider: provider,
+            flush,
         },
     ))
 }
