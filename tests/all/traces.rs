@@ -148,20 +148,30 @@ fn two_deployments(sim: &SimHandle) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_fell_back_once_is_one_trace_under_the_clients_span() {
-    let sim = start_sim(
+/// The simulator with `model-a` and `model-b`, answering at once.
+async fn two_models() -> SimHandle {
+    start_sim(
         vec![model("model-a"), model("model-b")],
         SystemClock::shared(),
     )
-    .await;
+    .await
+}
+
+/// The real gateway in front of `sim`'s two deployments, with `otlp` as
+/// its `[observability.otlp]` table.
+async fn traced_gateway(name: &str, sim: &SimHandle, otlp: &str) -> GatewayProcess {
+    let config = format!("[observability.otlp]\n{otlp}{}", two_deployments(sim));
+    GatewayProcess::start(name, &config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_fell_back_once_is_one_trace_under_the_clients_span() {
+    let sim = two_models().await;
     let collector = Collector::start().await;
-    let config = format!(
-        "[observability.otlp]\nendpoint = \"{}\"\nservice_name = \"switchyard-test\"\nresource_attributes = {{ \"deployment.environment\" = \"test\" }}\n{}",
-        collector.url,
-        two_deployments(&sim)
-    );
-    let gateway = GatewayProcess::start("traces", &config).await;
+    let gateway = traced_gateway("traces", &sim, &format!(
+            "endpoint = \"{}\"\nservice_name = \"switchyard-test\"\nresource_attributes = {{ \"deployment.environment\" = \"test\" }}\n",
+            collector.url
+        )).await;
     sim.inject("model-a", Fault::Throttle, 1);
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     let response = raw_post(
@@ -323,21 +333,18 @@ async fn converse_ok(gateway: &GatewayProcess, headers: &[(&str, &str)], n: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_fails_no_request_costs_no_spans_and_tracing_resumes_when_it_answers() {
-    let sim = start_sim(
-        vec![model("model-a"), model("model-b")],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = two_models().await;
     // An address nothing listens on, for now.
     let dead = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let config = format!(
-        "[observability.otlp]\nendpoint = \"http://{dead}\"\nexport_timeout_ms = 500\n{}",
-        two_deployments(&sim)
-    );
-    let gateway = GatewayProcess::start("traces-dead", &config).await;
+    let gateway = traced_gateway(
+        "traces-dead",
+        &sim,
+        &format!("endpoint = \"http://{dead}\"\nexport_timeout_ms = 500\n"),
+    )
+    .await;
     converse_ok(&gateway, &[], 5).await;
     let reachable = metric_until(&gateway, "switchyard_trace_collector_reachable", |v| {
         v == 0.0
@@ -387,26 +394,22 @@ async fn a_dead_collector_fails_no_request_costs_no_spans_and_tracing_resumes_wh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_sampling_decision_is_followed_and_the_ratio_decides_the_rest() {
-    let sim = start_sim(
-        vec![model("model-a"), model("model-b")],
-        SystemClock::shared(),
+    let sim = two_models().await;
+    let collector = Collector::start().await;
+    let gateway = traced_gateway(
+        "traces-sampling",
+        &sim,
+        &format!("endpoint = \"{}\"\nsampling_ratio = 0.0\n", collector.url),
     )
     .await;
-    let collector = Collector::start().await;
-    let config = format!(
-        "[observability.otlp]\nendpoint = \"{}\"\nsampling_ratio = 0.0\n{}",
-        collector.url,
-        two_deployments(&sim)
-    );
-    let gateway = GatewayProcess::start("traces-sampling", &config).await;
     // A gateway that traces every call still follows a client that did
     // not sample, and starts its own trace for a malformed traceparent.
-    let all_config = format!(
-        "[observability.otlp]\nendpoint = \"{}\"\nsampling_ratio = 1.0\n{}",
-        collector.url,
-        two_deployments(&sim)
-    );
-    let all = GatewayProcess::start("traces-sampling-all", &all_config).await;
+    let all = traced_gateway(
+        "traces-sampling-all",
+        &sim,
+        &format!("endpoint = \"{}\"\nsampling_ratio = 1.0\n", collector.url),
+    )
+    .await;
     let declined = "5bf92f3577b34da6a3ce929d0e0e4737";
     let unsampled_parent = format!("00-{declined}-00f067aa0ba902b7-00");
     converse_ok(&all, &[("traceparent", &unsampled_parent)], 1).await;
@@ -495,11 +498,7 @@ async fn a_clients_sampling_decision_is_followed_and_the_ratio_decides_the_rest(
 /// answered within `raw_post`'s 20 s, well under the export's minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_never_answers_holds_up_no_request() {
-    let sim = start_sim(
-        vec![model("model-a"), model("model-b")],
-        SystemClock::shared(),
-    )
-    .await;
+    let sim = two_models().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent = listener.local_addr().unwrap();
     let _silent = tokio::spawn(async move {
@@ -508,11 +507,14 @@ async fn a_collector_that_never_answers_holds_up_no_request() {
             held.push(connection);
         }
     });
-    let config = format!(
-        "[observability.otlp]\nendpoint = \"http://{silent}\"\nexport_timeout_ms = 60000\nmax_queued_spans = 16\n{}",
-        two_deployments(&sim)
-    );
-    let gateway = GatewayProcess::start("traces-silent", &config).await;
+    let gateway = traced_gateway(
+        "traces-silent",
+        &sim,
+        &format!(
+            "endpoint = \"http://{silent}\"\nexport_timeout_ms = 60000\nmax_queued_spans = 16\n"
+        ),
+    )
+    .await;
     // The first calls' spans go out in an export that waits; then more
     // spans than the queue holds come while it waits.
     converse_ok(&gateway, &[], 5).await;
@@ -529,18 +531,14 @@ async fn a_collector_that_never_answers_holds_up_no_request() {
 /// gateway is told to stop: they are sent before it exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_gateway_sends_the_spans_it_still_holds() {
-    let sim = start_sim(
-        vec![model("model-a"), model("model-b")],
-        SystemClock::shared(),
+    let sim = two_models().await;
+    let collector = Collector::start().await;
+    let mut gateway = traced_gateway(
+        "traces-stop",
+        &sim,
+        &format!("endpoint = \"{}\"\n", collector.url),
     )
     .await;
-    let collector = Collector::start().await;
-    let config = format!(
-        "[observability.otlp]\nendpoint = \"{}\"\n{}",
-        collector.url,
-        two_deployments(&sim)
-    );
-    let mut gateway = GatewayProcess::start("traces-stop", &config).await;
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     converse_ok(&gateway, &[("traceparent", &traceparent)], 1).await;
     let pid = gateway.child.id().expect("the gateway runs") as i32;

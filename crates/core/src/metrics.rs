@@ -112,6 +112,12 @@ fn policy_call_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-6, 2.0, 21))
 }
 
+/// Raises `counter` to `total`, a count kept elsewhere since the start
+/// (read at scrape time).
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
 fn outcome_label(kind: OutcomeKind) -> String {
     kind.as_str().to_owned()
 }
@@ -607,9 +613,6 @@ impl Metrics {
     /// Sets the shared state's metrics from its status, at scrape time.
     pub fn shared_state(&self, status: &crate::state::StateStatus) {
         self.shared.state_degraded.set(i64::from(status.degraded));
-        let catch_up = |counter: &Counter, total: u64| {
-            counter.inc_by(total.saturating_sub(counter.get()));
-        };
         catch_up(&self.shared.state_errors, status.errors);
         catch_up(&self.shared.state_local_decisions, status.local_decisions);
         catch_up(&self.shared.state_resyncs, status.resyncs);
@@ -619,9 +622,6 @@ impl Metrics {
     /// Sets the trace export's counters, at scrape time.
     pub fn traces(&self, counts: &crate::telemetry::SpanCounts) {
         use std::sync::atomic::Ordering::Relaxed;
-        let catch_up = |counter: &Counter, total: u64| {
-            counter.inc_by(total.saturating_sub(counter.get()));
-        };
         catch_up(&self.traces.exported, counts.exported.load(Relaxed));
         catch_up(&self.traces.dropped, counts.dropped.load(Relaxed));
         catch_up(&self.traces.failed, counts.failed.load(Relaxed));
