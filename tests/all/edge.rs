@@ -341,10 +341,7 @@ async fn the_healthcheck_command_says_whether_a_gateway_answers() {
             command_output(&out)
         );
     }
-    let nobody = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", probe.local_addr().unwrap())
-    };
+    let nobody = format!("http://{}", crate::support::free_port());
     let out = switchyard_with_env(
         &["healthcheck", "--gateway", &nobody],
         &[],

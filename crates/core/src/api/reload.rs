@@ -36,6 +36,10 @@ pub(crate) async fn reload(state: &AppState) -> Result<ReloadReport, ConfigError
     let mut applied = running.clone();
     applied.api_keys.clone_from(&wanted.api_keys);
     applied.admin.token.clone_from(&wanted.admin.token);
+    applied
+        .admin
+        .token_file
+        .clone_from(&wanted.admin.token_file);
     applied.observability.require_key = wanted.observability.require_key;
     applied.teams.clone_from(&wanted.teams);
     if let Ok(prices) = crate::spend::prices::PriceTable::with(&wanted.prices) {

@@ -7,6 +7,7 @@
 pub mod changes;
 mod jobs;
 pub mod preset;
+mod secret_files;
 pub mod show;
 mod validate;
 
@@ -129,7 +130,12 @@ fn default_listen() -> SocketAddr {
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// The secret the client sends (at least 16 characters).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// A file holding `key` instead (such as a mounted Kubernetes Secret),
+    /// read at start and at each reload. Relative to the config's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// The user its requests belong to (their share of the fair queue, and stats).
     pub user: String,
     /// Its rank in the fair queue; higher goes first.
@@ -234,6 +240,11 @@ pub struct AdminConfig {
     /// The bearer token `/admin` requires. Without one, `/admin` is off.
     #[serde(default)]
     pub token: Option<String>,
+    /// A file holding `token` instead (such as a mounted Kubernetes
+    /// Secret), read at start and at each reload. Relative to the config's
+    /// folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
     /// Check the policy files named in the config every this many
     /// milliseconds, and reload one when it changes (0 = never).
     #[serde(default = "default_watch_ms")]
@@ -331,22 +342,8 @@ impl Config {
     /// file names (if any).
     pub fn load_with(path: &Path, preset: Option<Preset>) -> Result<Self, ConfigError> {
         let text = read(path)?;
-        let mut config = Self::parse_with(&text, &path.display().to_string(), preset)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for group in &mut config.model_groups {
-            for slot in [
-                &mut group.policies.selection,
-                &mut group.policies.cooldown,
-                &mut group.policies.fallback,
-            ] {
-                if let Some(p) = &slot.path {
-                    if p.is_relative() {
-                        slot.path = Some(base.join(p));
-                    }
-                }
-            }
-        }
-        Ok(config)
+        Self::parse_in(&text, &path.display().to_string(), preset, base)
     }
 
     /// Parses and validates config text; `origin` names it in errors.
@@ -361,12 +358,23 @@ impl Config {
         origin: &str,
         preset: Option<Preset>,
     ) -> Result<Self, ConfigError> {
+        Self::parse_in(text, origin, preset, Path::new("."))
+    }
+
+    /// Parses config text whose relative paths (policies, secret files)
+    /// are relative to `base`, reads its secret files and validates it.
+    fn parse_in(
+        text: &str,
+        origin: &str,
+        preset: Option<Preset>,
+        base: &Path,
+    ) -> Result<Self, ConfigError> {
         let parse_error = |message: String| ConfigError::Parse {
             path: origin.to_owned(),
             message,
         };
         let file: toml::Table = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
-        let config: Config = match preset.map_or_else(|| named_preset(&file), |p| Ok(Some(p))) {
+        let mut config: Config = match preset.map_or_else(|| named_preset(&file), |p| Ok(Some(p))) {
             Err(unknown) => return Err(parse_error(unknown.to_string())),
             // Straight from the text, so errors keep their line and column.
             Ok(None) => toml::from_str(text).map_err(|e| parse_error(e.to_string()))?,
@@ -378,8 +386,24 @@ impl Config {
                     .map_err(|e: toml::de::Error| parse_error(e.to_string()))?
             }
         };
+        config.resolve_policy_paths(base);
+        config.read_secret_files(base)?;
         config.validate()?;
         Ok(config)
+    }
+
+    fn resolve_policy_paths(&mut self, base: &Path) {
+        for group in &mut self.model_groups {
+            for slot in [
+                &mut group.policies.selection,
+                &mut group.policies.cooldown,
+                &mut group.policies.fallback,
+            ] {
+                if let Some(p) = slot.path.as_mut().filter(|p| p.is_relative()) {
+                    *p = base.join(&*p);
+                }
+            }
+        }
     }
 
     /// Deployments by id.

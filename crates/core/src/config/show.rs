@@ -57,6 +57,12 @@ impl Sources<'_> {
         if lookup(self.file, path).is_some() {
             return "config file".to_owned();
         }
+        if let Some((last, parents)) = path.split_last() {
+            let file_key = [parents, &[format!("{last}_file")]].concat();
+            if let Some(file) = lookup(self.file, &file_key).and_then(toml::Value::as_str) {
+                return format!("the file {file}");
+            }
+        }
         match &self.preset {
             Some((preset, values)) if lookup(values, path).is_some() => format!("preset {preset}"),
             _ => "default".to_owned(),
@@ -91,8 +97,15 @@ fn render(out: &mut String, path: &mut Vec<String>, table: &toml::Table, sources
 }
 
 fn redact(table: &mut toml::Table) {
+    // A value read from a `*_file` is a secret whatever its name (a Redis
+    // URL with its password).
+    let from_files: Vec<String> = table
+        .keys()
+        .filter_map(|k| k.strip_suffix("_file").map(str::to_owned))
+        .collect();
     for (key, value) in table.iter_mut() {
-        if SECRETS.contains(&key.as_str()) && value.is_str() {
+        let secret = SECRETS.contains(&key.as_str()) || from_files.contains(key);
+        if secret && value.is_str() {
             *value = toml::Value::String("<redacted>".to_owned());
         } else {
             redact_value(value);

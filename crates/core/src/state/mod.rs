@@ -42,6 +42,10 @@ pub struct StateConfig {
     pub backend: BackendKind,
     /// The Redis server, as a `redis://` URL. Required with `backend = "redis"`.
     pub url: Option<String>,
+    /// A file holding `url` instead, for a URL with a password in it (such
+    /// as a mounted Kubernetes Secret). Relative to the config's folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<std::path::PathBuf>,
     /// How many gateway instances share the state. While Redis is down each
     /// instance enforces `quota / instances` on its own.
     pub instances: u32,
@@ -57,6 +61,7 @@ impl Default for StateConfig {
         Self {
             backend: BackendKind::Memory,
             url: None,
+            url_file: None,
             instances: 1,
             key_prefix: "switchyard".into(),
             timeout_ms: 50,
