@@ -12,6 +12,7 @@ mod classify;
 mod credentials;
 mod passthrough;
 mod signed;
+mod sigv4;
 mod usage;
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Converse and InvokeModel without the SDK's orchestrator: the request is
-//! signed with SigV4 (`aws-sigv4`, the SDK's own signer) and sent over a
-//! pooled hyper client. The SDK's pipeline (runtime plugins, config bags,
+//! signed with SigV4 (`super::sigv4`, checked against the SDK's own signer)
+//! and sent over a pooled hyper client. The SDK's pipeline (runtime plugins, config bags,
 //! interceptors, throughput checks) cost about a quarter of the gateway's
 //! CPU per request under load (BENCHMARKS.md, "Overhead under many
 //! connections"), and a pass-through needs none of it: the body goes out as
@@ -8,11 +8,10 @@
 //!
 //! Streams keep the SDK's event-stream decoding (`super::Upstream`).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
+use aws_credential_types::Credentials;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -24,6 +23,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::classify::{kind_of_code, kind_of_status, AttemptFailure};
 use super::credentials::DeploymentCredentials;
+use super::sigv4::Signer;
 use crate::error_chain::render;
 use crate::outcome::OutcomeKind;
 
@@ -52,7 +52,11 @@ pub struct SignedClient {
     transport: Transport,
     /// `scheme://host[:port]`, no trailing slash.
     endpoint: String,
-    region: String,
+    /// The endpoint's `host[:port]`, as signed.
+    authority: String,
+    /// The endpoint's path before `/model/...`: empty, or `/prefix`.
+    base_path: String,
+    signer: Arc<Signer>,
     credentials: DeploymentCredentials,
 }
 
@@ -112,10 +116,13 @@ impl SignedClient {
         } else {
             return Err(TransportError::BadEndpoint(endpoint));
         };
+        let (authority, base_path) = split_endpoint(&endpoint);
         Ok(Self {
             transport,
+            authority: authority.to_owned(),
+            base_path: base_path.to_owned(),
             endpoint,
-            region: region.to_owned(),
+            signer: Arc::new(Signer::new(region, SERVICE)),
             credentials,
         })
     }
@@ -128,25 +135,20 @@ impl SignedClient {
         operation: &str,
         body: Bytes,
     ) -> Result<Answer, AttemptFailure> {
-        let uri = format!(
+        let path = format!(
             "{}/model/{}/{operation}",
-            self.endpoint,
+            self.base_path,
             utf8_percent_encode(model_id, LABEL)
         );
         // Credentials that cannot be had are this deployment's failure:
         // another deployment (another account or role) may have its own.
-        let identity: Identity = self
-            .credentials
-            .get()
-            .await
-            .map_err(|e| AttemptFailure {
-                kind: OutcomeKind::Unavailable,
-                status: None,
-                retry_after_ms: None,
-                detail: format!("no credentials for this deployment: {}", render(&e)),
-            })?
-            .into();
-        let request = self.signed(&uri, body, &identity)?;
+        let credentials = self.credentials.get().await.map_err(|e| AttemptFailure {
+            kind: OutcomeKind::Unavailable,
+            status: None,
+            retry_after_ms: None,
+            detail: format!("no credentials for this deployment: {}", render(&e)),
+        })?;
+        let request = self.signed(&path, body, &credentials)?;
         let response = match &self.transport {
             Transport::Plain(c) => c.request(request).await,
             Transport::Tls(c) => c.request(request).await,
@@ -186,44 +188,45 @@ impl SignedClient {
         })
     }
 
-    /// The request, signed for now.
+    /// The request to `path`, signed for now.
     fn signed(
         &self,
-        uri: &str,
+        path: &str,
         body: Bytes,
-        identity: &Identity,
+        credentials: &Credentials,
     ) -> Result<Request<Full<Bytes>>, AttemptFailure> {
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            AttemptFailure::server_error(&format!("could not sign the request ({what}): {e}"))
-        };
-        let mut request = Request::post(uri)
+        let signature =
+            self.signer
+                .sign(credentials, SystemTime::now(), &self.authority, path, &body);
+        let mut request = Request::post(format!("{}{path}", self.authority_url()))
             .header("content-type", "application/json")
             .header("accept", "application/json")
-            .body(Full::new(body.clone()))
-            .map_err(|e| failed("request", &e))?;
-        let headers = [
-            ("content-type", "application/json"),
-            ("accept", "application/json"),
-        ];
-        let signable =
-            SignableRequest::new("POST", uri, headers.into_iter(), SignableBody::Bytes(&body))
-                .map_err(|e| failed("uri", &e))?;
-        let params = v4::SigningParams::builder()
-            .identity(identity)
-            .region(&self.region)
-            .name(SERVICE)
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| failed("params", &e))?
-            .into();
-        let (instructions, _signature) = sign(signable, &params)
-            .map_err(|e| failed("signature", &e))?
-            .into_parts();
-        instructions.apply_to_request_http1x(&mut request);
+            .header("x-amz-date", signature.amz_date)
+            .header("authorization", signature.authorization);
+        if let Some(token) = signature.security_token {
+            request = request.header("x-amz-security-token", token);
+        }
+        let mut request = request.body(Full::new(body)).map_err(|e| {
+            AttemptFailure::server_error(&format!("could not build the request: {e}"))
+        })?;
         // Unsigned, so a trace header never changes what was signed.
         crate::telemetry::inject(request.headers_mut());
         Ok(request)
+    }
+
+    /// `scheme://host[:port]`, without the endpoint's path.
+    fn authority_url(&self) -> &str {
+        &self.endpoint[..self.endpoint.len() - self.base_path.len()]
+    }
+}
+
+/// An endpoint URL's `host[:port]` and its path (empty or `/prefix`, no
+/// trailing slash).
+fn split_endpoint(endpoint: &str) -> (&str, &str) {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, ""),
     }
 }
 
