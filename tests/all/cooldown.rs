@@ -52,3 +52,71 @@ async fn consecutive_throttles_cool_down_10_30_then_60_seconds_and_a_success_res
         );
     }
 }
+
+/// The built-in cooldowns declare repeated successes idempotent: after the
+/// first success on a deployment, the next ones skip the policy call
+/// (counted in `switchyard_policy_calls_skipped_total`), and a throttle makes
+/// the next success count again, so a success still resets the history.
+#[tokio::test]
+async fn a_success_after_a_success_skips_the_cooldown_call_and_still_resets_after_a_throttle() {
+    let t0 = 5_000_000;
+    let clock = ManualClock::new(t0);
+    let sim = start_sim(
+        vec![sim_model("model-a", None), sim_model("model-b", None)],
+        clock.clone(),
+    )
+    .await;
+    let config = format!(
+        "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
+        deployment("a", "model-a", 1, &sim),
+        deployment("b", "model-b", 2, &sim)
+    );
+    let gw = start_gateway(&config, clock.clone()).await;
+    let counts = || async {
+        let metrics = raw_get(gw.addr, "/metrics").await.body_text();
+        let value = |name: &str| {
+            let line = format!("switchyard_{name}{{group=\"g\",kind=\"cooldown\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&line)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (
+            value("policy_calls_total"),
+            value("policy_calls_skipped_total"),
+        )
+    };
+    let body = converse_body("x");
+    let request = |fault: Option<Fault>| {
+        if let Some(f) = fault {
+            sim.inject("model-a", f, 1);
+        }
+        raw_post(gw.addr, "/model/g/converse", &[], &body)
+    };
+
+    for _ in 0..5 {
+        assert_eq!(request(None).await.status, 200);
+    }
+    assert_eq!(
+        counts().await,
+        (1, 4),
+        "the first success is judged, the next four are not"
+    );
+
+    // A throttle on A (judged), then B answers (its first success: judged).
+    assert_eq!(request(Some(Fault::Throttle)).await.status, 200);
+    assert_eq!(gw.cooldown_ms("g", "a"), 10_000);
+    assert_eq!(counts().await, (3, 4));
+
+    // After the cooldown, A's first success is judged again (it clears the
+    // throttle history), the next is skipped...
+    clock.set(t0 + 11_000);
+    assert_eq!(request(None).await.status, 200);
+    assert_eq!(request(None).await.status, 200);
+    assert_eq!(counts().await, (4, 5));
+    // ...and the history is gone: the next throttle is a first one (10 s),
+    // not a second within the window (30 s).
+    clock.set(t0 + 12_000);
+    assert_eq!(request(Some(Fault::Throttle)).await.status, 200);
+    assert_eq!(gw.cooldown_ms("g", "a"), 10_000);
+}

@@ -344,15 +344,14 @@ async fn calls_that_wait_for_a_busy_core_do_not_time_out() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 
     let metrics = String::from_utf8(raw_get(gateway.addr, "/metrics").await.body).unwrap();
+    // The cooldown policy (adaptive) is called for the first success only:
+    // it declares repeated successes idempotent.
     let calls: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with("switchyard_policy_calls_total{"))
+        .filter(|l| l.starts_with("switchyard_policy_calls_total{") && l.contains("selection"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
-    assert!(
-        calls >= 200,
-        "a selection and a cooldown call a request: {calls}"
-    );
+    assert!(calls >= 100, "a selection call a request: {calls}");
     let faults: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("switchyard_policy_faults_total{"))

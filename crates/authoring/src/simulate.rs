@@ -410,9 +410,13 @@ fn simulate_request(
         };
         // No time passes in a simulated attempt: it begins and ends at once.
         run.begin(&context, i, now);
-        let settled = run.settle(&mut context, i, &outcome, |o, before, options| {
-            policies.judge(o, before, options, &mut faults)
-        });
+        let settled = run.settle(
+            &mut context,
+            i,
+            &outcome,
+            policies.idempotent_successes(),
+            |o, before, options| policies.judge(o, before, options, &mut faults),
+        );
         let summary = report.deployments.entry(d.config.id.clone()).or_default();
         summary.attempts += 1;
         summary.successes += u64::from(kind == OutcomeKind::Success);

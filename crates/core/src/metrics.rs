@@ -245,6 +245,7 @@ impl RequestMetrics {
 /// Policy calls, their faults and the versions swapped in.
 struct PolicyMetrics {
     policy_calls: Family<PolicyLabels, Counter>,
+    policy_calls_skipped: Family<PolicyLabels, Counter>,
     policy_call_seconds: Family<PolicyLabels, Histogram>,
     policy_faults: Family<PolicyFaultLabels, Counter>,
     policy_swaps: Family<SwapLabels, Counter>,
@@ -257,6 +258,12 @@ impl PolicyMetrics {
             "policy_calls",
             "Policy calls by model group and kind",
             policy_calls.clone(),
+        );
+        let policy_calls_skipped = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_calls_skipped",
+            "Cooldown policy calls not made: a success after a success, off cooldown and unthrottled, for a policy that declared such successes idempotent",
+            policy_calls_skipped.clone(),
         );
         let policy_call_seconds = Family::<PolicyLabels, Histogram>::new_with_constructor(
             policy_call_histogram as fn() -> Histogram,
@@ -280,6 +287,7 @@ impl PolicyMetrics {
         );
         Self {
             policy_calls,
+            policy_calls_skipped,
             policy_call_seconds,
             policy_faults,
             policy_swaps,
@@ -541,6 +549,17 @@ impl Metrics {
                 deployment: deployment.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// A policy call was not made (see `policy_calls_skipped`).
+    pub fn policy_call_skipped(&self, group: &str, kind: PolicyKind) {
+        self.policies
+            .policy_calls_skipped
+            .get_or_create(&PolicyLabels {
+                group: group.to_owned(),
+                kind: kind.to_string(),
+            })
+            .inc();
     }
 
     /// A policy was called and took `elapsed`; `fault` names the fault when

@@ -470,11 +470,13 @@ impl Simulation<'_> {
             books: &mut self.books,
         };
         let policies = &self.policies;
-        self.requests[request]
-            .run
-            .settle(&mut context, i, &outcome, |o, before, options| {
-                policies.judge(o, before, options, &mut faults)
-            });
+        self.requests[request].run.settle(
+            &mut context,
+            i,
+            &outcome,
+            policies.idempotent_successes(),
+            |o, before, options| policies.judge(o, before, options, &mut faults),
+        );
         if kind == OutcomeKind::Success {
             let r = &self.requests[request];
             self.record.served += 1;

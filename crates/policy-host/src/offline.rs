@@ -116,6 +116,12 @@ impl OfflinePolicies {
         }
     }
 
+    /// Whether the cooldown policy declared idempotent successes: settling
+    /// skips it for a success that could change nothing, as the gateway does.
+    pub fn idempotent_successes(&self) -> bool {
+        self.cooldown.idempotent_successes()
+    }
+
     /// The cooldown policy's decision on `outcome`, given what the deployment
     /// looked like when it ended: (cooldown in ms, clear the history).
     pub fn judge(

@@ -8,6 +8,7 @@
 
 #[cfg(feature = "server")]
 mod abandonable;
+#[cfg(feature = "server")]
 mod anthropic;
 #[cfg(feature = "server")]
 mod config;

@@ -234,6 +234,33 @@ macro_rules! export_cooldown {
     };
 }
 
+/// Declares that this cooldown policy's decisions on successes are
+/// idempotent: after it judged a success on a deployment, a further success
+/// there, while the deployment is not cooling down and has no recent
+/// throttles, would change nothing (no cooldown, no key-value write that
+/// matters, nothing logged that matters). The gateway then skips that call,
+/// which is most calls in steady traffic: a success is the common outcome.
+///
+/// The declaration is a custom section of the component
+/// (`switchyard:idempotent-successes`), read when the policy loads. Leave
+/// it out when a success can matter on its own, such as a policy that
+/// cools down a deployment whose successes are slow.
+///
+/// ```
+/// switchyard_policy::idempotent_successes!();
+/// # fn main() {}
+/// ```
+#[cfg(feature = "cooldown")]
+#[macro_export]
+macro_rules! idempotent_successes {
+    () => {
+        #[cfg(target_arch = "wasm32")]
+        #[used]
+        #[unsafe(link_section = "switchyard:idempotent-successes")]
+        static __SWITCHYARD_IDEMPOTENT_SUCCESSES: [u8; 1] = [1];
+    };
+}
+
 /// Exports a type implementing [`Fallback`] as this component's `next`.
 ///
 /// Invoke it once, at the top level of the policy crate. Needs the SDK

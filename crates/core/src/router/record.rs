@@ -239,10 +239,12 @@ impl PendingAttempt {
         let Settled {
             cooldown_ms,
             clear_history,
+            judged,
         } = settle(
             &self.deployment.health,
             &before,
             &outcome,
+            self.cooldown.policy.idempotent_successes(),
             |outcome, before| {
                 let called = Instant::now();
                 let decision = self.cooldown.policy.on_outcome(
@@ -274,6 +276,12 @@ impl PendingAttempt {
                 }
             },
         );
+        if !judged {
+            self.observer.metrics.policy_call_skipped(
+                &self.observer.group,
+                crate::vocabulary::PolicyKind::Cooldown,
+            );
+        }
         if kind == OutcomeKind::Success {
             if let Some((affinity, user, member)) = &self.affinity {
                 affinity.remember(user, *member, now);

@@ -22,7 +22,7 @@
 //! [`settle`] is also a function of its own.
 
 use crate::health::DeploymentHealth;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, OutcomeKind};
 use crate::policy::{CallOptions, Candidate, RequestInfo};
 
 use super::{AfterFailure, AttemptPlan};
@@ -70,24 +70,46 @@ pub struct Settled {
     pub cooldown_ms: u64,
     /// Whether its throttle history was cleared.
     pub clear_history: bool,
+    /// Whether the cooldown policy was called; a policy that declares
+    /// idempotent successes is not, for a success that could change nothing.
+    pub judged: bool,
 }
 
 /// Settles an attempt's `outcome` on `health`: the health counts it, the
 /// cooldown policy judges it (`judge`, which sees the deployment as it was
 /// just before: `before`), and the decision is applied at `outcome.at_ms`.
 /// Every driver settles through here.
+///
+/// When the policy declares `idempotent_successes`, a success is not judged
+/// if the last decision applied to the deployment was a success's and it is
+/// neither cooling down nor throttled lately: the policy said its decision
+/// then changes nothing (no cooldown, its history already forgotten).
 pub fn settle(
     health: &DeploymentHealth,
     before: &Candidate,
     outcome: &Outcome,
+    idempotent_successes: bool,
     judge: impl FnOnce(&Outcome, &Candidate) -> (u64, bool),
 ) -> Settled {
+    let unchanged = idempotent_successes
+        && outcome.kind == OutcomeKind::Success
+        && before.cooldown_remaining_ms == 0
+        && before.recent_throttles == 0
+        && health.success_judged();
     health.end_attempt(outcome);
+    if unchanged {
+        return Settled {
+            cooldown_ms: 0,
+            clear_history: false,
+            judged: false,
+        };
+    }
     let (cooldown_ms, clear_history) = judge(outcome, before);
     health.apply_cooldown(outcome.at_ms, cooldown_ms, clear_history, outcome.kind);
     Settled {
         cooldown_ms,
         clear_history,
+        judged: true,
     }
 }
 
@@ -157,12 +179,17 @@ impl AttemptRun {
         context: &mut impl RunContext,
         member: usize,
         outcome: &Outcome,
+        idempotent_successes: bool,
         judge: impl FnOnce(&Outcome, &Candidate, &CallOptions) -> (u64, bool),
     ) -> Settled {
         let before = context.candidate(member);
-        settle(context.health(member), &before, outcome, |o, b| {
-            judge(o, b, &self.options)
-        })
+        settle(
+            context.health(member),
+            &before,
+            outcome,
+            idempotent_successes,
+            |o, b| judge(o, b, &self.options),
+        )
     }
 
     /// The last attempt failed as `failed` says: asks the fallback policy

@@ -67,6 +67,8 @@ struct HealthState {
     successful_attempts: u64,
     throttled_attempts: u64,
     last_cooldown: Option<CooldownPeriod>,
+    /// The last cooldown decision was on a success and set no cooldown.
+    success_judged: bool,
 }
 
 impl HealthState {
@@ -213,6 +215,14 @@ impl DeploymentHealth {
         if clear_history {
             s.throttles.clear();
         }
+        s.success_judged = cause == OutcomeKind::Success && cooldown_ms == 0;
+    }
+
+    /// Whether the last cooldown decision applied here was on a success and
+    /// set no cooldown: a cooldown policy with idempotent successes need not
+    /// judge the next one (see `attempt::run::settle`).
+    pub fn success_judged(&self) -> bool {
+        self.lock().success_judged
     }
 }
 

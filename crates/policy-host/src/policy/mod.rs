@@ -11,6 +11,7 @@ mod bindings;
 pub mod builtin;
 mod cache;
 mod call_state;
+mod declarations;
 mod deployment_table;
 mod error;
 mod kv;
@@ -46,6 +47,7 @@ use bindings::cooldown::CooldownPre;
 use bindings::fallback::FallbackPre;
 use bindings::selection::SelectionPre;
 use call_state::CallState;
+use declarations::Declarations;
 use limits::{EpochTicker, MemoryCap};
 
 use crate::clock::SharedClock;
@@ -220,6 +222,7 @@ impl PolicyRuntime {
         };
         let policy = Policy {
             kind,
+            declarations: Declarations::of(bytes),
             name: name.into(),
             params: params.to_string().into(),
             kv,
@@ -284,6 +287,7 @@ pub struct CallReport {
 /// A loaded, linked policy. Cheap to call from many threads at once.
 pub struct Policy {
     kind: PolicyKind,
+    declarations: Declarations,
     name: Arc<str>,
     params: Arc<str>,
     kv: Arc<KvStore>,
@@ -306,6 +310,12 @@ impl Policy {
     /// Which world it implements.
     pub fn kind(&self) -> PolicyKind {
         self.kind
+    }
+
+    /// Whether it declared idempotent successes (a cooldown policy that
+    /// need not judge a success after a success; see `attempt::settle`).
+    pub fn idempotent_successes(&self) -> bool {
+        self.declarations.idempotent_successes
     }
 
     /// Its label.

@@ -88,6 +88,8 @@ impl Cooldown for Adaptive {
 }
 
 switchyard_policy::export_cooldown!(Adaptive);
+// A success after a success, off cooldown and unthrottled, decides nothing new.
+switchyard_policy::idempotent_successes!();
 
 /// The key-value entry holding a deployment's recent throttle timestamps.
 fn history_key(deployment: &str) -> String {

@@ -53,6 +53,8 @@ impl Cooldown for ErrorAware {
 }
 
 switchyard_policy::export_cooldown!(ErrorAware);
+// A success after a success, off cooldown and unthrottled, decides nothing new.
+switchyard_policy::idempotent_successes!();
 
 fn decide(kind: OutcomeKind, p: &Params) -> CooldownDecision {
     let cooldown_ms = match kind {

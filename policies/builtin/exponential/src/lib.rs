@@ -98,6 +98,8 @@ impl Cooldown for Exponential {
 }
 
 switchyard_policy::export_cooldown!(Exponential);
+// A success after a success, off cooldown and unthrottled, decides nothing new.
+switchyard_policy::idempotent_successes!();
 
 /// `base_ms × 2^n`, at most `cap_ms`, without overflow.
 fn backoff(n: u32, p: &Params) -> u64 {

@@ -48,6 +48,8 @@ impl Cooldown for Fixed {
 }
 
 switchyard_policy::export_cooldown!(Fixed);
+// A success after a success, off cooldown and unthrottled, decides nothing new.
+switchyard_policy::idempotent_successes!();
 
 /// `remaining_ms`: the cooldown the deployment is in now (0: none).
 fn decide(kind: OutcomeKind, remaining_ms: u64, params: &Params) -> CooldownDecision {
