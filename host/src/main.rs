@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// mimalloc: glibc's malloc and free were about a tenth of the gateway's CPU
+/// under load (BENCHMARKS.md, issue 31).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchyard::authoring;
 use switchyard::clock::SystemClock;
 use switchyard::config::{self, Config, PolicyRef, Preset};
