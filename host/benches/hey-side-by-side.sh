@@ -13,6 +13,9 @@
 # in bursts of CONNS. It prints p50 and p99 (ms) and, for the gateway and
 # nginx, their CPU time a request (µs, from /proc/<pid>/stat).
 #
+# With OPENAI=1 it also measures OpenAI's `/v1/chat/completions` (onto
+# Converse) through the gateway, against the same nginx figure.
+#
 # With MESSAGES=1 it also measures Anthropic's Messages route
 # (`/v1/messages`, onto InvokeModel) next to the simulator's InvokeModel
 # called straight, in the same run as the Converse route.
@@ -63,6 +66,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 CONVERSE_BODY='{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":16}}'
 INVOKE_BODY='{"anthropic_version":"bedrock-2023-05-31","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
 MESSAGES_BODY='{"model":"g","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
+OPENAI_BODY='{"model":"g","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
 BODY=$CONVERSE_BODY
 # hey's summary: "50% in 0.0012 secs"; prints p50 and p99 in ms and the 200s.
 HEADERS=()
@@ -85,7 +89,13 @@ measure() {
   [ "$2" = - ] || after=$(cpu_ticks "$2")
   local cpu=-
   [ "$2" = - ] || cpu=$(( (after - before) * 1000000 / $(getconf CLK_TCK) / (ok > 0 ? ok : 1) ))
-  printf '%-10s p50 %6.1f ms  p99 %6.1f ms  ok %6d  CPU %4s µs/req\n' "$3" "$p50" "$p99" "$ok" "$cpu"
+  printf '%-10s p50 %6.1f ms  p99 %6.1f ms  ok %6d  CPU %4s µs/req' "$3" "$p50" "$p99" "$ok" "$cpu"
+  # The ratio to nginx's CPU a request in this binary's turn.
+  if [ "$3" = nginx ]; then nginx_cpu=$cpu; fi
+  if [ "$cpu" != - ] && [ "${3#nginx}" = "$3" ] && [ "${nginx_cpu:-0}" -gt 0 ]; then
+    awk -v c="$cpu" -v n="$nginx_cpu" 'BEGIN {printf "  (%.1fx nginx)", c / n}'
+  fi
+  echo
 }
 
 if [ "${REDIS:-}" = 1 ]; then
@@ -229,6 +239,11 @@ CONF
     fi
     HEADERS=()
     awk '/VmRSS/ {printf "keyed gateway RSS %.1f MiB\n", $2 / 1024}' "/proc/$keyed/status"
+  fi
+  if [ "${OPENAI:-}" = 1 ]; then
+    BODY=$OPENAI_BODY
+    measure "http://127.0.0.1:$gw_port/v1/chat/completions" "$gateway" openai
+    BODY=$CONVERSE_BODY
   fi
   if [ "${MESSAGES:-}" = 1 ]; then
     BODY=$INVOKE_BODY
