@@ -237,18 +237,20 @@ async fn the_eks_example_validates_and_its_pod_takes_keys_token_and_redis_from_t
             && e["value"] == "http://otel-collector.observability:4318"));
     let monitor = object(&manifests, "ServiceMonitor").unwrap();
     assert_eq!(
-        monitor["spec"]["endpoints"][0]["authorization"]["credentials"]["key"],
-        "admin-token"
+        monitor["spec"]["endpoints"][0]["authorization"]["credentials"]["key"], "key-prometheus",
+        "Prometheus scrapes with a client key, not the admin token"
     );
 
     let redis = RedisServer::start();
     let (admin, key) = ("admin-token-0123456789", "key-search-0123456789");
+    let scraper = "key-prometheus-0123456789";
     let (gateway, secrets) = serve_rendered(
         &manifests,
         dir,
         &[
             ("admin-token", admin),
             ("key-search", key),
+            ("key-prometheus", scraper),
             ("redis-url", &redis.url()),
         ],
     )
@@ -257,9 +259,12 @@ async fn the_eks_example_validates_and_its_pod_takes_keys_token_and_redis_from_t
     assert_eq!(converse(gateway.addr, "sonnet", None).await.status, 401);
     let answer = converse(gateway.addr, "sonnet", Some(key)).await;
     assert_eq!(answer.status, 200, "{}", answer.body_text());
-    // What the ServiceMonitor does: /metrics with the admin token.
+    // What the ServiceMonitor does: /metrics with its key.
     assert_eq!(get(gateway.addr, "/metrics", None).await.status, 401);
-    assert_eq!(get(gateway.addr, "/metrics", Some(admin)).await.status, 200);
+    assert_eq!(
+        get(gateway.addr, "/metrics", Some(scraper)).await.status,
+        200
+    );
     let state = get(gateway.addr, "/state_stats", Some(admin)).await.json();
     assert_eq!(state["state"]["backend"], "redis", "{state}");
 
@@ -303,9 +308,16 @@ async fn the_chart_makes_its_secret_and_redis_for_a_tryout_and_refuses_values_th
         secret["stringData"]["admin-token"],
         "tryout-admin-token-0123"
     );
+    let redis = object(&manifests, "StatefulSet").expect("a Redis to try");
+    // The gateway's selectors must not take in the Redis pod.
+    let redis_labels = &redis["spec"]["template"]["metadata"]["labels"];
+    let deployment = object(&manifests, "Deployment").unwrap();
+    let gateway_selector = deployment["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
     assert!(
-        object(&manifests, "StatefulSet").is_some(),
-        "a Redis to try"
+        gateway_selector.iter().any(|(k, v)| &redis_labels[k] != v),
+        "{gateway_selector:?} selects {redis_labels}"
     );
     let config = object(&manifests, "ConfigMap").unwrap()["data"]["switchyard.toml"]
         .as_str()

@@ -77,12 +77,8 @@ fn spend_books(
             // Budget reads and key loads are rarer than quota calls and
             // may take a little longer than they may.
             let timeout = Duration::from_millis(config.state.timeout_ms.max(250));
-            let conn = LazyConnection::new(url, timeout).map_err(|source| {
-                StartError::State(StateError::Url {
-                    url: url.clone(),
-                    source,
-                })
-            })?;
+            let conn = LazyConnection::new(url, timeout)
+                .map_err(|source| StartError::State(StateError::bad_url(url, source)))?;
             Some(Arc::new(conn))
         }
         _ => None,

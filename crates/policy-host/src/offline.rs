@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use switchyard_clock::SharedClock;
 
-use crate::attempt::safe_cooldown;
+use crate::attempt::{safe_cooldown, Judgement};
 use crate::outcome::Outcome;
 use crate::policy::{
     CallOptions, Candidate, KvStore, LoadError, Policy, PolicyKind, PolicyRuntime, RequestInfo,
@@ -118,27 +118,36 @@ impl OfflinePolicies {
 
     /// Whether the cooldown policy declared idempotent successes: settling
     /// skips it for a success that could change nothing, as the gateway does.
-    pub fn idempotent_successes(&self) -> bool {
+    pub fn idempotent_successes(&self) -> Option<u64> {
         self.cooldown.idempotent_successes()
     }
 
     /// The cooldown policy's decision on `outcome`, given what the deployment
-    /// looked like when it ended: (cooldown in ms, clear the history).
+    /// looked like when it ended.
     pub fn judge(
         &self,
         outcome: &Outcome,
         before: &Candidate,
         options: &CallOptions,
         faults: &mut Vec<String>,
-    ) -> (u64, bool) {
+    ) -> Judgement {
         match self
             .cooldown
             .on_outcome(&crate::policy::Outcome::from(outcome), before, options)
         {
-            Ok((decision, _)) => (decision.cooldown_ms, decision.clear_history),
+            Ok((decision, _)) => Judgement {
+                cooldown_ms: decision.cooldown_ms,
+                clear_history: decision.clear_history,
+                by_policy: true,
+            },
             Err(fault) => {
                 faults.push(format!("cooldown: {fault}"));
-                safe_cooldown(outcome)
+                let (cooldown_ms, clear_history) = safe_cooldown(outcome);
+                Judgement {
+                    cooldown_ms,
+                    clear_history,
+                    by_policy: false,
+                }
             }
         }
     }

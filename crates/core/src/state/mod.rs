@@ -284,6 +284,21 @@ pub enum StateError {
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
 }
 
+impl StateError {
+    /// The Redis URL `url` does not parse; the error names it without the
+    /// password it may hold (`url_file` is for such URLs).
+    pub fn bad_url(url: &str, source: ::redis::RedisError) -> Self {
+        let shown = match url.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => url.to_owned(),
+            },
+            None => url.to_owned(),
+        };
+        StateError::Url { url: shown, source }
+    }
+}
+
 /// The backend `config` asks for, holding `quotas` (every deployment's,
 /// limited or not), whose spent tokens come back `window_ms` later. A Redis
 /// backend connects in the background; until it has, it decides locally
@@ -305,6 +320,16 @@ pub fn backend(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_redis_url_is_named_without_its_password() {
+        let source = ::redis::Client::open("redis://:secret@[::1").unwrap_err();
+        let shown = StateError::bad_url("redis://:secret@[::1", source).to_string();
+        assert!(
+            !shown.contains("secret") && shown.contains("***@"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn a_redis_backend_needs_a_redis_url() {

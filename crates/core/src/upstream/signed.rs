@@ -220,14 +220,25 @@ impl SignedClient {
     }
 }
 
-/// An endpoint URL's `host[:port]` and its path (empty or `/prefix`, no
-/// trailing slash).
+/// An endpoint URL's `host[:port]` as the `host` header carries it (a
+/// scheme's default port left out, as hyper sends it) and its path (empty
+/// or `/prefix`, no trailing slash).
 fn split_endpoint(endpoint: &str) -> (&str, &str) {
-    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
-    match rest.find('/') {
-        Some(slash) => (&rest[..slash], &rest[slash..]),
-        None => (rest, ""),
-    }
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let default_port = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => "",
+    };
+    let authority = match authority.strip_suffix(default_port) {
+        Some(host) if !default_port.is_empty() => host,
+        _ => authority,
+    };
+    (authority, path)
 }
 
 /// A non-2xx answer, classified like the SDK's errors: by the exception
@@ -312,6 +323,30 @@ mod tests {
         assert_eq!(f.detail, "AccessDeniedException: no");
         let f = error_answer(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"<html>");
         assert_eq!(f.kind, OutcomeKind::Unavailable);
+    }
+
+    #[test]
+    fn the_signed_host_is_the_one_hyper_sends() {
+        for (endpoint, host, path) in [
+            ("http://127.0.0.1:19001", "127.0.0.1:19001", ""),
+            (
+                "https://bedrock-runtime.us-east-1.amazonaws.com:443",
+                "bedrock-runtime.us-east-1.amazonaws.com",
+                "",
+            ),
+            (
+                "http://proxy.internal:80/bedrock",
+                "proxy.internal",
+                "/bedrock",
+            ),
+            (
+                "https://user@vpce.example.com:8443/x/y",
+                "vpce.example.com:8443",
+                "/x/y",
+            ),
+        ] {
+            assert_eq!(split_endpoint(endpoint), (host, path), "{endpoint}");
+        }
     }
 
     #[test]

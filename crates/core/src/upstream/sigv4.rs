@@ -26,7 +26,6 @@ pub struct Signature {
 }
 
 /// Signs requests for one region and service.
-#[derive(Debug)]
 pub struct Signer {
     region: String,
     service: &'static str,
@@ -34,11 +33,20 @@ pub struct Signer {
 }
 
 /// A signing key: valid for one UTC day, one secret, one region and service.
-#[derive(Debug, Clone)]
 struct DayKey {
     date: [u8; 8],
     secret: String,
     key: [u8; 32],
+}
+
+/// Without the secret or the key it holds.
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("region", &self.region)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Signer {

@@ -15,7 +15,7 @@
 
 mod run;
 
-pub use run::{settle, AttemptRun, RunContext, RunPolicies, Settled};
+pub use run::{settle, AttemptRun, Judgement, RunContext, RunPolicies, Settled};
 
 use std::collections::VecDeque;
 use std::sync::Arc;

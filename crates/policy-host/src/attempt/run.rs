@@ -75,27 +75,36 @@ pub struct Settled {
     pub judged: bool,
 }
 
+/// A cooldown decision, and whether the policy made it (`false`: its call
+/// faulted and the safe decision stands in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judgement {
+    pub cooldown_ms: u64,
+    pub clear_history: bool,
+    pub by_policy: bool,
+}
+
 /// Settles an attempt's `outcome` on `health`: the health counts it, the
 /// cooldown policy judges it (`judge`, which sees the deployment as it was
 /// just before: `before`), and the decision is applied at `outcome.at_ms`.
 /// Every driver settles through here.
 ///
-/// When the policy declares `idempotent_successes`, a success is not judged
-/// if the last decision applied to the deployment was a success's and it is
-/// neither cooling down nor throttled lately: the policy said its decision
-/// then changes nothing (no cooldown, its history already forgotten).
+/// `idempotent` is the policy's [`id`](crate::policy::Policy::id) when it
+/// declares idempotent successes. A success is then not judged if this
+/// same policy judged the last one here, nothing else happened since, and
+/// the deployment is neither cooling down nor throttled lately: the policy
+/// said its decision would change nothing.
 pub fn settle(
     health: &DeploymentHealth,
     before: &Candidate,
     outcome: &Outcome,
-    idempotent_successes: bool,
-    judge: impl FnOnce(&Outcome, &Candidate) -> (u64, bool),
+    idempotent: Option<u64>,
+    judge: impl FnOnce(&Outcome, &Candidate) -> Judgement,
 ) -> Settled {
-    let unchanged = idempotent_successes
-        && outcome.kind == OutcomeKind::Success
+    let unchanged = outcome.kind == OutcomeKind::Success
         && before.cooldown_remaining_ms == 0
         && before.recent_throttles == 0
-        && health.success_judged();
+        && idempotent.is_some_and(|id| health.success_judged_by() == Some(id));
     health.end_attempt(outcome);
     if unchanged {
         return Settled {
@@ -104,11 +113,22 @@ pub fn settle(
             judged: false,
         };
     }
-    let (cooldown_ms, clear_history) = judge(outcome, before);
-    health.apply_cooldown(outcome.at_ms, cooldown_ms, clear_history, outcome.kind);
+    let judgement = judge(outcome, before);
+    health.apply_cooldown(
+        outcome.at_ms,
+        judgement.cooldown_ms,
+        judgement.clear_history,
+        outcome.kind,
+    );
+    if let Some(id) = idempotent {
+        if judgement.by_policy && outcome.kind == OutcomeKind::Success && judgement.cooldown_ms == 0
+        {
+            health.success_judged(id);
+        }
+    }
     Settled {
-        cooldown_ms,
-        clear_history,
+        cooldown_ms: judgement.cooldown_ms,
+        clear_history: judgement.clear_history,
         judged: true,
     }
 }
@@ -179,15 +199,15 @@ impl AttemptRun {
         context: &mut impl RunContext,
         member: usize,
         outcome: &Outcome,
-        idempotent_successes: bool,
-        judge: impl FnOnce(&Outcome, &Candidate, &CallOptions) -> (u64, bool),
+        idempotent: Option<u64>,
+        judge: impl FnOnce(&Outcome, &Candidate, &CallOptions) -> Judgement,
     ) -> Settled {
         let before = context.candidate(member);
         settle(
             context.health(member),
             &before,
             outcome,
-            idempotent_successes,
+            idempotent,
             |o, b| judge(o, b, &self.options),
         )
     }
@@ -219,5 +239,106 @@ impl AttemptRun {
         );
         self.plan.fallback(&remaining, next);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Circuit;
+
+    fn candidate(health: &DeploymentHealth, now_ms: u64) -> Candidate {
+        let s = health.snapshot(now_ms);
+        Candidate {
+            deployment: "a".into(),
+            priority: 1,
+            weight: 1,
+            in_flight: 0,
+            cooldown_remaining_ms: s.cooldown_remaining_ms,
+            recent_throttles: s.recent_throttles,
+            last_used_ms: None,
+            last_throttle_ms: None,
+            quota_used_permille: 0,
+            success_permille: 1000,
+            latency_ewma_ms: 0,
+            circuit: Circuit::Closed,
+        }
+    }
+
+    fn outcome(kind: OutcomeKind, at_ms: u64) -> Outcome {
+        Outcome {
+            deployment: "a".into(),
+            kind,
+            latency_ms: 5,
+            retry_after_ms: None,
+            at_ms,
+            detail: None,
+            upstream_status: None,
+        }
+    }
+
+    /// Settles `kind` at `at_ms` with policy `id` (declaring idempotent
+    /// successes) answering `cooldown_ms`, or faulting; whether it was called.
+    fn settled(
+        health: &DeploymentHealth,
+        kind: OutcomeKind,
+        at_ms: u64,
+        id: u64,
+        answer: Option<u64>,
+    ) -> bool {
+        let before = candidate(health, at_ms);
+        settle(health, &before, &outcome(kind, at_ms), Some(id), |_, _| {
+            Judgement {
+                cooldown_ms: answer.unwrap_or(0),
+                clear_history: kind == OutcomeKind::Success,
+                by_policy: answer.is_some(),
+            }
+        })
+        .judged
+    }
+
+    #[test]
+    fn only_a_success_after_a_success_the_same_policy_judged_is_skipped() {
+        use OutcomeKind::{Success, Throttled};
+        let h = DeploymentHealth::default();
+        assert!(
+            settled(&h, Success, 1_000, 7, Some(0)),
+            "the first success is judged"
+        );
+        assert!(
+            !settled(&h, Success, 2_000, 7, Some(0)),
+            "the second is not"
+        );
+        assert!(
+            settled(&h, Success, 3_000, 8, Some(0)),
+            "another version judges its own first"
+        );
+
+        // A throttle, and the cooldown it set, make successes count again
+        // (once the cooldown is over and the throttle out of the window).
+        assert!(settled(&h, Throttled, 4_000, 8, Some(10_000)));
+        assert!(settled(&h, Success, 70_000, 8, Some(0)));
+        assert!(!settled(&h, Success, 71_000, 8, Some(0)));
+
+        // A sibling's cooldown, mirrored here, does too.
+        h.apply_cooldown(72_000, 5_000, false, Throttled);
+        assert!(settled(&h, Success, 78_000, 8, Some(0)));
+
+        // A faulted call on a success decides nothing: the next is judged.
+        let h = DeploymentHealth::default();
+        assert!(settled(&h, Success, 1_000, 7, None));
+        assert!(settled(&h, Success, 2_000, 7, Some(0)));
+        assert!(!settled(&h, Success, 3_000, 7, Some(0)));
+
+        // Without the declaration every success is judged.
+        let before = candidate(&h, 4_000);
+        let judged = settle(&h, &before, &outcome(Success, 4_000), None, |_, _| {
+            Judgement {
+                cooldown_ms: 0,
+                clear_history: true,
+                by_policy: true,
+            }
+        });
+        assert!(judged.judged);
     }
 }

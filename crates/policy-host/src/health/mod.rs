@@ -67,8 +67,10 @@ struct HealthState {
     successful_attempts: u64,
     throttled_attempts: u64,
     last_cooldown: Option<CooldownPeriod>,
-    /// The last cooldown decision was on a success and set no cooldown.
-    success_judged: bool,
+    /// The policy (by [`Policy::id`](crate::policy::Policy::id)) that
+    /// judged the last success here, when nothing but successes without a
+    /// cooldown happened since.
+    success_judged_by: Option<u64>,
 }
 
 impl HealthState {
@@ -215,14 +217,23 @@ impl DeploymentHealth {
         if clear_history {
             s.throttles.clear();
         }
-        s.success_judged = cause == OutcomeKind::Success && cooldown_ms == 0;
+        // Any other outcome or any cooldown, judged here or by a sibling,
+        // makes the next success one to judge.
+        if cooldown_ms > 0 || cause != OutcomeKind::Success {
+            s.success_judged_by = None;
+        }
     }
 
-    /// Whether the last cooldown decision applied here was on a success and
-    /// set no cooldown: a cooldown policy with idempotent successes need not
-    /// judge the next one (see `attempt::run::settle`).
-    pub fn success_judged(&self) -> bool {
-        self.lock().success_judged
+    /// Records that the policy `policy_id` judged a success here and set no
+    /// cooldown (see `attempt::run::settle`).
+    pub fn success_judged(&self, policy_id: u64) {
+        self.lock().success_judged_by = Some(policy_id);
+    }
+
+    /// The policy that judged the last success here, if nothing but
+    /// successes without a cooldown happened since.
+    pub fn success_judged_by(&self) -> Option<u64> {
+        self.lock().success_judged_by
     }
 }
 

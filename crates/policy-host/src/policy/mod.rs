@@ -222,6 +222,7 @@ impl PolicyRuntime {
         };
         let policy = Policy {
             kind,
+            id: NEXT_POLICY_ID.fetch_add(1, Ordering::Relaxed),
             declarations: Declarations::of(bytes),
             name: name.into(),
             params: params.to_string().into(),
@@ -284,9 +285,13 @@ pub struct CallReport {
     pub logs: Vec<PolicyLog>,
 }
 
+/// The next [`Policy::id`].
+static NEXT_POLICY_ID: AtomicU64 = AtomicU64::new(1);
+
 /// A loaded, linked policy. Cheap to call from many threads at once.
 pub struct Policy {
     kind: PolicyKind,
+    id: u64,
     declarations: Declarations,
     name: Arc<str>,
     params: Arc<str>,
@@ -312,10 +317,17 @@ impl Policy {
         self.kind
     }
 
-    /// Whether it declared idempotent successes (a cooldown policy that
-    /// need not judge a success after a success; see `attempt::settle`).
-    pub fn idempotent_successes(&self) -> bool {
-        self.declarations.idempotent_successes
+    /// Unique in this process: each load (a new version, new params) is a
+    /// new policy.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its [`id`](Self::id) when it declared idempotent successes (a
+    /// cooldown policy that need not judge a success after a success; see
+    /// `attempt::run::settle`).
+    pub fn idempotent_successes(&self) -> Option<u64> {
+        self.declarations.idempotent_successes.then_some(self.id)
     }
 
     /// Its label.

@@ -12,6 +12,12 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The gateway's pods (not the try-out Redis's, which adds its own component). */}}
+{{- define "switchyard.gatewaySelectorLabels" -}}
+{{ include "switchyard.selectorLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
 {{- define "switchyard.labels" -}}
 {{ include "switchyard.selectorLabels" . }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}

@@ -303,10 +303,7 @@ impl RedisState {
         window_ms: u64,
     ) -> Result<Self, StateError> {
         let url = config.url.as_deref().unwrap_or_default();
-        let client = redis::Client::open(url).map_err(|source| StateError::Url {
-            url: url.to_owned(),
-            source,
-        })?;
+        let client = redis::Client::open(url).map_err(|source| StateError::bad_url(url, source))?;
         let (writes, pending) = mpsc::unbounded_channel();
         let pools: HashMap<String, QuotaSpec> =
             quotas.iter().map(|q| (q.pool.clone(), q.clone())).collect();
