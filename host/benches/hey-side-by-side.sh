@@ -16,6 +16,11 @@
 # With OPENAI=1 it also measures OpenAI's `/v1/chat/completions` (onto
 # Converse) through the gateway, against the same nginx figure.
 #
+# With STREAMS=1 it also measures ConverseStream (up to 30 deltas, the
+# simulator sending them at once) straight, through nginx and through the
+# gateway, and with OPENAI=1 the OpenAI stream too: hey times each whole
+# stream; the ratio is to nginx's CPU a stream in the same turn.
+#
 # With MESSAGES=1 it also measures Anthropic's Messages route
 # (`/v1/messages`, onto InvokeModel) next to the simulator's InvokeModel
 # called straight, in the same run as the Converse route.
@@ -67,6 +72,8 @@ CONVERSE_BODY='{"messages":[{"role":"user","content":[{"text":"hello"}]}],"infer
 INVOKE_BODY='{"anthropic_version":"bedrock-2023-05-31","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
 MESSAGES_BODY='{"model":"g","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
 OPENAI_BODY='{"model":"g","max_tokens":16,"messages":[{"role":"user","content":"hello"}]}'
+STREAM_BODY='{"messages":[{"role":"user","content":[{"text":"hello"}]}],"inferenceConfig":{"maxTokens":30}}'
+OPENAI_STREAM_BODY='{"model":"g","max_tokens":30,"stream":true,"messages":[{"role":"user","content":"hello"}]}'
 BODY=$CONVERSE_BODY
 # hey's summary: "50% in 0.0012 secs"; prints p50 and p99 in ms and the 200s.
 HEADERS=()
@@ -91,7 +98,7 @@ measure() {
   [ "$2" = - ] || cpu=$(( (after - before) * 1000000 / $(getconf CLK_TCK) / (ok > 0 ? ok : 1) ))
   printf '%-10s p50 %6.1f ms  p99 %6.1f ms  ok %6d  CPU %4s µs/req' "$3" "$p50" "$p99" "$ok" "$cpu"
   # The ratio to nginx's CPU a request in this binary's turn.
-  if [ "$3" = nginx ]; then nginx_cpu=$cpu; fi
+  if [ "$3" = nginx ] || [ "$3" = nginx-str ]; then nginx_cpu=$cpu; fi
   if [ "$cpu" != - ] && [ "${3#nginx}" = "$3" ] && [ "${nginx_cpu:-0}" -gt 0 ]; then
     awk -v c="$cpu" -v n="$nginx_cpu" 'BEGIN {printf "  (%.1fx nginx)", c / n}'
   fi
@@ -243,6 +250,17 @@ CONF
   if [ "${OPENAI:-}" = 1 ]; then
     BODY=$OPENAI_BODY
     measure "http://127.0.0.1:$gw_port/v1/chat/completions" "$gateway" openai
+    BODY=$CONVERSE_BODY
+  fi
+  if [ "${STREAMS:-}" = 1 ]; then
+    BODY=$STREAM_BODY
+    measure "http://127.0.0.1:$sim_port/model/model-a/converse-stream" - direct-str
+    [ -z "$nginx_pid" ] || measure "http://127.0.0.1:$nginx_port/model/model-a/converse-stream" "$nginx_pid" nginx-str
+    measure "http://127.0.0.1:$gw_port/model/g/converse-stream" "$gateway" stream
+    if [ "${OPENAI:-}" = 1 ]; then
+      BODY=$OPENAI_STREAM_BODY
+      measure "http://127.0.0.1:$gw_port/v1/chat/completions" "$gateway" openai-str
+    fi
     BODY=$CONVERSE_BODY
   fi
   if [ "${MESSAGES:-}" = 1 ]; then
