@@ -2,14 +2,13 @@
 //! 30 s, then 60 s for consecutive throttles within 60 s, reset by a success.
 
 use switchyard::clock::ManualClock;
-use switchyard::sim::Fault;
+use switchyard::sim::{Fault, SimHandle};
 
 use crate::support::*;
 
-#[tokio::test]
-async fn consecutive_throttles_cool_down_10_30_then_60_seconds_and_a_success_resets() {
-    let t0 = 5_000_000;
-    let clock = ManualClock::new(t0);
+/// A simulator and a gateway whose group `g` tries A (`model-a`) first and
+/// B (`model-b`) after, both on `clock`.
+async fn primary_and_backup(clock: &std::sync::Arc<ManualClock>) -> (SimHandle, TestGateway) {
     let sim = start_sim(
         vec![sim_model("model-a", None), sim_model("model-b", None)],
         clock.clone(),
@@ -21,6 +20,14 @@ async fn consecutive_throttles_cool_down_10_30_then_60_seconds_and_a_success_res
         deployment("b", "model-b", 2, &sim)
     );
     let gw = start_gateway(&config, clock.clone()).await;
+    (sim, gw)
+}
+
+#[tokio::test]
+async fn consecutive_throttles_cool_down_10_30_then_60_seconds_and_a_success_resets() {
+    let t0 = 5_000_000;
+    let clock = ManualClock::new(t0);
+    let (sim, gw) = primary_and_backup(&clock).await;
 
     // Each step: at `at` seconds, a request tries A (its cooldown is over),
     // gets `fault` (or an answer), and leaves A cooling down for `expect` seconds.
@@ -61,17 +68,7 @@ async fn consecutive_throttles_cool_down_10_30_then_60_seconds_and_a_success_res
 async fn a_success_after_a_success_skips_the_cooldown_call_and_still_resets_after_a_throttle() {
     let t0 = 5_000_000;
     let clock = ManualClock::new(t0);
-    let sim = start_sim(
-        vec![sim_model("model-a", None), sim_model("model-b", None)],
-        clock.clone(),
-    )
-    .await;
-    let config = format!(
-        "{}{}\n[[model_groups]]\nname = \"g\"\ndeployments = [\"a\", \"b\"]\n",
-        deployment("a", "model-a", 1, &sim),
-        deployment("b", "model-b", 2, &sim)
-    );
-    let gw = start_gateway(&config, clock.clone()).await;
+    let (sim, gw) = primary_and_backup(&clock).await;
     let counts = || async {
         let metrics = raw_get(gw.addr, "/metrics").await.body_text();
         let value = |name: &str| {

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -21,17 +22,35 @@ fn chart() -> PathBuf {
     repo().join("deploy/helm/switchyard")
 }
 
+/// The tests' Python, with `helm` and `kubernetes-validate` beside it.
+async fn python() -> PathBuf {
+    tokio::task::spawn_blocking(python_with_clients)
+        .await
+        .unwrap()
+}
+
+/// What `command` printed, after it finished within a minute (it is
+/// killed if not).
+async fn bounded(command: &mut tokio::process::Command) -> std::process::Output {
+    let run = command.kill_on_drop(true).output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} finished within a minute"))
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"))
+}
+
 /// `helm template` of the chart with `args`: its manifests, or what helm
 /// said when it refused the values.
-fn render(args: &[&str]) -> Result<String, String> {
-    let helm = python_with_clients().with_file_name("helm");
-    let out = std::process::Command::new(helm)
-        .args(["template", "switchyard"])
-        .arg(chart())
-        .args(["--namespace", "llm"])
-        .args(args)
-        .output()
-        .expect("helm runs");
+async fn render(args: &[&str]) -> Result<String, String> {
+    let helm = python().await.with_file_name("helm");
+    let out = bounded(
+        tokio::process::Command::new(helm)
+            .args(["template", "switchyard"])
+            .arg(chart())
+            .args(["--namespace", "llm"])
+            .args(args),
+    )
+    .await;
     if out.status.success() {
         Ok(String::from_utf8(out.stdout).unwrap())
     } else {
@@ -41,28 +60,28 @@ fn render(args: &[&str]) -> Result<String, String> {
 
 /// Checks `manifests` against the Kubernetes schemas, strictly (unknown
 /// fields are errors), and returns them as JSON objects.
-fn validate(manifests: &str, dir: &Path) -> Vec<Value> {
+async fn validate(manifests: &str, dir: &Path) -> Vec<Value> {
     let file = dir.join("manifests.yaml");
     std::fs::write(&file, manifests).unwrap();
-    let python = python_with_clients();
-    let checked = std::process::Command::new(python.with_file_name("kubernetes-validate"))
-        .args(["--strict", "--kubernetes-version", KUBERNETES])
-        .arg(&file)
-        .output()
-        .expect("kubernetes-validate runs");
+    let python = python().await;
+    let checked = bounded(
+        tokio::process::Command::new(python.with_file_name("kubernetes-validate"))
+            .args(["--strict", "--kubernetes-version", KUBERNETES])
+            .arg(&file),
+    )
+    .await;
     assert!(
         checked.status.success(),
         "the manifests do not validate:\n{}",
         command_output(&checked)
     );
-    let as_json = std::process::Command::new(python)
+    let as_json = bounded(tokio::process::Command::new(python)
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
         ])
-        .arg(&file)
-        .output()
-        .expect("python runs");
+        .arg(&file))
+    .await;
     serde_json::from_slice(&succeeded(as_json).stdout).unwrap()
 }
 
@@ -128,7 +147,7 @@ async fn converse(addr: SocketAddr, group: &str, key: Option<&str>) -> RawRespon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_chart_validates_and_its_pod_serves_from_the_simulator() {
     let dir = ScratchDir::new("chart-default");
-    let manifests = validate(&render(&[]).expect("the defaults render"), &dir);
+    let manifests = validate(&render(&[]).await.expect("the defaults render"), &dir).await;
     let mut found = kinds(&manifests);
     found.sort_unstable();
     assert_eq!(
@@ -199,9 +218,12 @@ async fn the_eks_example_validates_and_its_pod_takes_keys_token_and_redis_from_t
     let dir = ScratchDir::new("chart-eks");
     let example = chart().join("examples/eks-irsa-redis.yaml");
     let manifests = validate(
-        &render(&["-f", example.to_str().unwrap()]).expect("the example renders"),
+        &render(&["-f", example.to_str().unwrap()])
+            .await
+            .expect("the example renders"),
         &dir,
-    );
+    )
+    .await;
     for kind in [
         "Deployment",
         "HorizontalPodAutoscaler",
@@ -301,7 +323,7 @@ async fn the_chart_makes_its_secret_and_redis_for_a_tryout_and_refuses_values_th
         "--set",
         "redis.enabled=true,redis.deploy=true,autoscaling.enabled=true,serviceMonitor.enabled=true",
     ];
-    let manifests = validate(&render(&tryout).expect("the try-out renders"), &dir);
+    let manifests = validate(&render(&tryout).await.expect("the try-out renders"), &dir).await;
     let secret = object(&manifests, "Secret").expect("the chart's Secret");
     assert_eq!(secret["stringData"]["key-alice"], "tryout-alice-0123456789");
     assert_eq!(
@@ -351,7 +373,7 @@ async fn the_chart_makes_its_secret_and_redis_for_a_tryout_and_refuses_values_th
             "apiKeys: the key of bob",
         ),
     ] {
-        let refused = render(&values).expect_err(values[1]);
+        let refused = render(&values).await.expect_err(values[1]);
         assert!(refused.contains(problem), "{values:?}: {refused}");
     }
 }

@@ -344,14 +344,22 @@ async fn calls_that_wait_for_a_busy_core_do_not_time_out() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 
     let metrics = String::from_utf8(raw_get(gateway.addr, "/metrics").await.body).unwrap();
-    // The cooldown policy (adaptive) is called for the first success only:
-    // it declares repeated successes idempotent.
-    let calls: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("switchyard_policy_calls_total{") && l.contains("selection"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(calls >= 100, "a selection call a request: {calls}");
+    // A selection call a request, and a cooldown judgement a request: made,
+    // or skipped because adaptive declares repeated successes idempotent.
+    let count = |prefix: &str, kind: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(&format!("kind=\"{kind}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let selections = count("switchyard_policy_calls_total{", "selection");
+    let judged = count("switchyard_policy_calls_total{", "cooldown")
+        + count("switchyard_policy_calls_skipped_total{", "cooldown");
+    assert!(
+        selections >= 100 && judged >= 100,
+        "a selection call and a cooldown judgement a request: {selections}, {judged}"
+    );
     let faults: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("switchyard_policy_faults_total{"))

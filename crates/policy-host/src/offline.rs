@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use switchyard_clock::SharedClock;
 
-use crate::attempt::{safe_cooldown, Judgement};
+use crate::attempt::Judgement;
 use crate::outcome::Outcome;
 use crate::policy::{
     CallOptions, Candidate, KvStore, LoadError, Policy, PolicyKind, PolicyRuntime, RequestInfo,
@@ -131,25 +131,13 @@ impl OfflinePolicies {
         options: &CallOptions,
         faults: &mut Vec<String>,
     ) -> Judgement {
-        match self
-            .cooldown
-            .on_outcome(&crate::policy::Outcome::from(outcome), before, options)
-        {
-            Ok((decision, _)) => Judgement {
-                cooldown_ms: decision.cooldown_ms,
-                clear_history: decision.clear_history,
-                by_policy: true,
-            },
-            Err(fault) => {
-                faults.push(format!("cooldown: {fault}"));
-                let (cooldown_ms, clear_history) = safe_cooldown(outcome);
-                Judgement {
-                    cooldown_ms,
-                    clear_history,
-                    by_policy: false,
-                }
-            }
+        let call =
+            self.cooldown
+                .on_outcome(&crate::policy::Outcome::from(outcome), before, options);
+        if let Err(fault) = &call {
+            faults.push(format!("cooldown: {fault}"));
         }
+        Judgement::of(&call, outcome)
     }
 
     /// The fallback policy's order of `remaining`, what is left after

@@ -15,7 +15,7 @@ use crate::upstream::{AttemptFailure, StreamEnd, TokenUsage};
 use super::group::{Deployment, PolicyObserver, UserAffinity};
 use super::usage_book::UsageBook;
 use super::wit::candidate;
-use crate::attempt::{safe_cooldown, settle, Judgement, Settled};
+use crate::attempt::{settle, Judgement, Settled};
 
 /// How an attempt ended.
 #[derive(Debug, Clone)]
@@ -270,21 +270,7 @@ impl PendingAttempt {
                         )
                     },
                 );
-                match decision {
-                    Ok((d, _)) => Judgement {
-                        cooldown_ms: d.cooldown_ms,
-                        clear_history: d.clear_history,
-                        by_policy: true,
-                    },
-                    Err(_) => {
-                        let (cooldown_ms, clear_history) = safe_cooldown(outcome);
-                        Judgement {
-                            cooldown_ms,
-                            clear_history,
-                            by_policy: false,
-                        }
-                    }
-                }
+                Judgement::of(&decision, outcome)
             },
         );
         if !judged {

@@ -23,7 +23,7 @@
 
 use crate::health::DeploymentHealth;
 use crate::outcome::{Outcome, OutcomeKind};
-use crate::policy::{CallOptions, Candidate, RequestInfo};
+use crate::policy::{CallOptions, Candidate, CooldownDecision, RequestInfo};
 
 use super::{AfterFailure, AttemptPlan};
 
@@ -82,6 +82,28 @@ pub struct Judgement {
     pub cooldown_ms: u64,
     pub clear_history: bool,
     pub by_policy: bool,
+}
+
+impl Judgement {
+    /// The judgement of a cooldown call that ended as `call` on `outcome`:
+    /// the policy's decision, or the safe one when it faulted.
+    pub fn of<R, F>(call: &Result<(CooldownDecision, R), F>, outcome: &Outcome) -> Self {
+        match call {
+            Ok((d, _)) => Self {
+                cooldown_ms: d.cooldown_ms,
+                clear_history: d.clear_history,
+                by_policy: true,
+            },
+            Err(_) => {
+                let (cooldown_ms, clear_history) = super::safe_cooldown(outcome);
+                Self {
+                    cooldown_ms,
+                    clear_history,
+                    by_policy: false,
+                }
+            }
+        }
+    }
 }
 
 /// Settles an attempt's `outcome` on `health`: the health counts it, the
