@@ -6,7 +6,6 @@
 //! place until the stream ends are done once, here.
 
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
-use aws_smithy_types::event_stream::Message;
 use axum::body::{Body, Bytes};
 use axum::http::HeaderValue;
 use axum::response::Response;
@@ -16,7 +15,7 @@ use super::bedrock::receiver_stream;
 use super::extract::routed_headers;
 use crate::router::Routed;
 use crate::service::Admitted;
-use crate::upstream::OpenStream;
+use crate::upstream::{exception_of, header, OpenStream};
 
 /// Events buffered for a client that reads slower than Bedrock sends: a
 /// slow client slows the re-framing, and through it Bedrock.
@@ -92,12 +91,12 @@ pub(super) fn sse_response(admitted: Admitted<OpenStream>, mut reframe: impl Ref
                     }
                 };
                 if let Some((kind, text)) = exception_of(&message) {
-                    let _ = tx.send(Ok(reframe.failure(&kind, &text))).await;
+                    let _ = tx.send(Ok(reframe.failure(kind, &text))).await;
                     failed = true;
                     break 'frames;
                 }
                 let event_type = header(&message, ":event-type").unwrap_or_default();
-                reframe.event(&event_type, message.payload(), &mut out);
+                reframe.event(event_type, message.payload(), &mut out);
                 for event in out.drain(..) {
                     if tx.send(Ok(event)).await.is_err() {
                         // The client left: dropping `frames` closes the upstream.
@@ -125,31 +124,4 @@ pub(super) fn sse_response(admitted: Admitted<OpenStream>, mut reframe: impl Ref
     headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     routed_headers(&mut response, &request_id, &deployment, attempts.len() + 1);
     response
-}
-
-/// A frame's string header `name`.
-fn header(message: &Message, name: &str) -> Option<String> {
-    message
-        .headers()
-        .iter()
-        .find(|h| h.name().as_str() == name)
-        .and_then(|h| h.value().as_string().ok())
-        .map(|s| s.as_str().to_owned())
-}
-
-/// An exception frame's type and message.
-fn exception_of(message: &Message) -> Option<(String, String)> {
-    if header(message, ":message-type").as_deref() != Some("exception") {
-        return None;
-    }
-    #[derive(serde::Deserialize)]
-    struct Payload {
-        #[serde(alias = "Message")]
-        message: Option<String>,
-    }
-    let text = serde_json::from_slice::<Payload>(message.payload())
-        .ok()
-        .and_then(|p| p.message)
-        .unwrap_or_else(|| "the stream failed".to_owned());
-    Some((header(message, ":exception-type").unwrap_or_default(), text))
 }

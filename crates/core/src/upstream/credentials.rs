@@ -22,7 +22,7 @@ use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::Region;
 use aws_credential_types::provider::{
-    error::CredentialsError, future, ProvideCredentials, SharedCredentialsProvider,
+    error::CredentialsError, ProvideCredentials, SharedCredentialsProvider,
 };
 use aws_credential_types::Credentials;
 use tokio::sync::{Mutex, OnceCell};
@@ -163,20 +163,6 @@ impl DeploymentCredentials {
                     .is_none_or(|expiry| SystemTime::now() + margin < expiry)
             })
             .cloned()
-    }
-
-    /// The same cache, as a provider for the SDK's client.
-    pub fn provider(&self) -> SharedCredentialsProvider {
-        SharedCredentialsProvider::new(self.clone())
-    }
-}
-
-impl ProvideCredentials for DeploymentCredentials {
-    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
-    where
-        Self: 'a,
-    {
-        future::ProvideCredentials::new(self.get())
     }
 }
 

@@ -1,43 +1,35 @@
-//! The Bedrock client pool, one client per deployment built once: Converse
-//! and InvokeModel go out signed over a pooled hyper client (`signed`);
-//! the two streams through `aws-sdk-bedrockruntime`, with the SDK's retries
-//! off (the router decides what to retry, and where) and explicit timeouts.
+//! The Bedrock client pool, one client per deployment built once: every
+//! call (Converse, InvokeModel and their streams) goes out signed over a
+//! pooled hyper client (`signed`), with explicit timeouts and no retries of
+//! its own (the router decides what to retry, and where).
 //!
 //! Requests and responses pass through as raw bytes: the client's Converse
-//! JSON becomes the upstream body and Bedrock's bytes come back unchanged,
-//! so nothing a client sends (tools, images, guardrails) is lost in
-//! translation. `classify` turns errors into outcomes.
+//! JSON becomes the upstream body and Bedrock's bytes (a stream's frames
+//! included, `events`) come back unchanged, so nothing a client sends
+//! (tools, images, guardrails) is lost in translation. `classify` turns
+//! errors into outcomes.
 
 mod classify;
 mod credentials;
-mod passthrough;
+mod events;
 mod signed;
 mod sigv4;
 mod usage;
 
+use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_bedrockruntime::config::retry::RetryConfig;
-use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
-use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region};
-use std::future::Future;
-
-use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
-use aws_sdk_bedrockruntime::primitives::Blob;
-use aws_sdk_bedrockruntime::Client;
-use aws_smithy_runtime_api::http::Response as HttpResponse;
 use bytes::Bytes;
-use futures::channel::mpsc;
 
 pub use classify::AttemptFailure;
 pub use credentials::DeploymentCredentials;
+pub(crate) use events::{exception_of, header};
 pub use signed::TransportError;
 pub use usage::TokenUsage;
 
 use crate::config::{DeploymentConfig, Limits};
 use crate::outcome::OutcomeKind;
-use passthrough::{RawRequestBody, StreamTee, TraceHeaders};
+use events::StreamShape;
 use signed::SignedClient;
 
 /// Why a deployment's client could not be built.
@@ -54,7 +46,6 @@ pub enum UpstreamError {
 /// The pooled client of one deployment.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client,
     signed: SignedClient,
     credentials: DeploymentCredentials,
     model_id: String,
@@ -108,9 +99,6 @@ pub struct OpenStream {
     pub finished: tokio::task::JoinHandle<StreamEnd>,
 }
 
-/// Frames held for a client that reads slower than Bedrock sends.
-const CLIENT_BUFFER_FRAMES: usize = 32;
-
 /// How a stream that had started ended.
 #[derive(Debug, Clone)]
 pub struct StreamEnd {
@@ -147,22 +135,7 @@ impl Upstream {
             deployment: deployment.id.clone(),
             source,
         })?;
-        let mut builder = aws_sdk_bedrockruntime::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(deployment.region.clone()))
-            .credentials_provider(credentials.provider())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_millis(limits.connect_timeout_ms))
-                    .read_timeout(Duration::from_millis(limits.attempt_timeout_ms))
-                    .build(),
-            );
-        if let Some(url) = endpoint {
-            builder = builder.endpoint_url(url);
-        }
         Ok(Self {
-            client: Client::from_conf(builder.build()),
             signed,
             credentials,
             model_id: deployment.model_id.clone(),
@@ -194,52 +167,19 @@ impl Upstream {
         body: Bytes,
     ) -> Result<signed::Answer, AttemptFailure> {
         let call = self.signed.post(&self.model_id, operation, body);
-        match tokio::time::timeout(self.attempt_timeout, call).await {
-            Err(_) => Err(AttemptFailure::timeout(
-                "no answer within the attempt timeout",
-            )),
-            Ok(result) => result,
-        }
-    }
-
-    /// Awaits an SDK call within the attempt timeout; an error is classified.
-    async fn in_time<T, E>(
-        &self,
-        call: impl Future<Output = Result<T, SdkError<E, HttpResponse>>>,
-    ) -> Result<T, AttemptFailure>
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        match tokio::time::timeout(self.attempt_timeout, call).await {
-            Err(_) => Err(AttemptFailure::timeout(
-                "no answer within the attempt timeout",
-            )),
-            Ok(Err(e)) => Err(classify::sdk_error(&e)),
-            Ok(Ok(output)) => Ok(output),
-        }
+        in_time(
+            self.attempt_timeout,
+            "no answer within the attempt timeout",
+            call,
+        )
+        .await
     }
 
     /// One ConverseStream attempt. Returns once the first event has arrived,
     /// so a stream that fails before it can still fall back.
     pub async fn converse_stream(&self, body: Bytes) -> Result<OpenStream, AttemptFailure> {
-        let (tx, raw) = mpsc::unbounded();
-        let call = self
-            .client
-            .converse_stream()
-            .model_id(&self.model_id)
-            .customize()
-            .interceptor(RawRequestBody::new(body))
-            .interceptor(TraceHeaders::current())
-            .interceptor(StreamTee::new(tx))
-            .send();
-        let output = self.in_time(call).await?;
-        self.follow(
-            output.stream,
-            raw,
-            classify::converse_stream_exception,
-            TokenUsage::of_converse_stream,
-        )
-        .await
+        self.stream("converse-stream", body, StreamShape::Converse)
+            .await
     }
 
     /// One InvokeModel attempt: `body` goes to the model as it is, and its
@@ -280,131 +220,41 @@ impl Upstream {
     /// One InvokeModelWithResponseStream attempt. Returns once the first
     /// event has arrived, like [`converse_stream`](Self::converse_stream).
     pub async fn invoke_stream(&self, body: Bytes) -> Result<OpenStream, AttemptFailure> {
-        let (tx, raw) = mpsc::unbounded();
-        let call = self
-            .client
-            .invoke_model_with_response_stream()
-            .model_id(&self.model_id)
-            .content_type("application/json")
-            .accept("application/json")
-            .body(Blob::new(body))
-            .customize()
-            .interceptor(TraceHeaders::current())
-            .interceptor(StreamTee::new(tx))
-            .send();
-        let output = self.in_time(call).await?;
-        self.follow(
-            output.body,
-            raw,
-            classify::invoke_stream_exception,
-            TokenUsage::of_invoke_stream,
+        self.stream("invoke-with-response-stream", body, StreamShape::Invoke)
+            .await
+    }
+
+    /// Opens the stream `operation` and reads it to its first event, all
+    /// within the attempt timeout; then its idle timeout holds between chunks.
+    async fn stream(
+        &self,
+        operation: &str,
+        body: Bytes,
+        shape: StreamShape,
+    ) -> Result<OpenStream, AttemptFailure> {
+        let open = async {
+            let events = self
+                .signed
+                .open_stream(&self.model_id, operation, body)
+                .await?;
+            events::follow(events, shape, self.stream_idle_timeout).await
+        };
+        in_time(
+            self.attempt_timeout,
+            "no first event within the attempt timeout",
+            open,
         )
         .await
     }
-
-    /// Waits for a stream's first event (so a stream that fails before it
-    /// can still fall back), then follows the rest in a task that says how
-    /// it ended. The SDK pulls bytes through the tee as it decodes them.
-    async fn follow<T, E>(
-        &self,
-        mut events: EventReceiver<T, E>,
-        raw: mpsc::UnboundedReceiver<Bytes>,
-        exception: fn(&E) -> Option<&'static str>,
-        usage: fn(&T) -> Option<TokenUsage>,
-    ) -> Result<OpenStream, AttemptFailure>
-    where
-        T: Send + 'static,
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        // The SDK pulls bytes through the tee as it decodes; the first event
-        // proves the stream is good before anything reaches the client.
-        let first = match tokio::time::timeout(self.attempt_timeout, events.recv()).await {
-            Err(_) => {
-                return Err(AttemptFailure::timeout(
-                    "no first event within the attempt timeout",
-                ))
-            }
-            Ok(Err(e)) => return Err(classify::stream_error(&e, exception)),
-            Ok(Ok(None)) => {
-                return Err(AttemptFailure::server_error(
-                    "the stream ended before its first event",
-                ))
-            }
-            Ok(Ok(Some(first))) => first,
-        };
-        let idle = self.stream_idle_timeout;
-        let (to_client, frames) = tokio::sync::mpsc::channel(CLIENT_BUFFER_FRAMES);
-        let finished = tokio::spawn(async move {
-            let mut raw = raw;
-            let mut used = usage(&first);
-            let end = loop {
-                // Forward what the SDK has decoded so far; waiting here for
-                // the client's room is the backpressure on Bedrock.
-                while let Ok(frame) = raw.try_recv() {
-                    if to_client.send(Ok(frame)).await.is_err() {
-                        return client_left();
-                    }
-                }
-                let next = tokio::select! {
-                    () = to_client.closed() => return client_left(),
-                    next = tokio::time::timeout(idle, events.recv()) => next,
-                };
-                match next {
-                    Ok(Ok(Some(event))) => {
-                        used = usage(&event).or(used);
-                        continue;
-                    }
-                    Ok(Ok(None)) => {
-                        while let Ok(frame) = raw.try_recv() {
-                            if to_client.send(Ok(frame)).await.is_err() {
-                                return client_left();
-                            }
-                        }
-                        return StreamEnd {
-                            kind: OutcomeKind::Success,
-                            detail: None,
-                            usage: used,
-                        };
-                    }
-                    Err(_) => break AttemptFailure::timeout("the stream went silent"),
-                    Ok(Err(e)) => {
-                        let failure = classify::stream_error(&e, exception);
-                        // An exception frame came through: it is the client's error event.
-                        if matches!(e, SdkError::ServiceError(_)) {
-                            while let Ok(frame) = raw.try_recv() {
-                                let _ = to_client.send(Ok(frame)).await;
-                            }
-                            return StreamEnd {
-                                kind: failure.kind,
-                                detail: Some(failure.detail),
-                                usage: used,
-                            };
-                        }
-                        break failure;
-                    }
-                }
-            };
-            // No exception frame to tell the client: break its body.
-            let _ = to_client
-                .send(Err(std::io::Error::other(end.detail.clone())))
-                .await;
-            StreamEnd {
-                kind: end.kind,
-                detail: Some(end.detail),
-                usage: used,
-            }
-        });
-        Ok(OpenStream { frames, finished })
-    }
 }
 
-/// The client went away mid-stream: the upstream stream is dropped (its
-/// connection closes) and the deployment is not blamed.
-fn client_left() -> StreamEnd {
-    StreamEnd {
-        kind: OutcomeKind::Success,
-        detail: Some("the client left mid-stream; the upstream stream was closed".into()),
-        // Unknown: the reservation settles it.
-        usage: None,
-    }
+/// `call`'s result, or a timeout failure saying `late` past `limit`.
+async fn in_time<T>(
+    limit: Duration,
+    late: &str,
+    call: impl Future<Output = Result<T, AttemptFailure>>,
+) -> Result<T, AttemptFailure> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(AttemptFailure::timeout(late)))
 }

@@ -6,7 +6,8 @@
 //! connections"), and a pass-through needs none of it: the body goes out as
 //! the client sent it and Bedrock's bytes come back unchanged.
 //!
-//! Streams keep the SDK's event-stream decoding (`super::Upstream`).
+//! Streams take the same path: their event-stream body is handed to
+//! `super::events`, which passes the frames through as they came.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,6 +16,7 @@ use aws_credential_types::Credentials;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -127,49 +129,20 @@ impl SignedClient {
         })
     }
 
-    /// `POST /model/{model_id}/{operation}` with `body`; a non-2xx answer
-    /// or a failure on the way is a classified [`AttemptFailure`].
+    /// `POST /model/{model_id}/{operation}` with `body`, its whole answer
+    /// read; a non-2xx answer or a failure on the way is a classified
+    /// [`AttemptFailure`].
     pub async fn post(
         &self,
         model_id: &str,
         operation: &str,
         body: Bytes,
     ) -> Result<Answer, AttemptFailure> {
-        let path = format!(
-            "{}/model/{}/{operation}",
-            self.base_path,
-            utf8_percent_encode(model_id, LABEL)
-        );
-        // Credentials that cannot be had are this deployment's failure:
-        // another deployment (another account or role) may have its own.
-        let credentials = self.credentials.get().await.map_err(|e| AttemptFailure {
-            kind: OutcomeKind::Unavailable,
-            status: None,
-            retry_after_ms: None,
-            detail: format!("no credentials for this deployment: {}", render(&e)),
-        })?;
-        let request = self.signed(&path, body, &credentials)?;
-        let response = match &self.transport {
-            Transport::Plain(c) => c.request(request).await,
-            Transport::Tls(c) => c.request(request).await,
-        }
-        .map_err(|e| AttemptFailure {
-            kind: transport_failure(&e),
-            status: None,
-            retry_after_ms: None,
-            detail: format!("could not reach Bedrock: {}", render(&e)),
-        })?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| AttemptFailure {
-                kind: OutcomeKind::Unavailable,
-                status: Some(parts.status.as_u16()),
-                retry_after_ms: None,
-                detail: format!("the answer broke off: {}", render(&e)),
-            })?
-            .to_bytes();
+        let (parts, body) = self
+            .send(model_id, operation, body, Accept::Json)
+            .await?
+            .into_parts();
+        let body = read_whole(body, parts.status).await?;
         if !parts.status.is_success() {
             return Err(error_answer(parts.status, &parts.headers, &body));
         }
@@ -188,24 +161,85 @@ impl SignedClient {
         })
     }
 
+    /// `POST /model/{model_id}/{operation}` for an event stream: the body
+    /// of a 2xx answer, unread; a non-2xx answer is read and classified.
+    pub async fn open_stream(
+        &self,
+        model_id: &str,
+        operation: &str,
+        body: Bytes,
+    ) -> Result<Incoming, AttemptFailure> {
+        let (parts, body) = self
+            .send(model_id, operation, body, Accept::EventStream)
+            .await?
+            .into_parts();
+        if parts.status.is_success() {
+            return Ok(body);
+        }
+        let body = read_whole(body, parts.status).await?;
+        Err(error_answer(parts.status, &parts.headers, &body))
+    }
+
+    /// Signs and sends the request; any status is an answer.
+    async fn send(
+        &self,
+        model_id: &str,
+        operation: &str,
+        body: Bytes,
+        accept: Accept,
+    ) -> Result<http::Response<Incoming>, AttemptFailure> {
+        let path = format!(
+            "{}/model/{}/{operation}",
+            self.base_path,
+            utf8_percent_encode(model_id, LABEL)
+        );
+        // Credentials that cannot be had are this deployment's failure:
+        // another deployment (another account or role) may have its own.
+        let credentials = self.credentials.get().await.map_err(|e| AttemptFailure {
+            kind: OutcomeKind::Unavailable,
+            status: None,
+            retry_after_ms: None,
+            detail: format!("no credentials for this deployment: {}", render(&e)),
+        })?;
+        let request = self.signed(&path, body, &credentials, accept)?;
+        match &self.transport {
+            Transport::Plain(c) => c.request(request).await,
+            Transport::Tls(c) => c.request(request).await,
+        }
+        .map_err(|e| AttemptFailure {
+            kind: transport_failure(&e),
+            status: None,
+            retry_after_ms: None,
+            detail: format!("could not reach Bedrock: {}", render(&e)),
+        })
+    }
+
     /// The request to `path`, signed for now.
     fn signed(
         &self,
         path: &str,
         body: Bytes,
         credentials: &Credentials,
+        accept: Accept,
     ) -> Result<Request<Full<Bytes>>, AttemptFailure> {
         let signature =
             self.signer
                 .sign(credentials, SystemTime::now(), &self.authority, path, &body);
         let mut request = Request::post(format!("{}{path}", self.authority_url()))
             .header("content-type", "application/json")
-            .header("accept", "application/json")
             .header("x-amz-date", signature.amz_date)
             .header("authorization", signature.authorization);
         if let Some(token) = signature.security_token {
             request = request.header("x-amz-security-token", token);
         }
+        request = match accept {
+            Accept::Json => request.header("accept", "application/json"),
+            // The event stream carries the model's JSON: InvokeModel's
+            // streaming form is told so by Bedrock's own header.
+            Accept::EventStream => request
+                .header("accept", "application/vnd.amazon.eventstream")
+                .header("x-amzn-bedrock-accept", "application/json"),
+        };
         let mut request = request.body(Full::new(body)).map_err(|e| {
             AttemptFailure::server_error(&format!("could not build the request: {e}"))
         })?;
@@ -218,6 +252,27 @@ impl SignedClient {
     fn authority_url(&self) -> &str {
         &self.endpoint[..self.endpoint.len() - self.base_path.len()]
     }
+}
+
+/// What the answer is asked to be.
+#[derive(Debug, Clone, Copy)]
+enum Accept {
+    Json,
+    EventStream,
+}
+
+/// Reads a whole answer's body.
+async fn read_whole(body: Incoming, status: StatusCode) -> Result<Bytes, AttemptFailure> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| AttemptFailure {
+            kind: OutcomeKind::Unavailable,
+            status: Some(status.as_u16()),
+            retry_after_ms: None,
+            detail: format!("the answer broke off: {}", render(&e)),
+        })?
+        .to_bytes())
 }
 
 /// An endpoint URL's `host[:port]` as the `host` header carries it (a

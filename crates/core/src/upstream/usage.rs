@@ -46,7 +46,8 @@ impl TokenUsage {
     }
 
     /// A Converse answer's `usage` (`inputTokens`, `outputTokens`,
-    /// `cacheReadInputTokens`, `cacheWriteInputTokens`).
+    /// `cacheReadInputTokens`, `cacheWriteInputTokens`), or a
+    /// ConverseStream `metadata` event's, whose payload carries it the same way.
     pub fn of_converse(body: &[u8]) -> Option<Self> {
         #[derive(Deserialize)]
         struct Answer {
@@ -54,20 +55,6 @@ impl TokenUsage {
         }
         let answer: Answer = serde_json::from_slice(body).ok()?;
         answer.usage?.into_usage()
-    }
-
-    /// A ConverseStream `metadata` event's usage.
-    pub fn of_converse_stream(
-        event: &aws_sdk_bedrockruntime::types::ConverseStreamOutput,
-    ) -> Option<Self> {
-        let usage = event.as_metadata().ok()?.usage()?;
-        let count = |n: i32| u64::try_from(n).unwrap_or(0);
-        Some(Self {
-            input: count(usage.input_tokens()),
-            output: count(usage.output_tokens()),
-            cache_read: usage.cache_read_input_tokens().map_or(0, count),
-            cache_write: usage.cache_write_input_tokens().map_or(0, count),
-        })
     }
 
     /// An Anthropic message's `usage` (`input_tokens`, `output_tokens`,
@@ -100,10 +87,16 @@ impl TokenUsage {
         Self::of_anthropic_message(body).or(counted)
     }
 
-    /// An InvokeModel stream chunk's usage: Bedrock adds
+    /// An InvokeModel stream chunk's usage, from its payload
+    /// (`{"bytes": "<base64 of the model's event>"}`): Bedrock adds
     /// `amazon-bedrock-invocationMetrics` to the last chunk, whatever the
     /// model family. Other chunks say nothing.
-    pub fn of_invoke_stream(event: &aws_sdk_bedrockruntime::types::ResponseStream) -> Option<Self> {
+    pub fn of_invoke_chunk(payload: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Payload<'a> {
+            #[serde(borrow)]
+            bytes: std::borrow::Cow<'a, str>,
+        }
         #[derive(Deserialize)]
         struct Chunk {
             #[serde(rename = "amazon-bedrock-invocationMetrics")]
@@ -117,8 +110,9 @@ impl TokenUsage {
             cache_read_input_token_count: Option<u64>,
             cache_write_input_token_count: Option<u64>,
         }
-        let bytes = event.as_chunk().ok()?.bytes()?.as_ref();
-        let metrics = serde_json::from_slice::<Chunk>(bytes).ok()?.metrics?;
+        let encoded = serde_json::from_slice::<Payload<'_>>(payload).ok()?.bytes;
+        let bytes = aws_smithy_types::base64::decode(encoded.as_ref()).ok()?;
+        let metrics = serde_json::from_slice::<Chunk>(&bytes).ok()?.metrics?;
         Some(Self {
             input: metrics.input_token_count?,
             output: metrics.output_token_count.unwrap_or(0),
