@@ -19,7 +19,10 @@
 # With STREAMS=1 it also measures ConverseStream (up to 30 deltas, the
 # simulator sending them at once) straight, through nginx and through the
 # gateway, and with OPENAI=1 the OpenAI stream too: hey times each whole
-# stream; the ratio is to nginx's CPU a stream in the same turn.
+# stream; the ratio is to nginx's CPU a stream in the same turn. Then the
+# time to first byte of TTFB_STREAMS (300) streams one after another on one
+# connection (curl, unloaded): median and p99 straight, through nginx and
+# through the gateway, with what each adds over straight.
 #
 # With MESSAGES=1 it also measures Anthropic's Messages route
 # (`/v1/messages`, onto InvokeModel) next to the simulator's InvokeModel
@@ -34,6 +37,17 @@
 # Redis commands a request cost (from INFO commandstats).
 #
 # With DEPLOYMENT_QUOTAS=1 the deployment has RPM and TPM quotas.
+#
+# SATURATION="2000 4000 6000" then measures Converse at each of those rates
+# (RATE/10 connections) straight, through nginx and through the gateway,
+# printing each p99's excess over straight's: the highest rate that keeps
+# it under 50 ms is the saturation rate. The simulator, hey, nginx and the
+# gateway share this machine's cores, so it is a rate for this machine.
+#
+# DEPLOYMENTS=N makes the model group N deployments (all on the one
+# simulator, the first with the best priority, so every request still goes
+# to it), and SELECTION=name picks the group's built-in selection policy
+# (priority when unset): what the group's size costs a request.
 #
 # With TRACES=1 it also starts a gateway that traces every request
 # (sampling ratio 1) to an OTLP endpoint where nothing listens, and
@@ -105,6 +119,19 @@ measure() {
   echo
 }
 
+# Time to first byte of $TTFB_STREAMS streams to $1 with body $2, one after
+# another on one connection (curl's URL glob; the query is ignored):
+# median and p99 in ms, and the median added over the last `direct-ttfb`.
+ttfb() {
+  local n=${TTFB_STREAMS:-300} p50 p99
+  read -r p50 p99 < <(curl -sS -o /dev/null -w '%{time_starttransfer}\n' \
+      -H 'content-type: application/json' -d "$2" "$1?n=[1-$n]" \
+    | sort -n | awk '{t[NR] = $1 * 1000} END {print t[int((NR + 1) / 2)], t[int(NR * 0.99)]}')
+  [ "$3" != direct-ttfb ] || direct_ttfb=$p50
+  printf '%-11s p50 %6.2f ms  p99 %6.2f ms  added p50 %6.2f ms\n' "$3" "$p50" "$p99" \
+    "$(awk -v a="$p50" -v d="${direct_ttfb:-0}" 'BEGIN {print a - d}')"
+}
+
 if [ "${REDIS:-}" = 1 ]; then
   command -v redis-server >/dev/null || { echo "redis-server is not installed: apt-get install redis-server" >&2; exit 2; }
 fi
@@ -126,22 +153,33 @@ QUOTAS=
 [ "${DEPLOYMENT_QUOTAS:-}" != 1 ] || QUOTAS=$'rpm = 100000000\ntpm = 4000000000'
 WARM_S=${WARM_S:-$([ "${DEPLOYMENT_QUOTAS:-}" = 1 ] && echo 60 || echo 2)}
 
-echo "hey -z ${SECONDS_EACH}s -c $CONNS -q $((RATE / CONNS)): $RATE req/s in bursts of $CONNS"
+echo "hey -z ${SECONDS_EACH}s -c $CONNS -q $((RATE / CONNS)): $RATE req/s in bursts of $CONNS; ${DEPLOYMENTS:-1} deployment(s), selection ${SELECTION:-priority}"
 for binary in "$@"; do
   sim_port=$(free_port); gw_port=$(free_port); nginx_port=$(free_port)
   while [ "$gw_port" = "$sim_port" ]; do gw_port=$(free_port); done
   while [ "$nginx_port" = "$sim_port" ] || [ "$nginx_port" = "$gw_port" ]; do nginx_port=$(free_port); done
   printf '[simulator]\naccept_any_model = true\n' >"$WORK/sim.toml"
-  cat >"$WORK/gateway.toml" <<TOML
+  members=()
+  : >"$WORK/gateway.toml"
+  for i in $(seq "${DEPLOYMENTS:-1}"); do
+    id=a; [ "$i" = 1 ] || id="a$i"
+    members+=("\"$id\"")
+    cat >>"$WORK/gateway.toml" <<TOML
 [[deployments]]
-id = "a"
+id = "$id"
 model_id = "model-a"
+priority = $i
 endpoint_url = "http://127.0.0.1:$sim_port"
 credentials = { source = "static", access_key_id = "x", secret_access_key = "x" }
 $QUOTAS
+TOML
+  done
+  cat >>"$WORK/gateway.toml" <<TOML
 [[model_groups]]
 name = "g"
-deployments = ["a"]
+deployments = [$(IFS=,; echo "${members[*]}")]
+[model_groups.policies.selection]
+name = "${SELECTION:-priority}"
 [policy_runtime]
 cache_dir = "$WORK/cache"
 TOML
@@ -262,6 +300,10 @@ CONF
       measure "http://127.0.0.1:$gw_port/v1/chat/completions" "$gateway" openai-str
     fi
     BODY=$CONVERSE_BODY
+    ttfb "http://127.0.0.1:$sim_port/model/model-a/converse-stream" "$STREAM_BODY" direct-ttfb
+    [ -z "$nginx_pid" ] || ttfb "http://127.0.0.1:$nginx_port/model/model-a/converse-stream" "$STREAM_BODY" nginx-ttfb
+    ttfb "http://127.0.0.1:$gw_port/model/g/converse-stream" "$STREAM_BODY" stream-ttfb
+    [ "${OPENAI:-}" != 1 ] || ttfb "http://127.0.0.1:$gw_port/v1/chat/completions" "$OPENAI_STREAM_BODY" openai-ttfb
   fi
   if [ "${MESSAGES:-}" = 1 ]; then
     BODY=$INVOKE_BODY
@@ -270,6 +312,27 @@ CONF
     BODY=$MESSAGES_BODY
     measure "http://127.0.0.1:$gw_port/v1/messages" "$gateway" messages
     BODY=$CONVERSE_BODY
+  fi
+  if [ -n "${SATURATION:-}" ]; then
+    saved_rate=$RATE saved_conns=$CONNS
+    for rate in $SATURATION; do
+      RATE=$rate CONNS=$((rate / 10))
+      echo "-- $rate req/s, $CONNS connections"
+      read -r direct_p50 direct_p99 _ < <(run_hey "http://127.0.0.1:$sim_port/model/model-a/converse")
+      printf 'direct     p50 %6.1f ms  p99 %6.1f ms\n' "$direct_p50" "$direct_p99"
+      for via in nginx gateway; do
+        if [ "$via" = nginx ]; then
+          [ -n "$nginx_pid" ] || continue
+          url="http://127.0.0.1:$nginx_port/model/model-a/converse" pid=$nginx_pid
+        else
+          url="http://127.0.0.1:$gw_port/model/g/converse" pid=$gateway
+        fi
+        read -r p50 p99 ok < <(run_hey "$url")
+        printf '%-10s p50 %6.1f ms  p99 %6.1f ms  ok %6d  added p99 %6.1f ms\n' "$via" "$p50" "$p99" "$ok" \
+          "$(awk -v a="$p99" -v d="$direct_p99" 'BEGIN {print a - d}')"
+      done
+    done
+    RATE=$saved_rate CONNS=$saved_conns
   fi
   awk '/VmRSS/ {printf "gateway RSS %.1f MiB\n", $2 / 1024}' "/proc/$gateway/status"
   stop_all

@@ -322,7 +322,7 @@ impl RunContext for SimContext<'_> {
 
     fn candidate(&mut self, member: usize) -> policy::Candidate {
         let d = &self.deployments[member];
-        wit_candidate(&d.config, &d.health.snapshot(self.now))
+        wit_candidate(&d.config, &d.health.candidate(self.now))
     }
 
     fn health(&self, member: usize) -> &DeploymentHealth {
@@ -446,7 +446,7 @@ fn simulate_request(
     }
     let mut cooling = BTreeMap::new();
     for d in deployments {
-        let left = d.health.snapshot(now).cooldown_remaining_ms;
+        let left = d.health.candidate(now).cooldown_remaining_ms;
         if left > 0 {
             cooling.insert(d.config.id.clone(), left);
             if let Some(s) = report.deployments.get_mut(&d.config.id) {

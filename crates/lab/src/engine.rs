@@ -253,7 +253,7 @@ impl RunContext for LabContext<'_> {
             .map_or(0, |book| book.usage(self.now).used_permille);
         Candidate {
             quota_used_permille: d.quota.used_permille(self.now).max(budget),
-            ..wit_candidate(&d.config, &d.health.snapshot(self.now))
+            ..wit_candidate(&d.config, &d.health.candidate(self.now))
         }
     }
 
@@ -313,7 +313,7 @@ impl Simulation<'_> {
             self.sampled_to_s += 1;
             let now = self.now(self.sampled_to_s * 1000);
             for d in &self.deployments {
-                if d.health.snapshot(now).cooldown_remaining_ms > 0 {
+                if d.health.candidate(now).cooldown_remaining_ms > 0 {
                     self.record.cooling_ms[d.scenario_index] += 1000;
                 }
             }

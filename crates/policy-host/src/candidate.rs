@@ -3,7 +3,7 @@
 //! admission knows (quota used, the circuit) to a candidate.
 
 use crate::health::breaker::BreakerState;
-use crate::health::HealthSnapshot;
+use crate::health::CandidateHealth;
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::policy::{self, DeploymentTable};
 use crate::settings::DeploymentConfig;
@@ -46,10 +46,10 @@ impl From<BreakerState> for policy::Circuit {
     }
 }
 
-/// What a policy sees of a deployment with config `config` and health `h`,
-/// with no quota used and a closed circuit (admission's part is added by
-/// [`candidate`]).
-pub fn wit_candidate(config: &DeploymentConfig, h: &HealthSnapshot) -> policy::Candidate {
+/// What a policy sees of a deployment with config `config` and health `h`
+/// (from [`DeploymentHealth::candidate`](crate::health::DeploymentHealth::candidate)),
+/// with no quota used and a closed circuit (the gateway adds admission's part).
+pub fn wit_candidate(config: &DeploymentConfig, h: &CandidateHealth) -> policy::Candidate {
     policy::Candidate {
         deployment: config.id.clone(),
         priority: config.priority,

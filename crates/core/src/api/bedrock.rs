@@ -9,7 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
-use serde_json::Value;
+
+use super::body_shape::{ConverseShape, InvokeShape, ObjectOr};
 
 use super::coalesce;
 use super::error::{error_response, unreadable_body, ErrorBody};
@@ -33,40 +34,38 @@ pub(super) enum BodyKind {
 }
 
 /// Checks the body for `kind` and estimates its tokens pessimistically.
+/// Only what routing needs is read (the messages are there, the output
+/// budget); the rest is skipped unbuilt, and the body goes on untouched.
 pub(super) fn read_body(body: Bytes, kind: BodyKind) -> Result<(Bytes, u32), GatewayError> {
-    let json: Value = serde_json::from_slice(&body).map_err(|e| {
+    let not_json = |e: serde_json::Error| {
         GatewayError::refused(
             ErrorCode::InvalidJson,
             format!("the body is not valid JSON: {e}"),
         )
-    })?;
-    if !json.is_object() {
-        return Err(GatewayError::refused(
-            ErrorCode::InvalidRequest,
-            "the body must be a JSON object",
-        ));
-    }
+    };
+    let not_object =
+        || GatewayError::refused(ErrorCode::InvalidRequest, "the body must be a JSON object");
     let max_tokens = match kind {
         BodyKind::Converse => {
-            let messages = json.get("messages").and_then(Value::as_array);
-            if messages.is_none_or(|m| m.is_empty()) {
+            let shape = serde_json::from_slice::<ObjectOr<ConverseShape>>(&body)
+                .map_err(not_json)?
+                .into_inner()
+                .ok_or_else(not_object)?;
+            if !shape.has_messages() {
                 return Err(GatewayError::refused(
                     ErrorCode::InvalidRequest,
                     "a Converse request needs a non-empty `messages` array",
                 ));
             }
-            json.pointer("/inferenceConfig/maxTokens")
-                .and_then(Value::as_u64)
+            shape.max_tokens()
         }
-        // The output budget, as the model families spell it.
-        BodyKind::Invoke => [
-            "/max_tokens",
-            "/max_gen_len",
-            "/textGenerationConfig/maxTokenCount",
-            "/inferenceConfig/max_new_tokens",
-        ]
-        .iter()
-        .find_map(|p| json.pointer(p).and_then(Value::as_u64)),
+        BodyKind::Invoke => {
+            let shape = serde_json::from_slice::<ObjectOr<InvokeShape>>(&body)
+                .map_err(not_json)?
+                .into_inner()
+                .ok_or_else(not_object)?;
+            shape.output_budget()
+        }
     };
     let estimate = estimate_tokens(body.len(), max_tokens);
     Ok((body, estimate))

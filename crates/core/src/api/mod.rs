@@ -7,6 +7,7 @@ mod anthropic;
 pub mod auth;
 mod bedrock;
 mod body;
+mod body_shape;
 pub mod coalesce;
 mod error;
 pub mod extract;

@@ -13,6 +13,6 @@ pub fn candidate(deployment: &Deployment, now_ms: u64) -> policy::Candidate {
     policy::Candidate {
         quota_used_permille: admission.quota_used_permille,
         circuit: admission.circuit.into(),
-        ..wit_candidate(&deployment.config, &deployment.health.snapshot(now_ms))
+        ..wit_candidate(&deployment.config, &deployment.health.candidate(now_ms))
     }
 }

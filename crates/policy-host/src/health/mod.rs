@@ -45,6 +45,21 @@ pub struct HealthSnapshot {
     pub last_cooldown: Option<CooldownPeriod>,
 }
 
+/// What a policy's candidate shows of a deployment's health: the fields of
+/// a [`HealthSnapshot`] a policy reads, made without the latency
+/// percentiles (a sort of the last 100 latencies) that only the status
+/// page shows. Built for every member of a group on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandidateHealth {
+    pub in_flight: u32,
+    pub cooldown_remaining_ms: u64,
+    pub recent_throttles: u32,
+    pub last_used_ms: Option<u64>,
+    pub last_throttle_ms: Option<u64>,
+    pub success_permille: u32,
+    pub latency_ewma_ms: u32,
+}
+
 /// One cooldown, from its start to its end (ms on the gateway's clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CooldownPeriod {
@@ -61,6 +76,8 @@ struct HealthState {
     last_used_ms: Option<u64>,
     last_throttle_ms: Option<u64>,
     recent_outcomes: VecDeque<bool>,
+    /// The successes among `recent_outcomes`.
+    recent_successes: u32,
     recent_latencies: VecDeque<u32>,
     latency_ewma_ms: Option<f64>,
     total_attempts: u64,
@@ -83,6 +100,24 @@ impl HealthState {
             self.throttles.pop_front();
         }
     }
+
+    /// What a candidate shows, the throttle window pruned to `now_ms`.
+    fn candidate(&mut self, now_ms: u64, in_flight: u32) -> CandidateHealth {
+        self.prune(now_ms);
+        let success_permille = match self.recent_outcomes.len() {
+            0 => 1000,
+            n => self.recent_successes * 1000 / n as u32,
+        };
+        CandidateHealth {
+            in_flight,
+            cooldown_remaining_ms: self.cooldown_until_ms.saturating_sub(now_ms),
+            recent_throttles: self.throttles.len() as u32,
+            last_used_ms: self.last_used_ms,
+            last_throttle_ms: self.last_throttle_ms,
+            success_permille,
+            latency_ewma_ms: self.latency_ewma_ms.map(|l| l.round() as u32).unwrap_or(0),
+        }
+    }
 }
 
 /// The health of one deployment.
@@ -100,14 +135,7 @@ impl DeploymentHealth {
     /// Its state now.
     pub fn snapshot(&self, now_ms: u64) -> HealthSnapshot {
         let mut s = self.lock();
-        s.prune(now_ms);
-        let successes = s.recent_outcomes.iter().filter(|&&ok| ok).count();
-        let success_permille = if s.recent_outcomes.is_empty() {
-            1000
-        } else {
-            (successes * 1000 / s.recent_outcomes.len()) as u32
-        };
-        let cooldown_remaining_ms = s.cooldown_until_ms.saturating_sub(now_ms);
+        let c = s.candidate(now_ms, self.in_flight.load(Ordering::Relaxed));
         let mut latencies: Vec<u32> = s.recent_latencies.iter().copied().collect();
         latencies.sort_unstable();
         let percentile = |q: f64| {
@@ -117,18 +145,18 @@ impl DeploymentHealth {
                 .unwrap_or(0)
         };
         HealthSnapshot {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            cooldown_remaining_ms,
-            cooldown_reason: if cooldown_remaining_ms > 0 {
+            in_flight: c.in_flight,
+            cooldown_remaining_ms: c.cooldown_remaining_ms,
+            cooldown_reason: if c.cooldown_remaining_ms > 0 {
                 s.cooldown_reason
             } else {
                 None
             },
-            recent_throttles: s.throttles.len() as u32,
-            last_used_ms: s.last_used_ms,
-            last_throttle_ms: s.last_throttle_ms,
-            success_permille,
-            latency_ewma_ms: s.latency_ewma_ms.map(|l| l.round() as u32).unwrap_or(0),
+            recent_throttles: c.recent_throttles,
+            last_used_ms: c.last_used_ms,
+            last_throttle_ms: c.last_throttle_ms,
+            success_permille: c.success_permille,
+            latency_ewma_ms: c.latency_ewma_ms,
             latency_p50_ms: percentile(0.5),
             latency_p95_ms: percentile(0.95),
             total_attempts: s.total_attempts,
@@ -136,6 +164,12 @@ impl DeploymentHealth {
             throttled_attempts: s.throttled_attempts,
             last_cooldown: s.last_cooldown,
         }
+    }
+
+    /// What a policy's candidate shows of it now: no allocation, no sort.
+    pub fn candidate(&self, now_ms: u64) -> CandidateHealth {
+        self.lock()
+            .candidate(now_ms, self.in_flight.load(Ordering::Relaxed))
     }
 
     /// An attempt starts.
@@ -161,10 +195,13 @@ impl DeploymentHealth {
         }
         // A client error says nothing about the deployment's health.
         if outcome.kind != OutcomeKind::ClientError {
-            if s.recent_outcomes.len() == OUTCOME_WINDOW {
-                s.recent_outcomes.pop_front();
+            if s.recent_outcomes.len() == OUTCOME_WINDOW
+                && s.recent_outcomes.pop_front() == Some(true)
+            {
+                s.recent_successes -= 1;
             }
             s.recent_outcomes.push_back(ok);
+            s.recent_successes += u32::from(ok);
         }
         if outcome.kind == OutcomeKind::Throttled {
             s.throttled_attempts += 1;
@@ -296,6 +333,56 @@ mod tests {
         // 100, then 100 + 0.2 × (200 − 100) = 120, then 120 + 0.2 × (100 − 120) = 116.
         assert_eq!(s.latency_ewma_ms, 116);
         assert_eq!((s.latency_p50_ms, s.latency_p95_ms), (100, 200));
+    }
+
+    #[test]
+    fn the_success_rate_counts_the_last_hundred_outcomes_only() {
+        let h = DeploymentHealth::default();
+        // 100 failures, then 30 successes push 30 of them out of the window.
+        for (kind, n) in [(OutcomeKind::ServerError, 100), (OutcomeKind::Success, 30)] {
+            for _ in 0..n {
+                h.begin_attempt(0);
+                h.end_attempt(&outcome(kind, 0, 10));
+            }
+        }
+        assert_eq!(h.candidate(0).success_permille, 300);
+        // Then 100 more successes leave nothing but successes.
+        for _ in 0..100 {
+            h.begin_attempt(0);
+            h.end_attempt(&outcome(OutcomeKind::Success, 0, 10));
+        }
+        assert_eq!(h.candidate(0).success_permille, 1000);
+    }
+
+    #[test]
+    fn a_candidate_shows_what_the_snapshot_shows() {
+        let h = DeploymentHealth::default();
+        h.begin_attempt(1_000);
+        h.end_attempt(&outcome(OutcomeKind::Throttled, 1_000, 40));
+        h.apply_cooldown(1_000, 5_000, false, OutcomeKind::Throttled);
+        h.begin_attempt(2_000);
+        h.end_attempt(&outcome(OutcomeKind::Success, 2_000, 80));
+        h.begin_attempt(2_500);
+        assert_eq!(h.candidate(2_500).in_flight, 1);
+        assert_eq!(h.candidate(2_500).recent_throttles, 1);
+        // Time only moves forward: the throttle window is pruned as it goes.
+        for now in [2_500, 4_000, 61_500] {
+            let (c, s) = (h.candidate(now), h.snapshot(now));
+            assert_eq!(
+                c,
+                CandidateHealth {
+                    in_flight: s.in_flight,
+                    cooldown_remaining_ms: s.cooldown_remaining_ms,
+                    recent_throttles: s.recent_throttles,
+                    last_used_ms: s.last_used_ms,
+                    last_throttle_ms: s.last_throttle_ms,
+                    success_permille: s.success_permille,
+                    latency_ewma_ms: s.latency_ewma_ms,
+                },
+                "at {now}"
+            );
+        }
+        assert_eq!(h.candidate(61_500).recent_throttles, 0);
     }
 
     #[test]
