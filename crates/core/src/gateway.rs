@@ -32,7 +32,7 @@ use crate::spend::Spending;
 use crate::state::redis::LazyConnection;
 use crate::state::{self, BackendKind, ChangeSink, QuotaSpec, SlotId, StateBackend, StateError};
 use crate::swap::{self, ReloadReport, SwapError, Swapper};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{ConnectionPools, Upstream, UpstreamError};
 use mirror::GatewayMirror;
 
 /// Why a gateway could not start.
@@ -466,6 +466,7 @@ fn build_deployments(
     shared: &Arc<dyn StateBackend>,
 ) -> Result<HashMap<String, Arc<Deployment>>, StartError> {
     let mut deployments = HashMap::new();
+    let mut pools = ConnectionPools::new(Duration::from_millis(config.limits.connect_timeout_ms));
     for d in &config.deployments {
         let budget = config
             .accounts
@@ -488,7 +489,7 @@ fn build_deployments(
             }
             _ => None,
         };
-        let upstream = Upstream::new(&d, &config.limits, endpoint)?;
+        let upstream = Upstream::new(&d, &config.limits, endpoint, &mut pools)?;
         deployments.insert(
             d.id.clone(),
             Arc::new(Deployment {

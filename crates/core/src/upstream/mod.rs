@@ -24,7 +24,7 @@ use bytes::Bytes;
 pub use classify::AttemptFailure;
 pub use credentials::DeploymentCredentials;
 pub(crate) use events::{exception_of, header};
-pub use signed::TransportError;
+pub use signed::{ConnectionPools, TransportError};
 pub use usage::TokenUsage;
 
 use crate::config::{DeploymentConfig, Limits};
@@ -112,12 +112,14 @@ pub struct StreamEnd {
 }
 
 impl Upstream {
-    /// Builds the client for `deployment`. `endpoint_override` replaces its
-    /// `endpoint_url` (the in-process simulator uses it).
+    /// Builds the client for `deployment`, on the connections `pools` keeps
+    /// for its endpoint. `endpoint_override` replaces its `endpoint_url`
+    /// (the in-process simulator uses it).
     pub fn new(
         deployment: &DeploymentConfig,
         limits: &Limits,
         endpoint_override: Option<&str>,
+        pools: &mut ConnectionPools,
     ) -> Result<Self, UpstreamError> {
         let credentials = DeploymentCredentials::new(
             &deployment.credentials,
@@ -125,16 +127,11 @@ impl Upstream {
             &deployment.region,
         );
         let endpoint = endpoint_override.or(deployment.endpoint_url.as_deref());
-        let signed = SignedClient::new(
-            endpoint,
-            &deployment.region,
-            credentials.clone(),
-            Duration::from_millis(limits.connect_timeout_ms),
-        )
-        .map_err(|source| UpstreamError::Transport {
-            deployment: deployment.id.clone(),
-            source,
-        })?;
+        let signed = SignedClient::new(endpoint, &deployment.region, credentials.clone(), pools)
+            .map_err(|source| UpstreamError::Transport {
+                deployment: deployment.id.clone(),
+                source,
+            })?;
         Ok(Self {
             signed,
             credentials,

@@ -9,6 +9,7 @@
 //! Streams take the same path: their event-stream body is handed to
 //! `super::events`, which passes the frames through as they came.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +47,64 @@ const SERVICE: &str = "bedrock";
 enum Transport {
     Plain(Client<HttpConnector, Full<Bytes>>),
     Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+/// The connection pools of a set of deployments, one per endpoint:
+/// deployments on one endpoint (accounts, roles and models of one region)
+/// share its connections, since each request is signed on its own. A
+/// group of 64 deployments in 3 regions keeps 3 pools of connections, not 64.
+#[derive(Debug)]
+pub struct ConnectionPools {
+    connect_timeout: Duration,
+    by_endpoint: HashMap<String, Transport>,
+}
+
+impl ConnectionPools {
+    /// No pools yet; connections are given up after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            by_endpoint: HashMap::new(),
+        }
+    }
+
+    /// The pool for `endpoint` (`scheme://host[:port][/path]`), made the first time.
+    fn transport(&mut self, endpoint: &str) -> Result<Transport, TransportError> {
+        if let Some(transport) = self.by_endpoint.get(endpoint) {
+            return Ok(transport.clone());
+        }
+        let transport = Transport::new(endpoint, self.connect_timeout)?;
+        self.by_endpoint
+            .insert(endpoint.to_owned(), transport.clone());
+        Ok(transport)
+    }
+}
+
+impl Transport {
+    fn new(endpoint: &str, connect_timeout: Duration) -> Result<Self, TransportError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let builder = Client::builder(TokioExecutor::new());
+        if endpoint.starts_with("http://") {
+            Ok(Self::Plain(builder.build(http)))
+        } else if endpoint.starts_with("https://") {
+            http.enforce_http(false);
+            let provider = rustls::crypto::aws_lc_rs::default_provider();
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|source| TransportError::NoRoots {
+                    endpoint: endpoint.to_owned(),
+                    source,
+                })?
+                .https_only()
+                .enable_http1()
+                .wrap_connector(http);
+            Ok(Self::Tls(builder.build(https)))
+        } else {
+            Err(TransportError::BadEndpoint(endpoint.to_owned()))
+        }
+    }
 }
 
 /// A signed HTTP client for one deployment's endpoint and credentials.
@@ -86,38 +145,18 @@ pub struct Answer {
 }
 
 impl SignedClient {
-    /// A client for `endpoint` (Bedrock's regional one when `None`).
+    /// A client for `endpoint` (Bedrock's regional one when `None`), on
+    /// the connections `pools` keeps for it.
     pub fn new(
         endpoint: Option<&str>,
         region: &str,
         credentials: DeploymentCredentials,
-        connect_timeout: Duration,
+        pools: &mut ConnectionPools,
     ) -> Result<Self, TransportError> {
         let endpoint = endpoint
             .map(|e| e.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        let builder = Client::builder(TokioExecutor::new());
-        let transport = if endpoint.starts_with("http://") {
-            Transport::Plain(builder.build(http))
-        } else if endpoint.starts_with("https://") {
-            http.enforce_http(false);
-            let provider = rustls::crypto::aws_lc_rs::default_provider();
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_provider_and_native_roots(provider)
-                .map_err(|source| TransportError::NoRoots {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?
-                .https_only()
-                .enable_http1()
-                .wrap_connector(http);
-            Transport::Tls(builder.build(https))
-        } else {
-            return Err(TransportError::BadEndpoint(endpoint));
-        };
+        let transport = pools.transport(&endpoint)?;
         let (authority, base_path) = split_endpoint(&endpoint);
         Ok(Self {
             transport,
@@ -378,6 +417,23 @@ mod tests {
         assert_eq!(f.detail, "AccessDeniedException: no");
         let f = error_answer(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"<html>");
         assert_eq!(f.kind, OutcomeKind::Unavailable);
+    }
+
+    #[test]
+    fn deployments_on_one_endpoint_share_its_connections() {
+        let mut pools = ConnectionPools::new(Duration::from_secs(1));
+        for endpoint in [
+            "http://127.0.0.1:19001",
+            "http://127.0.0.1:19001/",
+            "http://127.0.0.1:19002",
+        ] {
+            pools.transport(endpoint.trim_end_matches('/')).unwrap();
+        }
+        assert_eq!(pools.by_endpoint.len(), 2);
+        assert!(matches!(
+            pools.transport("ftp://127.0.0.1"),
+            Err(TransportError::BadEndpoint(_))
+        ));
     }
 
     #[test]
